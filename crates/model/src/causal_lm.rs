@@ -1,0 +1,122 @@
+//! A causal language model: backbone + LM head, loaded from and saved to a Hugging Face model
+//! directory (`config.json`, `model.safetensors`, `tokenizer.json`).
+
+use std::path::Path;
+
+use tch::nn::{self, Module};
+use tch::{Device, Kind, Tensor};
+
+use crate::batch::Batch;
+use crate::checkpoint::{self, LoadRules};
+use crate::config::ModelConfig;
+use crate::device::{Placement, dtype_name};
+use crate::error::{ModelError, Result};
+use crate::heads::LmHead;
+use crate::kv_cache::KvCache;
+use crate::llama::Backbone;
+
+pub const TOKENIZER_FILE: &str = "tokenizer.json";
+
+#[derive(Debug)]
+pub struct CausalLm {
+    pub vs: nn::VarStore,
+    pub cfg: ModelConfig,
+    pub backbone: Backbone,
+    pub lm_head: LmHead,
+}
+
+impl CausalLm {
+    /// A randomly initialised model (N(0, 0.02) weights, unit norms).
+    pub fn new(cfg: ModelConfig, placement: Placement) -> Result<Self> {
+        let mut vs = nn::VarStore::new(placement.device);
+        let root = vs.root();
+        let backbone = Backbone::new(&root / "model", &cfg);
+        let lm_head = LmHead::new(
+            &root,
+            &backbone.embed_tokens.ws,
+            cfg.hidden_size,
+            cfg.vocab_size,
+            cfg.tie_word_embeddings,
+        );
+        if placement.kind != Kind::Float {
+            vs.set_kind(placement.kind);
+        }
+        Ok(Self {
+            vs,
+            cfg,
+            backbone,
+            lm_head,
+        })
+    }
+
+    /// Loads `DIR` strictly: every tensor must match the config by name and shape. A tied
+    /// model tolerates a redundant `lm_head.weight` in the file, as transformers does.
+    pub fn from_dir(dir: &Path, placement: Placement) -> Result<Self> {
+        let cfg = ModelConfig::from_dir(dir)?;
+        let model = Self::new(cfg, placement)?;
+        let tied = model.cfg.tie_word_embeddings;
+        let ignore = move |name: &str| tied && name == "lm_head.weight";
+        checkpoint::load_into(
+            &model.vs,
+            dir,
+            &LoadRules {
+                ignore_unexpected: Some(&ignore),
+                allow_missing: None,
+            },
+        )?;
+        Ok(model)
+    }
+
+    /// Writes config and weights into `dir` (created if needed), each file atomically.
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        std::fs::create_dir_all(dir).map_err(|e| ModelError::io(dir, e))?;
+        let mut cfg = self.cfg.clone();
+        let kind = self.backbone.embed_tokens.ws.kind();
+        // 4.x reads `torch_dtype`, 5.x `dtype`.
+        cfg.raw
+            .insert("torch_dtype".into(), dtype_name(kind).into());
+        cfg.raw.insert("dtype".into(), dtype_name(kind).into());
+        checkpoint::save(&self.vs, &[], dir)?;
+        cfg.write(dir)
+    }
+
+    pub fn device(&self) -> Device {
+        self.vs.device()
+    }
+
+    pub fn kind(&self) -> Kind {
+        self.backbone.embed_tokens.ws.kind()
+    }
+
+    /// Full-sequence logits `[B, T, V]` (f32).
+    pub fn logits(
+        &self,
+        ids: &Tensor,
+        mask: Option<&Tensor>,
+        positions: &Tensor,
+        cache: Option<&mut KvCache>,
+    ) -> Tensor {
+        let hidden = self.backbone.forward(ids, mask, positions, cache);
+        self.lm_head.forward(&hidden).to_kind(Kind::Float)
+    }
+
+    /// Logits of a padded batch.
+    pub fn batch_logits(&self, batch: &Batch) -> Tensor {
+        self.logits(&batch.ids, batch.attention_mask(), &batch.positions, None)
+    }
+
+    /// `[B, T-1]` log-probabilities of each token given those before it (`out[:, t-1]` is
+    /// log p(ids[t] | ids[..t])). Entries whose target is padding are meaningless; mask them.
+    pub fn token_logprobs(&self, batch: &Batch) -> Tensor {
+        let logits = self.batch_logits(batch);
+        shifted_logprobs(&logits, &batch.ids)
+    }
+}
+
+/// Log-probability of `ids[:, 1:]` under `logits[:, :-1]`, computed in f32.
+pub fn shifted_logprobs(logits: &Tensor, ids: &Tensor) -> Tensor {
+    let t = logits.size()[1];
+    let logp = logits.narrow(1, 0, t - 1).log_softmax(-1, Kind::Float);
+    let targets = ids.narrow(1, 1, t - 1).unsqueeze(-1);
+    logp.gather(-1, &targets, false).squeeze_dim(-1)
+}

@@ -1,0 +1,200 @@
+//! Batched autoregressive sampling with a KV cache: prompts of mixed length are left-padded into
+//! one batch, finished rows are dropped from the cache as they end, and each finished sample is
+//! handed to a callback at once (the actor service streams them from there).
+
+use tch::{Kind, Tensor};
+
+use crate::batch::{Batch, PadSide};
+use crate::causal_lm::CausalLm;
+use crate::error::{ModelError, Result};
+use crate::kv_cache::KvCache;
+
+/// How to pick each next token.
+#[derive(Debug, Clone)]
+pub struct SamplingParams {
+    /// 0 means greedy (argmax); otherwise logits are divided by it.
+    pub temperature: f64,
+    /// Keep only the k most likely tokens; 0 disables.
+    pub top_k: i64,
+    /// Keep the smallest set of tokens whose probability reaches p; 1 disables.
+    pub top_p: f64,
+    pub max_new_tokens: usize,
+    /// Generation of a row ends after it emits one of these (the stop token is kept).
+    pub stop_ids: Vec<i64>,
+    /// Seeds libtorch's generator for reproducible sampling.
+    pub seed: Option<u64>,
+}
+
+impl Default for SamplingParams {
+    fn default() -> Self {
+        Self {
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 1.0,
+            max_new_tokens: 64,
+            stop_ids: vec![],
+            seed: None,
+        }
+    }
+}
+
+impl SamplingParams {
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(ModelError::InvalidInput(m));
+        if !(self.temperature.is_finite() && self.temperature >= 0.0) {
+            return bad(format!("temperature must be ≥ 0, got {}", self.temperature));
+        }
+        if self.top_k < 0 {
+            return bad(format!("top_k must be ≥ 0, got {}", self.top_k));
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            return bad(format!("top_p must be in (0, 1], got {}", self.top_p));
+        }
+        if self.max_new_tokens == 0 {
+            return bad("max_new_tokens must be ≥ 1".into());
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinishReason {
+    /// A stop token was emitted.
+    Stop,
+    /// `max_new_tokens` was reached.
+    Length,
+}
+
+/// One finished sample.
+#[derive(Debug, Clone)]
+pub struct Generation {
+    /// Index of the prompt in the request.
+    pub index: usize,
+    pub tokens: Vec<i64>,
+    /// Log-probability of each token under the distribution it was drawn from (after
+    /// temperature and top-k/top-p; the raw model distribution when greedy).
+    pub logprobs: Vec<f32>,
+    pub finish: FinishReason,
+}
+
+/// Picks one token per row from `[B, V]` logits; returns (tokens `[B]`, logprobs `[B]`).
+pub fn sample_next(logits: &Tensor, p: &SamplingParams) -> Result<(Tensor, Tensor)> {
+    let logits = logits.f_to_kind(Kind::Float)?;
+    if p.temperature == 0.0 {
+        let tokens = logits.f_argmax(-1, false)?;
+        let logp = logits.f_log_softmax(-1, Kind::Float)?;
+        let chosen = logp
+            .f_gather(-1, &tokens.unsqueeze(-1), false)?
+            .squeeze_dim(-1);
+        return Ok((tokens, chosen));
+    }
+    let mut scores = logits / p.temperature;
+    let vocab = scores.size()[1];
+    if p.top_k > 0 && p.top_k < vocab {
+        let (kth, _) = scores.f_topk(p.top_k, -1, true, true)?;
+        let threshold = kth.narrow(1, p.top_k - 1, 1);
+        scores = scores.f_masked_fill(&scores.lt_tensor(&threshold), f64::NEG_INFINITY)?;
+    }
+    if p.top_p < 1.0 {
+        let (sorted, order) = scores.f_sort(-1, true)?;
+        let cum = sorted.softmax(-1, Kind::Float).cumsum(-1, Kind::Float);
+        // Drop a token when the mass before it already reaches p; the top token always stays.
+        let before = &cum - sorted.softmax(-1, Kind::Float);
+        let drop_sorted = before.ge(p.top_p);
+        let drop = drop_sorted
+            .zeros_like()
+            .f_scatter(-1, &order, &drop_sorted)?;
+        scores = scores.f_masked_fill(&drop, f64::NEG_INFINITY)?;
+    }
+    let logp = scores.f_log_softmax(-1, Kind::Float)?;
+    let tokens = logp.exp().f_multinomial(1, false)?;
+    let chosen = logp.f_gather(-1, &tokens, false)?.squeeze_dim(-1);
+    Ok((tokens.squeeze_dim(-1), chosen))
+}
+
+/// Generates continuations of `prompts` (token ids, any lengths) and calls `on_done` for each
+/// sample as soon as it finishes. Returns the samples in prompt order.
+pub fn generate(
+    model: &CausalLm,
+    prompts: &[Vec<i64>],
+    pad_id: i64,
+    params: &SamplingParams,
+    mut on_done: impl FnMut(&Generation),
+) -> Result<Vec<Generation>> {
+    params.validate()?;
+    if let Some(seed) = params.seed {
+        tch::manual_seed(seed as i64);
+    }
+    let _guard = tch::no_grad_guard();
+    let device = model.device();
+    let batch = Batch::pad(prompts, pad_id, PadSide::Left, device)?;
+    let vocab = model.cfg.vocab_size;
+    if let Some(bad) = prompts.iter().flatten().find(|&&t| t < 0 || t >= vocab) {
+        return Err(ModelError::InvalidInput(format!(
+            "token id {bad} is outside the vocabulary (size {vocab})"
+        )));
+    }
+    let mut cache = KvCache::new(model.backbone.num_layers());
+    let mut mask = batch.mask.shallow_clone();
+    let mut positions = batch.positions.narrow(1, batch.width() - 1, 1);
+    let mut logits = model
+        .logits(&batch.ids, Some(&mask), &batch.positions, Some(&mut cache))
+        .select(1, batch.width() - 1);
+
+    // `rows[i]` is the prompt index of cache row i; finished rows are removed.
+    let mut rows: Vec<usize> = (0..prompts.len()).collect();
+    let mut out: Vec<Option<Generation>> = vec![None; prompts.len()];
+    let mut tokens: Vec<Vec<i64>> = vec![vec![]; prompts.len()];
+    let mut logprobs: Vec<Vec<f32>> = vec![vec![]; prompts.len()];
+    for step in 0..params.max_new_tokens {
+        let (next, next_logp) = sample_next(&logits, params)?;
+        let next_ids = Vec::<i64>::try_from(&next)?;
+        let next_lp = Vec::<f32>::try_from(&next_logp)?;
+        let mut keep = Vec::with_capacity(rows.len());
+        for (r, &prompt) in rows.iter().enumerate() {
+            tokens[prompt].push(next_ids[r]);
+            logprobs[prompt].push(next_lp[r]);
+            let finish = if params.stop_ids.contains(&next_ids[r]) {
+                Some(FinishReason::Stop)
+            } else if step + 1 == params.max_new_tokens {
+                Some(FinishReason::Length)
+            } else {
+                None
+            };
+            match finish {
+                Some(finish) => {
+                    let g = Generation {
+                        index: prompt,
+                        tokens: std::mem::take(&mut tokens[prompt]),
+                        logprobs: std::mem::take(&mut logprobs[prompt]),
+                        finish,
+                    };
+                    on_done(&g);
+                    out[prompt] = Some(g);
+                }
+                None => keep.push(r as i64),
+            }
+        }
+        if keep.is_empty() {
+            break;
+        }
+        let mut next = next.unsqueeze(-1);
+        if keep.len() < rows.len() {
+            let idx = Tensor::from_slice(&keep).to_device(device);
+            cache.select_rows(&idx);
+            mask = mask.index_select(0, &idx);
+            positions = positions.index_select(0, &idx);
+            next = next.index_select(0, &idx);
+            rows = keep.iter().map(|&r| rows[r as usize]).collect();
+        }
+        mask = Tensor::cat(&[&mask, &mask.ones_like().narrow(1, 0, 1)], 1);
+        positions = positions + 1;
+        logits = model
+            .logits(&next, Some(&mask), &positions, Some(&mut cache))
+            .select(1, 0);
+    }
+    Ok(out
+        .into_iter()
+        .map(|g| g.expect("every row finishes by max_new_tokens"))
+        .collect())
+}

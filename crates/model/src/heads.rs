@@ -1,0 +1,89 @@
+//! Heads on top of the backbone's hidden states: the LM head (tied or not), the per-token
+//! value head used by the PPO critic, and the BRME head of K Gaussians (μ, σ > 0).
+
+use tch::nn::{self, Module};
+use tch::{Kind, Tensor};
+
+use crate::llama::linear;
+
+/// Projects hidden states to vocabulary logits; with tied embeddings it reuses the input
+/// embedding matrix, as transformers does for `tie_word_embeddings = true`.
+#[derive(Debug)]
+pub enum LmHead {
+    Tied(Tensor),
+    Own(nn::Linear),
+}
+
+impl LmHead {
+    /// `root` is the VarStore root: the untied head lives at `lm_head.weight`.
+    pub fn new(
+        root: &nn::Path,
+        embed_weight: &Tensor,
+        hidden: i64,
+        vocab: i64,
+        tied: bool,
+    ) -> Self {
+        if tied {
+            Self::Tied(embed_weight.shallow_clone())
+        } else {
+            Self::Own(linear(root / "lm_head", hidden, vocab, false))
+        }
+    }
+}
+
+impl Module for LmHead {
+    fn forward(&self, xs: &Tensor) -> Tensor {
+        match self {
+            Self::Tied(w) => xs.matmul(&w.tr()),
+            Self::Own(l) => l.forward(xs),
+        }
+    }
+}
+
+/// Scalar per position (`score.weight`, no bias, as in HF `*ForSequenceClassification`).
+#[derive(Debug)]
+pub struct ValueHead {
+    score: nn::Linear,
+}
+
+impl ValueHead {
+    pub fn new(p: nn::Path, hidden: i64) -> Self {
+        Self {
+            score: linear(p, hidden, 1, false),
+        }
+    }
+
+    /// `[.., H]` → `[..]` in f32.
+    pub fn forward(&self, hidden: &Tensor) -> Tensor {
+        self.score
+            .forward(hidden)
+            .squeeze_dim(-1)
+            .to_kind(Kind::Float)
+    }
+}
+
+/// K Gaussian reward heads: `mu` and `sigma` projections to K outputs each; σ = softplus(raw),
+/// so it is strictly positive and smooth.
+#[derive(Debug)]
+pub struct BrmeHead {
+    mu: nn::Linear,
+    sigma: nn::Linear,
+    pub heads: i64,
+}
+
+impl BrmeHead {
+    pub fn new(p: nn::Path, hidden: i64, heads: i64) -> Self {
+        Self {
+            mu: linear(&p / "mu", hidden, heads, true),
+            sigma: linear(&p / "sigma", hidden, heads, true),
+            heads,
+        }
+    }
+
+    /// `[.., H]` → (μ `[.., K]`, σ `[.., K]`) in f32.
+    pub fn forward(&self, hidden: &Tensor) -> (Tensor, Tensor) {
+        let mu = self.mu.forward(hidden).to_kind(Kind::Float);
+        let sigma = self.sigma.forward(hidden).to_kind(Kind::Float).softplus();
+        (mu, sigma)
+    }
+}

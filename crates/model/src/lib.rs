@@ -1,0 +1,30 @@
+//! `rrlhf-model`: the tensor side of rrlhf, on libtorch through tch.
+//!
+//! A Llama-family decoder ([`llama`]) that loads Hugging Face checkpoints unchanged
+//! ([`config`], [`checkpoint`]), heads for language modelling, values and the Bayesian reward
+//! ensemble ([`heads`]), KV-cache batched sampling ([`generate`]), the RLHF losses ([`losses`]) and
+//! HF tokenizers ([`tokenizer`]). Nothing here does networking: services wrap these types.
+
+pub mod batch;
+pub mod causal_lm;
+pub mod checkpoint;
+pub mod config;
+pub mod device;
+pub mod error;
+pub mod fsio;
+pub mod generate;
+pub mod heads;
+pub mod kv_cache;
+pub mod llama;
+pub mod losses;
+pub mod mask;
+pub mod rope;
+pub mod tokenizer;
+
+pub use batch::{Batch, PadSide};
+pub use causal_lm::CausalLm;
+pub use config::{Arch, ModelConfig, SizePreset};
+pub use device::Placement;
+pub use error::{ModelError, Result};
+pub use generate::{FinishReason, Generation, SamplingParams, generate};
+pub use tokenizer::TextTokenizer;

@@ -1,0 +1,6 @@
+//! Integration tests of `rrlhf-model`, compiled into one binary (linking libtorch is slow).
+
+mod common;
+mod generation;
+mod loading;
+mod parity;
