@@ -5,11 +5,11 @@ use std::path::PathBuf;
 /// Errors from loading, running, saving or training a model.
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}: {err}")]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        // Shown in the message rather than as a `source`, so chains print it once.
+        err: std::io::Error,
     },
     #[error("invalid config {path}: {message}")]
     Config { path: PathBuf, message: String },
@@ -44,10 +44,10 @@ pub enum ModelError {
 }
 
 impl ModelError {
-    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+    pub(crate) fn io(path: impl Into<PathBuf>, err: std::io::Error) -> Self {
         Self::Io {
             path: path.into(),
-            source,
+            err,
         }
     }
 }

@@ -188,7 +188,7 @@ pub fn generate(
             rows = keep.iter().map(|&r| rows[r as usize]).collect();
         }
         mask = Tensor::cat(&[&mask, &mask.ones_like().narrow(1, 0, 1)], 1);
-        positions = positions + 1;
+        positions += 1;
         logits = model
             .logits(&next, Some(&mask), &positions, Some(&mut cache))
             .select(1, 0);

@@ -1,0 +1,282 @@
+//! `rrlhf model init|logprobs|generate`.
+
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use clap::{Subcommand, ValueEnum};
+use rrlhf_model::{
+    Arch, Batch, CausalLm, ModelConfig, PadSide, SamplingParams, SizePreset, TextTokenizer,
+};
+
+use crate::args::RuntimeArgs;
+
+#[derive(ValueEnum, Debug, Clone, Copy)]
+pub enum ArchArg {
+    Llama,
+    Qwen2,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy)]
+pub enum SizeArg {
+    Tiny,
+    Small,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ModelCommand {
+    /// Create a randomly initialised model directory (config, weights, tokenizer).
+    Init {
+        #[arg(long, value_enum)]
+        arch: ArchArg,
+        #[arg(long, value_enum, default_value = "tiny")]
+        size: SizeArg,
+        /// tokenizer.json or a directory holding one; sets the vocabulary and special tokens.
+        #[arg(long)]
+        tokenizer: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = 2048)]
+        max_positions: i64,
+        #[arg(long, default_value_t = 0)]
+        seed: i64,
+    },
+    /// Read JSONL `{"ids":[...]}` on stdin, write `{"logprobs":[...]}`: log p(ids[t] | ids[..t]), t ≥ 1.
+    Logprobs {
+        #[arg(long)]
+        model: PathBuf,
+        #[command(flatten)]
+        runtime: RuntimeArgs,
+    },
+    /// Sample continuations of a prompt.
+    Generate {
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long)]
+        prompt: String,
+        #[command(flatten)]
+        sampling: SamplingArgs,
+        /// Continuations to sample (in one batch).
+        #[arg(long, default_value_t = 1)]
+        num_samples: usize,
+        /// One JSON object per sample instead of plain text.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        runtime: RuntimeArgs,
+    },
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct SamplingArgs {
+    #[arg(long, default_value_t = 64)]
+    pub max_new_tokens: usize,
+    /// 0 = greedy.
+    #[arg(long, default_value_t = 1.0)]
+    pub temperature: f64,
+    /// 0 = off.
+    #[arg(long, default_value_t = 0)]
+    pub top_k: i64,
+    /// 1 = off.
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f64,
+    #[arg(long)]
+    pub seed: Option<u64>,
+}
+
+impl SamplingArgs {
+    pub fn params(&self, eos_id: i64) -> SamplingParams {
+        SamplingParams {
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            max_new_tokens: self.max_new_tokens,
+            stop_ids: vec![eos_id],
+            seed: self.seed,
+        }
+    }
+}
+
+pub fn run(cmd: ModelCommand) -> Result<()> {
+    match cmd {
+        ModelCommand::Init {
+            arch,
+            size,
+            tokenizer,
+            out,
+            max_positions,
+            seed,
+        } => {
+            let size_name = match size {
+                SizeArg::Tiny => "tiny",
+                SizeArg::Small => "small",
+            };
+            let arch = match arch {
+                ArchArg::Llama => Arch::Llama,
+                ArchArg::Qwen2 => Arch::Qwen2,
+            };
+            let model = init(arch, size_name, &tokenizer, &out, max_positions, seed)?;
+            let params: i64 = model
+                .vs
+                .trainable_variables()
+                .iter()
+                .map(|t| t.numel() as i64)
+                .sum();
+            println!(
+                "initialised {} {size_name} ({params} parameters) → {}",
+                arch.hf_class(),
+                out.display()
+            );
+            Ok(())
+        }
+        ModelCommand::Logprobs { model, runtime } => logprobs(&model, &runtime),
+        ModelCommand::Generate {
+            model,
+            prompt,
+            sampling,
+            num_samples,
+            json,
+            runtime,
+        } => {
+            let placement = runtime.placement()?;
+            let (lm, tok) = load_with_tokenizer(&model, placement)?;
+            if num_samples == 0 {
+                bail!("--num-samples must be ≥ 1");
+            }
+            for (prompt_text, text) in sample(&lm, &tok, &[prompt], num_samples, &sampling)? {
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::json!({"prompt": prompt_text, "completion": text})
+                    );
+                } else {
+                    println!("{text}");
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Creates and saves a random model sized by `size` for the tokenizer at `tokenizer`.
+pub fn init(
+    arch: Arch,
+    size: &str,
+    tokenizer: &Path,
+    out: &Path,
+    max_positions: i64,
+    seed: i64,
+) -> Result<CausalLm> {
+    let tok = TextTokenizer::load(tokenizer).context("loading the tokenizer")?;
+    let preset = SizePreset::by_name(size).with_context(|| format!("unknown size `{size}`"))?;
+    let cfg = ModelConfig::new_random(
+        arch,
+        &preset,
+        tok.vocab_size() as i64,
+        None,
+        tok.eos_id,
+        Some(tok.pad_id),
+        max_positions,
+    );
+    tch::manual_seed(seed);
+    let model = CausalLm::new(cfg, Default::default())?;
+    model
+        .save(out)
+        .with_context(|| format!("saving {}", out.display()))?;
+    tok.save_to(out)?;
+    Ok(model)
+}
+
+/// Loads a model directory and the tokenizer stored in it.
+pub fn load_with_tokenizer(
+    dir: &Path,
+    placement: rrlhf_model::Placement,
+) -> Result<(CausalLm, TextTokenizer)> {
+    let model = CausalLm::from_dir(dir, placement)
+        .with_context(|| format!("loading model {}", dir.display()))?;
+    let tok = TextTokenizer::load(dir)
+        .with_context(|| format!("model {} has no usable tokenizer", dir.display()))?;
+    if tok.vocab_size() as i64 > model.cfg.vocab_size {
+        bail!(
+            "tokenizer in {} has {} tokens but the model's vocabulary has {}",
+            dir.display(),
+            tok.vocab_size(),
+            model.cfg.vocab_size
+        );
+    }
+    Ok((model, tok))
+}
+
+/// `num_samples` continuations of every prompt, as (prompt, decoded completion).
+pub fn sample(
+    lm: &CausalLm,
+    tok: &TextTokenizer,
+    prompts: &[String],
+    num_samples: usize,
+    sampling: &SamplingArgs,
+) -> Result<Vec<(String, String)>> {
+    let mut ids = Vec::new();
+    let mut texts = Vec::new();
+    for p in prompts {
+        let encoded = tok.encode(p)?;
+        if encoded.is_empty() {
+            bail!("the prompt is empty after tokenisation");
+        }
+        for _ in 0..num_samples {
+            ids.push(encoded.clone());
+            texts.push(p.clone());
+        }
+    }
+    let out = rrlhf_model::generate(lm, &ids, tok.pad_id, &sampling.params(tok.eos_id), |_| {})?;
+    out.iter()
+        .zip(texts)
+        .map(|(g, p)| Ok((p, tok.decode(&g.tokens)?)))
+        .collect()
+}
+
+fn logprobs(dir: &Path, runtime: &RuntimeArgs) -> Result<()> {
+    let placement = runtime.placement()?;
+    let model = CausalLm::from_dir(dir, placement)
+        .with_context(|| format!("loading model {}", dir.display()))?;
+    let vocab = model.cfg.vocab_size;
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    for (i, line) in std::io::stdin().lock().lines().enumerate() {
+        let n = i + 1;
+        let line = line.with_context(|| format!("stdin line {n}: unreadable"))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let ids = parse_ids(&line, vocab).with_context(|| format!("stdin line {n}"))?;
+        let batch = Batch::pad(&[ids], 0, PadSide::Right, model.device())?;
+        let lp = {
+            let _guard = tch::no_grad_guard();
+            model.token_logprobs(&batch)
+        };
+        let values: Vec<f32> = rrlhf_model::batch::rows_f32(&lp)?.remove(0);
+        writeln!(out, "{}", serde_json::json!({ "logprobs": values }))?;
+    }
+    Ok(())
+}
+
+fn parse_ids(line: &str, vocab: i64) -> Result<Vec<i64>> {
+    let value: serde_json::Value = serde_json::from_str(line).context("invalid JSON")?;
+    let ids = value
+        .get("ids")
+        .and_then(|v| v.as_array())
+        .context("expected an object with an `ids` array")?;
+    let ids: Vec<i64> = ids
+        .iter()
+        .map(|v| {
+            v.as_i64()
+                .with_context(|| format!("`ids` holds {v}, not an integer"))
+        })
+        .collect::<Result<_>>()?;
+    if ids.is_empty() {
+        bail!("`ids` is empty");
+    }
+    if let Some(bad) = ids.iter().find(|&&t| t < 0 || t >= vocab) {
+        bail!("token id {bad} is outside the vocabulary (size {vocab})");
+    }
+    Ok(ids)
+}

@@ -1,0 +1,51 @@
+//! `rrlhf`: the command line of the reward-robust RLHF stack.
+//!
+//! Every failure ends in one line on stderr naming what is wrong, and a non-zero exit code.
+
+mod args;
+mod cmd_model;
+mod cmd_run;
+mod cmd_sft;
+mod cmd_tokenizer;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "rrlhf",
+    version,
+    about = "Reward-robust RLHF: PPO against a Bayesian reward-model ensemble"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// The main job on the embedded default: tokenizer → model → SFT on HH-RLHF → samples.
+    Run(cmd_run::RunArgs),
+    /// Create, inspect and run models (Hugging Face directories).
+    #[command(subcommand)]
+    Model(cmd_model::ModelCommand),
+    /// Train tokenizers.
+    #[command(subcommand)]
+    Tokenizer(cmd_tokenizer::TokenizerCommand),
+    /// Supervised fine-tuning of a causal LM on prompt/response data.
+    Sft(cmd_sft::SftArgs),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run(a) => cmd_run::run(a),
+        Command::Model(c) => cmd_model::run(c),
+        Command::Tokenizer(c) => cmd_tokenizer::run(c),
+        Command::Sft(a) => cmd_sft::run(a),
+    };
+    if let Err(e) = result {
+        // `{:#}` joins the context chain into one line: "reading x: file not found".
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}

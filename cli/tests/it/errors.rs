@@ -1,0 +1,165 @@
+//! Bad input ends in a one-line error naming what is wrong, and a non-zero exit.
+
+use std::io::Write;
+use std::process::{Output, Stdio};
+
+use crate::fixture::{fixture, rrlhf};
+
+/// Asserts failure with a single stderr line that contains every `needle`.
+fn fails_naming(out: Output, needles: &[&str]) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "expected failure, got success: {stderr}"
+    );
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "one line expected:\n{stderr}");
+    for n in needles {
+        assert!(lines[0].contains(n), "`{n}` not in: {}", lines[0]);
+    }
+}
+
+#[test]
+fn unreadable_files_are_named() {
+    let f = fixture();
+    let out = rrlhf()
+        .args([
+            "tokenizer",
+            "train",
+            "--data",
+            "/nonexistent/corpus.jsonl",
+            "--out",
+            "/tmp/x",
+        ])
+        .output()
+        .unwrap();
+    fails_naming(out, &["/nonexistent/corpus.jsonl"]);
+    let out = rrlhf()
+        .args(["model", "logprobs", "--model", "/nonexistent/model"])
+        .output()
+        .unwrap();
+    fails_naming(out, &["/nonexistent/model", "config.json"]);
+    let out = rrlhf()
+        .args([
+            "sft",
+            "--data",
+            "/nonexistent/d.jsonl",
+            "--out",
+            "/tmp/never",
+            "--model",
+        ])
+        .arg(&f.model)
+        .output()
+        .unwrap();
+    fails_naming(out, &["/nonexistent/d.jsonl"]);
+}
+
+#[test]
+fn malformed_jsonl_lines_are_named() {
+    let f = fixture();
+    let mut child = rrlhf()
+        .args(["model", "logprobs", "--model"])
+        .arg(&f.model)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"{\"ids\": [1, 2]}\n{\"ids\": [1, oops]}\n")
+        .unwrap();
+    fails_naming(
+        child.wait_with_output().unwrap(),
+        &["stdin line 2", "invalid JSON"],
+    );
+
+    for (input, needle) in [
+        ("{\"ids\": [1, 99999]}\n", "99999"),
+        ("{\"tokens\": [1]}\n", "`ids`"),
+        ("{\"ids\": []}\n", "empty"),
+    ] {
+        let mut child = rrlhf()
+            .args(["model", "logprobs", "--model"])
+            .arg(&f.model)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+        fails_naming(child.wait_with_output().unwrap(), &["stdin line 1", needle]);
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("bad.jsonl");
+    std::fs::write(
+        &data,
+        "{\"prompt\": \"a\", \"response\": \"b\"}\n{\"prompt\": \"a\",\n",
+    )
+    .unwrap();
+    let out = rrlhf()
+        .args(["sft", "--out"])
+        .arg(dir.path().join("o"))
+        .arg("--model")
+        .arg(&f.model)
+        .arg("--data")
+        .arg(&data)
+        .output()
+        .unwrap();
+    fails_naming(out, &["bad.jsonl:2"]);
+}
+
+#[test]
+fn unknown_values_are_rejected() {
+    let f = fixture();
+    let out = rrlhf()
+        .args([
+            "model",
+            "init",
+            "--arch",
+            "gpt2",
+            "--out",
+            "/tmp/x",
+            "--tokenizer",
+        ])
+        .arg(&f.tokenizer)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("gpt2"));
+    let out = rrlhf()
+        .args([
+            "model", "generate", "--prompt", "hi", "--device", "tpu:0", "--model",
+        ])
+        .arg(&f.model)
+        .output()
+        .unwrap();
+    fails_naming(out, &["tpu:0"]);
+    let out = rrlhf()
+        .args([
+            "model", "generate", "--prompt", "hi", "--top-p", "0", "--model",
+        ])
+        .arg(&f.model)
+        .output()
+        .unwrap();
+    fails_naming(out, &["top_p"]);
+    // A model directory without a tokenizer cannot generate text.
+    let dir = tempfile::tempdir().unwrap();
+    for file in ["config.json", "model.safetensors"] {
+        std::fs::copy(f.model.join(file), dir.path().join(file)).unwrap();
+    }
+    let out = rrlhf()
+        .args(["model", "generate", "--prompt", "hi", "--model"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    fails_naming(out, &["tokenizer"]);
+}

@@ -1,0 +1,76 @@
+//! A tokenizer and a tiny model built once by the real CLI and shared by the tests.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+pub fn hh_data() -> PathBuf {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared/data/hh-rlhf/harmless-base-test.jsonl.gz");
+    assert!(p.exists(), "shared HH-RLHF data missing at {}", p.display());
+    p
+}
+
+/// The binary under test, with one libtorch thread (tests run in parallel).
+pub fn rrlhf() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_rrlhf"));
+    cmd.env("OMP_NUM_THREADS", "1");
+    cmd
+}
+
+pub fn ok(out: Output) -> String {
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "command failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+pub struct Fixture {
+    _root: tempfile::TempDir,
+    pub tokenizer: PathBuf,
+    pub model: PathBuf,
+}
+
+/// `rrlhf tokenizer train` on the shared data, then `rrlhf model init --size tiny`.
+pub fn fixture() -> &'static Fixture {
+    static F: OnceLock<Fixture> = OnceLock::new();
+    F.get_or_init(|| {
+        let root = tempfile::tempdir().unwrap();
+        let tokenizer = root.path().join("tok");
+        let model = root.path().join("model");
+        let out = rrlhf()
+            .args(["tokenizer", "train", "--vocab-size", "512", "--data"])
+            .arg(hh_data())
+            .arg("--out")
+            .arg(&tokenizer)
+            .output()
+            .unwrap();
+        assert!(ok(out).contains("512 tokens"));
+        let out = rrlhf()
+            .args([
+                "model",
+                "init",
+                "--arch",
+                "llama",
+                "--size",
+                "tiny",
+                "--seed",
+                "3",
+                "--tokenizer",
+            ])
+            .arg(&tokenizer)
+            .arg("--out")
+            .arg(&model)
+            .output()
+            .unwrap();
+        ok(out);
+        Fixture {
+            _root: root,
+            tokenizer,
+            model,
+        }
+    })
+}

@@ -1,0 +1,5 @@
+//! End-to-end tests of the `rrlhf` binary on the shared HH-RLHF data, one test binary.
+
+mod commands;
+mod errors;
+mod fixture;

@@ -1,0 +1,362 @@
+//! Supervised fine-tuning: next-token loss on the response tokens (plus the closing EOS) of
+//! prompt/response examples, or on whole texts when the prompt is empty. AdamW with linear
+//! warm-up and cosine decay, global-norm clipping, a held-out split whose loss is measured
+//! before, during and after training, a progress bar, and a JSONL log of every step.
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::Path;
+
+use indicatif::{ProgressBar, ProgressStyle};
+use rrlhf_data::{SftData, split};
+use rrlhf_model::losses::nll;
+use rrlhf_model::{Batch, CausalLm, PadSide, TextTokenizer};
+use serde::Serialize;
+use tch::{Kind, Tensor};
+
+use crate::error::{Result, TrainError};
+use crate::optim::AdamW;
+use crate::schedule::WarmupCosine;
+
+#[derive(Debug, Clone)]
+pub struct SftConfig {
+    pub steps: usize,
+    pub batch_size: usize,
+    pub lr: f64,
+    pub warmup_steps: usize,
+    /// Final learning rate as a fraction of `lr`.
+    pub min_lr_ratio: f64,
+    pub weight_decay: f64,
+    /// Global gradient-norm limit; 0 disables clipping.
+    pub grad_clip: f64,
+    /// Longest sequence in tokens; longer examples keep the prompt's tail and response's head.
+    pub max_len: usize,
+    /// Share of examples held out for the evaluation loss.
+    pub eval_fraction: f64,
+    /// Cap on held-out examples evaluated (keeps evaluation cheap on big sets).
+    pub max_eval_examples: usize,
+    /// Evaluate every N steps (0: only before and after).
+    pub eval_every: usize,
+    pub seed: u64,
+    pub show_progress: bool,
+}
+
+impl Default for SftConfig {
+    fn default() -> Self {
+        Self {
+            steps: 200,
+            batch_size: 8,
+            lr: 1e-3,
+            warmup_steps: 20,
+            min_lr_ratio: 0.1,
+            weight_decay: 0.01,
+            grad_clip: 1.0,
+            max_len: 256,
+            eval_fraction: 0.05,
+            max_eval_examples: 128,
+            eval_every: 0,
+            seed: 0,
+            show_progress: true,
+        }
+    }
+}
+
+impl SftConfig {
+    fn validate(&self) -> Result<()> {
+        let bad = |m: &str| Err(TrainError::Invalid(m.into()));
+        if self.steps == 0 {
+            return bad("steps must be ≥ 1");
+        }
+        if self.batch_size == 0 {
+            return bad("batch size must be ≥ 1");
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            return bad("learning rate must be > 0");
+        }
+        if self.max_len < 2 {
+            return bad("max length must be ≥ 2 tokens");
+        }
+        if !(self.eval_fraction > 0.0 && self.eval_fraction < 1.0) {
+            return bad("eval fraction must be in (0, 1)");
+        }
+        Ok(())
+    }
+}
+
+/// One tokenised example: ids and, per id, whether it is a training target.
+#[derive(Debug, Clone)]
+pub struct Encoded {
+    pub ids: Vec<i64>,
+    pub target: Vec<bool>,
+}
+
+/// Tokenises prompt + response + EOS, truncating to `max_len` (the prompt keeps its last half
+/// of the budget at most, the response its head). `None` when nothing is left to train on.
+pub fn encode(
+    tok: &TextTokenizer,
+    prompt: &str,
+    response: &str,
+    max_len: usize,
+) -> Result<Option<Encoded>> {
+    let mut p = if prompt.is_empty() {
+        vec![]
+    } else {
+        tok.encode(prompt)?
+    };
+    let mut r = tok.encode(response)?;
+    r.push(tok.eos_id);
+    if p.len() + r.len() > max_len {
+        let keep_p = p.len().min(max_len / 2);
+        p.drain(..p.len() - keep_p);
+        r.truncate(max_len - keep_p);
+    }
+    // A whole-text example trains on every token after the first (which has no context).
+    let whole_text = p.is_empty();
+    let ids: Vec<i64> = p.iter().chain(&r).copied().collect();
+    let mut target: Vec<bool> = std::iter::repeat_n(false, p.len())
+        .chain(std::iter::repeat_n(true, r.len()))
+        .collect();
+    if whole_text {
+        target[0] = false;
+    }
+    Ok(target.iter().any(|&t| t).then_some(Encoded { ids, target }))
+}
+
+/// Right-padded model batch plus the `[B, T-1]` mask of target positions in shifted order.
+fn collate(examples: &[&Encoded], pad_id: i64, device: tch::Device) -> Result<(Batch, Tensor)> {
+    let seqs: Vec<Vec<i64>> = examples.iter().map(|e| e.ids.clone()).collect();
+    let batch = Batch::pad(&seqs, pad_id, PadSide::Right, device)?;
+    let width = batch.width() as usize;
+    let mut mask = Vec::with_capacity(examples.len() * width);
+    for e in examples {
+        mask.extend(e.target.iter().map(|&t| if t { 1f32 } else { 0.0 }));
+        mask.extend(std::iter::repeat_n(0f32, width - e.target.len()));
+    }
+    let mask = Tensor::from_slice(&mask)
+        .view([examples.len() as i64, width as i64])
+        .to_device(device);
+    let shifted = mask.narrow(1, 1, width as i64 - 1);
+    Ok((batch, shifted))
+}
+
+/// Token-weighted mean NLL over `examples`.
+pub fn eval_loss(
+    model: &CausalLm,
+    examples: &[Encoded],
+    pad_id: i64,
+    batch_size: usize,
+) -> Result<f64> {
+    let _guard = tch::no_grad_guard();
+    let (mut total, mut count) = (0.0, 0.0);
+    for chunk in examples.chunks(batch_size.max(1)) {
+        let refs: Vec<&Encoded> = chunk.iter().collect();
+        let (batch, mask) = collate(&refs, pad_id, model.device())?;
+        let lp = model.token_logprobs(&batch);
+        total -= (lp * &mask).sum(Kind::Float).double_value(&[]);
+        count += mask.sum(Kind::Float).double_value(&[]);
+    }
+    Ok(if count > 0.0 { total / count } else { f64::NAN })
+}
+
+#[derive(Debug, Clone, Serialize)]
+struct StepLog {
+    step: usize,
+    loss: f64,
+    lr: f64,
+    grad_norm: f64,
+    tokens: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    eval_loss: Option<f64>,
+}
+
+/// What an SFT run did.
+#[derive(Debug, Clone, Serialize)]
+pub struct SftOutcome {
+    pub train_examples: usize,
+    pub eval_examples: usize,
+    pub skipped_examples: usize,
+    pub steps: usize,
+    pub target_tokens: usize,
+    pub initial_eval_loss: f64,
+    pub final_eval_loss: f64,
+    pub final_train_loss: f64,
+    pub seconds: f64,
+}
+
+/// Fine-tunes `model` in place on `data`; writes one JSON line per step to `log` if given.
+pub fn train(
+    model: &CausalLm,
+    tok: &TextTokenizer,
+    data: &SftData,
+    cfg: &SftConfig,
+    log: Option<&Path>,
+) -> Result<SftOutcome> {
+    cfg.validate()?;
+    let start = std::time::Instant::now();
+    let mut encoded = Vec::with_capacity(data.examples.len());
+    let mut skipped = data.skipped;
+    for ex in &data.examples {
+        match encode(tok, &ex.prompt, &ex.response, cfg.max_len)? {
+            Some(e) => encoded.push(e),
+            None => skipped += 1,
+        }
+    }
+    let vocab = model.cfg.vocab_size;
+    if let Some(bad) = encoded.iter().flat_map(|e| &e.ids).find(|&&t| t >= vocab) {
+        return Err(TrainError::Invalid(format!(
+            "the tokenizer produced id {bad} but the model's vocabulary has {vocab} entries: \
+             model and tokenizer do not match"
+        )));
+    }
+    let (train_set, mut eval_set) = split::train_test(encoded, cfg.seed, cfg.eval_fraction);
+    eval_set.truncate(cfg.max_eval_examples);
+    if train_set.is_empty() || eval_set.is_empty() {
+        return Err(TrainError::Invalid(format!(
+            "need examples for both training and evaluation, got {} and {}",
+            train_set.len(),
+            eval_set.len()
+        )));
+    }
+
+    let mut log_file = match log {
+        Some(p) => Some(BufWriter::new(File::create(p).map_err(|err| {
+            TrainError::Io {
+                path: p.to_path_buf(),
+                err,
+            }
+        })?)),
+        None => None,
+    };
+    let schedule = WarmupCosine {
+        peak: cfg.lr,
+        warmup: cfg.warmup_steps.min(cfg.steps / 2),
+        total: cfg.steps,
+        min_ratio: cfg.min_lr_ratio,
+    };
+    let mut opt = AdamW::new(&model.vs, cfg.lr, cfg.weight_decay)?;
+    let initial_eval_loss = eval_loss(model, &eval_set, tok.pad_id, cfg.batch_size)?;
+    let bar = progress_bar(cfg);
+    bar.set_message(format!("held-out loss {initial_eval_loss:.3}"));
+
+    let mut order = Order::new(train_set.len(), cfg.seed);
+    let (mut target_tokens, mut last_loss, mut last_eval) = (0usize, f64::NAN, initial_eval_loss);
+    for step in 0..cfg.steps {
+        let picked: Vec<&Encoded> = (0..cfg.batch_size)
+            .map(|_| &train_set[order.next()])
+            .collect();
+        let (batch, mask) = collate(&picked, tok.pad_id, model.device())?;
+        let loss = nll(&model.token_logprobs(&batch), &mask);
+        let lr = schedule.lr(step);
+        let grad_norm = opt.step(&loss, lr, cfg.grad_clip)?;
+        last_loss = loss.double_value(&[]);
+        if !last_loss.is_finite() {
+            return Err(TrainError::Invalid(format!(
+                "loss became {last_loss} at step {step}; lower the learning rate"
+            )));
+        }
+        let tokens = mask.sum(Kind::Float).double_value(&[]) as usize;
+        target_tokens += tokens;
+        let eval = (cfg.eval_every > 0 && (step + 1) % cfg.eval_every == 0 && step + 1 < cfg.steps)
+            .then(|| eval_loss(model, &eval_set, tok.pad_id, cfg.batch_size))
+            .transpose()?;
+        if let Some(e) = eval {
+            last_eval = e;
+        }
+        if let Some(f) = log_file.as_mut() {
+            let line = StepLog {
+                step: step + 1,
+                loss: last_loss,
+                lr,
+                grad_norm,
+                tokens,
+                eval_loss: eval,
+            };
+            writeln!(f, "{}", serde_json::to_string(&line).expect("JSON")).map_err(|err| {
+                TrainError::Io {
+                    path: log.unwrap_or(Path::new("log")).to_path_buf(),
+                    err,
+                }
+            })?;
+        }
+        bar.set_message(format!("loss {last_loss:.3} · held-out {last_eval:.3}"));
+        bar.inc(1);
+    }
+    let final_eval_loss = eval_loss(model, &eval_set, tok.pad_id, cfg.batch_size)?;
+    bar.finish_with_message(format!(
+        "held-out loss {initial_eval_loss:.3} → {final_eval_loss:.3}"
+    ));
+    if let Some(mut f) = log_file {
+        f.flush().map_err(|err| TrainError::Io {
+            path: log.unwrap_or(Path::new("log")).to_path_buf(),
+            err,
+        })?;
+    }
+    Ok(SftOutcome {
+        train_examples: train_set.len(),
+        eval_examples: eval_set.len(),
+        skipped_examples: skipped,
+        steps: cfg.steps,
+        target_tokens,
+        initial_eval_loss,
+        final_eval_loss,
+        final_train_loss: last_loss,
+        seconds: start.elapsed().as_secs_f64(),
+    })
+}
+
+fn progress_bar(cfg: &SftConfig) -> ProgressBar {
+    if !cfg.show_progress {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(cfg.steps as u64);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "sft {bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}",
+        )
+        .expect("static template"),
+    );
+    bar
+}
+
+/// Epoch-wise shuffled example order, reproducible from the seed.
+struct Order {
+    perm: Vec<usize>,
+    pos: usize,
+    state: u64,
+}
+
+impl Order {
+    fn new(n: usize, seed: u64) -> Self {
+        let mut o = Self {
+            perm: (0..n).collect(),
+            pos: n,
+            state: seed ^ 0x5DEE_CE66_D1CE_4E5B,
+        };
+        o.reshuffle();
+        o
+    }
+
+    fn rand(&mut self) -> u64 {
+        // xorshift64*: tiny, fixed forever, good enough for shuffling.
+        self.state ^= self.state >> 12;
+        self.state ^= self.state << 25;
+        self.state ^= self.state >> 27;
+        self.state.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    fn reshuffle(&mut self) {
+        for i in (1..self.perm.len()).rev() {
+            let j = (self.rand() % (i as u64 + 1)) as usize;
+            self.perm.swap(i, j);
+        }
+        self.pos = 0;
+    }
+
+    fn next(&mut self) -> usize {
+        if self.pos == self.perm.len() {
+            self.reshuffle();
+        }
+        self.pos += 1;
+        self.perm[self.pos - 1]
+    }
+}
