@@ -87,3 +87,38 @@ impl BrmeHead {
         (mu, sigma)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::Device;
+
+    #[test]
+    fn heads_have_hf_names_shapes_and_positive_sigma() {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let root = vs.root();
+        let value = ValueHead::new(&root / "score", 16);
+        let brme = BrmeHead::new(&root / "brme", 16, 5);
+        let mut names: Vec<String> = vs.variables().into_keys().collect();
+        names.sort();
+        assert_eq!(
+            names,
+            [
+                "brme.mu.bias",
+                "brme.mu.weight",
+                "brme.sigma.bias",
+                "brme.sigma.weight",
+                "score.weight"
+            ]
+        );
+        let hidden = Tensor::randn([2, 7, 16], (Kind::Float, Device::Cpu)) * 50.0;
+        assert_eq!(value.forward(&hidden).size(), [2, 7]);
+        let (mu, sigma) = brme.forward(&hidden);
+        assert_eq!(mu.size(), [2, 7, 5]);
+        assert_eq!(sigma.size(), [2, 7, 5]);
+        assert!(
+            sigma.min().double_value(&[]) > 0.0,
+            "σ must be strictly positive"
+        );
+    }
+}

@@ -360,3 +360,108 @@ impl Order {
         self.perm[self.pos - 1]
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tokenizer() -> (tempfile::TempDir, TextTokenizer) {
+        let dir = tempfile::tempdir().unwrap();
+        let texts = (0..50).map(|i| format!("Human: question {i}\n\nAssistant: answer {i}"));
+        let tok = rrlhf_model::tokenizer::train_bpe(texts, 300, dir.path()).unwrap();
+        (dir, tok)
+    }
+
+    #[test]
+    fn targets_cover_the_response_and_eos_only() {
+        let (_d, tok) = tokenizer();
+        let e = encode(&tok, "Human: hi\n\nAssistant:", " hello there", 64)
+            .unwrap()
+            .unwrap();
+        let p = tok.encode("Human: hi\n\nAssistant:").unwrap().len();
+        assert!(e.target[..p].iter().all(|&t| !t));
+        assert!(e.target[p..].iter().all(|&t| t));
+        assert_eq!(*e.ids.last().unwrap(), tok.eos_id);
+        // Whole-text examples train on everything but the first token.
+        let w = encode(&tok, "", "answer 3", 64).unwrap().unwrap();
+        assert!(!w.target[0] && w.target[1..].iter().all(|&t| t));
+    }
+
+    #[test]
+    fn truncation_keeps_prompt_tail_and_response_head() {
+        let (_d, tok) = tokenizer();
+        let prompt = "question ".repeat(40);
+        let response = " answer".repeat(40);
+        let e = encode(&tok, &prompt, &response, 20).unwrap().unwrap();
+        assert_eq!(e.ids.len(), 20);
+        assert_eq!(e.target.iter().filter(|&&t| !t).count(), 10);
+        let full_p = tok.encode(&prompt).unwrap();
+        assert_eq!(e.ids[..10], full_p[full_p.len() - 10..]);
+        let full_r = tok.encode(&response).unwrap();
+        assert_eq!(
+            e.ids[10..],
+            full_r[..10],
+            "EOS is cut with the response tail"
+        );
+    }
+
+    #[test]
+    fn bad_settings_are_rejected() {
+        let (_d, tok) = tokenizer();
+        let model = {
+            let preset = rrlhf_model::SizePreset::by_name("tiny").unwrap();
+            let cfg = rrlhf_model::ModelConfig::new_random(
+                rrlhf_model::Arch::Llama,
+                &preset,
+                300,
+                None,
+                1,
+                Some(0),
+                64,
+            );
+            CausalLm::new(cfg, Default::default()).unwrap()
+        };
+        let data = SftData {
+            examples: vec![rrlhf_data::SftExample {
+                prompt: "a".into(),
+                response: "b".into(),
+            }],
+            skipped: 0,
+        };
+        for cfg in [
+            SftConfig {
+                steps: 0,
+                ..Default::default()
+            },
+            SftConfig {
+                lr: -1.0,
+                ..Default::default()
+            },
+            SftConfig {
+                eval_fraction: 1.5,
+                ..Default::default()
+            },
+        ] {
+            assert!(matches!(
+                train(&model, &tok, &data, &cfg, None),
+                Err(TrainError::Invalid(_))
+            ));
+        }
+        // One example cannot be split into training and held-out parts.
+        let err = train(
+            &model,
+            &tok,
+            &data,
+            &SftConfig {
+                show_progress: false,
+                ..Default::default()
+            },
+            None,
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("both training and evaluation"),
+            "{err}"
+        );
+    }
+}
