@@ -1,30 +1,17 @@
 //! The commands do what they say: logprobs match the library, SFT lowers held-out loss and
 //! its checkpoint reloads, generation honours its flags.
 
-use std::io::Write;
-use std::process::Stdio;
-
 use rrlhf_model::{Batch, CausalLm, PadSide, Placement};
 
-use crate::fixture::{fixture, hh_data, ok, rrlhf};
+use crate::fixture::{fixture, hh_data, logprobs, ok, rrlhf};
 
 #[test]
 fn logprobs_reads_jsonl_and_matches_the_model() {
     let f = fixture();
-    let mut child = rrlhf()
-        .args(["model", "logprobs", "--model"])
-        .arg(&f.model)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"{\"ids\": [5, 17, 300, 2]}\n\n{\"ids\": [9]}\n")
-        .unwrap();
-    let out = ok(child.wait_with_output().unwrap());
+    let out = ok(logprobs(
+        &f.model,
+        b"{\"ids\": [5, 17, 300, 2]}\n\n{\"ids\": [9]}\n",
+    ));
     let rows: Vec<serde_json::Value> = out
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())

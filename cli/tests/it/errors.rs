@@ -1,9 +1,8 @@
 //! Bad input ends in a one-line error naming what is wrong, and a non-zero exit.
 
-use std::io::Write;
-use std::process::{Output, Stdio};
+use std::process::Output;
 
-use crate::fixture::{fixture, rrlhf};
+use crate::fixture::{fixture, logprobs, rrlhf};
 
 /// Asserts failure with a single stderr line that contains every `needle`.
 fn fails_naming(out: Output, needles: &[&str]) {
@@ -57,45 +56,17 @@ fn unreadable_files_are_named() {
 #[test]
 fn malformed_jsonl_lines_are_named() {
     let f = fixture();
-    let mut child = rrlhf()
-        .args(["model", "logprobs", "--model"])
-        .arg(&f.model)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"{\"ids\": [1, 2]}\n{\"ids\": [1, oops]}\n")
-        .unwrap();
-    fails_naming(
-        child.wait_with_output().unwrap(),
-        &["stdin line 2", "invalid JSON"],
-    );
-
+    let out = logprobs(&f.model, b"{\"ids\": [1, 2]}\n{\"ids\": [1, oops]}\n");
+    fails_naming(out, &["stdin line 2", "invalid JSON"]);
     for (input, needle) in [
         ("{\"ids\": [1, 99999]}\n", "99999"),
         ("{\"tokens\": [1]}\n", "`ids`"),
         ("{\"ids\": []}\n", "empty"),
     ] {
-        let mut child = rrlhf()
-            .args(["model", "logprobs", "--model"])
-            .arg(&f.model)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(input.as_bytes())
-            .unwrap();
-        fails_naming(child.wait_with_output().unwrap(), &["stdin line 1", needle]);
+        fails_naming(
+            logprobs(&f.model, input.as_bytes()),
+            &["stdin line 1", needle],
+        );
     }
 
     let dir = tempfile::tempdir().unwrap();

@@ -1,7 +1,8 @@
 //! A tokenizer and a tiny model built once by the real CLI and shared by the tests.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 
 pub fn hh_data() -> PathBuf {
@@ -26,6 +27,20 @@ pub fn ok(out: Output) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     stdout
+}
+
+/// `rrlhf model logprobs --model MODEL` fed `input` on stdin.
+pub fn logprobs(model: &Path, input: &[u8]) -> Output {
+    let mut child = rrlhf()
+        .args(["model", "logprobs", "--model"])
+        .arg(model)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    child.wait_with_output().unwrap()
 }
 
 pub struct Fixture {
