@@ -4,6 +4,7 @@
 
 mod args;
 mod cmd_model;
+mod cmd_rm;
 mod cmd_run;
 mod cmd_sft;
 mod cmd_tokenizer;
@@ -33,6 +34,9 @@ enum Command {
     Tokenizer(cmd_tokenizer::TokenizerCommand),
     /// Supervised fine-tuning of a causal LM on prompt/response data.
     Sft(cmd_sft::SftArgs),
+    /// Reward models: two-stage training (Bradley–Terry → BRME), evaluation, calibration.
+    #[command(subcommand)]
+    Rm(cmd_rm::RmCommand),
 }
 
 fn main() {
@@ -42,6 +46,7 @@ fn main() {
         Command::Model(c) => cmd_model::run(c),
         Command::Tokenizer(c) => cmd_tokenizer::run(c),
         Command::Sft(a) => cmd_sft::run(a),
+        Command::Rm(c) => cmd_rm::run(c),
     };
     if let Err(e) = result {
         // `{:#}` joins the context chain into one line: "reading x: file not found".

@@ -8,8 +8,10 @@ pub mod corpus;
 pub mod error;
 pub mod hh;
 pub mod lines;
+pub mod preference;
 pub mod sft;
 pub mod split;
 
 pub use error::{DataError, Result};
+pub use preference::{OnMalformed, PairData, PairOptions, PreferencePair, SkipCounts, load_pairs};
 pub use sft::{SftData, SftExample};

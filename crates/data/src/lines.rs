@@ -67,6 +67,25 @@ pub fn parse_object(
     }
 }
 
+/// The string field `key` of a record: `None` when absent or null, an error naming the field
+/// when it holds anything but a string.
+pub fn string_field(
+    path: &Path,
+    line: usize,
+    map: &serde_json::Map<String, serde_json::Value>,
+    key: &str,
+) -> Result<Option<String>> {
+    match map.get(key) {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(serde_json::Value::String(s)) => Ok(Some(s.clone())),
+        Some(other) => Err(DataError::Malformed {
+            path: path.to_path_buf(),
+            line,
+            message: format!("field `{key}` must be a string, got {other}"),
+        }),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,11 +8,9 @@
 
 use std::path::Path;
 
-use serde_json::Value;
-
 use crate::error::{DataError, Result};
 use crate::hh::split_last_turn;
-use crate::lines::{looks_like_jsonl, parse_object, read_lines};
+use crate::lines::{looks_like_jsonl, parse_object, read_lines, string_field};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct SftExample {
@@ -26,23 +24,6 @@ pub struct SftData {
     pub examples: Vec<SftExample>,
     /// HH records whose chosen transcript has no assistant response.
     pub skipped: usize,
-}
-
-fn string_field(
-    path: &Path,
-    line: usize,
-    map: &serde_json::Map<String, Value>,
-    key: &str,
-) -> Result<Option<String>> {
-    match map.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s.clone())),
-        Some(other) => Err(DataError::Malformed {
-            path: path.to_path_buf(),
-            line,
-            message: format!("field `{key}` must be a string, got {other}"),
-        }),
-    }
 }
 
 /// Reads SFT examples from `path` (see the module docs for the formats).

@@ -18,7 +18,9 @@ pub mod kv_cache;
 pub mod llama;
 pub mod losses;
 pub mod mask;
+pub mod reward_model;
 pub mod rope;
+pub mod scoring;
 pub mod tokenizer;
 
 pub use batch::{Batch, PadSide};
@@ -27,4 +29,5 @@ pub use config::{Arch, ModelConfig, SizePreset};
 pub use device::Placement;
 pub use error::{ModelError, Result};
 pub use generate::{FinishReason, Generation, SamplingParams, generate};
+pub use reward_model::{RewardKind, RewardMeta, RewardModel};
 pub use tokenizer::TextTokenizer;

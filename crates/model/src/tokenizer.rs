@@ -102,6 +102,44 @@ impl TextTokenizer {
         Ok(enc.get_ids().iter().map(|&i| i64::from(i)).collect())
     }
 
+    /// `prompt + response + EOS` as ids, fitted into `max_len`: when too long, the prompt keeps
+    /// at most its last `max_len / 2` tokens and the response its head (the EOS may be cut).
+    /// Returns the ids and the length before truncation.
+    pub fn encode_pair(
+        &self,
+        prompt: &str,
+        response: &str,
+        max_len: usize,
+    ) -> Result<(Vec<i64>, usize)> {
+        let (ids, _, full) = self.encode_pair_split(prompt, response, max_len)?;
+        Ok((ids, full))
+    }
+
+    /// Like [`Self::encode_pair`], also returning how many leading ids are prompt.
+    pub fn encode_pair_split(
+        &self,
+        prompt: &str,
+        response: &str,
+        max_len: usize,
+    ) -> Result<(Vec<i64>, usize, usize)> {
+        let mut p = if prompt.is_empty() {
+            vec![]
+        } else {
+            self.encode(prompt)?
+        };
+        let mut r = self.encode(response)?;
+        r.push(self.eos_id);
+        let full = p.len() + r.len();
+        if full > max_len {
+            let keep_p = p.len().min(max_len / 2);
+            p.drain(..p.len() - keep_p);
+            r.truncate(max_len - keep_p);
+        }
+        let prompt_len = p.len();
+        p.extend(r);
+        Ok((p, prompt_len, full))
+    }
+
     /// Text of `ids`, skipping special tokens.
     pub fn decode(&self, ids: &[i64]) -> Result<String> {
         let ids: Vec<u32> = ids

@@ -1,8 +1,12 @@
-//! `rrlhf-train`: offline training jobs. For now supervised fine-tuning ([`sft`]); the
-//! schedule and optimiser helpers are shared with the reward-model stages.
+//! `rrlhf-train`: offline training jobs — supervised fine-tuning ([`sft`]), the two reward-model
+//! stages ([`rm`]) and reward-model evaluation and calibration ([`rm_eval`]).
 
 pub mod error;
 pub mod optim;
+pub mod progress;
+pub mod rm;
+pub mod rm_eval;
+pub mod sampler;
 pub mod schedule;
 pub mod sft;
 

@@ -3,11 +3,8 @@
 //! warm-up and cosine decay, global-norm clipping, a held-out split whose loss is measured
 //! before, during and after training, a progress bar, and a JSONL log of every step.
 
-use std::fs::File;
-use std::io::{BufWriter, Write};
 use std::path::Path;
 
-use indicatif::{ProgressBar, ProgressStyle};
 use rrlhf_data::{SftData, split};
 use rrlhf_model::losses::nll;
 use rrlhf_model::{Batch, CausalLm, PadSide, TextTokenizer};
@@ -16,6 +13,8 @@ use tch::{Kind, Tensor};
 
 use crate::error::{Result, TrainError};
 use crate::optim::AdamW;
+use crate::progress::{StepLogger, progress_bar};
+use crate::sampler::Order;
 use crate::schedule::WarmupCosine;
 
 #[derive(Debug, Clone)]
@@ -98,25 +97,10 @@ pub fn encode(
     response: &str,
     max_len: usize,
 ) -> Result<Option<Encoded>> {
-    let mut p = if prompt.is_empty() {
-        vec![]
-    } else {
-        tok.encode(prompt)?
-    };
-    let mut r = tok.encode(response)?;
-    r.push(tok.eos_id);
-    if p.len() + r.len() > max_len {
-        let keep_p = p.len().min(max_len / 2);
-        p.drain(..p.len() - keep_p);
-        r.truncate(max_len - keep_p);
-    }
+    let (ids, prompt_len, _) = tok.encode_pair_split(prompt, response, max_len)?;
+    let mut target: Vec<bool> = (0..ids.len()).map(|i| i >= prompt_len).collect();
     // A whole-text example trains on every token after the first (which has no context).
-    let whole_text = p.is_empty();
-    let ids: Vec<i64> = p.iter().chain(&r).copied().collect();
-    let mut target: Vec<bool> = std::iter::repeat_n(false, p.len())
-        .chain(std::iter::repeat_n(true, r.len()))
-        .collect();
-    if whole_text {
+    if prompt_len == 0 {
         target[0] = false;
     }
     Ok(target.iter().any(|&t| t).then_some(Encoded { ids, target }))
@@ -218,15 +202,7 @@ pub fn train(
         )));
     }
 
-    let mut log_file = match log {
-        Some(p) => Some(BufWriter::new(File::create(p).map_err(|err| {
-            TrainError::Io {
-                path: p.to_path_buf(),
-                err,
-            }
-        })?)),
-        None => None,
-    };
+    let mut log_file = log.map(StepLogger::create).transpose()?;
     let schedule = WarmupCosine {
         peak: cfg.lr,
         warmup: cfg.warmup_steps.min(cfg.steps / 2),
@@ -235,7 +211,7 @@ pub fn train(
     };
     let mut opt = AdamW::new(&model.vs, cfg.lr, cfg.weight_decay)?;
     let initial_eval_loss = eval_loss(model, &eval_set, tok.pad_id, cfg.batch_size)?;
-    let bar = progress_bar(cfg);
+    let bar = progress_bar("sft", cfg.steps, cfg.show_progress);
     bar.set_message(format!("held-out loss {initial_eval_loss:.3}"));
 
     let mut order = Order::new(train_set.len(), cfg.seed);
@@ -263,19 +239,13 @@ pub fn train(
             last_eval = e;
         }
         if let Some(f) = log_file.as_mut() {
-            let line = StepLog {
+            f.write(&StepLog {
                 step: step + 1,
                 loss: last_loss,
                 lr,
                 grad_norm,
                 tokens,
                 eval_loss: eval,
-            };
-            writeln!(f, "{}", serde_json::to_string(&line).expect("JSON")).map_err(|err| {
-                TrainError::Io {
-                    path: log.unwrap_or(Path::new("log")).to_path_buf(),
-                    err,
-                }
             })?;
         }
         bar.set_message(format!("loss {last_loss:.3} · held-out {last_eval:.3}"));
@@ -285,11 +255,8 @@ pub fn train(
     bar.finish_with_message(format!(
         "held-out loss {initial_eval_loss:.3} → {final_eval_loss:.3}"
     ));
-    if let Some(mut f) = log_file {
-        f.flush().map_err(|err| TrainError::Io {
-            path: log.unwrap_or(Path::new("log")).to_path_buf(),
-            err,
-        })?;
+    if let Some(f) = log_file {
+        f.finish()?;
     }
     Ok(SftOutcome {
         train_examples: train_set.len(),
@@ -302,63 +269,6 @@ pub fn train(
         final_train_loss: last_loss,
         seconds: start.elapsed().as_secs_f64(),
     })
-}
-
-fn progress_bar(cfg: &SftConfig) -> ProgressBar {
-    if !cfg.show_progress {
-        return ProgressBar::hidden();
-    }
-    let bar = ProgressBar::new(cfg.steps as u64);
-    bar.set_style(
-        ProgressStyle::with_template(
-            "sft {bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}",
-        )
-        .expect("static template"),
-    );
-    bar
-}
-
-/// Epoch-wise shuffled example order, reproducible from the seed.
-struct Order {
-    perm: Vec<usize>,
-    pos: usize,
-    state: u64,
-}
-
-impl Order {
-    fn new(n: usize, seed: u64) -> Self {
-        let mut o = Self {
-            perm: (0..n).collect(),
-            pos: n,
-            state: seed ^ 0x5DEE_CE66_D1CE_4E5B,
-        };
-        o.reshuffle();
-        o
-    }
-
-    fn rand(&mut self) -> u64 {
-        // xorshift64*: tiny, fixed forever, good enough for shuffling.
-        self.state ^= self.state >> 12;
-        self.state ^= self.state << 25;
-        self.state ^= self.state >> 27;
-        self.state.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    fn reshuffle(&mut self) {
-        for i in (1..self.perm.len()).rev() {
-            let j = (self.rand() % (i as u64 + 1)) as usize;
-            self.perm.swap(i, j);
-        }
-        self.pos = 0;
-    }
-
-    fn next(&mut self) -> usize {
-        if self.pos == self.perm.len() {
-            self.reshuffle();
-        }
-        self.pos += 1;
-        self.perm[self.pos - 1]
-    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,276 @@
+//! Reward models: the backbone plus a reward head read at the last token of each sequence.
+//!
+//! - Stage 1, Bradley–Terry: a scalar head `score.weight` (no bias). The directory is a Hugging
+//!   Face `*ForSequenceClassification` checkpoint with `num_labels = 1`, so transformers opens it.
+//! - Stage 2, BRME: K Gaussian heads `brme.mu` and `brme.sigma` (σ = softplus).
+//!
+//! What kind of head a directory holds, and its K, α, stage-1 parent and calibration, are
+//! recorded in `config.json` under [`REWARD_KEY`].
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use tch::{Kind, Tensor, nn};
+
+use crate::batch::Batch;
+use crate::checkpoint::{self, LoadRules};
+use crate::config::ModelConfig;
+use crate::device::{Placement, dtype_name};
+use crate::error::{ModelError, Result};
+use crate::heads::{BrmeHead, ValueHead};
+use crate::llama::Backbone;
+
+/// The `config.json` key holding [`RewardMeta`].
+pub const REWARD_KEY: &str = "rrlhf_reward";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RewardKind {
+    BradleyTerry,
+    Brme,
+}
+
+/// Calibration of a reward source on a reference set (for heterologous fusion).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RewardCalibration {
+    pub mean: f32,
+    pub std: f32,
+    pub count: usize,
+    /// The reference data it was measured on.
+    #[serde(default)]
+    pub reference: Option<String>,
+}
+
+/// What a reward-model directory holds, as written to `config.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RewardMeta {
+    pub kind: RewardKind,
+    /// K (1 for Bradley–Terry).
+    pub heads: i64,
+    /// Scale α of the stage-2 targets `α(p̂ − ½)` (BRME only).
+    #[serde(default)]
+    pub alpha: Option<f64>,
+    /// The model this one was initialised from (SFT model for stage 1, stage-1 RM for BRME).
+    #[serde(default)]
+    pub parent: Option<String>,
+    /// Human-readable tensor layout of the head.
+    pub head_layout: String,
+    #[serde(default)]
+    pub calibration: Option<RewardCalibration>,
+    /// The train/validation split it was trained with, so evaluation can use the held-out part.
+    #[serde(default)]
+    pub split: Option<TrainingSplit>,
+}
+
+/// How training pairs were split: `rrlhf_data::split::train_test(pairs, seed, eval_fraction)`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainingSplit {
+    pub data: String,
+    pub seed: u64,
+    pub eval_fraction: f64,
+}
+
+impl RewardMeta {
+    pub fn bradley_terry(parent: Option<String>) -> Self {
+        Self {
+            kind: RewardKind::BradleyTerry,
+            heads: 1,
+            alpha: None,
+            parent,
+            head_layout: "score.weight [1, hidden]: scalar reward at the last token".into(),
+            calibration: None,
+            split: None,
+        }
+    }
+
+    pub fn brme(heads: i64, alpha: f64, parent: Option<String>) -> Result<Self> {
+        if heads < 1 {
+            return Err(ModelError::InvalidInput(format!(
+                "the BRME needs K ≥ 1 heads, got {heads}"
+            )));
+        }
+        if !(alpha.is_finite() && alpha > 0.0) {
+            return Err(ModelError::InvalidInput(format!(
+                "α must be a positive number, got {alpha}"
+            )));
+        }
+        Ok(Self {
+            kind: RewardKind::Brme,
+            heads,
+            alpha: Some(alpha),
+            parent,
+            head_layout: format!(
+                "brme.mu.{{weight [{heads}, hidden], bias [{heads}]}}: μ of head i = row i; \
+                 brme.sigma.{{weight, bias}} likewise, σ = softplus(row i)"
+            ),
+            calibration: None,
+            split: None,
+        })
+    }
+}
+
+#[derive(Debug)]
+pub enum RewardHead {
+    Scalar(ValueHead),
+    Brme(BrmeHead),
+}
+
+/// Per-sequence head outputs, `[B, K]` f32 each (σ is 0 for a Bradley–Terry model).
+#[derive(Debug)]
+pub struct RewardOutput {
+    pub mu: Tensor,
+    pub sigma: Tensor,
+}
+
+#[derive(Debug)]
+pub struct RewardModel {
+    pub vs: nn::VarStore,
+    pub cfg: ModelConfig,
+    pub backbone: Backbone,
+    pub head: RewardHead,
+    pub meta: RewardMeta,
+}
+
+fn is_head_tensor(name: &str) -> bool {
+    name == "lm_head.weight" || name.starts_with("score.") || name.starts_with("brme.")
+}
+
+impl RewardModel {
+    fn build(cfg: ModelConfig, meta: RewardMeta, placement: Placement) -> Self {
+        let mut vs = nn::VarStore::new(placement.device);
+        let root = vs.root();
+        let backbone = Backbone::new(&root / "model", &cfg);
+        let head = match meta.kind {
+            RewardKind::BradleyTerry => {
+                RewardHead::Scalar(ValueHead::new(&root / "score", cfg.hidden_size))
+            }
+            RewardKind::Brme => {
+                RewardHead::Brme(BrmeHead::new(&root / "brme", cfg.hidden_size, meta.heads))
+            }
+        };
+        if placement.kind != Kind::Float {
+            vs.set_kind(placement.kind);
+        }
+        Self {
+            vs,
+            cfg,
+            backbone,
+            head,
+            meta,
+        }
+    }
+
+    /// A new reward model whose backbone comes from `base` (an SFT model or another reward
+    /// model: its LM/reward head is ignored) and whose head is freshly initialised.
+    pub fn from_base(base: &Path, meta: RewardMeta, placement: Placement) -> Result<Self> {
+        let mut cfg = ModelConfig::from_dir(base)?;
+        cfg.raw.remove(REWARD_KEY);
+        let model = Self::build(cfg, meta, placement);
+        let is_new_head = |name: &str| name.starts_with("score.") || name.starts_with("brme.");
+        checkpoint::load_into(
+            &model.vs,
+            base,
+            &LoadRules {
+                ignore_unexpected: Some(&is_head_tensor),
+                allow_missing: Some(&is_new_head),
+            },
+        )?;
+        Ok(model)
+    }
+
+    /// Loads a saved reward model strictly.
+    pub fn from_dir(dir: &Path, placement: Placement) -> Result<Self> {
+        let cfg = ModelConfig::from_dir(dir)?;
+        let meta = Self::meta_of(&cfg, dir)?;
+        let model = Self::build(cfg, meta, placement);
+        let tied = model.cfg.tie_word_embeddings;
+        let ignore = move |name: &str| tied && name == "lm_head.weight";
+        checkpoint::load_into(
+            &model.vs,
+            dir,
+            &LoadRules {
+                ignore_unexpected: Some(&ignore),
+                allow_missing: None,
+            },
+        )?;
+        Ok(model)
+    }
+
+    /// The reward metadata recorded in a config, or an error saying this is no reward model.
+    pub fn meta_of(cfg: &ModelConfig, dir: &Path) -> Result<RewardMeta> {
+        let value = cfg.raw.get(REWARD_KEY).ok_or_else(|| ModelError::Config {
+            path: dir.join("config.json"),
+            message: format!(
+                "not a reward model: no `{REWARD_KEY}` entry (train one with `rrlhf rm train`)"
+            ),
+        })?;
+        serde_json::from_value(value.clone()).map_err(|e| ModelError::Config {
+            path: dir.join("config.json"),
+            message: format!("bad `{REWARD_KEY}` entry: {e}"),
+        })
+    }
+
+    /// Writes config (with the reward metadata) and weights to `dir`.
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        std::fs::create_dir_all(dir).map_err(|e| ModelError::io(dir, e))?;
+        let mut cfg = self.cfg.clone();
+        let arch = cfg.arch;
+        let kind = self.backbone.embed_tokens.ws.kind();
+        cfg.raw
+            .insert("torch_dtype".into(), dtype_name(kind).into());
+        cfg.raw.insert("dtype".into(), dtype_name(kind).into());
+        cfg.raw.insert(
+            REWARD_KEY.into(),
+            serde_json::to_value(&self.meta).expect("serialisable"),
+        );
+        match self.meta.kind {
+            RewardKind::BradleyTerry => {
+                let class = match arch {
+                    crate::Arch::Llama => "LlamaForSequenceClassification",
+                    crate::Arch::Qwen2 => "Qwen2ForSequenceClassification",
+                };
+                cfg.raw.insert("architectures".into(), json!([class]));
+                cfg.raw.insert("num_labels".into(), json!(1));
+                cfg.raw.insert("id2label".into(), json!({"0": "LABEL_0"}));
+                cfg.raw.insert("label2id".into(), json!({"LABEL_0": 0}));
+            }
+            RewardKind::Brme => {
+                cfg.raw.insert(
+                    "architectures".into(),
+                    Value::from(vec!["RrlhfBrmeRewardModel"]),
+                );
+            }
+        }
+        checkpoint::save(&self.vs, &[], dir)?;
+        cfg.write(dir)
+    }
+
+    pub fn heads(&self) -> i64 {
+        self.meta.heads
+    }
+
+    /// Head outputs at the last real token of each row of a right-padded batch.
+    pub fn forward(&self, batch: &Batch) -> Result<RewardOutput> {
+        let hidden =
+            self.backbone
+                .forward(&batch.ids, batch.attention_mask(), &batch.positions, None);
+        let last: Vec<i64> = batch.lengths.iter().map(|&l| l as i64 - 1).collect();
+        let index = Tensor::from_slice(&last)
+            .to_device(hidden.device())
+            .view([-1, 1, 1])
+            .expand([-1, 1, hidden.size()[2]], false);
+        let pooled = hidden.f_gather(1, &index, false)?.squeeze_dim(1);
+        Ok(match &self.head {
+            RewardHead::Scalar(h) => {
+                let mu = h.forward(&pooled).unsqueeze(-1);
+                let sigma = mu.zeros_like();
+                RewardOutput { mu, sigma }
+            }
+            RewardHead::Brme(h) => {
+                let (mu, sigma) = h.forward(&pooled);
+                RewardOutput { mu, sigma }
+            }
+        })
+    }
+}

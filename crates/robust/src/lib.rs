@@ -1,0 +1,35 @@
+//! `rrlhf-robust`: the reward-robust objective of the paper (eq. 5–7) on plain `f32` data, with
+//! no tensor library, so that the reward service and the orchestrator share one implementation.
+//!
+//! - [`summary`]: per-sample statistics of the K head rewards of a BRME — the nominal head
+//!   (smallest σ), min, max, mean, median, variance.
+//! - [`strategy`]: the aggregation strategies (`nominal`, `min`, `max`, `mean`, `median`,
+//!   `tradeoff:λ`, `batch_worst_head:λ`, `uwo:c`, and the controls `random`, `constant`).
+//! - [`fusion`]: z-normalisation of several reward sources with calibration statistics.
+
+pub mod fusion;
+pub mod rng;
+pub mod strategy;
+pub mod summary;
+
+pub use strategy::{Strategy, UncertaintySet, aggregate};
+pub use summary::{HeadOutputs, SampleSummary, summarize};
+
+/// Errors of the robust-objective math: bad parameters or shapes, named.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum RobustError {
+    #[error(
+        "unknown strategy `{0}` (expected nominal, min, max, mean, median, tradeoff:λ, batch_worst_head:λ, uwo:c, random or constant)"
+    )]
+    UnknownStrategy(String),
+    #[error("{name} must be {expected}, got {value}")]
+    BadParameter {
+        name: &'static str,
+        expected: &'static str,
+        value: String,
+    },
+    #[error("sample {index}: {message}")]
+    BadSample { index: usize, message: String },
+}
+
+pub type Result<T, E = RobustError> = std::result::Result<T, E>;

@@ -1,0 +1,415 @@
+//! Aggregation strategies: how the K head rewards of a sample become the one reward PPO sees.
+//!
+//! The paper's objective (eq. 7) is `tradeoff:λ` = λ·nominal + (1 − λ)·min per sample; λ = 1 is
+//! standard RLHF on the nominal head, λ = 0 the pure worst case. Eq. (6) literally takes the min
+//! over heads of the *batch* expected return: `batch_worst_head:λ` picks the head whose batch mean
+//! is lowest. `uwo:c` is uncertainty-weighted optimisation (mean − c·variance, Coste et al. 2023);
+//! `random` (a standard normal per sample) and `constant` (0) are the paper's stochastic-case
+//! controls.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Serialize, Serializer};
+
+use crate::rng::Rng;
+use crate::summary::{HeadOutputs, SampleSummary, summarize_rewards};
+use crate::{Result, RobustError};
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Strategy {
+    Nominal,
+    Min,
+    Max,
+    Mean,
+    Median,
+    Tradeoff { lambda: f32 },
+    BatchWorstHead { lambda: f32 },
+    Uwo { c: f32 },
+    Random,
+    Constant,
+}
+
+impl Strategy {
+    /// Checks the parameter ranges: λ ∈ [0, 1], c ≥ 0, both finite.
+    pub fn validate(self) -> Result<Self> {
+        match self {
+            Self::Tradeoff { lambda } | Self::BatchWorstHead { lambda }
+                if !(0.0..=1.0).contains(&lambda) =>
+            {
+                Err(RobustError::BadParameter {
+                    name: "λ",
+                    expected: "in [0, 1]",
+                    value: lambda.to_string(),
+                })
+            }
+            Self::Uwo { c } if !(c.is_finite() && c >= 0.0) => Err(RobustError::BadParameter {
+                name: "c",
+                expected: "finite and ≥ 0",
+                value: c.to_string(),
+            }),
+            s => Ok(s),
+        }
+    }
+
+    /// Whether a sample's reward depends on the other samples of its batch.
+    pub fn is_batch_level(self) -> bool {
+        matches!(self, Self::BatchWorstHead { .. })
+    }
+}
+
+impl FromStr for Strategy {
+    type Err = RobustError;
+
+    /// `nominal`, `min`, `max`, `mean`, `median`, `random`, `constant`, `tradeoff:λ`,
+    /// `batch_worst_head:λ`, `uwo:c` (also with `=` instead of `:`).
+    fn from_str(s: &str) -> Result<Self> {
+        let text = s.trim().to_ascii_lowercase();
+        let (name, param) = match text.split_once([':', '=']) {
+            Some((n, p)) => (n.trim(), Some(p.trim())),
+            None => (text.as_str(), None),
+        };
+        let number = |pname: &'static str| -> Result<f32> {
+            let p = param.ok_or(RobustError::BadParameter {
+                name: pname,
+                expected: "given, as in `tradeoff:0.4`",
+                value: "nothing".into(),
+            })?;
+            p.parse::<f32>().map_err(|_| RobustError::BadParameter {
+                name: pname,
+                expected: "a number",
+                value: p.into(),
+            })
+        };
+        let strategy = match name {
+            "nominal" => Self::Nominal,
+            "min" => Self::Min,
+            "max" => Self::Max,
+            "mean" => Self::Mean,
+            "median" => Self::Median,
+            "random" => Self::Random,
+            "constant" => Self::Constant,
+            "tradeoff" => Self::Tradeoff {
+                lambda: number("λ")?,
+            },
+            "batch_worst_head" => Self::BatchWorstHead {
+                lambda: number("λ")?,
+            },
+            "uwo" => Self::Uwo { c: number("c")? },
+            _ => return Err(RobustError::UnknownStrategy(s.to_string())),
+        };
+        if param.is_some()
+            && !matches!(
+                strategy,
+                Self::Tradeoff { .. } | Self::BatchWorstHead { .. } | Self::Uwo { .. }
+            )
+        {
+            return Err(RobustError::BadParameter {
+                name: "strategy",
+                expected: "without a parameter",
+                value: s.into(),
+            });
+        }
+        strategy.validate()
+    }
+}
+
+impl fmt::Display for Strategy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Nominal => write!(f, "nominal"),
+            Self::Min => write!(f, "min"),
+            Self::Max => write!(f, "max"),
+            Self::Mean => write!(f, "mean"),
+            Self::Median => write!(f, "median"),
+            Self::Random => write!(f, "random"),
+            Self::Constant => write!(f, "constant"),
+            Self::Tradeoff { lambda } => write!(f, "tradeoff:{lambda}"),
+            Self::BatchWorstHead { lambda } => write!(f, "batch_worst_head:{lambda}"),
+            Self::Uwo { c } => write!(f, "uwo:{c}"),
+        }
+    }
+}
+
+impl Serialize for Strategy {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// What the K head rewards of a sample are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UncertaintySet {
+    /// Each head's μ (the default).
+    #[default]
+    Mean,
+    /// One draw μ + ε·σ per head, ε ~ N(0, 1).
+    Sampled,
+}
+
+/// A sample's summary and its aggregated reward.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Aggregated {
+    #[serde(flatten)]
+    pub summary: SampleSummary,
+    pub reward: f32,
+}
+
+/// Aggregates every sample of a batch. `seed` drives `random` and the sampled uncertainty set.
+pub fn aggregate(
+    samples: &[HeadOutputs],
+    strategy: Strategy,
+    set: UncertaintySet,
+    seed: u64,
+) -> Result<Vec<Aggregated>> {
+    let strategy = strategy.validate()?;
+    let k = samples.first().map_or(0, HeadOutputs::heads);
+    for (i, s) in samples.iter().enumerate() {
+        s.validate(i)?;
+        if s.heads() != k {
+            return Err(RobustError::BadSample {
+                index: i,
+                message: format!("{} heads, sample 0 has {k}", s.heads()),
+            });
+        }
+    }
+    let mut rng = Rng::new(seed);
+    let rewards: Vec<Vec<f32>> = samples
+        .iter()
+        .map(|s| match set {
+            UncertaintySet::Mean => s.mu.clone(),
+            UncertaintySet::Sampled => {
+                s.mu.iter()
+                    .zip(&s.sigma)
+                    .map(|(m, sd)| m + rng.normal() as f32 * sd)
+                    .collect()
+            }
+        })
+        .collect();
+    let summaries: Vec<SampleSummary> = samples
+        .iter()
+        .zip(&rewards)
+        .map(|(s, r)| summarize_rewards(&s.sigma, r))
+        .collect();
+    // eq. (6): the head with the lowest expected return over this batch.
+    let worst_head = (0..k)
+        .map(|h| (h, rewards.iter().map(|r| r[h] as f64).sum::<f64>()))
+        .min_by(|a, b| a.1.total_cmp(&b.1))
+        .map_or(0, |(h, _)| h);
+    Ok(summaries
+        .into_iter()
+        .zip(&rewards)
+        .map(|(sum, r)| {
+            let reward = match strategy {
+                Strategy::Nominal => sum.nominal,
+                Strategy::Min => sum.min,
+                Strategy::Max => sum.max,
+                Strategy::Mean => sum.mean,
+                Strategy::Median => sum.median,
+                Strategy::Tradeoff { lambda } => lambda * sum.nominal + (1.0 - lambda) * sum.min,
+                Strategy::BatchWorstHead { lambda } => {
+                    lambda * sum.nominal + (1.0 - lambda) * r[worst_head]
+                }
+                Strategy::Uwo { c } => sum.mean - c * sum.variance,
+                Strategy::Random => rng.normal() as f32,
+                Strategy::Constant => 0.0,
+            };
+            Aggregated {
+                summary: sum,
+                reward,
+            }
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::{prop, prop_assert, prop_assert_eq, proptest};
+    use proptest::strategy::Strategy as _;
+
+    fn sample() -> impl proptest::strategy::Strategy<Value = HeadOutputs> {
+        (1usize..7).prop_flat_map(|k| {
+            (
+                prop::collection::vec(-10f32..10.0, k),
+                prop::collection::vec(0.01f32..5.0, k),
+            )
+                .prop_map(|(mu, sigma)| HeadOutputs { mu, sigma })
+        })
+    }
+
+    fn batch() -> impl proptest::strategy::Strategy<Value = Vec<HeadOutputs>> {
+        (1usize..6, 1usize..9).prop_flat_map(|(k, n)| {
+            prop::collection::vec(
+                (
+                    prop::collection::vec(-10f32..10.0, k),
+                    prop::collection::vec(0.01f32..5.0, k),
+                )
+                    .prop_map(|(mu, sigma)| HeadOutputs { mu, sigma }),
+                n,
+            )
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn nominal_is_the_mu_of_the_smallest_sigma(s in sample()) {
+            let a = aggregate(std::slice::from_ref(&s), Strategy::Nominal, UncertaintySet::Mean, 0).unwrap()[0];
+            let min_sigma = s.sigma.iter().cloned().fold(f32::INFINITY, f32::min);
+            prop_assert_eq!(s.sigma[a.summary.nominal_head], min_sigma);
+            prop_assert_eq!(a.reward, s.mu[a.summary.nominal_head]);
+            prop_assert!(s.sigma[..a.summary.nominal_head].iter().all(|&x| x > min_sigma), "lowest index on ties");
+        }
+
+        #[test]
+        fn order_statistics_hold(s in sample(), lambda in 0f32..=1.0) {
+            let one = std::slice::from_ref(&s);
+            let get = |st| aggregate(one, st, UncertaintySet::Mean, 0).unwrap()[0].reward;
+            let (min, max, mean, median, nominal) = (get(Strategy::Min), get(Strategy::Max), get(Strategy::Mean), get(Strategy::Median), get(Strategy::Nominal));
+            prop_assert!(min <= median && median <= max && min <= mean + 1e-4 && mean <= max + 1e-4);
+            let t = get(Strategy::Tradeoff { lambda });
+            prop_assert!(min - 1e-4 <= t && t <= nominal + 1e-4);
+            let (t1, t0) = (get(Strategy::Tradeoff { lambda: 1.0 }), get(Strategy::Tradeoff { lambda: 0.0 }));
+            let (u0, u1) = (get(Strategy::Uwo { c: 0.0 }), get(Strategy::Uwo { c: 1.0 }));
+            prop_assert!((t1 - nominal).abs() < 1e-6 && (t0 - min).abs() < 1e-6);
+            prop_assert!(u0 == mean && u1 <= mean);
+            prop_assert_eq!(get(Strategy::Constant), 0.0);
+        }
+
+        #[test]
+        fn per_sample_strategies_do_not_depend_on_the_batch(b in batch(), lambda in 0f32..=1.0) {
+            for st in [Strategy::Nominal, Strategy::Min, Strategy::Max, Strategy::Mean, Strategy::Median, Strategy::Tradeoff { lambda }, Strategy::Uwo { c: 0.5 }] {
+                let all = aggregate(&b, st, UncertaintySet::Mean, 0).unwrap();
+                for (i, s) in b.iter().enumerate() {
+                    let alone = aggregate(std::slice::from_ref(s), st, UncertaintySet::Mean, 0).unwrap()[0];
+                    prop_assert_eq!(all[i], alone);
+                }
+            }
+        }
+
+        #[test]
+        fn batch_worst_head_uses_the_head_with_lowest_batch_mean(b in batch(), lambda in 0f32..=1.0) {
+            let out = aggregate(&b, Strategy::BatchWorstHead { lambda }, UncertaintySet::Mean, 0).unwrap();
+            let k = b[0].heads();
+            let means: Vec<f64> = (0..k).map(|h| b.iter().map(|s| s.mu[h] as f64).sum::<f64>()).collect();
+            let worst = (0..k).min_by(|&x, &y| means[x].total_cmp(&means[y])).unwrap();
+            for (s, a) in b.iter().zip(&out) {
+                prop_assert!((a.reward - (lambda * a.summary.nominal + (1.0 - lambda) * s.mu[worst])).abs() < 1e-5);
+            }
+            // Its batch mean is never above that of the per-sample tradeoff's worst case… and
+            // with λ = 1 it is the nominal reward.
+            let nominal = aggregate(&b, Strategy::BatchWorstHead { lambda: 1.0 }, UncertaintySet::Mean, 0).unwrap();
+            prop_assert!(nominal.iter().all(|a| a.reward == a.summary.nominal));
+        }
+    }
+
+    #[test]
+    fn parses_and_prints_every_strategy() {
+        for text in [
+            "nominal",
+            "min",
+            "max",
+            "mean",
+            "median",
+            "random",
+            "constant",
+            "tradeoff:0.4",
+            "batch_worst_head:0.6",
+            "uwo:0.5",
+        ] {
+            let s: Strategy = text.parse().unwrap();
+            assert_eq!(s.to_string(), text);
+        }
+        assert_eq!(
+            "Tradeoff=0.4".parse::<Strategy>().unwrap(),
+            Strategy::Tradeoff { lambda: 0.4 }
+        );
+        assert!(matches!(
+            "tradeoff:1.5".parse::<Strategy>(),
+            Err(RobustError::BadParameter { name: "λ", .. })
+        ));
+        assert!(matches!(
+            "tradeoff:nan".parse::<Strategy>(),
+            Err(RobustError::BadParameter { .. })
+        ));
+        assert!(matches!(
+            "tradeoff".parse::<Strategy>(),
+            Err(RobustError::BadParameter { .. })
+        ));
+        assert!(matches!(
+            "uwo:-1".parse::<Strategy>(),
+            Err(RobustError::BadParameter { name: "c", .. })
+        ));
+        assert!(matches!(
+            "min:3".parse::<Strategy>(),
+            Err(RobustError::BadParameter { .. })
+        ));
+        assert!(matches!(
+            "best".parse::<Strategy>(),
+            Err(RobustError::UnknownStrategy(_))
+        ));
+    }
+
+    #[test]
+    fn bad_samples_are_named() {
+        let good = HeadOutputs {
+            mu: vec![1.0, 2.0],
+            sigma: vec![0.1, 0.2],
+        };
+        let ragged = HeadOutputs {
+            mu: vec![1.0],
+            sigma: vec![0.1],
+        };
+        let err = aggregate(
+            &[good.clone(), ragged],
+            Strategy::Min,
+            UncertaintySet::Mean,
+            0,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("sample 1"), "{err}");
+        let nan = HeadOutputs {
+            mu: vec![f32::NAN, 1.0],
+            sigma: vec![0.1, 0.2],
+        };
+        assert!(aggregate(&[nan], Strategy::Min, UncertaintySet::Mean, 0).is_err());
+        let neg = HeadOutputs {
+            mu: vec![1.0, 1.0],
+            sigma: vec![-0.1, 0.2],
+        };
+        assert!(aggregate(&[neg], Strategy::Min, UncertaintySet::Mean, 0).is_err());
+        assert!(
+            aggregate(&[], Strategy::Min, UncertaintySet::Mean, 0)
+                .unwrap()
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn sampled_set_and_random_are_seeded() {
+        let b = vec![
+            HeadOutputs {
+                mu: vec![0.0, 1.0, 2.0],
+                sigma: vec![1.0, 0.5, 0.1]
+            };
+            4
+        ];
+        let a1 = aggregate(&b, Strategy::Mean, UncertaintySet::Sampled, 3).unwrap();
+        let a2 = aggregate(&b, Strategy::Mean, UncertaintySet::Sampled, 3).unwrap();
+        let a3 = aggregate(&b, Strategy::Mean, UncertaintySet::Sampled, 4).unwrap();
+        assert_eq!(a1, a2);
+        assert_ne!(a1, a3);
+        assert_ne!(a1[0].reward, a1[1].reward, "each sample draws its own ε");
+        let r = aggregate(&b, Strategy::Random, UncertaintySet::Mean, 9).unwrap();
+        assert_ne!(r[0].reward, r[1].reward);
+        // σ = 0 makes the sampled set equal to the means.
+        let sharp = vec![HeadOutputs {
+            mu: vec![0.5, 1.5],
+            sigma: vec![0.0, 0.0],
+        }];
+        assert_eq!(
+            aggregate(&sharp, Strategy::Mean, UncertaintySet::Sampled, 1).unwrap()[0].reward,
+            1.0
+        );
+    }
+}
