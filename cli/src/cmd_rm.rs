@@ -95,10 +95,10 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Stage 2: number of BRME heads K.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 5, allow_negative_numbers = true)]
     pub heads: i64,
     /// Stage 2: scale α of the targets α(p̂ − ½).
-    #[arg(long, default_value_t = 2.0)]
+    #[arg(long, default_value_t = 2.0, allow_negative_numbers = true)]
     pub alpha: f64,
     #[command(flatten)]
     pub runtime: RuntimeArgs,

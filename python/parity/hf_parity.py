@@ -11,6 +11,10 @@ Two sub-commands, both driven by the Rust test `crates/model/tests/it/parity.rs`
                     rust_logits.safetensors), loads the checkpoint with transformers and compares
                     its logits on the same batch. Exits 1 when any case differs by more than --tol.
 
+  check-rm --model DIR --inputs FILE
+                    Loads a stage-1 reward model that rrlhf saved as *ForSequenceClassification and
+                    compares transformers' scores on FILE's right-padded ids with rrlhf's rewards.
+
 Logits are compared only where the attention mask is 1; padded positions carry no meaning.
 """
 
@@ -21,7 +25,7 @@ import sys
 
 import torch
 from safetensors.torch import load_file, save_file
-from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
 VOCAB = 128
 LENGTHS = [9, 5, 1, 7]
@@ -157,6 +161,16 @@ def check(root, tol):
     return 1 if failures else 0
 
 
+def check_rm(model_dir, inputs, tol):
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir, attn_implementation="eager").eval().float()
+    t = load_file(inputs)
+    with torch.no_grad():
+        ours = model(input_ids=t["ids"], attention_mask=t["mask"]).logits[:, 0].float()
+    diff = (ours - t["rewards"]).abs().max().item()
+    print(f"reward model: max |Δreward| = {diff:.2e} over {len(ours)} sequences (tolerance {tol:.0e})")
+    return 0 if diff <= tol else 1
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -165,11 +179,17 @@ def main():
     ck = sub.add_parser("check")
     ck.add_argument("--root", required=True)
     ck.add_argument("--tol", type=float, default=1e-4)
+    rm = sub.add_parser("check-rm")
+    rm.add_argument("--model", required=True)
+    rm.add_argument("--inputs", required=True)
+    rm.add_argument("--tol", type=float, default=1e-4)
     args = ap.parse_args()
     torch.set_num_threads(1)
     if args.cmd == "make":
         make(args.out)
         return 0
+    if args.cmd == "check-rm":
+        return check_rm(args.model, args.inputs, args.tol)
     return check(args.root, args.tol)
 
 

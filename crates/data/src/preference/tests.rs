@@ -274,7 +274,11 @@ fn real_hh_file_accounts_for_every_line() {
         env!("CARGO_MANIFEST_DIR"),
         "/../../../shared/data/hh-rlhf/harmless-base-test.jsonl.gz"
     ));
-    assert!(path.exists(), "shared HH-RLHF data missing at {}", path.display());
+    assert!(
+        path.exists(),
+        "shared HH-RLHF data missing at {}",
+        path.display()
+    );
     let d = load_pairs(path, &PairOptions::default()).unwrap();
     eprintln!("{} pairs, skipped {:?}", d.pairs.len(), d.skipped);
     assert_eq!(d.pairs.len() + d.skipped.total(), 2_312);

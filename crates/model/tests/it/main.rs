@@ -4,3 +4,4 @@ mod common;
 mod generation;
 mod loading;
 mod parity;
+mod reward;

@@ -1,0 +1,174 @@
+//! Reward models: batch-independent scoring, input validation, and a stage-1 checkpoint that
+//! transformers opens as `LlamaForSequenceClassification` with the same scores.
+
+use rrlhf_model::reward_model::{RewardMeta, RewardModel};
+use rrlhf_model::scoring::{Overlong, RewardScorer};
+use rrlhf_model::tokenizer::train_bpe;
+use rrlhf_model::{Arch, Batch, PadSide, Placement, TextTokenizer};
+use rrlhf_robust::{Strategy, UncertaintySet};
+use tch::{Kind, Tensor};
+
+use crate::common::{init, run_python, tiny_model};
+
+/// A tokenizer and a perturbed tiny Llama saved together in `dir`.
+fn base_model(dir: &std::path::Path) -> TextTokenizer {
+    let texts =
+        (0..100).map(|i| format!("Human: question number {i}?\n\nAssistant: a reply, number {i}."));
+    let tok = train_bpe(texts, 300, dir).unwrap();
+    tiny_model(Arch::Llama, true, tok.vocab_size() as i64, 21)
+        .save(dir)
+        .unwrap();
+    tok
+}
+
+fn perturb_heads(model: &RewardModel) {
+    let _guard = tch::no_grad_guard();
+    for (name, mut var) in model.vs.variables() {
+        if name.starts_with("brme.") || name.starts_with("score.") {
+            var.copy_(&(Tensor::randn(var.size(), (Kind::Float, var.device())) * 0.5));
+        }
+    }
+}
+
+fn samples() -> Vec<(String, String)> {
+    (0..7)
+        .map(|i| {
+            (
+                format!("Human: question number {i}?\n\nAssistant:"),
+                " a reply".repeat(1 + i % 4),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn scores_do_not_depend_on_batch_composition() {
+    init();
+    let dir = tempfile::tempdir().unwrap();
+    let tok = base_model(dir.path());
+    let meta = RewardMeta::brme(3, 2.0, None).unwrap();
+    tch::manual_seed(4);
+    let model = RewardModel::from_base(dir.path(), meta, Placement::default()).unwrap();
+    perturb_heads(&model);
+    let mut scorer = RewardScorer {
+        model,
+        tokenizer: tok,
+        max_len: 64,
+        batch_size: 3,
+        overlong: Overlong::Reject,
+    };
+    let batched = scorer
+        .score(
+            &samples(),
+            Strategy::Tradeoff { lambda: 0.4 },
+            UncertaintySet::Mean,
+            0,
+        )
+        .unwrap();
+    scorer.batch_size = 1;
+    let alone = scorer
+        .score(
+            &samples(),
+            Strategy::Tradeoff { lambda: 0.4 },
+            UncertaintySet::Mean,
+            0,
+        )
+        .unwrap();
+    for (a, b) in batched.iter().zip(&alone) {
+        for (x, y) in a
+            .heads
+            .mu
+            .iter()
+            .chain(&a.heads.sigma)
+            .zip(b.heads.mu.iter().chain(&b.heads.sigma))
+        {
+            assert!((x - y).abs() < 1e-5, "{a:?} vs {b:?}");
+        }
+        assert_eq!(
+            a.aggregated.summary.nominal_head,
+            b.aggregated.summary.nominal_head
+        );
+        assert!(a.heads.sigma.iter().all(|&s| s > 0.0));
+        let s = a.aggregated.summary;
+        assert!((a.aggregated.reward - (0.4 * s.nominal + 0.6 * s.min)).abs() < 1e-6);
+    }
+    // Samples differ, so the ensemble gives them different rewards.
+    assert_ne!(batched[0].heads.mu, batched[3].heads.mu);
+
+    // Bad input is an error naming the sample, never a panic.
+    let mut bad = samples();
+    bad[2].1 = "  ".into();
+    let err = scorer
+        .score(&bad, Strategy::Min, UncertaintySet::Mean, 0)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("sample 2") && err.contains("empty"), "{err}");
+    let long = vec![("Human: hi\n\nAssistant:".to_string(), " word".repeat(200))];
+    let err = scorer
+        .score(&long, Strategy::Min, UncertaintySet::Mean, 0)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("exceed the maximum length 64"), "{err}");
+    scorer.overlong = Overlong::Truncate;
+    assert_eq!(
+        scorer
+            .score(&long, Strategy::Min, UncertaintySet::Mean, 0)
+            .unwrap()
+            .len(),
+        1
+    );
+    let err = scorer
+        .heads_of_ids(&[vec![1, 2], vec![5, 99_999]])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("sample 1") && err.contains("99999"), "{err}");
+}
+
+#[test]
+fn stage1_checkpoint_scores_like_transformers_sequence_classification() {
+    init();
+    let dir = tempfile::tempdir().unwrap();
+    let tok = base_model(dir.path());
+    tch::manual_seed(5);
+    let model = RewardModel::from_base(
+        dir.path(),
+        RewardMeta::bradley_terry(None),
+        Placement::default(),
+    )
+    .unwrap();
+    perturb_heads(&model);
+    let out = dir.path().join("rm");
+    model.save(&out).unwrap();
+    let back = RewardModel::from_dir(&out, Placement::default()).unwrap();
+    let seqs: Vec<Vec<i64>> = samples()
+        .iter()
+        .map(|(p, r)| tok.encode_pair(p, r, 64).unwrap().0)
+        .collect();
+    let batch = Batch::pad(&seqs, tok.pad_id, PadSide::Right, tch::Device::Cpu).unwrap();
+    let rewards = {
+        let _guard = tch::no_grad_guard();
+        back.forward(&batch).unwrap().mu.select(1, 0)
+    };
+    let inputs = dir.path().join("rm_inputs.safetensors");
+    Tensor::write_safetensors(
+        &[
+            ("ids", &batch.ids),
+            ("mask", &batch.mask),
+            ("rewards", &rewards),
+        ],
+        &inputs,
+    )
+    .unwrap();
+    let report = run_python(
+        "parity/hf_parity.py",
+        &[
+            "check-rm",
+            "--model",
+            out.to_str().unwrap(),
+            "--inputs",
+            inputs.to_str().unwrap(),
+        ],
+    );
+    eprintln!("{report}");
+    assert!(report.contains("reward model: max"), "{report}");
+}
