@@ -129,8 +129,16 @@ pub struct EvalArgs {
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub scoring: ScoringArgs,
+}
+
+/// How a reward model is run over a data set.
+#[derive(Args, Debug, Clone)]
+pub struct ScoringArgs {
     #[arg(long, default_value_t = 32)]
     pub batch_size: usize,
+    /// Longer samples keep the prompt's tail and the response's head.
     #[arg(long, default_value_t = 256)]
     pub max_len: usize,
     #[command(flatten)]
@@ -143,12 +151,8 @@ pub struct CalibrateArgs {
     pub model: PathBuf,
     #[command(flatten)]
     pub data: DataArgs,
-    #[arg(long, default_value_t = 32)]
-    pub batch_size: usize,
-    #[arg(long, default_value_t = 256)]
-    pub max_len: usize,
     #[command(flatten)]
-    pub runtime: RuntimeArgs,
+    pub scoring: ScoringArgs,
 }
 
 pub fn run(cmd: RmCommand) -> Result<()> {
@@ -164,11 +168,11 @@ pub fn run(cmd: RmCommand) -> Result<()> {
             Ok(())
         }
         RmCommand::Calibrate(a) => {
-            let placement = a.runtime.placement()?;
+            let placement = a.scoring.runtime.placement()?;
             let pairs = a.data.load()?.pairs;
             let opts = EvalOptions {
-                batch_size: a.batch_size,
-                max_len: a.max_len,
+                batch_size: a.scoring.batch_size,
+                max_len: a.scoring.max_len,
                 plots_dir: None,
                 baseline: None,
             };
@@ -237,7 +241,7 @@ pub fn train(a: &TrainArgs, show_progress: bool) -> Result<rrlhf_train::rm::RmOu
 
 /// Evaluates as configured, on the held-out split the model was trained with unless `--split all`.
 pub fn eval(a: &EvalArgs) -> Result<EvalReport> {
-    let placement = a.runtime.placement()?;
+    let placement = a.scoring.runtime.placement()?;
     let cfg = ModelConfig::from_dir(&a.model)
         .with_context(|| format!("loading {}", a.model.display()))?;
     let meta = RewardModel::meta_of(&cfg, &a.model)?;
@@ -261,8 +265,8 @@ pub fn eval(a: &EvalArgs) -> Result<EvalReport> {
         ),
     };
     let opts = EvalOptions {
-        batch_size: a.batch_size,
-        max_len: a.max_len,
+        batch_size: a.scoring.batch_size,
+        max_len: a.scoring.max_len,
         plots_dir: Some(a.plots.clone().unwrap_or_else(|| a.model.join("eval"))),
         baseline: a.baseline.clone(),
     };

@@ -7,7 +7,7 @@ use tch::nn::{self, Module};
 use tch::{Device, Kind, Tensor};
 
 use crate::batch::Batch;
-use crate::checkpoint::{self, LoadRules};
+use crate::checkpoint;
 use crate::config::ModelConfig;
 use crate::device::{Placement, dtype_name};
 use crate::error::{ModelError, Result};
@@ -54,16 +54,7 @@ impl CausalLm {
     pub fn from_dir(dir: &Path, placement: Placement) -> Result<Self> {
         let cfg = ModelConfig::from_dir(dir)?;
         let model = Self::new(cfg, placement)?;
-        let tied = model.cfg.tie_word_embeddings;
-        let ignore = move |name: &str| tied && name == "lm_head.weight";
-        checkpoint::load_into(
-            &model.vs,
-            dir,
-            &LoadRules {
-                ignore_unexpected: Some(&ignore),
-                allow_missing: None,
-            },
-        )?;
+        checkpoint::load_strict(&model.vs, dir, model.cfg.tie_word_embeddings)?;
         Ok(model)
     }
 

@@ -179,6 +179,20 @@ pub fn load_into(vs: &VarStore, dir: &Path, rules: &LoadRules) -> Result<()> {
     Ok(())
 }
 
+/// Loads a saved model directory with no tolerance beyond what transformers allows: a tied
+/// model may carry a redundant `lm_head.weight`.
+pub fn load_strict(vs: &VarStore, dir: &Path, tied_embeddings: bool) -> Result<()> {
+    let ignore = move |name: &str| tied_embeddings && name == "lm_head.weight";
+    load_into(
+        vs,
+        dir,
+        &LoadRules {
+            ignore_unexpected: Some(&ignore),
+            allow_missing: None,
+        },
+    )
+}
+
 fn dtype_of(kind: Kind) -> Result<Dtype> {
     Ok(match kind {
         Kind::Float => Dtype::F32,

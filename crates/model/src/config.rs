@@ -366,6 +366,13 @@ impl ModelConfig {
         Self::from_map(map, Path::new("<generated>")).expect("generated config is valid")
     }
 
+    /// Records the parameter dtype under both spellings (4.x `torch_dtype`, 5.x `dtype`).
+    pub fn set_dtype(&mut self, kind: tch::Kind) {
+        let name = crate::device::dtype_name(kind);
+        self.raw.insert("torch_dtype".into(), name.into());
+        self.raw.insert("dtype".into(), name.into());
+    }
+
     /// The JSON written next to the weights.
     pub fn to_json(&self) -> String {
         serde_json::to_string_pretty(&Value::Object(self.raw.clone())).expect("JSON map serialises")

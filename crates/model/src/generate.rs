@@ -2,6 +2,7 @@
 //! one batch, finished rows are dropped from the cache as they end, and each finished sample is
 //! handed to a callback at once (the actor service streams them from there).
 
+use rrlhf_robust::rng::Rng;
 use tch::{Kind, Tensor};
 
 use crate::batch::{Batch, PadSide};
@@ -21,7 +22,8 @@ pub struct SamplingParams {
     pub max_new_tokens: usize,
     /// Generation of a row ends after it emits one of these (the stop token is kept).
     pub stop_ids: Vec<i64>,
-    /// Seeds libtorch's generator for reproducible sampling.
+    /// Seeds this request's own generator (reproducible whatever else the process does);
+    /// unseeded requests draw a seed from the clock.
     pub seed: Option<u64>,
 }
 
@@ -78,7 +80,11 @@ pub struct Generation {
 }
 
 /// Picks one token per row from `[B, V]` logits; returns (tokens `[B]`, logprobs `[B]`).
-pub fn sample_next(logits: &Tensor, p: &SamplingParams) -> Result<(Tensor, Tensor)> {
+///
+/// Sampling inverts each row's CDF at a uniform draw from `rng`, so only B random numbers
+/// cross from the host and results do not depend on libtorch's global generator (which other
+/// threads may be using).
+pub fn sample_next(logits: &Tensor, p: &SamplingParams, rng: &mut Rng) -> Result<(Tensor, Tensor)> {
     let logits = logits.f_to_kind(Kind::Float)?;
     if p.temperature == 0.0 {
         let tokens = logits.f_argmax(-1, false)?;
@@ -107,7 +113,17 @@ pub fn sample_next(logits: &Tensor, p: &SamplingParams) -> Result<(Tensor, Tenso
         scores = scores.f_masked_fill(&drop, f64::NEG_INFINITY)?;
     }
     let logp = scores.f_log_softmax(-1, Kind::Float)?;
-    let tokens = logp.exp().f_multinomial(1, false)?;
+    let cdf = logp.exp().f_cumsum(-1, Kind::Float)?;
+    let rows = cdf.size()[0];
+    let draws: Vec<f32> = (0..rows).map(|_| rng.uniform() as f32).collect();
+    // Scale by the row total so rounding in the cumulative sum cannot leave u above the end.
+    let u = Tensor::from_slice(&draws)
+        .to_device(cdf.device())
+        .unsqueeze(-1)
+        * cdf.narrow(1, vocab - 1, 1);
+    let tokens = u
+        .f_searchsorted(&cdf, false, false, "left", None::<Tensor>)?
+        .clamp_max(vocab - 1);
     let chosen = logp.f_gather(-1, &tokens, false)?.squeeze_dim(-1);
     Ok((tokens.squeeze_dim(-1), chosen))
 }
@@ -122,9 +138,12 @@ pub fn generate(
     mut on_done: impl FnMut(&Generation),
 ) -> Result<Vec<Generation>> {
     params.validate()?;
-    if let Some(seed) = params.seed {
-        tch::manual_seed(seed as i64);
-    }
+    let seed = params.seed.unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64)
+    });
+    let mut rng = Rng::new(seed);
     let _guard = tch::no_grad_guard();
     let device = model.device();
     let batch = Batch::pad(prompts, pad_id, PadSide::Left, device)?;
@@ -147,7 +166,7 @@ pub fn generate(
     let mut tokens: Vec<Vec<i64>> = vec![vec![]; prompts.len()];
     let mut logprobs: Vec<Vec<f32>> = vec![vec![]; prompts.len()];
     for step in 0..params.max_new_tokens {
-        let (next, next_logp) = sample_next(&logits, params)?;
+        let (next, next_logp) = sample_next(&logits, params, &mut rng)?;
         let next_ids = Vec::<i64>::try_from(&next)?;
         let next_lp = Vec::<f32>::try_from(&next_logp)?;
         let mut keep = Vec::with_capacity(rows.len());

@@ -184,16 +184,7 @@ impl RewardModel {
         let cfg = ModelConfig::from_dir(dir)?;
         let meta = Self::meta_of(&cfg, dir)?;
         let model = Self::build(cfg, meta, placement);
-        let tied = model.cfg.tie_word_embeddings;
-        let ignore = move |name: &str| tied && name == "lm_head.weight";
-        checkpoint::load_into(
-            &model.vs,
-            dir,
-            &LoadRules {
-                ignore_unexpected: Some(&ignore),
-                allow_missing: None,
-            },
-        )?;
+        checkpoint::load_strict(&model.vs, dir, model.cfg.tie_word_embeddings)?;
         Ok(model)
     }
 

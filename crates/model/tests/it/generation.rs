@@ -114,6 +114,36 @@ fn seeded_sampling_is_reproducible_and_filters_hold() {
     for (x, y) in a.iter().zip(&b) {
         assert_eq!(x.tokens, y.tokens);
     }
+    let c = generate(
+        &model,
+        &prompts(),
+        0,
+        &SamplingParams {
+            seed: Some(43),
+            ..params.clone()
+        },
+        |_| {},
+    )
+    .unwrap();
+    assert!(
+        a.iter().zip(&c).any(|(x, y)| x.tokens != y.tokens),
+        "another seed, other samples"
+    );
+    // Sampling follows the distribution: two tokens with probabilities ¼ and ¾.
+    let two = Tensor::from_slice(&[0.25f32.ln(), 0.75f32.ln()])
+        .view([1, 2])
+        .repeat([4000, 1]);
+    let (drawn, _) = sample_next(
+        &two,
+        &SamplingParams::default(),
+        &mut rrlhf_robust::rng::Rng::new(5),
+    )
+    .unwrap();
+    let share = drawn
+        .to_kind(Kind::Float)
+        .mean(Kind::Float)
+        .double_value(&[]);
+    assert!((share - 0.75).abs() < 0.03, "share of token 1: {share}");
     // top_k = 1 is greedy whatever the temperature.
     let logits = Tensor::randn([3, 50], (Kind::Float, tch::Device::Cpu));
     let k1 = SamplingParams {
@@ -121,7 +151,8 @@ fn seeded_sampling_is_reproducible_and_filters_hold() {
         top_k: 1,
         ..Default::default()
     };
-    let (tok, lp) = sample_next(&logits, &k1).unwrap();
+    let mut rng = rrlhf_robust::rng::Rng::new(1);
+    let (tok, lp) = sample_next(&logits, &k1, &mut rng).unwrap();
     assert!(tok.equal(&logits.argmax(-1, false)));
     assert!(
         lp.abs().max().double_value(&[]) < 1e-6,
@@ -133,7 +164,7 @@ fn seeded_sampling_is_reproducible_and_filters_hold() {
         ..Default::default()
     };
     assert!(
-        sample_next(&logits, &p)
+        sample_next(&logits, &p, &mut rng)
             .unwrap()
             .0
             .equal(&logits.argmax(-1, false))
