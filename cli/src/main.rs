@@ -6,6 +6,7 @@ mod args;
 mod cmd_model;
 mod cmd_rm;
 mod cmd_run;
+mod cmd_serve;
 mod cmd_sft;
 mod cmd_tokenizer;
 
@@ -34,6 +35,11 @@ enum Command {
     Tokenizer(cmd_tokenizer::TokenizerCommand),
     /// Supervised fine-tuning of a causal LM on prompt/response data.
     Sft(cmd_sft::SftArgs),
+    /// Run a gRPC service.
+    #[command(subcommand)]
+    Serve(cmd_serve::ServeCommand),
+    /// Score a (prompt, response) with a running reward service.
+    Score(cmd_serve::ScoreArgs),
     /// Reward models: two-stage training (Bradley–Terry → BRME), evaluation, calibration.
     #[command(subcommand)]
     Rm(cmd_rm::RmCommand),
@@ -47,6 +53,8 @@ fn main() {
         Command::Tokenizer(c) => cmd_tokenizer::run(c),
         Command::Sft(a) => cmd_sft::run(a),
         Command::Rm(c) => cmd_rm::run(c),
+        Command::Serve(c) => cmd_serve::run(c),
+        Command::Score(a) => cmd_serve::score(a),
     };
     if let Err(e) = result {
         // `{:#}` joins the context chain into one line: "reading x: file not found".

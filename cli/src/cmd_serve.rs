@@ -1,0 +1,158 @@
+//! `rrlhf serve reward` and `rrlhf score` (a client of the reward service).
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Subcommand};
+use rrlhf_proto::reward::v1::reward_service_client::RewardServiceClient;
+use rrlhf_proto::reward::v1::{Sample, ScoreRequest};
+use rrlhf_reward_service::RewardServiceConfig;
+use rrlhf_runtime::load_config;
+use serde_json::{Map, Value, json};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig};
+
+#[derive(Subcommand, Debug)]
+pub enum ServeCommand {
+    /// The reward service (BRME scoring): `rrlhf.reward.v1.RewardService`.
+    Reward(ServeRewardArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ServeRewardArgs {
+    /// TOML config file (sections as in `RewardServiceConfig`; flags override it).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Reward-model directory.
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Listen address HOST:PORT.
+    #[arg(long)]
+    addr: Option<String>,
+    #[arg(long)]
+    device: Option<String>,
+    #[arg(long)]
+    dtype: Option<String>,
+    #[arg(long)]
+    threads: Option<usize>,
+    #[arg(long)]
+    max_length: Option<usize>,
+    /// Require `authorization: Bearer TOKEN` on every call but health.
+    #[arg(long)]
+    auth_token: Option<String>,
+}
+
+impl ServeRewardArgs {
+    /// Only the flags given, nested like the config, so they override file and environment.
+    fn overrides(&self) -> Value {
+        let mut root = Map::new();
+        let mut server = Map::new();
+        let put = |map: &mut Map<String, Value>, key: &str, v: Option<Value>| {
+            if let Some(v) = v {
+                map.insert(key.into(), v);
+            }
+        };
+        put(&mut root, "model", self.model.as_ref().map(|m| json!(m)));
+        put(&mut root, "device", self.device.clone().map(Value::from));
+        put(&mut root, "dtype", self.dtype.clone().map(Value::from));
+        put(&mut root, "threads", self.threads.map(Value::from));
+        put(&mut root, "max_length", self.max_length.map(Value::from));
+        put(&mut server, "addr", self.addr.clone().map(Value::from));
+        put(
+            &mut server,
+            "auth_token",
+            self.auth_token.clone().map(Value::from),
+        );
+        if !server.is_empty() {
+            root.insert("server".into(), Value::Object(server));
+        }
+        Value::Object(root)
+    }
+}
+
+pub fn run(cmd: ServeCommand) -> Result<()> {
+    match cmd {
+        ServeCommand::Reward(a) => {
+            let cfg: RewardServiceConfig = load_config(a.config.as_deref(), &a.overrides())?;
+            cfg.validate()?;
+            rrlhf_runtime::telemetry::init(cfg.server.log_json, &cfg.server.log_filter);
+            let rt = tokio::runtime::Runtime::new()?;
+            rt.block_on(async {
+                let running =
+                    rrlhf_reward_service::start(cfg, rrlhf_runtime::server::termination_signal())
+                        .await
+                        .map_err(|e| anyhow::anyhow!("{e}"))?;
+                eprintln!("reward service listening on {}", running.addr);
+                running.task.await?.map_err(|e| anyhow::anyhow!("{e}"))
+            })
+        }
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct ScoreArgs {
+    /// Reward service address: HOST:PORT or a URL.
+    #[arg(long)]
+    addr: String,
+    #[arg(long)]
+    prompt: String,
+    #[arg(long)]
+    response: String,
+    /// Aggregation strategy (empty: the server's default).
+    #[arg(long, default_value = "")]
+    strategy: String,
+    #[arg(long)]
+    lambda: Option<f32>,
+    /// Bearer token, when the service requires one.
+    #[arg(long)]
+    token: Option<String>,
+    /// PEM CA certificate: connect with TLS and trust this CA.
+    #[arg(long)]
+    ca: Option<PathBuf>,
+    /// Server name to verify with TLS (default: the host of --addr).
+    #[arg(long)]
+    domain: Option<String>,
+    /// Print the full score as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn score(a: ScoreArgs) -> Result<()> {
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async {
+        let tls = a.ca.is_some();
+        let url = if a.addr.contains("://") { a.addr.clone() } else { format!("{}://{}", if tls { "https" } else { "http" }, a.addr) };
+        let mut endpoint = Channel::from_shared(url.clone()).with_context(|| format!("bad address {url}"))?;
+        if let Some(ca) = &a.ca {
+            let pem = std::fs::read(ca).with_context(|| format!("reading {}", ca.display()))?;
+            let mut tls_cfg = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem));
+            if let Some(d) = &a.domain {
+                tls_cfg = tls_cfg.domain_name(d.clone());
+            }
+            endpoint = endpoint.tls_config(tls_cfg)?;
+        }
+        let channel = endpoint.connect().await.with_context(|| format!("connecting to {url}"))?;
+        let mut client = RewardServiceClient::new(channel);
+        let mut request = tonic::Request::new(ScoreRequest {
+            samples: vec![Sample { id: "0".into(), prompt: a.prompt.clone(), response: a.response.clone(), token_ids: vec![] }],
+            strategy: a.strategy.clone(),
+            lambda: a.lambda,
+            ..Default::default()
+        });
+        if let Some(t) = &a.token {
+            request.metadata_mut().insert("authorization", format!("Bearer {t}").parse().context("token is not valid metadata")?);
+        }
+        let response = client.score(request).await.map_err(|s| anyhow::anyhow!("{:?}: {}", s.code(), s.message()))?.into_inner();
+        let Some(s) = response.scores.first() else { bail!("the service returned no score") };
+        if a.json {
+            let heads: Vec<Value> = s.heads.iter().map(|h| json!({"mu": h.mu, "sigma": h.sigma})).collect();
+            println!("{}", json!({
+                "strategy": response.strategy, "reward": s.reward, "nominal": s.nominal, "nominal_head": s.nominal_head,
+                "min": s.min, "max": s.max, "mean": s.mean, "median": s.median, "variance": s.variance, "heads": heads,
+                "num_tokens": s.num_tokens,
+            }));
+        } else {
+            println!("{} = {:+.4}  (nominal {:+.4} from head {}, min {:+.4}, max {:+.4}, mean {:+.4})", response.strategy, s.reward, s.nominal, s.nominal_head, s.min, s.max, s.mean);
+        }
+        Ok(())
+    })
+}

@@ -1,0 +1,248 @@
+//! Layered configuration with figment: compiled defaults → TOML file → environment
+//! (`RRLHF__SERVER__ADDR=…`, sections split on `__`) → command-line flags. Unknown keys are
+//! errors, so a typo does not silently fall back to a default.
+
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config: {0}")]
+    Load(String),
+    #[error("config: `{field}` {message}")]
+    Invalid { field: String, message: String },
+}
+
+/// The `[server]` section shared by every gRPC service.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Listen address; port 0 picks a free port.
+    pub addr: String,
+    /// Largest accepted or sent gRPC message.
+    pub max_message_bytes: usize,
+    /// Requests served at once; beyond it calls fail fast with RESOURCE_EXHAUSTED.
+    pub max_concurrent_requests: usize,
+    /// How long in-flight requests may finish after SIGTERM/SIGINT.
+    pub shutdown_grace_secs: f64,
+    /// When set, every call except health must carry `authorization: Bearer <token>`.
+    pub auth_token: Option<String>,
+    /// PEM certificate chain and key; when set the server speaks TLS only.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// Log lines as JSON instead of text.
+    pub log_json: bool,
+    /// `EnvFilter` directives, e.g. `info` or `rrlhf=debug`.
+    pub log_filter: String,
+    /// Data-parallel placement: this process's rank, the group size, the rendezvous store.
+    pub rank: u32,
+    pub world_size: u32,
+    pub store_addr: Option<String>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            addr: "127.0.0.1:50051".into(),
+            max_message_bytes: 64 << 20,
+            max_concurrent_requests: 256,
+            shutdown_grace_secs: 10.0,
+            auth_token: None,
+            tls_cert: None,
+            tls_key: None,
+            log_json: false,
+            log_filter: "info".into(),
+            rank: 0,
+            world_size: 1,
+            store_addr: None,
+        }
+    }
+}
+
+impl ServerConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |field: &str, message: String| {
+            Err(ConfigError::Invalid {
+                field: format!("server.{field}"),
+                message,
+            })
+        };
+        if self.addr.parse::<std::net::SocketAddr>().is_err() {
+            return bad(
+                "addr",
+                format!("must be HOST:PORT with an IP host, got {:?}", self.addr),
+            );
+        }
+        if self.max_message_bytes < 1024 {
+            return bad(
+                "max_message_bytes",
+                format!("must be ≥ 1024, got {}", self.max_message_bytes),
+            );
+        }
+        if self.max_concurrent_requests == 0 {
+            return bad("max_concurrent_requests", "must be ≥ 1".into());
+        }
+        if !(self.shutdown_grace_secs.is_finite() && self.shutdown_grace_secs >= 0.0) {
+            return bad(
+                "shutdown_grace_secs",
+                format!("must be ≥ 0, got {}", self.shutdown_grace_secs),
+            );
+        }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return bad("tls_cert", "and server.tls_key must be set together".into());
+        }
+        if self.auth_token.as_deref() == Some("") {
+            return bad(
+                "auth_token",
+                "must not be empty (leave it unset to disable auth)".into(),
+            );
+        }
+        if self.world_size == 0 || self.rank >= self.world_size {
+            return bad(
+                "rank",
+                format!(
+                    "must be < world_size ({}), got {}",
+                    self.world_size, self.rank
+                ),
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Loads `T` from its defaults, then `file` (TOML), then `RRLHF__…` variables, then `flags`
+/// (a serialisable struct whose `None` fields are skipped, so only given flags override).
+pub fn load_config<T, F>(file: Option<&Path>, flags: &F) -> Result<T, ConfigError>
+where
+    T: DeserializeOwned + Serialize + Default,
+    F: Serialize,
+{
+    let mut fig = Figment::from(Serialized::defaults(T::default()));
+    if let Some(path) = file {
+        if !path.exists() {
+            return Err(ConfigError::Load(format!(
+                "file {} not found",
+                path.display()
+            )));
+        }
+        fig = fig.merge(Toml::file(path));
+    }
+    fig = fig.merge(Env::prefixed("RRLHF__").split("__").lowercase(true));
+    fig = fig.merge(Serialized::defaults(flags));
+    fig.extract().map_err(|e| {
+        let field = e.path.join(".");
+        if field.is_empty() {
+            ConfigError::Load(e.to_string())
+        } else {
+            ConfigError::Invalid {
+                field,
+                message: e.kind.to_string(),
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Default, Serialize, Deserialize)]
+    #[serde(default, deny_unknown_fields)]
+    struct Svc {
+        server: ServerConfig,
+        model: String,
+    }
+
+    #[derive(Serialize)]
+    struct Flags {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        model: Option<String>,
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment::Jail's closure signature, not ours
+    fn layers_apply_in_order_and_errors_name_the_field() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("svc.toml", "model = \"from-file\"\n[server]\naddr = \"127.0.0.1:7000\"\nrank = 1\nworld_size = 2\n")?;
+            let none = Flags { model: None };
+            let c: Svc = load_config(Some(Path::new("svc.toml")), &none).unwrap();
+            assert_eq!(
+                (c.model.as_str(), c.server.addr.as_str(), c.server.rank),
+                ("from-file", "127.0.0.1:7000", 1)
+            );
+            assert_eq!(
+                c.server.max_concurrent_requests, 256,
+                "defaults fill the rest"
+            );
+
+            jail.set_env("RRLHF__SERVER__ADDR", "127.0.0.1:7001");
+            jail.set_env("RRLHF__MODEL", "from-env");
+            let c: Svc = load_config(Some(Path::new("svc.toml")), &none).unwrap();
+            assert_eq!(
+                (c.model.as_str(), c.server.addr.as_str()),
+                ("from-env", "127.0.0.1:7001")
+            );
+
+            let c: Svc = load_config(
+                Some(Path::new("svc.toml")),
+                &Flags {
+                    model: Some("from-flag".into()),
+                },
+            )
+            .unwrap();
+            assert_eq!(c.model, "from-flag");
+
+            jail.set_env("RRLHF__SERVER__MAX_CONCURRENT_REQUESTS", "lots");
+            let e = load_config::<Svc, _>(None, &none).unwrap_err().to_string();
+            assert!(e.contains("server.max_concurrent_requests"), "{e}");
+            jail.clear_env();
+
+            jail.create_file("typo.toml", "[server]\nadress = \"x\"\n")?;
+            let e = load_config::<Svc, _>(Some(Path::new("typo.toml")), &none)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("adress"), "{e}");
+            assert!(
+                load_config::<Svc, _>(Some(Path::new("missing.toml")), &none)
+                    .unwrap_err()
+                    .to_string()
+                    .contains("missing.toml")
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn validation_names_the_field() {
+        let bad = ServerConfig {
+            addr: "localhost".into(),
+            ..Default::default()
+        };
+        assert!(
+            bad.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("server.addr")
+        );
+        let bad = ServerConfig {
+            tls_cert: Some("c.pem".into()),
+            ..Default::default()
+        };
+        assert!(bad.validate().unwrap_err().to_string().contains("tls_key"));
+        let bad = ServerConfig {
+            rank: 2,
+            world_size: 2,
+            ..Default::default()
+        };
+        assert!(
+            bad.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("server.rank")
+        );
+        assert!(ServerConfig::default().validate().is_ok());
+    }
+}

@@ -1,0 +1,17 @@
+//! `rrlhf-runtime`: the parts every rrlhf service shares, so each service is only its model
+//! engine and a thin tonic implementation.
+//!
+//! - [`config`]: figment layers — compiled defaults → TOML file → `RRLHF__SECTION__KEY`
+//!   environment → command-line flags — validated after loading, errors naming the field.
+//! - [`telemetry`]: tracing to stderr, text or JSON, with an `EnvFilter` that quiets h2/tower.
+//! - [`server`]: the gRPC server around a service: `grpc.health.v1` (NOT_SERVING until the
+//!   service says it can work), reflection, optional TLS and bearer-token auth, a message-size
+//!   limit, a concurrency limit answered with RESOURCE_EXHAUSTED, and graceful shutdown.
+
+pub mod auth;
+pub mod config;
+pub mod limit;
+pub mod server;
+pub mod telemetry;
+
+pub use config::{ConfigError, ServerConfig, load_config};

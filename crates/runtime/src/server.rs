@@ -1,0 +1,158 @@
+//! Runs a gRPC service the way every rrlhf service runs: health, reflection, TLS, auth, limits
+//! and graceful shutdown, from one [`ServerConfig`].
+//!
+//! Health starts NOT_SERVING; the service flips it with [`HealthReporter`] once its weights are
+//! loaded and a warm-up pass ran. On shutdown (SIGTERM/SIGINT, or the caller's signal) health
+//! turns NOT_SERVING first, then the listener closes, in-flight calls get
+//! `shutdown_grace_secs` to finish, and the function returns.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::service::Routes;
+use tonic::transport::{Identity, Server, ServerTlsConfig};
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+
+use crate::config::ServerConfig;
+use crate::limit::ConcurrencyGateLayer;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot listen on {addr}: {err}")]
+    Bind { addr: String, err: std::io::Error },
+    #[error("TLS: cannot read {path}: {err}")]
+    Tls { path: String, err: std::io::Error },
+    #[error("gRPC server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    #[error("reflection: {0}")]
+    Reflection(String),
+}
+
+/// The health service and its reporter; every service starts NOT_SERVING.
+pub fn health() -> (
+    HealthReporter,
+    tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
+) {
+    tonic_health::server::health_reporter()
+}
+
+/// Binds `cfg.addr` (port 0 picks a free port; read it from the returned listener).
+pub async fn bind(cfg: &ServerConfig) -> Result<TcpListener, ServeError> {
+    TcpListener::bind(&cfg.addr)
+        .await
+        .map_err(|err| ServeError::Bind {
+            addr: cfg.addr.clone(),
+            err,
+        })
+}
+
+/// Resolves when the process gets SIGINT or SIGTERM.
+pub async fn termination_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+/// Serves `routes` (already wrapped in auth by the caller) plus health and reflection on
+/// `listener` until `shutdown` resolves, then drains.
+pub async fn serve(
+    cfg: &ServerConfig,
+    listener: TcpListener,
+    routes: Routes,
+    health_reporter: HealthReporter,
+    health_service: tonic_health::pb::health_server::HealthServer<
+        impl tonic_health::pb::health_server::Health,
+    >,
+    service_names: &[&str],
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(rrlhf_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| ServeError::Reflection(e.to_string()))?;
+    let mut builder = Server::builder();
+    if let (Some(cert), Some(key)) = (&cfg.tls_cert, &cfg.tls_key) {
+        let read = |p: &std::path::Path| {
+            std::fs::read(p).map_err(|err| ServeError::Tls {
+                path: p.display().to_string(),
+                err,
+            })
+        };
+        let identity = Identity::from_pem(read(cert)?, read(key)?);
+        builder = builder.tls_config(ServerTlsConfig::new().identity(identity))?;
+    }
+    let routes = routes.add_service(health_service).add_service(reflection);
+    let local: Option<SocketAddr> = listener.local_addr().ok();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = builder
+        .layer(ConcurrencyGateLayer::new(cfg.max_concurrent_requests))
+        .add_routes(routes)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+            let _ = stop_rx.await;
+        });
+    tokio::pin!(server);
+    tracing::info!(addr = ?local, "serving");
+    tokio::select! {
+        res = &mut server => return res.map_err(ServeError::from),
+        _ = shutdown => {}
+    }
+    tracing::info!("shutting down: NOT_SERVING, draining in-flight calls");
+    for name in service_names {
+        health_reporter
+            .set_service_status(*name, ServingStatus::NotServing)
+            .await;
+    }
+    health_reporter
+        .set_service_status("", ServingStatus::NotServing)
+        .await;
+    let _ = stop_tx.send(());
+    match tokio::time::timeout(
+        Duration::from_secs_f64(cfg.shutdown_grace_secs),
+        &mut server,
+    )
+    .await
+    {
+        Ok(res) => res.map_err(ServeError::from),
+        Err(_) => {
+            tracing::warn!(
+                grace_secs = cfg.shutdown_grace_secs,
+                "in-flight calls did not finish in time; closing"
+            );
+            Ok(())
+        }
+    }
+}
+
+/// Marks `service_names` and the server as SERVING.
+pub async fn set_serving(reporter: &HealthReporter, service_names: &[&str]) {
+    for name in service_names {
+        reporter
+            .set_service_status(*name, ServingStatus::Serving)
+            .await;
+    }
+    reporter
+        .set_service_status("", ServingStatus::Serving)
+        .await;
+}

@@ -1,0 +1,40 @@
+//! The service's errors and their one mapping to gRPC status codes.
+
+use tonic::Status;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// The request is wrong; the message names the field.
+    #[error("{field}: {message}")]
+    InvalidArgument { field: String, message: String },
+    /// The engine queue is full.
+    #[error("the scoring queue is full ({0} requests waiting); retry later")]
+    Busy(usize),
+    /// The engine thread is gone (shutting down, or it failed).
+    #[error("the model engine is not running")]
+    EngineDown,
+    /// The model failed on a valid request.
+    #[error("model error: {0}")]
+    Model(#[from] rrlhf_model::ModelError),
+}
+
+impl ServiceError {
+    pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::InvalidArgument {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl From<ServiceError> for Status {
+    fn from(e: ServiceError) -> Self {
+        let msg = e.to_string();
+        match e {
+            ServiceError::InvalidArgument { .. } => Status::invalid_argument(msg),
+            ServiceError::Busy(_) => Status::resource_exhausted(msg),
+            ServiceError::EngineDown => Status::unavailable(msg),
+            ServiceError::Model(_) => Status::internal(msg),
+        }
+    }
+}
