@@ -326,3 +326,77 @@ fn bad_reward_inputs_are_named() {
         .unwrap();
     fails_with(out, "not a reward model");
 }
+
+/// `rrlhf serve reward` as its own process on a free port, `rrlhf score` against it, then
+/// SIGTERM: the server drains and exits cleanly.
+#[test]
+fn serve_and_score_as_separate_processes() {
+    let t = trained();
+    let mut server = rrlhf()
+        .args([
+            "serve",
+            "reward",
+            "--addr",
+            "127.0.0.1:0",
+            "--max-length",
+            "96",
+            "--threads",
+            "1",
+            "--model",
+        ])
+        .arg(&t.stage2)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The server prints its address once the model is loaded, warmed up and SERVING.
+    let mut lines = std::io::BufReader::new(server.stderr.take().unwrap()).lines();
+    let addr = loop {
+        let line = lines
+            .next()
+            .expect("server exited before listening")
+            .unwrap();
+        if let Some(addr) = line.strip_prefix("reward service listening on ") {
+            break addr.to_string();
+        }
+    };
+    let drain = std::thread::spawn(move || lines.map_while(Result::ok).collect::<Vec<_>>());
+    let out = rrlhf()
+        .args([
+            "score",
+            "--json",
+            "--strategy",
+            "min",
+            "--addr",
+            &addr,
+            "--prompt",
+            "\n\nHuman: hi\n\nAssistant:",
+            "--response",
+            " hello there",
+        ])
+        .output()
+        .unwrap();
+    let score: serde_json::Value = serde_json::from_str(&ok(out)).unwrap();
+    assert_eq!(score["heads"].as_array().unwrap().len(), 5);
+    assert_eq!(score["reward"], score["min"]);
+    let out = rrlhf()
+        .args(["score", "--addr", &addr, "--prompt", "hi", "--response", ""])
+        .output()
+        .unwrap();
+    fails_with(out, "samples[0].response");
+
+    let pid = server.id().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = server.wait().unwrap();
+    let log = drain.join().unwrap().join("\n");
+    assert!(
+        status.success(),
+        "graceful shutdown exits 0: {status:?}\n{log}"
+    );
+    assert!(log.contains("shutting down"), "{log}");
+}

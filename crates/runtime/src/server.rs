@@ -87,10 +87,17 @@ pub async fn serve(
     service_names: &[&str],
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(rrlhf_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    // v1 and the older v1alpha: grpcurl and other tools still ask for either.
+    let reflection_builder = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(rrlhf_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection = reflection_builder()
         .build_v1()
+        .map_err(|e| ServeError::Reflection(e.to_string()))?;
+    let reflection_alpha = reflection_builder()
+        .build_v1alpha()
         .map_err(|e| ServeError::Reflection(e.to_string()))?;
     let mut builder = Server::builder();
     if let (Some(cert), Some(key)) = (&cfg.tls_cert, &cfg.tls_key) {
@@ -103,7 +110,10 @@ pub async fn serve(
         let identity = Identity::from_pem(read(cert)?, read(key)?);
         builder = builder.tls_config(ServerTlsConfig::new().identity(identity))?;
     }
-    let routes = routes.add_service(health_service).add_service(reflection);
+    let routes = routes
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(reflection_alpha);
     let local: Option<SocketAddr> = listener.local_addr().ok();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = builder

@@ -1,0 +1,89 @@
+//! 32 concurrent streaming clients: every request answered, in order, with the scores a lone
+//! unary call gives, and the engine merged concurrent requests into shared batches.
+
+use std::sync::atomic::Ordering;
+
+use rrlhf_proto::reward::v1::ScoreRequest;
+
+use crate::fixture::{client, config, request, sample, start};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thirty_two_streaming_clients_are_answered_and_batched() {
+    let mut cfg = config();
+    // A longer gathering window makes merging certain on a loaded CI machine.
+    cfg.batch_wait_ms = 20;
+    let (running, _stop) = start(cfg).await;
+
+    // Reference scores from one unary call per sample.
+    let mut c = client(&running).await;
+    let mut reference = Vec::new();
+    for i in 0..8 {
+        reference.push(
+            c.score(request(vec![sample(i)]))
+                .await
+                .unwrap()
+                .into_inner()
+                .scores
+                .remove(0),
+        );
+    }
+    let before = running.engine.stats.batches.load(Ordering::Relaxed);
+
+    let mut tasks = Vec::new();
+    for client_no in 0..32usize {
+        let mut c = client(&running).await;
+        tasks.push(tokio::spawn(async move {
+            // Three requests on one stream; each names the samples it carries.
+            let reqs: Vec<ScoreRequest> = (0..3)
+                .map(|k| {
+                    request(vec![
+                        sample((client_no + k) % 8),
+                        sample((client_no + 2 * k + 1) % 8),
+                    ])
+                })
+                .collect();
+            let expected: Vec<Vec<usize>> = (0..3)
+                .map(|k| vec![(client_no + k) % 8, (client_no + 2 * k + 1) % 8])
+                .collect();
+            let mut responses = c
+                .score_stream(tokio_stream::iter(reqs))
+                .await
+                .unwrap()
+                .into_inner();
+            let mut got = Vec::new();
+            while let Some(r) = responses.message().await.unwrap() {
+                got.push(r);
+            }
+            (expected, got)
+        }));
+    }
+    let mut answered = 0;
+    for t in tasks {
+        let (expected, got) = t.await.unwrap();
+        assert_eq!(got.len(), 3, "one response per request");
+        for (want, resp) in expected.iter().zip(&got) {
+            for (&i, score) in want.iter().zip(&resp.scores) {
+                assert_eq!(
+                    score.id,
+                    format!("s{i}"),
+                    "responses come back in request order"
+                );
+                for (h, r) in score.heads.iter().zip(&reference[i].heads) {
+                    assert!(
+                        (h.mu - r.mu).abs() < 1e-5 && (h.sigma - r.sigma).abs() < 1e-5,
+                        "sample {i}: batched {h:?} vs alone {r:?}"
+                    );
+                }
+                answered += 1;
+            }
+        }
+    }
+    assert_eq!(answered, 32 * 3 * 2);
+    let stats = &running.engine.stats;
+    let batches = stats.batches.load(Ordering::Relaxed) - before;
+    assert!(
+        stats.max_requests_per_batch.load(Ordering::Relaxed) > 1,
+        "concurrent requests were merged"
+    );
+    assert!(batches < 96, "96 requests ran in {batches} model batches");
+}
