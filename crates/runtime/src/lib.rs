@@ -10,6 +10,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod engine;
 pub mod limit;
 pub mod server;
 pub mod telemetry;

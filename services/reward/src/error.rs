@@ -1,5 +1,6 @@
 //! The service's errors and their one mapping to gRPC status codes.
 
+use rrlhf_runtime::engine::EngineError;
 use tonic::Status;
 
 #[derive(Debug, thiserror::Error)]
@@ -16,6 +17,19 @@ pub enum ServiceError {
     /// The model failed on a valid request.
     #[error("model error: {0}")]
     Model(#[from] rrlhf_model::ModelError),
+    /// The model failed while running a batch.
+    #[error("model error: {0}")]
+    Engine(String),
+}
+
+impl From<EngineError> for ServiceError {
+    fn from(e: EngineError) -> Self {
+        match e {
+            EngineError::Busy(n) => Self::Busy(n),
+            EngineError::Down => Self::EngineDown,
+            EngineError::Failed(msg) => Self::Engine(msg),
+        }
+    }
 }
 
 impl ServiceError {
@@ -34,7 +48,7 @@ impl From<ServiceError> for Status {
             ServiceError::InvalidArgument { .. } => Status::invalid_argument(msg),
             ServiceError::Busy(_) => Status::resource_exhausted(msg),
             ServiceError::EngineDown => Status::unavailable(msg),
-            ServiceError::Model(_) => Status::internal(msg),
+            ServiceError::Model(_) | ServiceError::Engine(_) => Status::internal(msg),
         }
     }
 }

@@ -27,7 +27,7 @@ async fn thirty_two_streaming_clients_are_answered_and_batched() {
                 .remove(0),
         );
     }
-    let before = running.engine.stats.batches.load(Ordering::Relaxed);
+    let before = running.engine.engine.stats.batches.load(Ordering::Relaxed);
 
     let mut tasks = Vec::new();
     for client_no in 0..32usize {
@@ -79,7 +79,7 @@ async fn thirty_two_streaming_clients_are_answered_and_batched() {
         }
     }
     assert_eq!(answered, 32 * 3 * 2);
-    let stats = &running.engine.stats;
+    let stats = &running.engine.engine.stats;
     let batches = stats.batches.load(Ordering::Relaxed) - before;
     assert!(
         stats.max_requests_per_batch.load(Ordering::Relaxed) > 1,

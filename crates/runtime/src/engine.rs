@@ -1,0 +1,283 @@
+//! The model-engine pattern every service uses: one OS thread owns the model (libtorch tensors
+//! are `Send` but not `Sync`, and their ops must not race), fed by a bounded queue. Items of
+//! requests that arrive while the thread is busy are merged into one batch — up to
+//! `max_items` items or `max_cost` cost units (e.g. padded tokens), waiting at most `max_wait`
+//! for company after the first request — and the results are handed back per request.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+
+/// How requests are merged.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchConfig {
+    pub max_items: usize,
+    pub max_cost: usize,
+    pub max_wait: Duration,
+    /// Requests that may wait; beyond it submissions fail with [`EngineError::Busy`].
+    pub queue_capacity: usize,
+}
+
+/// Counters describing the batching, for metrics and tests.
+#[derive(Debug, Default)]
+pub struct EngineStats {
+    /// Batches run (each may merge several requests).
+    pub batches: AtomicU64,
+    pub requests: AtomicU64,
+    pub items: AtomicU64,
+    /// Most requests merged into one batch so far.
+    pub max_requests_per_batch: AtomicU64,
+}
+
+#[derive(Debug, Clone, thiserror::Error, PartialEq)]
+pub enum EngineError {
+    #[error("the engine queue is full ({0} requests waiting); retry later")]
+    Busy(usize),
+    #[error("the model engine is not running")]
+    Down,
+    /// The batch failed; the message comes from the model.
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// Runs one merged batch: one output per input item, or a message saying why not.
+type RunBatch<M, I, O> = dyn Fn(&M, &[I]) -> Result<Vec<O>, String>;
+
+struct Job<I, O> {
+    items: Vec<I>,
+    reply: oneshot::Sender<Result<Vec<O>, String>>,
+}
+
+/// The async side's handle: cheap to clone, safe to share.
+pub struct Engine<I, O> {
+    tx: SyncSender<Job<I, O>>,
+    capacity: usize,
+    pub stats: Arc<EngineStats>,
+}
+
+impl<I, O> Clone for Engine<I, O> {
+    fn clone(&self) -> Self {
+        Self {
+            tx: self.tx.clone(),
+            capacity: self.capacity,
+            stats: self.stats.clone(),
+        }
+    }
+}
+
+impl<I, O> std::fmt::Debug for Engine<I, O> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("capacity", &self.capacity)
+            .field("stats", &self.stats)
+            .finish()
+    }
+}
+
+impl<I: Send + 'static, O: Send + 'static> Engine<I, O> {
+    /// Starts the engine thread: `load` builds the model there (and should run a warm-up
+    /// pass); `run` turns a merged batch of items into one output per item; `cost` is an
+    /// item's share of `max_cost`. Returns once `load` finished, with what it reported.
+    pub fn spawn<M, R, E>(
+        name: &str,
+        cfg: BatchConfig,
+        load: impl FnOnce() -> Result<(M, R), E> + Send + 'static,
+        run: impl Fn(&M, &[I]) -> Result<Vec<O>, String> + Send + 'static,
+        cost: impl Fn(&I) -> usize + Send + 'static,
+    ) -> Result<(Self, R), E>
+    where
+        M: 'static,
+        R: Send + 'static,
+        E: Send + 'static + From<EngineError>,
+    {
+        let (tx, rx) = sync_channel::<Job<I, O>>(cfg.queue_capacity);
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<R, E>>();
+        let stats = Arc::new(EngineStats::default());
+        let thread_stats = stats.clone();
+        let thread_name = name.to_string();
+        std::thread::Builder::new()
+            .name(thread_name.clone())
+            .spawn(move || match load() {
+                Ok((model, report)) => {
+                    let _ = ready_tx.send(Ok(report));
+                    serve(&model, rx, cfg, &thread_stats, &run, &cost);
+                    tracing::info!(engine = thread_name, "engine stopped");
+                }
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                }
+            })
+            .map_err(|_| E::from(EngineError::Down))?;
+        let report = ready_rx.recv().map_err(|_| E::from(EngineError::Down))??;
+        Ok((
+            Self {
+                tx,
+                capacity: cfg.queue_capacity,
+                stats,
+            },
+            report,
+        ))
+    }
+
+    /// Runs `items` (possibly merged with other requests' items); fails fast when the queue
+    /// is full.
+    pub async fn submit(&self, items: Vec<I>) -> Result<Vec<O>, EngineError> {
+        let (reply, rx) = oneshot::channel();
+        match self.tx.try_send(Job { items, reply }) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => return Err(EngineError::Busy(self.capacity)),
+            Err(TrySendError::Disconnected(_)) => return Err(EngineError::Down),
+        }
+        match rx.await {
+            Ok(result) => result.map_err(EngineError::Failed),
+            Err(_) => Err(EngineError::Down),
+        }
+    }
+}
+
+fn serve<M, I, O>(
+    model: &M,
+    rx: Receiver<Job<I, O>>,
+    cfg: BatchConfig,
+    stats: &EngineStats,
+    run: &RunBatch<M, I, O>,
+    cost: &dyn Fn(&I) -> usize,
+) {
+    while let Ok(first) = rx.recv() {
+        let batch_cost = |jobs: &[Job<I, O>]| -> (usize, usize) {
+            let items: usize = jobs.iter().map(|j| j.items.len()).sum();
+            let widest = jobs
+                .iter()
+                .flat_map(|j| j.items.iter().map(cost))
+                .max()
+                .unwrap_or(0);
+            (items, items * widest)
+        };
+        let mut jobs = vec![first];
+        let deadline = Instant::now() + cfg.max_wait;
+        loop {
+            let (items, padded) = batch_cost(&jobs);
+            if items >= cfg.max_items || padded >= cfg.max_cost {
+                break;
+            }
+            match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(job) => jobs.push(job),
+                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        let sizes: Vec<usize> = jobs.iter().map(|j| j.items.len()).collect();
+        let mut all = Vec::with_capacity(sizes.iter().sum());
+        let mut replies = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            all.extend(job.items);
+            replies.push(job.reply);
+        }
+        let result = run(model, &all);
+        stats.batches.fetch_add(1, Ordering::Relaxed);
+        stats
+            .requests
+            .fetch_add(replies.len() as u64, Ordering::Relaxed);
+        stats.items.fetch_add(all.len() as u64, Ordering::Relaxed);
+        stats
+            .max_requests_per_batch
+            .fetch_max(replies.len() as u64, Ordering::Relaxed);
+        match result {
+            Ok(outputs) if outputs.len() == all.len() => {
+                let mut outputs = outputs.into_iter();
+                for (reply, n) in replies.into_iter().zip(sizes) {
+                    let _ = reply.send(Ok(outputs.by_ref().take(n).collect()));
+                }
+            }
+            Ok(outputs) => {
+                let msg = format!(
+                    "the model returned {} outputs for {} inputs",
+                    outputs.len(),
+                    all.len()
+                );
+                replies
+                    .into_iter()
+                    .for_each(|r| drop(r.send(Err(msg.clone()))));
+            }
+            Err(msg) => replies
+                .into_iter()
+                .for_each(|r| drop(r.send(Err(msg.clone())))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, PartialEq)]
+    struct LoadError(EngineError);
+
+    impl From<EngineError> for LoadError {
+        fn from(e: EngineError) -> Self {
+            Self(e)
+        }
+    }
+
+    fn cfg(wait_ms: u64) -> BatchConfig {
+        BatchConfig {
+            max_items: 64,
+            max_cost: 1 << 20,
+            max_wait: Duration::from_millis(wait_ms),
+            queue_capacity: 64,
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn merges_concurrent_requests_and_returns_each_its_own() {
+        let (engine, hello) = Engine::<i64, i64>::spawn(
+            "test",
+            cfg(50),
+            || Ok::<_, LoadError>((10i64, "ready")),
+            |offset, xs| Ok(xs.iter().map(|x| x + offset).collect()),
+            |_| 1,
+        )
+        .unwrap();
+        assert_eq!(hello, "ready");
+        let tasks: Vec<_> = (0..8i64)
+            .map(|i| {
+                let e = engine.clone();
+                tokio::spawn(async move { e.submit(vec![i, 100 + i]).await })
+            })
+            .collect();
+        for (i, t) in tasks.into_iter().enumerate() {
+            assert_eq!(
+                t.await.unwrap().unwrap(),
+                vec![10 + i as i64, 110 + i as i64]
+            );
+        }
+        assert!(engine.stats.max_requests_per_batch.load(Ordering::Relaxed) > 1);
+    }
+
+    #[tokio::test]
+    async fn failures_and_load_errors_are_reported() {
+        let (engine, ()) = Engine::<i64, i64>::spawn(
+            "t",
+            cfg(0),
+            || Ok::<_, LoadError>(((), ())),
+            |_, _| Err("boom".into()),
+            |_| 1,
+        )
+        .unwrap();
+        assert_eq!(
+            engine.submit(vec![1]).await.unwrap_err(),
+            EngineError::Failed("boom".into())
+        );
+        let err = Engine::<i64, i64>::spawn(
+            "t",
+            cfg(0),
+            || Err::<((), ()), _>(LoadError(EngineError::Failed("no weights".into()))),
+            |_, _| Ok(vec![]),
+            |_| 1,
+        )
+        .unwrap_err();
+        assert_eq!(err, LoadError(EngineError::Failed("no weights".into())));
+    }
+}
