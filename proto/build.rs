@@ -6,6 +6,7 @@ use std::path::PathBuf;
 const PROTOS: &[&str] = &[
     "rrlhf/common/v1/common.proto",
     "rrlhf/reward/v1/reward.proto",
+    "rrlhf/reference/v1/reference.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -15,6 +15,8 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig};
 pub enum ServeCommand {
     /// The reward service (BRME scoring): `rrlhf.reward.v1.RewardService`.
     Reward(ServeRewardArgs),
+    /// The reference service (frozen SFT policy log-probabilities): `rrlhf.reference.v1.ReferenceService`.
+    Reference(ServeRewardArgs),
 }
 
 #[derive(Args, Debug)]
@@ -22,7 +24,7 @@ pub struct ServeRewardArgs {
     /// TOML config file (sections as in `RewardServiceConfig`; flags override it).
     #[arg(long)]
     config: Option<PathBuf>,
-    /// Reward-model directory.
+    /// Model directory (a reward model for `reward`, the SFT model for `reference`).
     #[arg(long)]
     model: Option<PathBuf>,
     /// Listen address HOST:PORT.
@@ -52,9 +54,13 @@ impl ServeRewardArgs {
             }
         };
         put(&mut root, "model", self.model.as_ref().map(|m| json!(m)));
-        put(&mut root, "device", self.device.clone().map(Value::from));
-        put(&mut root, "dtype", self.dtype.clone().map(Value::from));
-        put(&mut root, "threads", self.threads.map(Value::from));
+        let mut engine = Map::new();
+        put(&mut engine, "device", self.device.clone().map(Value::from));
+        put(&mut engine, "dtype", self.dtype.clone().map(Value::from));
+        put(&mut engine, "threads", self.threads.map(Value::from));
+        if !engine.is_empty() {
+            root.insert("engine".into(), Value::Object(engine));
+        }
         put(&mut root, "max_length", self.max_length.map(Value::from));
         put(&mut server, "addr", self.addr.clone().map(Value::from));
         put(
@@ -71,6 +77,23 @@ impl ServeRewardArgs {
 
 pub fn run(cmd: ServeCommand) -> Result<()> {
     match cmd {
+        ServeCommand::Reference(a) => {
+            let cfg: rrlhf_reference_service::ReferenceServiceConfig =
+                load_config(a.config.as_deref(), &a.overrides())?;
+            cfg.validate()?;
+            rrlhf_runtime::telemetry::init(cfg.server.log_json, &cfg.server.log_filter);
+            let rt = tokio::runtime::Runtime::new()?;
+            rt.block_on(async {
+                let running = rrlhf_reference_service::start(
+                    cfg,
+                    rrlhf_runtime::server::termination_signal(),
+                )
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+                eprintln!("reference service listening on {}", running.addr);
+                running.task.await?.map_err(|e| anyhow::anyhow!("{e}"))
+            })
+        }
         ServeCommand::Reward(a) => {
             let cfg: RewardServiceConfig = load_config(a.config.as_deref(), &a.overrides())?;
             cfg.validate()?;

@@ -17,5 +17,12 @@ pub mod reward {
     }
 }
 
+/// The reference service: log-probabilities under the frozen SFT policy.
+pub mod reference {
+    pub mod v1 {
+        tonic::include_proto!("rrlhf.reference.v1");
+    }
+}
+
 /// Encoded `FileDescriptorSet` of every rrlhf proto, for gRPC server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("rrlhf_descriptor");

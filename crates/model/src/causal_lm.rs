@@ -104,6 +104,39 @@ impl CausalLm {
     }
 }
 
+impl CausalLm {
+    /// Per-token log-probabilities of each response given its prompt: for every
+    /// `(prompt, response)`, `log p(response[t] | prompt, response[..t])` for each t. Prompts must
+    /// be non-empty (the first response token needs a context).
+    pub fn response_logprobs(&self, pairs: &[(Vec<i64>, Vec<i64>)]) -> Result<Vec<Vec<f32>>> {
+        let vocab = self.cfg.vocab_size;
+        for (i, (p, r)) in pairs.iter().enumerate() {
+            if p.is_empty() || r.is_empty() {
+                return Err(ModelError::InvalidInput(format!(
+                    "sequence {i}: prompt and response must both be non-empty"
+                )));
+            }
+            if let Some(t) = p.iter().chain(r).find(|&&t| t < 0 || t >= vocab) {
+                return Err(ModelError::InvalidInput(format!(
+                    "sequence {i}: token id {t} is outside the vocabulary (size {vocab})"
+                )));
+            }
+        }
+        let seqs: Vec<Vec<i64>> = pairs
+            .iter()
+            .map(|(p, r)| p.iter().chain(r).copied().collect())
+            .collect();
+        let batch = Batch::pad(&seqs, 0, crate::batch::PadSide::Right, self.device())?;
+        let rows = crate::batch::rows_f32(&self.token_logprobs(&batch))?;
+        // Row b, shifted position p_len - 1 + t predicts response token t.
+        Ok(rows
+            .into_iter()
+            .zip(pairs)
+            .map(|(row, (p, r))| row[p.len() - 1..p.len() - 1 + r.len()].to_vec())
+            .collect())
+    }
+}
+
 /// Log-probability of `ids[:, 1:]` under `logits[:, :-1]`, computed in f32.
 pub fn shifted_logprobs(logits: &Tensor, ids: &Tensor) -> Tensor {
     let t = logits.size()[1];

@@ -113,6 +113,79 @@ impl ServerConfig {
     }
 }
 
+/// The `[engine]` section: where the model runs and how requests are merged into batches.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EngineConfig {
+    /// `cpu`, `cuda`, `cuda:N`.
+    pub device: String,
+    /// `f32` or `bf16`.
+    pub dtype: String,
+    /// libtorch intra-op threads (0: one per core).
+    pub threads: usize,
+    /// At most this many sequences per model batch…
+    pub batch_max_sequences: usize,
+    /// …or this many padded tokens…
+    pub batch_max_tokens: usize,
+    /// …gathered for at most this long after the first request arrives.
+    pub batch_wait_ms: u64,
+    /// Requests waiting for the engine; beyond it calls get RESOURCE_EXHAUSTED.
+    pub queue_capacity: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            device: "cpu".into(),
+            dtype: "f32".into(),
+            threads: 0,
+            batch_max_sequences: 32,
+            batch_max_tokens: 16_384,
+            batch_wait_ms: 2,
+            queue_capacity: 1024,
+        }
+    }
+}
+
+impl EngineConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |field: &str, message: &str| {
+            Err(ConfigError::Invalid {
+                field: format!("engine.{field}"),
+                message: message.into(),
+            })
+        };
+        if !matches!(
+            self.dtype.as_str(),
+            "f32" | "float32" | "fp32" | "bf16" | "bfloat16"
+        ) {
+            return bad("dtype", "must be f32 or bf16");
+        }
+        if self.device != "cpu" && self.device != "cuda" && !self.device.starts_with("cuda:") {
+            return bad("device", "must be cpu, cuda or cuda:N");
+        }
+        if self.batch_max_sequences == 0 {
+            return bad("batch_max_sequences", "must be ≥ 1");
+        }
+        if self.batch_max_tokens == 0 {
+            return bad("batch_max_tokens", "must be ≥ 1");
+        }
+        if self.queue_capacity == 0 {
+            return bad("queue_capacity", "must be ≥ 1");
+        }
+        Ok(())
+    }
+
+    pub fn batch(&self) -> crate::engine::BatchConfig {
+        crate::engine::BatchConfig {
+            max_items: self.batch_max_sequences,
+            max_cost: self.batch_max_tokens,
+            max_wait: std::time::Duration::from_millis(self.batch_wait_ms),
+            queue_capacity: self.queue_capacity,
+        }
+    }
+}
+
 /// Loads `T` from its defaults, then `file` (TOML), then `RRLHF__…` variables, then `flags`
 /// (a serialisable struct whose `None` fields are skipped, so only given flags override).
 pub fn load_config<T, F>(file: Option<&Path>, flags: &F) -> Result<T, ConfigError>

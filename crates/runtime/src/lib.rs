@@ -15,4 +15,4 @@ pub mod limit;
 pub mod server;
 pub mod telemetry;
 
-pub use config::{ConfigError, ServerConfig, load_config};
+pub use config::{ConfigError, EngineConfig, ServerConfig, load_config};

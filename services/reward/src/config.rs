@@ -2,21 +2,16 @@
 
 use std::path::PathBuf;
 
-use rrlhf_runtime::{ConfigError, ServerConfig};
+use rrlhf_runtime::{ConfigError, EngineConfig, ServerConfig};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RewardServiceConfig {
     pub server: ServerConfig,
+    pub engine: EngineConfig,
     /// Reward-model directory (`rrlhf rm train` output).
     pub model: PathBuf,
-    /// `cpu`, `cuda`, `cuda:N`.
-    pub device: String,
-    /// `f32` or `bf16`.
-    pub dtype: String,
-    /// libtorch intra-op threads (0: one per core).
-    pub threads: usize,
     /// Longest sample in tokens (prompt + response + EOS).
     pub max_length: usize,
     /// `reject` (INVALID_ARGUMENT) or `truncate` (prompt tail + response head) for longer samples.
@@ -27,14 +22,6 @@ pub struct RewardServiceConfig {
     pub default_lambda: f32,
     /// c when a request asks for `uwo` without one.
     pub default_uwo_c: f32,
-    /// Dynamic batching: at most this many sequences per model batch…
-    pub batch_max_sequences: usize,
-    /// …or this many padded tokens…
-    pub batch_max_tokens: usize,
-    /// …gathered for at most this long after the first request arrives.
-    pub batch_wait_ms: u64,
-    /// Requests waiting for the engine; beyond it calls get RESOURCE_EXHAUSTED.
-    pub queue_capacity: usize,
 }
 
 impl Default for RewardServiceConfig {
@@ -44,19 +31,13 @@ impl Default for RewardServiceConfig {
                 addr: "127.0.0.1:50061".into(),
                 ..ServerConfig::default()
             },
+            engine: EngineConfig::default(),
             model: PathBuf::new(),
-            device: "cpu".into(),
-            dtype: "f32".into(),
-            threads: 0,
             max_length: 1024,
             overlong: "reject".into(),
             default_strategy: "tradeoff".into(),
             default_lambda: 0.4,
             default_uwo_c: 1.0,
-            batch_max_sequences: 32,
-            batch_max_tokens: 16_384,
-            batch_wait_ms: 2,
-            queue_capacity: 1024,
         }
     }
 }
@@ -64,6 +45,7 @@ impl Default for RewardServiceConfig {
 impl RewardServiceConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.server.validate()?;
+        self.engine.validate()?;
         let bad = |field: &str, message: String| {
             Err(ConfigError::Invalid {
                 field: field.into(),
@@ -98,12 +80,6 @@ impl RewardServiceConfig {
             return bad(
                 "default_uwo_c",
                 format!("must be ≥ 0, got {}", self.default_uwo_c),
-            );
-        }
-        if self.batch_max_sequences == 0 || self.batch_max_tokens == 0 || self.queue_capacity == 0 {
-            return bad(
-                "batch_max_sequences",
-                "batch and queue sizes must be ≥ 1".into(),
             );
         }
         Ok(())

@@ -4,13 +4,12 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
 use rrlhf_model::reward_model::{RewardMeta, RewardModel};
 use rrlhf_model::scoring::{Overlong, RewardScorer};
 use rrlhf_model::{Placement, TextTokenizer};
 use rrlhf_robust::HeadOutputs;
-use rrlhf_runtime::engine::{BatchConfig, Engine};
+use rrlhf_runtime::engine::Engine;
 
 use crate::config::RewardServiceConfig;
 use crate::error::ServiceError;
@@ -40,12 +39,7 @@ impl EngineHandle {
 /// Loads the model and tokenizer on the engine thread, runs a warm-up pass, and returns once the
 /// engine can serve (or with the loading error).
 pub fn spawn(cfg: &RewardServiceConfig) -> Result<(EngineHandle, TextTokenizer), ServiceError> {
-    let batch = BatchConfig {
-        max_items: cfg.batch_max_sequences,
-        max_cost: cfg.batch_max_tokens,
-        max_wait: Duration::from_millis(cfg.batch_wait_ms),
-        queue_capacity: cfg.queue_capacity,
-    };
+    let batch = cfg.engine.batch();
     let load_cfg = cfg.clone();
     let (engine, (info, tokenizer)) = Engine::spawn(
         "reward-engine",
@@ -75,8 +69,8 @@ pub fn spawn(cfg: &RewardServiceConfig) -> Result<(EngineHandle, TextTokenizer),
 }
 
 fn load(cfg: &RewardServiceConfig) -> Result<RewardScorer, ServiceError> {
-    let placement = Placement::parse(&cfg.device, &cfg.dtype)?;
-    rrlhf_model::device::set_threads(cfg.threads);
+    let placement = Placement::parse(&cfg.engine.device, &cfg.engine.dtype)?;
+    rrlhf_model::device::set_threads(cfg.engine.threads);
     let model = RewardModel::from_dir(&cfg.model, placement)?;
     let tokenizer = TextTokenizer::load(Path::new(&cfg.model))?;
     if tokenizer.vocab_size() as i64 > model.cfg.vocab_size {
@@ -94,7 +88,7 @@ fn load(cfg: &RewardServiceConfig) -> Result<RewardScorer, ServiceError> {
         model,
         tokenizer,
         max_len: cfg.max_length,
-        batch_size: cfg.batch_max_sequences,
+        batch_size: cfg.engine.batch_max_sequences,
         overlong,
     };
     // Warm-up: the first forward pass allocates and picks kernels; health stays NOT_SERVING

@@ -241,7 +241,7 @@ impl RewardService for RewardServer {
             rank: Some(RankInfo {
                 rank: self.cfg.server.rank,
                 world_size: self.cfg.server.world_size,
-                device: self.cfg.device.clone(),
+                device: self.cfg.engine.device.clone(),
             }),
             vocab_size: info.vocab_size as u32,
         }))

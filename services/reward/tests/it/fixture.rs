@@ -68,10 +68,10 @@ pub fn model() -> &'static Model {
 pub fn config() -> RewardServiceConfig {
     let mut cfg = RewardServiceConfig {
         model: model().dir.clone(),
-        threads: 1,
         max_length: 64,
         ..Default::default()
     };
+    cfg.engine.threads = 1;
     cfg.server.addr = "127.0.0.1:0".into();
     cfg
 }

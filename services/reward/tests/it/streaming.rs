@@ -11,7 +11,7 @@ use crate::fixture::{client, config, request, sample, start};
 async fn thirty_two_streaming_clients_are_answered_and_batched() {
     let mut cfg = config();
     // A longer gathering window makes merging certain on a loaded CI machine.
-    cfg.batch_wait_ms = 20;
+    cfg.engine.batch_wait_ms = 20;
     let (running, _stop) = start(cfg).await;
 
     // Reference scores from one unary call per sample.

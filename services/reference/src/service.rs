@@ -1,0 +1,212 @@
+//! The tonic implementation of `rrlhf.reference.v1.ReferenceService`. Requests are validated
+//! here (INVALID_ARGUMENT naming the field) so a merged model batch never fails for one bad
+//! sequence; the engine thread owns the frozen model.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use rrlhf_model::{CausalLm, Placement};
+use rrlhf_proto::common::v1::RankInfo;
+use rrlhf_proto::reference::v1::reference_service_server::{
+    ReferenceService, ReferenceServiceServer,
+};
+use rrlhf_proto::reference::v1::{
+    InfoRequest, InfoResponse, LogProbsRequest, LogProbsResponse, TokenLogProbs,
+};
+use rrlhf_runtime::auth::BearerAuth;
+use rrlhf_runtime::engine::{Engine, EngineError};
+use rrlhf_runtime::server;
+use tonic::{Request, Response, Status};
+
+use crate::config::ReferenceServiceConfig;
+
+pub const SERVICE_NAME: &str = "rrlhf.reference.v1.ReferenceService";
+
+type Pair = (Vec<i64>, Vec<i64>);
+
+/// Why the model could not be loaded (or its engine started).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct LoadError(String);
+
+impl From<EngineError> for LoadError {
+    fn from(e: EngineError) -> Self {
+        Self(e.to_string())
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct ReferenceServer {
+    pub engine: Engine<Pair, Vec<f32>>,
+    vocab_size: i64,
+    cfg: Arc<ReferenceServiceConfig>,
+}
+
+fn status_of(e: EngineError) -> Status {
+    match e {
+        EngineError::Busy(_) => Status::resource_exhausted(e.to_string()),
+        EngineError::Down => Status::unavailable(e.to_string()),
+        EngineError::Failed(msg) => Status::internal(format!("model error: {msg}")),
+    }
+}
+
+impl ReferenceServer {
+    /// Loads the frozen model on its engine thread and runs a warm-up pass.
+    pub fn load(cfg: ReferenceServiceConfig) -> Result<Self, LoadError> {
+        let load_cfg = cfg.clone();
+        let (engine, vocab_size) = Engine::spawn(
+            "reference-engine",
+            cfg.engine.batch(),
+            move || -> Result<(CausalLm, i64), LoadError> {
+                let err = |e: rrlhf_model::ModelError| LoadError(e.to_string());
+                let placement = Placement::parse(&load_cfg.engine.device, &load_cfg.engine.dtype)
+                    .map_err(err)?;
+                rrlhf_model::device::set_threads(load_cfg.engine.threads);
+                let mut model = CausalLm::from_dir(&load_cfg.model, placement).map_err(err)?;
+                model.vs.freeze();
+                let _guard = tch::no_grad_guard();
+                model
+                    .response_logprobs(&[(vec![0], vec![0])])
+                    .map_err(|e| LoadError(format!("warm-up: {e}")))?;
+                let vocab = model.cfg.vocab_size;
+                Ok((model, vocab))
+            },
+            |model: &CausalLm, pairs: &[Pair]| {
+                let _guard = tch::no_grad_guard();
+                model.response_logprobs(pairs).map_err(|e| e.to_string())
+            },
+            |(p, r): &Pair| p.len() + r.len(),
+        )?;
+        Ok(Self {
+            engine,
+            vocab_size,
+            cfg: Arc::new(cfg),
+        })
+    }
+
+    fn validate(&self, req: &LogProbsRequest) -> Result<Vec<Pair>, Status> {
+        if req.sequences.is_empty() {
+            return Err(Status::invalid_argument(
+                "sequences: at least one sequence is required",
+            ));
+        }
+        let vocab = self.vocab_size;
+        req.sequences
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                for (field, ids) in [
+                    ("prompt_ids", &s.prompt_ids),
+                    ("response_ids", &s.response_ids),
+                ] {
+                    if ids.is_empty() {
+                        return Err(Status::invalid_argument(format!(
+                            "sequences[{i}].{field}: must not be empty"
+                        )));
+                    }
+                    if let Some(t) = ids.iter().find(|&&t| t < 0 || t >= vocab) {
+                        return Err(Status::invalid_argument(format!(
+                            "sequences[{i}].{field}: id {t} is outside [0, {vocab})"
+                        )));
+                    }
+                }
+                let n = s.prompt_ids.len() + s.response_ids.len();
+                if n > self.cfg.max_length {
+                    return Err(Status::invalid_argument(format!(
+                        "sequences[{i}]: {n} tokens exceed max_length {}",
+                        self.cfg.max_length
+                    )));
+                }
+                Ok((s.prompt_ids.clone(), s.response_ids.clone()))
+            })
+            .collect()
+    }
+}
+
+impl std::fmt::Debug for Running {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Running").field("addr", &self.addr).finish()
+    }
+}
+
+#[tonic::async_trait]
+impl ReferenceService for ReferenceServer {
+    async fn log_probs(
+        &self,
+        request: Request<LogProbsRequest>,
+    ) -> Result<Response<LogProbsResponse>, Status> {
+        let req = request.into_inner();
+        let pairs = self.validate(&req)?;
+        let rows = self.engine.submit(pairs).await.map_err(status_of)?;
+        let results = req
+            .sequences
+            .into_iter()
+            .zip(rows)
+            .map(|(s, logprobs)| TokenLogProbs { id: s.id, logprobs })
+            .collect();
+        Ok(Response::new(LogProbsResponse { results }))
+    }
+
+    async fn info(&self, _request: Request<InfoRequest>) -> Result<Response<InfoResponse>, Status> {
+        let tokenizer = self.cfg.model.join(rrlhf_model::tokenizer::TOKENIZER_JSON);
+        Ok(Response::new(InfoResponse {
+            model_id: self.cfg.model.display().to_string(),
+            vocab_size: self.vocab_size as u32,
+            max_length: self.cfg.max_length as u32,
+            tokenizer: if tokenizer.exists() {
+                tokenizer.display().to_string()
+            } else {
+                String::new()
+            },
+            rank: Some(RankInfo {
+                rank: self.cfg.server.rank,
+                world_size: self.cfg.server.world_size,
+                device: self.cfg.engine.device.clone(),
+            }),
+        }))
+    }
+}
+
+/// A running server: its address, its engine, and the task serving it.
+pub struct Running {
+    pub addr: SocketAddr,
+    pub engine: Engine<Pair, Vec<f32>>,
+    pub task: tokio::task::JoinHandle<Result<(), server::ServeError>>,
+}
+
+/// Loads the model, binds `cfg.server.addr`, and serves until `shutdown` resolves.
+pub async fn start(
+    cfg: ReferenceServiceConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<Running, Box<dyn std::error::Error + Send + Sync>> {
+    cfg.validate()?;
+    let listener = server::bind(&cfg.server).await?;
+    let addr = listener.local_addr()?;
+    let (reporter, health) = server::health();
+    let load_cfg = cfg.clone();
+    let svc = tokio::task::spawn_blocking(move || ReferenceServer::load(load_cfg)).await??;
+    let engine = svc.engine.clone();
+    let limit = cfg.server.max_message_bytes;
+    let api = tonic::service::interceptor::InterceptedService::new(
+        ReferenceServiceServer::new(svc)
+            .max_decoding_message_size(limit)
+            .max_encoding_message_size(limit),
+        BearerAuth::new(cfg.server.auth_token.as_deref()),
+    );
+    server::set_serving(&reporter, &[SERVICE_NAME]).await;
+    let server_cfg = cfg.server.clone();
+    let routes = tonic::service::Routes::new(api);
+    let task = tokio::spawn(async move {
+        server::serve(
+            &server_cfg,
+            listener,
+            routes,
+            reporter,
+            health,
+            &[SERVICE_NAME],
+            shutdown,
+        )
+        .await
+    });
+    Ok(Running { addr, engine, task })
+}
