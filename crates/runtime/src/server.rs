@@ -166,3 +166,57 @@ pub async fn set_serving(reporter: &HealthReporter, service_names: &[&str]) {
         .set_service_status("", ServingStatus::Serving)
         .await;
 }
+
+/// A service being served: where, and the task that ends when the server has shut down.
+#[derive(Debug)]
+pub struct Launched {
+    pub addr: SocketAddr,
+    pub task: tokio::task::JoinHandle<Result<(), ServeError>>,
+}
+
+/// Binds `cfg.addr`, wraps `service` (a generated `*Server`, with the model already loaded and
+/// warm) in bearer auth, marks it SERVING and serves it until `shutdown` resolves.
+pub async fn launch<S>(
+    cfg: &ServerConfig,
+    service: S,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<Launched, ServeError>
+where
+    S: tonic::server::NamedService
+        + tower::Service<
+            http::Request<tonic::body::Body>,
+            Response = http::Response<tonic::body::Body>,
+            Error = std::convert::Infallible,
+        > + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let listener = bind(cfg).await?;
+    let addr = listener.local_addr().map_err(|err| ServeError::Bind {
+        addr: cfg.addr.clone(),
+        err,
+    })?;
+    let (reporter, health_service) = health();
+    let api = tonic::service::interceptor::InterceptedService::new(
+        service,
+        crate::auth::BearerAuth::new(cfg.auth_token.as_deref()),
+    );
+    let routes = Routes::new(api);
+    set_serving(&reporter, &[S::NAME]).await;
+    let cfg = cfg.clone();
+    let task = tokio::spawn(async move {
+        serve(
+            &cfg,
+            listener,
+            routes,
+            reporter,
+            health_service,
+            &[S::NAME],
+            shutdown,
+        )
+        .await
+    });
+    Ok(Launched { addr, task })
+}

@@ -13,14 +13,11 @@ use rrlhf_proto::reference::v1::reference_service_server::{
 use rrlhf_proto::reference::v1::{
     InfoRequest, InfoResponse, LogProbsRequest, LogProbsResponse, TokenLogProbs,
 };
-use rrlhf_runtime::auth::BearerAuth;
 use rrlhf_runtime::engine::{Engine, EngineError};
 use rrlhf_runtime::server;
 use tonic::{Request, Response, Status};
 
 use crate::config::ReferenceServiceConfig;
-
-pub const SERVICE_NAME: &str = "rrlhf.reference.v1.ReferenceService";
 
 type Pair = (Vec<i64>, Vec<i64>);
 
@@ -174,39 +171,23 @@ pub struct Running {
     pub task: tokio::task::JoinHandle<Result<(), server::ServeError>>,
 }
 
-/// Loads the model, binds `cfg.server.addr`, and serves until `shutdown` resolves.
+/// Loads the frozen model, binds `cfg.server.addr`, and serves until `shutdown` resolves.
 pub async fn start(
     cfg: ReferenceServiceConfig,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<Running, Box<dyn std::error::Error + Send + Sync>> {
     cfg.validate()?;
-    let listener = server::bind(&cfg.server).await?;
-    let addr = listener.local_addr()?;
-    let (reporter, health) = server::health();
     let load_cfg = cfg.clone();
     let svc = tokio::task::spawn_blocking(move || ReferenceServer::load(load_cfg)).await??;
     let engine = svc.engine.clone();
     let limit = cfg.server.max_message_bytes;
-    let api = tonic::service::interceptor::InterceptedService::new(
-        ReferenceServiceServer::new(svc)
-            .max_decoding_message_size(limit)
-            .max_encoding_message_size(limit),
-        BearerAuth::new(cfg.server.auth_token.as_deref()),
-    );
-    server::set_serving(&reporter, &[SERVICE_NAME]).await;
-    let server_cfg = cfg.server.clone();
-    let routes = tonic::service::Routes::new(api);
-    let task = tokio::spawn(async move {
-        server::serve(
-            &server_cfg,
-            listener,
-            routes,
-            reporter,
-            health,
-            &[SERVICE_NAME],
-            shutdown,
-        )
-        .await
-    });
-    Ok(Running { addr, engine, task })
+    let api = ReferenceServiceServer::new(svc)
+        .max_decoding_message_size(limit)
+        .max_encoding_message_size(limit);
+    let launched = server::launch(&cfg.server, api, shutdown).await?;
+    Ok(Running {
+        addr: launched.addr,
+        engine,
+        task: launched.task,
+    })
 }

@@ -13,7 +13,6 @@ use rrlhf_proto::reward::v1::{
     UncertaintySet as ProtoSet,
 };
 use rrlhf_robust::{HeadOutputs, Strategy, UncertaintySet, aggregate};
-use rrlhf_runtime::auth::BearerAuth;
 use rrlhf_runtime::server;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
@@ -21,8 +20,6 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::config::RewardServiceConfig;
 use crate::engine::{self, EngineHandle};
 use crate::error::ServiceError;
-
-pub const SERVICE_NAME: &str = "rrlhf.reward.v1.RewardService";
 
 #[derive(Clone, Debug)]
 pub struct RewardServer {
@@ -263,41 +260,24 @@ pub struct Running {
     pub task: tokio::task::JoinHandle<Result<(), server::ServeError>>,
 }
 
-/// Loads the model, binds `cfg.server.addr`, and serves until `shutdown` resolves. Health turns
-/// SERVING once the model has loaded and warmed up.
+/// Loads the model (health turns SERVING once it has loaded and warmed up), binds
+/// `cfg.server.addr`, and serves until `shutdown` resolves.
 pub async fn start(
     cfg: RewardServiceConfig,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<Running, Box<dyn std::error::Error + Send + Sync>> {
     cfg.validate()?;
-    let listener = server::bind(&cfg.server).await?;
-    let addr = listener.local_addr()?;
-    let (reporter, health) = server::health();
     let load_cfg = cfg.clone();
     let svc = tokio::task::spawn_blocking(move || RewardServer::load(load_cfg)).await??;
     let engine = svc.engine.clone();
-    let auth = BearerAuth::new(cfg.server.auth_token.as_deref());
     let limit = cfg.server.max_message_bytes;
-    let api = tonic::service::interceptor::InterceptedService::new(
-        RewardServiceServer::new(svc)
-            .max_decoding_message_size(limit)
-            .max_encoding_message_size(limit),
-        auth,
-    );
-    let routes = tonic::service::Routes::new(api);
-    server::set_serving(&reporter, &[SERVICE_NAME]).await;
-    let server_cfg = cfg.server.clone();
-    let task = tokio::spawn(async move {
-        server::serve(
-            &server_cfg,
-            listener,
-            routes,
-            reporter,
-            health,
-            &[SERVICE_NAME],
-            shutdown,
-        )
-        .await
-    });
-    Ok(Running { addr, engine, task })
+    let api = RewardServiceServer::new(svc)
+        .max_decoding_message_size(limit)
+        .max_encoding_message_size(limit);
+    let launched = server::launch(&cfg.server, api, shutdown).await?;
+    Ok(Running {
+        addr: launched.addr,
+        engine,
+        task: launched.task,
+    })
 }
