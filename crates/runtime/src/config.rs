@@ -33,6 +33,8 @@ pub struct ServerConfig {
     /// PEM certificate chain and key; when set the server speaks TLS only.
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
+    /// When set, Prometheus metrics are served at `http://<metrics_addr>/metrics`.
+    pub metrics_addr: Option<String>,
     /// Log lines as JSON instead of text.
     pub log_json: bool,
     /// `EnvFilter` directives, e.g. `info` or `rrlhf=debug`.
@@ -53,6 +55,7 @@ impl Default for ServerConfig {
             auth_token: None,
             tls_cert: None,
             tls_key: None,
+            metrics_addr: None,
             log_json: false,
             log_filter: "info".into(),
             rank: 0,
@@ -93,6 +96,14 @@ impl ServerConfig {
         }
         if self.tls_cert.is_some() != self.tls_key.is_some() {
             return bad("tls_cert", "and server.tls_key must be set together".into());
+        }
+        if let Some(m) = &self.metrics_addr
+            && m.parse::<std::net::SocketAddr>().is_err()
+        {
+            return bad(
+                "metrics_addr",
+                format!("must be HOST:PORT with an IP host, got {m:?}"),
+            );
         }
         if self.auth_token.as_deref() == Some("") {
             return bad(

@@ -103,7 +103,7 @@ impl<I: Send + 'static, O: Send + 'static> Engine<I, O> {
             .spawn(move || match load() {
                 Ok((model, report)) => {
                     let _ = ready_tx.send(Ok(report));
-                    serve(&model, rx, cfg, &thread_stats, &run, &cost);
+                    serve(&model, rx, cfg, &thread_stats, &run, &cost, &thread_name);
                     tracing::info!(engine = thread_name, "engine stopped");
                 }
                 Err(e) => {
@@ -145,7 +145,16 @@ fn serve<M, I, O>(
     stats: &EngineStats,
     run: &RunBatch<M, I, O>,
     cost: &dyn Fn(&I) -> usize,
+    name: &str,
 ) {
+    // Install the recorder before creating handles: handles bind to the recorder of their time.
+    crate::metrics::handle();
+    let engine = name.to_string();
+    let batch_items = metrics::histogram!("rrlhf_engine_batch_items", "engine" => engine.clone());
+    let batch_requests =
+        metrics::histogram!("rrlhf_engine_batch_requests", "engine" => engine.clone());
+    let items_total = metrics::counter!("rrlhf_engine_items_total", "engine" => engine.clone());
+    let failures = metrics::counter!("rrlhf_engine_failed_batches_total", "engine" => engine);
     while let Ok(first) = rx.recv() {
         let batch_cost = |jobs: &[Job<I, O>]| -> (usize, usize) {
             let items: usize = jobs.iter().map(|j| j.items.len()).sum();
@@ -184,6 +193,12 @@ fn serve<M, I, O>(
         stats
             .max_requests_per_batch
             .fetch_max(replies.len() as u64, Ordering::Relaxed);
+        batch_items.record(all.len() as f64);
+        batch_requests.record(replies.len() as f64);
+        items_total.increment(all.len() as u64);
+        if result.is_err() {
+            failures.increment(1);
+        }
         match result {
             Ok(outputs) if outputs.len() == all.len() => {
                 let mut outputs = outputs.into_iter();

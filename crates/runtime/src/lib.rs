@@ -12,6 +12,7 @@ pub mod auth;
 pub mod config;
 pub mod engine;
 pub mod limit;
+pub mod metrics;
 pub mod server;
 pub mod telemetry;
 

@@ -22,6 +22,7 @@ pub struct ConcurrencyGateLayer {
 
 impl ConcurrencyGateLayer {
     pub fn new(max: usize) -> Self {
+        crate::metrics::handle();
         Self {
             slots: Arc::new(Semaphore::new(max)),
             max,
@@ -67,12 +68,19 @@ where
     }
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        let permit = if is_exempt(req.uri().path()) {
+        let path = req.uri().path();
+        // Only our own methods become label values, so unknown paths cannot blow up the series.
+        if path.starts_with("/rrlhf.") {
+            metrics::counter!("rrlhf_grpc_requests_total", "method" => path.to_string())
+                .increment(1);
+        }
+        let permit = if is_exempt(path) {
             None
         } else {
             match self.slots.clone().try_acquire_owned() {
                 Ok(p) => Some(p),
                 Err(_) => {
+                    metrics::counter!("rrlhf_grpc_rejected_total").increment(1);
                     let status = Status::resource_exhausted(format!(
                         "server busy: {} requests in flight (server.max_concurrent_requests)",
                         self.max

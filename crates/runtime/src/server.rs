@@ -171,6 +171,8 @@ pub async fn set_serving(reporter: &HealthReporter, service_names: &[&str]) {
 #[derive(Debug)]
 pub struct Launched {
     pub addr: SocketAddr,
+    /// Where `GET /metrics` is served, when `server.metrics_addr` is set.
+    pub metrics_addr: Option<SocketAddr>,
     pub task: tokio::task::JoinHandle<Result<(), ServeError>>,
 }
 
@@ -205,9 +207,24 @@ where
     );
     let routes = Routes::new(api);
     set_serving(&reporter, &[S::NAME]).await;
+    // The metrics endpoint stops with the gRPC server.
+    let (metrics_stop, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
+    let metrics_addr = match &cfg.metrics_addr {
+        Some(m) => Some(
+            crate::metrics::serve(m, async {
+                let _ = metrics_stopped.await;
+            })
+            .await
+            .map_err(|err| ServeError::Bind {
+                addr: m.clone(),
+                err,
+            })?,
+        ),
+        None => None,
+    };
     let cfg = cfg.clone();
     let task = tokio::spawn(async move {
-        serve(
+        let result = serve(
             &cfg,
             listener,
             routes,
@@ -216,7 +233,13 @@ where
             &[S::NAME],
             shutdown,
         )
-        .await
+        .await;
+        let _ = metrics_stop.send(());
+        result
     });
-    Ok(Launched { addr, task })
+    Ok(Launched {
+        addr,
+        metrics_addr,
+        task,
+    })
 }

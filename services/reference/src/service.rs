@@ -167,6 +167,8 @@ impl ReferenceService for ReferenceServer {
 /// A running server: its address, its engine, and the task serving it.
 pub struct Running {
     pub addr: SocketAddr,
+    /// Where `GET /metrics` is served, when `server.metrics_addr` is set.
+    pub metrics_addr: Option<SocketAddr>,
     pub engine: Engine<Pair, Vec<f32>>,
     pub task: tokio::task::JoinHandle<Result<(), server::ServeError>>,
 }
@@ -187,6 +189,7 @@ pub async fn start(
     let launched = server::launch(&cfg.server, api, shutdown).await?;
     Ok(Running {
         addr: launched.addr,
+        metrics_addr: launched.metrics_addr,
         engine,
         task: launched.task,
     })

@@ -256,6 +256,8 @@ fn serde_kind(meta: &rrlhf_model::RewardMeta) -> String {
 #[derive(Debug)]
 pub struct Running {
     pub addr: SocketAddr,
+    /// Where `GET /metrics` is served, when `server.metrics_addr` is set.
+    pub metrics_addr: Option<SocketAddr>,
     pub engine: EngineHandle,
     pub task: tokio::task::JoinHandle<Result<(), server::ServeError>>,
 }
@@ -277,6 +279,7 @@ pub async fn start(
     let launched = server::launch(&cfg.server, api, shutdown).await?;
     Ok(Running {
         addr: launched.addr,
+        metrics_addr: launched.metrics_addr,
         engine,
         task: launched.task,
     })

@@ -12,6 +12,7 @@ async fn thirty_two_streaming_clients_are_answered_and_batched() {
     let mut cfg = config();
     // A longer gathering window makes merging certain on a loaded CI machine.
     cfg.engine.batch_wait_ms = 20;
+    cfg.server.metrics_addr = Some("127.0.0.1:0".into());
     let (running, _stop) = start(cfg).await;
 
     // Reference scores from one unary call per sample.
@@ -86,4 +87,33 @@ async fn thirty_two_streaming_clients_are_answered_and_batched() {
         "concurrent requests were merged"
     );
     assert!(batches < 96, "96 requests ran in {batches} model batches");
+
+    // The batching is visible in the Prometheus metrics.
+    let metrics = http_get(running.metrics_addr.expect("metrics endpoint"), "/metrics").await;
+    assert!(
+        metrics.contains("rrlhf_engine_batch_requests_bucket{engine=\"reward-engine\""),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("rrlhf_engine_batch_items_count{engine=\"reward-engine\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(
+            "rrlhf_grpc_requests_total{method=\"/rrlhf.reward.v1.RewardService/ScoreStream\"} 32"
+        ),
+        "{metrics}"
+    );
+}
+
+/// A minimal HTTP/1.1 GET over a raw socket (no HTTP client needed).
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut body = String::new();
+    stream.read_to_string(&mut body).await.unwrap();
+    assert!(body.starts_with("HTTP/1.1 200"), "{body}");
+    body
 }
