@@ -7,6 +7,7 @@ const PROTOS: &[&str] = &[
     "rrlhf/common/v1/common.proto",
     "rrlhf/reward/v1/reward.proto",
     "rrlhf/reference/v1/reference.proto",
+    "rrlhf/critic/v1/critic.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

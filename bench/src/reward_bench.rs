@@ -81,8 +81,14 @@ fn main() -> Result<()> {
         .enable_all()
         .build()?;
     let mut rows = vec![
-        ("in-process engine, all samples length-sorted into batches".to_string(), engine_rate),
-        (format!("in-process engine, batches of {} in arrival order", a.batch), arrival_rate),
+        (
+            "in-process engine, all samples length-sorted into batches".to_string(),
+            engine_rate,
+        ),
+        (
+            format!("in-process engine, batches of {} in arrival order", a.batch),
+            arrival_rate,
+        ),
     ];
     rt.block_on(async {
         let mut cfg = RewardServiceConfig {

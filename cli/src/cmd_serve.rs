@@ -1,4 +1,4 @@
-//! `rrlhf serve reward` and `rrlhf score` (a client of the reward service).
+//! `rrlhf serve reward|reference|critic` and `rrlhf score` (a client of the reward service).
 
 use std::path::PathBuf;
 
@@ -14,17 +14,20 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig};
 #[derive(Subcommand, Debug)]
 pub enum ServeCommand {
     /// The reward service (BRME scoring): `rrlhf.reward.v1.RewardService`.
-    Reward(ServeRewardArgs),
+    Reward(ServeArgs),
     /// The reference service (frozen SFT policy log-probabilities): `rrlhf.reference.v1.ReferenceService`.
-    Reference(ServeRewardArgs),
+    Reference(ServeArgs),
+    /// The critic service (PPO value model, from a stage-1 RM): `rrlhf.critic.v1.CriticService`.
+    Critic(ServeArgs),
 }
 
 #[derive(Args, Debug)]
-pub struct ServeRewardArgs {
+pub struct ServeArgs {
     /// TOML config file (sections as in `RewardServiceConfig`; flags override it).
     #[arg(long)]
     config: Option<PathBuf>,
-    /// Model directory (a reward model for `reward`, the SFT model for `reference`).
+    /// Model directory (a reward model for `reward`, the SFT model for `reference`, a stage-1
+    /// reward model or saved critic for `critic`).
     #[arg(long)]
     model: Option<PathBuf>,
     /// Listen address HOST:PORT.
@@ -43,7 +46,7 @@ pub struct ServeRewardArgs {
     auth_token: Option<String>,
 }
 
-impl ServeRewardArgs {
+impl ServeArgs {
     /// Only the flags given, nested like the config, so they override file and environment.
     fn overrides(&self) -> Value {
         let mut root = Map::new();
@@ -75,39 +78,73 @@ impl ServeRewardArgs {
     }
 }
 
+type Served = (
+    std::net::SocketAddr,
+    tokio::task::JoinHandle<Result<(), rrlhf_runtime::server::ServeError>>,
+);
+type StartResult = Result<Served, Box<dyn std::error::Error + Send + Sync>>;
+
+/// Loads a service's config (file → env → flags), validates it, and serves until SIGTERM/SIGINT.
+fn serve<C, F, Fut>(
+    name: &str,
+    a: &ServeArgs,
+    validate: impl Fn(&C) -> Result<(), rrlhf_runtime::ConfigError>,
+    server: impl Fn(&C) -> &rrlhf_runtime::ServerConfig,
+    start: F,
+) -> Result<()>
+where
+    C: serde::de::DeserializeOwned + serde::Serialize + Default,
+    F: FnOnce(C) -> Fut,
+    Fut: std::future::Future<Output = StartResult>,
+{
+    let cfg: C = load_config(a.config.as_deref(), &a.overrides())?;
+    validate(&cfg)?;
+    let s = server(&cfg);
+    rrlhf_runtime::telemetry::init(s.log_json, &s.log_filter);
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async {
+        let (addr, task) = start(cfg).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        eprintln!("{name} service listening on {addr}");
+        task.await?.map_err(|e| anyhow::anyhow!("{e}"))
+    })
+}
+
 pub fn run(cmd: ServeCommand) -> Result<()> {
+    let signal = rrlhf_runtime::server::termination_signal;
     match cmd {
-        ServeCommand::Reference(a) => {
-            let cfg: rrlhf_reference_service::ReferenceServiceConfig =
-                load_config(a.config.as_deref(), &a.overrides())?;
-            cfg.validate()?;
-            rrlhf_runtime::telemetry::init(cfg.server.log_json, &cfg.server.log_filter);
-            let rt = tokio::runtime::Runtime::new()?;
-            rt.block_on(async {
-                let running = rrlhf_reference_service::start(
-                    cfg,
-                    rrlhf_runtime::server::termination_signal(),
-                )
-                .await
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
-                eprintln!("reference service listening on {}", running.addr);
-                running.task.await?.map_err(|e| anyhow::anyhow!("{e}"))
-            })
-        }
-        ServeCommand::Reward(a) => {
-            let cfg: RewardServiceConfig = load_config(a.config.as_deref(), &a.overrides())?;
-            cfg.validate()?;
-            rrlhf_runtime::telemetry::init(cfg.server.log_json, &cfg.server.log_filter);
-            let rt = tokio::runtime::Runtime::new()?;
-            rt.block_on(async {
-                let running =
-                    rrlhf_reward_service::start(cfg, rrlhf_runtime::server::termination_signal())
-                        .await
-                        .map_err(|e| anyhow::anyhow!("{e}"))?;
-                eprintln!("reward service listening on {}", running.addr);
-                running.task.await?.map_err(|e| anyhow::anyhow!("{e}"))
-            })
-        }
+        ServeCommand::Reward(a) => serve(
+            "reward",
+            &a,
+            RewardServiceConfig::validate,
+            |c| &c.server,
+            |cfg| async move {
+                rrlhf_reward_service::start(cfg, signal())
+                    .await
+                    .map(|r| (r.addr, r.task))
+            },
+        ),
+        ServeCommand::Reference(a) => serve(
+            "reference",
+            &a,
+            rrlhf_reference_service::ReferenceServiceConfig::validate,
+            |c| &c.server,
+            |cfg| async move {
+                rrlhf_reference_service::start(cfg, signal())
+                    .await
+                    .map(|r| (r.addr, r.task))
+            },
+        ),
+        ServeCommand::Critic(a) => serve(
+            "critic",
+            &a,
+            rrlhf_critic_service::CriticServiceConfig::validate,
+            |c| &c.server,
+            |cfg| async move {
+                rrlhf_critic_service::start(cfg, signal())
+                    .await
+                    .map(|r| (r.addr, r.task))
+            },
+        ),
     }
 }
 

@@ -24,5 +24,12 @@ pub mod reference {
     }
 }
 
+/// The critic service: PPO's value model.
+pub mod critic {
+    pub mod v1 {
+        tonic::include_proto!("rrlhf.critic.v1");
+    }
+}
+
 /// Encoded `FileDescriptorSet` of every rrlhf proto, for gRPC server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("rrlhf_descriptor");

@@ -151,7 +151,9 @@ pub fn load_into(vs: &VarStore, dir: &Path, rules: &LoadRules) -> Result<()> {
     }
     let mut var_names: Vec<&String> = variables.keys().collect();
     var_names.sort();
-    let _guard = tch::no_grad_guard();
+    // Validate everything before copying anything: a rejected checkpoint must leave the
+    // model exactly as it was (a live service keeps serving its old weights).
+    let mut copies = Vec::with_capacity(var_names.len());
     for name in var_names {
         let var = &variables[name];
         let Some((path, view)) = tensors.get(name) else {
@@ -172,8 +174,11 @@ pub fn load_into(vs: &VarStore, dir: &Path, rules: &LoadRules) -> Result<()> {
                 found,
             });
         }
-        let src =
-            Tensor::f_from_data_size(view.data(), &found, kind_of(view.dtype(), path, name)?)?;
+        copies.push((var, view, kind_of(view.dtype(), path, name)?, found));
+    }
+    let _guard = tch::no_grad_guard();
+    for (var, view, kind, shape) in copies {
+        let src = Tensor::f_from_data_size(view.data(), &shape, kind)?;
         var.shallow_clone().f_copy_(&src)?;
     }
     Ok(())

@@ -241,6 +241,20 @@ impl RewardModel {
         self.meta.heads
     }
 
+    /// Scalar-head outputs at every position, `[B, T]` f32 (a critic's per-token values).
+    /// Only for single-head (Bradley–Terry layout) models.
+    pub fn token_values(&self, batch: &Batch) -> Result<Tensor> {
+        let RewardHead::Scalar(head) = &self.head else {
+            return Err(ModelError::InvalidInput(
+                "per-token values need a single scalar head (a stage-1 model)".into(),
+            ));
+        };
+        let hidden =
+            self.backbone
+                .forward(&batch.ids, batch.attention_mask(), &batch.positions, None);
+        Ok(head.forward(&hidden))
+    }
+
     /// Head outputs at the last real token of each row of a right-padded batch.
     pub fn forward(&self, batch: &Batch) -> Result<RewardOutput> {
         let hidden =

@@ -296,3 +296,26 @@ mod tests {
         assert_eq!(err, LoadError(EngineError::Failed("no weights".into())));
     }
 }
+
+impl From<EngineError> for tonic::Status {
+    /// A full queue asks the caller to back off; a stopped engine is transient (shutdown); a
+    /// failed batch is the server's fault.
+    fn from(e: EngineError) -> Self {
+        match e {
+            EngineError::Busy(_) => tonic::Status::resource_exhausted(e.to_string()),
+            EngineError::Down => tonic::Status::unavailable(e.to_string()),
+            EngineError::Failed(msg) => tonic::Status::internal(format!("model error: {msg}")),
+        }
+    }
+}
+
+/// Why a model could not be loaded (or its engine started), for services' `load` functions.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct LoadError(pub String);
+
+impl From<EngineError> for LoadError {
+    fn from(e: EngineError) -> Self {
+        Self(e.to_string())
+    }
+}

@@ -15,5 +15,6 @@ pub mod limit;
 pub mod metrics;
 pub mod server;
 pub mod telemetry;
+pub mod validate;
 
 pub use config::{ConfigError, EngineConfig, ServerConfig, load_config};

@@ -13,38 +13,20 @@ use rrlhf_proto::reference::v1::reference_service_server::{
 use rrlhf_proto::reference::v1::{
     InfoRequest, InfoResponse, LogProbsRequest, LogProbsResponse, TokenLogProbs,
 };
-use rrlhf_runtime::engine::{Engine, EngineError};
+use rrlhf_runtime::engine::{Engine, LoadError};
 use rrlhf_runtime::server;
+use rrlhf_runtime::validate::{invalid, token_pair};
 use tonic::{Request, Response, Status};
 
 use crate::config::ReferenceServiceConfig;
 
 type Pair = (Vec<i64>, Vec<i64>);
 
-/// Why the model could not be loaded (or its engine started).
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct LoadError(String);
-
-impl From<EngineError> for LoadError {
-    fn from(e: EngineError) -> Self {
-        Self(e.to_string())
-    }
-}
-
 #[derive(Clone, Debug)]
 pub struct ReferenceServer {
     pub engine: Engine<Pair, Vec<f32>>,
     vocab_size: i64,
     cfg: Arc<ReferenceServiceConfig>,
-}
-
-fn status_of(e: EngineError) -> Status {
-    match e {
-        EngineError::Busy(_) => Status::resource_exhausted(e.to_string()),
-        EngineError::Down => Status::unavailable(e.to_string()),
-        EngineError::Failed(msg) => Status::internal(format!("model error: {msg}")),
-    }
 }
 
 impl ReferenceServer {
@@ -83,38 +65,19 @@ impl ReferenceServer {
 
     fn validate(&self, req: &LogProbsRequest) -> Result<Vec<Pair>, Status> {
         if req.sequences.is_empty() {
-            return Err(Status::invalid_argument(
-                "sequences: at least one sequence is required",
-            ));
+            return Err(invalid("sequences", "at least one sequence is required"));
         }
-        let vocab = self.vocab_size;
         req.sequences
             .iter()
             .enumerate()
             .map(|(i, s)| {
-                for (field, ids) in [
-                    ("prompt_ids", &s.prompt_ids),
-                    ("response_ids", &s.response_ids),
-                ] {
-                    if ids.is_empty() {
-                        return Err(Status::invalid_argument(format!(
-                            "sequences[{i}].{field}: must not be empty"
-                        )));
-                    }
-                    if let Some(t) = ids.iter().find(|&&t| t < 0 || t >= vocab) {
-                        return Err(Status::invalid_argument(format!(
-                            "sequences[{i}].{field}: id {t} is outside [0, {vocab})"
-                        )));
-                    }
-                }
-                let n = s.prompt_ids.len() + s.response_ids.len();
-                if n > self.cfg.max_length {
-                    return Err(Status::invalid_argument(format!(
-                        "sequences[{i}]: {n} tokens exceed max_length {}",
-                        self.cfg.max_length
-                    )));
-                }
-                Ok((s.prompt_ids.clone(), s.response_ids.clone()))
+                token_pair(
+                    &format!("sequences[{i}]"),
+                    &s.prompt_ids,
+                    &s.response_ids,
+                    self.vocab_size,
+                    self.cfg.max_length,
+                )
             })
             .collect()
     }
@@ -134,7 +97,7 @@ impl ReferenceService for ReferenceServer {
     ) -> Result<Response<LogProbsResponse>, Status> {
         let req = request.into_inner();
         let pairs = self.validate(&req)?;
-        let rows = self.engine.submit(pairs).await.map_err(status_of)?;
+        let rows = self.engine.submit(pairs).await?;
         let results = req
             .sequences
             .into_iter()

@@ -1,0 +1,66 @@
+//! Request validation shared by the token-id services (reference, critic, actor): errors are
+//! INVALID_ARGUMENT with the field path first, e.g. `sequences[2].response_ids: id 70000 is
+//! outside [0, 65536)`.
+
+use tonic::Status;
+
+/// INVALID_ARGUMENT whose message starts with the field.
+pub fn invalid(field: impl std::fmt::Display, message: impl std::fmt::Display) -> Status {
+    Status::invalid_argument(format!("{field}: {message}"))
+}
+
+/// Checks a prompt/response pair of token ids: both non-empty, ids in `[0, vocab)`, total length
+/// at most `max_len`; returns owned copies.
+pub fn token_pair(
+    field: &str,
+    prompt: &[i64],
+    response: &[i64],
+    vocab: i64,
+    max_len: usize,
+) -> Result<(Vec<i64>, Vec<i64>), Status> {
+    for (name, ids) in [("prompt_ids", prompt), ("response_ids", response)] {
+        if ids.is_empty() {
+            return Err(invalid(format!("{field}.{name}"), "must not be empty"));
+        }
+        if let Some(t) = ids.iter().find(|&&t| t < 0 || t >= vocab) {
+            return Err(invalid(
+                format!("{field}.{name}"),
+                format!("id {t} is outside [0, {vocab})"),
+            ));
+        }
+    }
+    let n = prompt.len() + response.len();
+    if n > max_len {
+        return Err(invalid(
+            field,
+            format!("{n} tokens exceed max_length {max_len}"),
+        ));
+    }
+    Ok((prompt.to_vec(), response.to_vec()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_the_field() {
+        assert!(token_pair("s[0]", &[1], &[2], 10, 8).is_ok());
+        assert_eq!(
+            token_pair("s[0]", &[], &[2], 10, 8).unwrap_err().message(),
+            "s[0].prompt_ids: must not be empty"
+        );
+        assert!(
+            token_pair("s[1]", &[1], &[10], 10, 8)
+                .unwrap_err()
+                .message()
+                .starts_with("s[1].response_ids: id 10")
+        );
+        assert!(
+            token_pair("s[2]", &[1; 5], &[1; 5], 10, 8)
+                .unwrap_err()
+                .message()
+                .starts_with("s[2]: 10 tokens")
+        );
+    }
+}
