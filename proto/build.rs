@@ -8,6 +8,7 @@ const PROTOS: &[&str] = &[
     "rrlhf/reward/v1/reward.proto",
     "rrlhf/reference/v1/reference.proto",
     "rrlhf/critic/v1/critic.proto",
+    "rrlhf/actor/v1/actor.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -1,4 +1,4 @@
-//! `rrlhf serve reward|reference|critic` and `rrlhf score` (a client of the reward service).
+//! `rrlhf serve reward|reference|critic|actor` and `rrlhf score` (a client of the reward service).
 
 use std::path::PathBuf;
 
@@ -19,6 +19,8 @@ pub enum ServeCommand {
     Reference(ServeArgs),
     /// The critic service (PPO value model, from a stage-1 RM): `rrlhf.critic.v1.CriticService`.
     Critic(ServeArgs),
+    /// The actor service (the policy: streamed generation, log-probs, PPO): `rrlhf.actor.v1.ActorService`.
+    Actor(ServeArgs),
 }
 
 #[derive(Args, Debug)]
@@ -27,7 +29,7 @@ pub struct ServeArgs {
     #[arg(long)]
     config: Option<PathBuf>,
     /// Model directory (a reward model for `reward`, the SFT model for `reference`, a stage-1
-    /// reward model or saved critic for `critic`).
+    /// reward model or saved critic for `critic`, the SFT model or a saved actor for `actor`).
     #[arg(long)]
     model: Option<PathBuf>,
     /// Listen address HOST:PORT.
@@ -130,6 +132,17 @@ pub fn run(cmd: ServeCommand) -> Result<()> {
             |c| &c.server,
             |cfg| async move {
                 rrlhf_reference_service::start(cfg, signal())
+                    .await
+                    .map(|r| (r.addr, r.task))
+            },
+        ),
+        ServeCommand::Actor(a) => serve(
+            "actor",
+            &a,
+            rrlhf_actor_service::ActorServiceConfig::validate,
+            |c| &c.server,
+            |cfg| async move {
+                rrlhf_actor_service::start(cfg, signal())
                     .await
                     .map(|r| (r.addr, r.task))
             },

@@ -31,5 +31,12 @@ pub mod critic {
     }
 }
 
+/// The actor service: the policy being trained.
+pub mod actor {
+    pub mod v1 {
+        tonic::include_proto!("rrlhf.actor.v1");
+    }
+}
+
 /// Encoded `FileDescriptorSet` of every rrlhf proto, for gRPC server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("rrlhf_descriptor");

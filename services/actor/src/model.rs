@@ -1,0 +1,276 @@
+//! The policy on its engine thread: a causal LM, its tokenizer (for decoded text), its AdamW
+//! state, and the work the engine runs in arrival order (consecutive `LogProbs` items share one
+//! forward pass; a `Generate` streams each finished sample through its channel at once).
+
+use std::cell::RefCell;
+use std::path::{Path, PathBuf};
+
+use rrlhf_model::batch::{Batch, PadSide};
+use rrlhf_model::causal_lm::shifted_logprobs;
+use rrlhf_model::generate::{FinishReason, Generation};
+use rrlhf_model::losses::{entropy, ppo_policy_loss};
+use rrlhf_model::{CausalLm, ModelError, Placement, SamplingParams, TextTokenizer};
+use rrlhf_train::optim::AdamW;
+use rrlhf_train::sampler::Order;
+use tch::{Kind, Tensor};
+use tokio::sync::mpsc::UnboundedSender;
+
+pub type Pair = (Vec<i64>, Vec<i64>);
+
+/// A finished sample, ready to stream.
+#[derive(Debug, Clone)]
+pub struct Sampled {
+    pub prompt_index: usize,
+    pub sample_index: usize,
+    pub tokens: Vec<i64>,
+    pub text: String,
+    pub logprobs: Vec<f32>,
+    pub finish: FinishReason,
+}
+
+#[derive(Debug)]
+pub struct GenerateJob {
+    pub prompts: Vec<Vec<i64>>,
+    pub samples_per_prompt: usize,
+    pub params: SamplingParams,
+    pub out: UnboundedSender<Sampled>,
+}
+
+/// One PPO policy update, validated by the service.
+#[derive(Debug, Clone)]
+pub struct PpoJob {
+    pub pairs: Vec<Pair>,
+    pub old_logprobs: Vec<Vec<f32>>,
+    pub advantages: Vec<Vec<f32>>,
+    pub minibatch_size: usize,
+    pub epochs: usize,
+    pub lr: f64,
+    pub clip_eps: f64,
+    pub entropy_coef: f64,
+    pub max_grad_norm: f64,
+    pub seed: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct PpoStats {
+    pub loss_first: f64,
+    pub loss_last: f64,
+    pub loss_mean: f64,
+    pub clip_fraction: f64,
+    pub approx_kl: f64,
+    pub entropy: f64,
+    pub updates: usize,
+    pub grad_norm_mean: f64,
+}
+
+#[derive(Debug)]
+pub enum Work {
+    Generate(GenerateJob),
+    LogProbs(Pair),
+    Train(Box<PpoJob>),
+    Save(PathBuf),
+    Load(PathBuf),
+}
+
+#[derive(Debug)]
+pub enum Done {
+    Generated(usize),
+    LogProbs(Vec<f32>),
+    Trained(PpoStats),
+    Saved,
+    Loaded,
+}
+
+pub struct Policy {
+    pub model: CausalLm,
+    pub tokenizer: Option<TextTokenizer>,
+    optimizer: RefCell<Option<AdamW>>,
+    weight_decay: f64,
+}
+
+impl Policy {
+    pub fn load(dir: &Path, placement: Placement, weight_decay: f64) -> Result<Self, ModelError> {
+        let model = CausalLm::from_dir(dir, placement)?;
+        let tokenizer = TextTokenizer::load(dir).ok();
+        Ok(Self {
+            model,
+            tokenizer,
+            optimizer: RefCell::new(None),
+            weight_decay,
+        })
+    }
+
+    pub fn eos_id(&self) -> i64 {
+        self.tokenizer
+            .as_ref()
+            .map(|t| t.eos_id)
+            .or_else(|| self.model.cfg.eos_token_ids.first().copied())
+            .unwrap_or(0)
+    }
+
+    fn pad_id(&self) -> i64 {
+        self.tokenizer.as_ref().map_or(0, |t| t.pad_id)
+    }
+
+    fn generate(&self, job: &GenerateJob) -> Result<usize, ModelError> {
+        let n = job.samples_per_prompt.max(1);
+        let prompts: Vec<Vec<i64>> = job
+            .prompts
+            .iter()
+            .flat_map(|p| std::iter::repeat_n(p.clone(), n))
+            .collect();
+        let mut sent = 0;
+        rrlhf_model::generate(
+            &self.model,
+            &prompts,
+            self.pad_id(),
+            &job.params,
+            |g: &Generation| {
+                let text = self
+                    .tokenizer
+                    .as_ref()
+                    .and_then(|t| t.decode(&g.tokens).ok())
+                    .unwrap_or_default();
+                let sample = Sampled {
+                    prompt_index: g.index / n,
+                    sample_index: g.index % n,
+                    tokens: g.tokens.clone(),
+                    text,
+                    logprobs: g.logprobs.clone(),
+                    finish: g.finish,
+                };
+                // A caller that hung up stops receiving; generation of the batch still completes.
+                if job.out.send(sample).is_ok() {
+                    sent += 1;
+                }
+            },
+        )?;
+        Ok(sent)
+    }
+
+    pub fn logprobs(&self, pairs: &[Pair]) -> Result<Vec<Vec<f32>>, ModelError> {
+        let _guard = tch::no_grad_guard();
+        self.model.response_logprobs(pairs)
+    }
+
+    /// PPO's clipped surrogate (minus the entropy bonus) over mini-batches × epochs.
+    pub fn train(&self, job: &PpoJob) -> Result<PpoStats, ModelError> {
+        let mut slot = self.optimizer.borrow_mut();
+        if slot.is_none() {
+            *slot = Some(
+                AdamW::new(&self.model.vs, job.lr, self.weight_decay)
+                    .map_err(|e| ModelError::InvalidInput(e.to_string()))?,
+            );
+        }
+        let opt = slot.as_mut().expect("just set");
+        let n = job.pairs.len();
+        let mb = if job.minibatch_size == 0 {
+            n
+        } else {
+            job.minibatch_size.min(n)
+        };
+        let mut order = Order::new(n, job.seed);
+        let mut acc = Vec::new();
+        for _ in 0..job.epochs.max(1) {
+            for _ in 0..n.div_ceil(mb) {
+                let idx: Vec<usize> = (0..mb).map(|_| order.next()).collect();
+                let seqs: Vec<Vec<i64>> = idx
+                    .iter()
+                    .map(|&i| {
+                        job.pairs[i]
+                            .0
+                            .iter()
+                            .chain(&job.pairs[i].1)
+                            .copied()
+                            .collect()
+                    })
+                    .collect();
+                let batch = Batch::pad(&seqs, self.pad_id(), PadSide::Right, self.model.device())?;
+                let logits = self.model.batch_logits(&batch);
+                let logp = shifted_logprobs(&logits, &batch.ids);
+                let width = logp.size()[1] as usize;
+                let mut old = vec![0f32; idx.len() * width];
+                let mut adv = vec![0f32; idx.len() * width];
+                let mut mask = vec![0f32; idx.len() * width];
+                for (r, &i) in idx.iter().enumerate() {
+                    let start = job.pairs[i].0.len() - 1;
+                    for t in 0..job.pairs[i].1.len() {
+                        let k = r * width + start + t;
+                        old[k] = job.old_logprobs[i][t];
+                        adv[k] = job.advantages[i][t];
+                        mask[k] = 1.0;
+                    }
+                }
+                let shape = [idx.len() as i64, width as i64];
+                let to = |v: &[f32]| Tensor::from_slice(v).view(shape).to_device(logp.device());
+                let mask_t = to(&mask);
+                let pl = ppo_policy_loss(&logp, &to(&old), &to(&adv), &mask_t, job.clip_eps);
+                let ent = entropy(&logits.narrow(1, 0, width as i64), &mask_t);
+                let loss = &pl.loss - &ent * job.entropy_coef;
+                let norm = opt
+                    .step(&loss, job.lr, job.max_grad_norm)
+                    .map_err(|e| ModelError::InvalidInput(e.to_string()))?;
+                let v = |t: &Tensor| t.to_kind(Kind::Double).double_value(&[]);
+                acc.push((
+                    v(&pl.loss),
+                    v(&pl.clip_fraction),
+                    v(&pl.approx_kl),
+                    v(&ent.detach()),
+                    norm,
+                ));
+            }
+        }
+        let mean = |f: fn(&(f64, f64, f64, f64, f64)) -> f64| {
+            acc.iter().map(f).sum::<f64>() / acc.len().max(1) as f64
+        };
+        Ok(PpoStats {
+            loss_first: acc[0].0,
+            loss_last: acc.last().expect("at least one update").0,
+            loss_mean: mean(|a| a.0),
+            clip_fraction: mean(|a| a.1),
+            approx_kl: mean(|a| a.2),
+            entropy: mean(|a| a.3),
+            updates: acc.len(),
+            grad_norm_mean: mean(|a| a.4),
+        })
+    }
+
+    /// Runs a merged batch of work in arrival order.
+    pub fn run(&self, work: &[Work]) -> Result<Vec<Done>, ModelError> {
+        let mut out = Vec::with_capacity(work.len());
+        let mut i = 0;
+        while i < work.len() {
+            match &work[i] {
+                Work::LogProbs(_) => {
+                    let mut pairs = Vec::new();
+                    while let Some(Work::LogProbs(p)) = work.get(i) {
+                        pairs.push(p.clone());
+                        i += 1;
+                    }
+                    out.extend(self.logprobs(&pairs)?.into_iter().map(Done::LogProbs));
+                    continue;
+                }
+                Work::Generate(job) => out.push(Done::Generated(self.generate(job)?)),
+                Work::Train(job) => out.push(Done::Trained(self.train(job)?)),
+                Work::Save(dir) => {
+                    let tok = self.tokenizer.clone();
+                    rrlhf_model::fsio::write_dir_atomic(dir, |tmp| {
+                        self.model.save(tmp)?;
+                        tok.as_ref().map_or(Ok(()), |t| t.save_to(tmp))
+                    })?;
+                    out.push(Done::Saved);
+                }
+                Work::Load(dir) => {
+                    rrlhf_model::checkpoint::load_strict(
+                        &self.model.vs,
+                        dir,
+                        self.model.cfg.tie_word_embeddings,
+                    )?;
+                    out.push(Done::Loaded);
+                }
+            }
+            i += 1;
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,313 @@
+//! End-to-end tests of the actor service on 127.0.0.1:0 with a real tiny model and tokenizer:
+//! streamed generation, log-probabilities, PPO training, save → load, bad input.
+
+use std::sync::atomic::Ordering;
+
+use rrlhf_actor_service::ActorServiceConfig;
+use rrlhf_model::tokenizer::train_bpe;
+use rrlhf_model::{Arch, CausalLm, ModelConfig, Placement, SizePreset};
+use rrlhf_proto::actor::v1::actor_service_client::ActorServiceClient;
+use rrlhf_proto::actor::v1::{
+    GenerateRequest, GeneratedSample, LoadCheckpointRequest, LogProbsRequest, Prompt,
+    SamplingParams, SaveCheckpointRequest, Sequence, TrainRequest, TrainSample,
+};
+use tonic::Code;
+use tonic::transport::Channel;
+
+fn prompt(id: &str, ids: &[i64]) -> Prompt {
+    Prompt {
+        id: id.into(),
+        prompt_ids: ids.to_vec(),
+    }
+}
+
+fn greedy(max_new: u32, stop: Vec<i64>) -> SamplingParams {
+    SamplingParams {
+        temperature: 0.0,
+        top_k: 0,
+        top_p: 1.0,
+        max_new_tokens: max_new,
+        stop_ids: stop,
+        seed: Some(1),
+    }
+}
+
+async fn collect(
+    c: &mut ActorServiceClient<Channel>,
+    req: GenerateRequest,
+) -> Vec<GeneratedSample> {
+    let mut stream = c.generate(req).await.unwrap().into_inner();
+    let mut out = vec![];
+    while let Some(s) = stream.message().await.unwrap() {
+        out.push(s);
+    }
+    out
+}
+
+async fn logprobs(c: &mut ActorServiceClient<Channel>, seqs: &[Sequence]) -> Vec<Vec<f32>> {
+    c.log_probs(LogProbsRequest {
+        sequences: seqs.to_vec(),
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .results
+    .into_iter()
+    .map(|r| r.logprobs)
+    .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn actor_streams_scores_trains_and_checkpoints() {
+    tch::set_num_threads(1);
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("policy");
+    let texts =
+        (0..100).map(|i| format!("Human: question number {i}?\n\nAssistant: a reply, number {i}."));
+    let tok = train_bpe(texts, 300, &dir).unwrap();
+    let preset = SizePreset::by_name("tiny").unwrap();
+    let cfg = ModelConfig::new_random(
+        Arch::Llama,
+        &preset,
+        tok.vocab_size() as i64,
+        None,
+        tok.eos_id,
+        Some(tok.pad_id),
+        512,
+    );
+    CausalLm::new(cfg, Placement::default())
+        .unwrap()
+        .save(&dir)
+        .unwrap();
+
+    let mut cfg = ActorServiceConfig {
+        model: dir.clone(),
+        max_length: 512,
+        ..Default::default()
+    };
+    cfg.server.addr = "127.0.0.1:0".into();
+    cfg.engine.threads = 1;
+    let (stop_tx, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = rrlhf_actor_service::start(cfg, async {
+        let _ = stopped.await;
+    })
+    .await
+    .unwrap();
+    let mut c = ActorServiceClient::connect(format!("http://{}", running.addr))
+        .await
+        .unwrap();
+
+    // Pick a stop token that ends prompt "short" at its 2nd token but never appears in "long".
+    let prompts = vec![
+        prompt("short", &[5, 17, 33]),
+        prompt("long", &[9, 40, 41, 42]),
+    ];
+    let free = collect(
+        &mut c,
+        GenerateRequest {
+            prompts: prompts.clone(),
+            sampling: Some(greedy(300, vec![9999 % 300])),
+            samples_per_prompt: 1,
+        },
+    )
+    .await;
+    let short = free.iter().find(|s| s.id == "short").unwrap();
+    let long = free.iter().find(|s| s.id == "long").unwrap();
+    let stop = short.token_ids[1];
+    assert!(
+        !long.token_ids.contains(&stop)
+            || long.token_ids.iter().position(|&t| t == stop).unwrap() > 100,
+        "fixture: pick another stop"
+    );
+    let limit = long
+        .token_ids
+        .iter()
+        .position(|&t| t == stop)
+        .map_or(300, |p| p as u32);
+
+    // The short sample arrives while the batch is still generating the long one.
+    let batches_before = running.engine.stats.batches.load(Ordering::SeqCst);
+    let mut stream = c
+        .generate(GenerateRequest {
+            prompts: prompts.clone(),
+            sampling: Some(greedy(limit.max(50), vec![stop])),
+            samples_per_prompt: 1,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = stream.message().await.unwrap().unwrap();
+    let stops_at = short.token_ids.iter().position(|&t| t == stop).unwrap() + 1;
+    assert_eq!(
+        (
+            first.id.as_str(),
+            first.finish_reason.as_str(),
+            first.token_ids.len()
+        ),
+        ("short", "stop", stops_at)
+    );
+    assert_eq!(
+        running.engine.stats.batches.load(Ordering::SeqCst),
+        batches_before,
+        "the generate batch had not finished when the first sample was streamed"
+    );
+    let second = stream.message().await.unwrap().unwrap();
+    assert_eq!(second.id, "long");
+    assert!(second.token_ids.len() > 10, "{}", second.token_ids.len());
+    assert!(stream.message().await.unwrap().is_none());
+
+    // Sampled at temperature 1 without filtering, the reported logprobs are the policy's.
+    let sampled = collect(
+        &mut c,
+        GenerateRequest {
+            prompts: prompts.clone(),
+            sampling: Some(SamplingParams {
+                temperature: 1.0,
+                max_new_tokens: 12,
+                seed: Some(3),
+                ..Default::default()
+            }),
+            samples_per_prompt: 2,
+        },
+    )
+    .await;
+    assert_eq!(sampled.len(), 4);
+    let seqs: Vec<Sequence> = sampled
+        .iter()
+        .map(|s| Sequence {
+            id: s.id.clone(),
+            prompt_ids: prompts[s.prompt_index as usize].prompt_ids.clone(),
+            response_ids: s.token_ids.clone(),
+        })
+        .collect();
+    let lp = logprobs(&mut c, &seqs).await;
+    for (s, l) in sampled.iter().zip(&lp) {
+        for (a, b) in s.logprobs.iter().zip(l) {
+            assert!((a - b).abs() < 1e-4, "generate {a} vs LogProbs {b}");
+        }
+    }
+
+    // PPO: positive advantages on one response raise its log-probabilities.
+    let target = seqs[0].clone();
+    let old = lp[0].clone();
+    let req = TrainRequest {
+        samples: vec![TrainSample {
+            sequence: Some(target.clone()),
+            old_logprobs: old.clone(),
+            advantages: vec![1.0; old.len()],
+        }],
+        minibatch_size: 1,
+        epochs: 8,
+        lr: 1e-3,
+        clip_eps: 0.2,
+        entropy_coef: 0.0,
+        max_grad_norm: 1.0,
+        seed: 0,
+    };
+    let stats = c.train(req.clone()).await.unwrap().into_inner();
+    assert_eq!(stats.updates, 8);
+    assert!(
+        stats.policy_loss_last < stats.policy_loss_first,
+        "{stats:?}"
+    );
+    assert!(
+        (stats.policy_loss_first + 1.0).abs() < 1e-4,
+        "ratio 1 at the first step: loss = −mean(A)"
+    );
+    let after = logprobs(&mut c, std::slice::from_ref(&target)).await;
+    assert!(after[0].iter().sum::<f32>() > old.iter().sum::<f32>());
+
+    // Save → train → load restores the saved policy exactly.
+    let ckpt = root.path().join("actor-ckpt");
+    c.save_checkpoint(SaveCheckpointRequest {
+        path: ckpt.display().to_string(),
+    })
+    .await
+    .unwrap();
+    assert!(ckpt.join("tokenizer.json").exists());
+    c.train(req.clone()).await.unwrap();
+    assert_ne!(logprobs(&mut c, std::slice::from_ref(&target)).await, after);
+    c.load_checkpoint(LoadCheckpointRequest {
+        path: ckpt.display().to_string(),
+    })
+    .await
+    .unwrap();
+    assert_eq!(logprobs(&mut c, std::slice::from_ref(&target)).await, after);
+
+    // Bad input is INVALID_ARGUMENT naming the field.
+    let bad_gen = [
+        (
+            GenerateRequest {
+                prompts: vec![],
+                sampling: Some(greedy(4, vec![])),
+                samples_per_prompt: 1,
+            },
+            "prompts",
+        ),
+        (
+            GenerateRequest {
+                prompts: vec![prompt("x", &[])],
+                sampling: Some(greedy(4, vec![])),
+                samples_per_prompt: 1,
+            },
+            "prompts[0].prompt_ids",
+        ),
+        (
+            GenerateRequest {
+                prompts: vec![prompt("x", &[1])],
+                sampling: Some(greedy(0, vec![])),
+                samples_per_prompt: 1,
+            },
+            "sampling.max_new_tokens",
+        ),
+        (
+            GenerateRequest {
+                prompts: vec![prompt("x", &[1])],
+                sampling: Some(SamplingParams {
+                    top_p: 2.0,
+                    max_new_tokens: 3,
+                    ..Default::default()
+                }),
+                samples_per_prompt: 1,
+            },
+            "sampling.top_p",
+        ),
+        (
+            GenerateRequest {
+                prompts: vec![prompt("x", &[1])],
+                sampling: Some(greedy(600, vec![])),
+                samples_per_prompt: 1,
+            },
+            "prompts[0]",
+        ),
+    ];
+    for (req, field) in bad_gen {
+        let err = c.generate(req).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{field}");
+        assert!(
+            err.message().starts_with(field),
+            "`{}` should name {field}",
+            err.message()
+        );
+    }
+    let mut bad = req.clone();
+    bad.samples[0].advantages.pop();
+    let err = c.train(bad).await.unwrap_err();
+    assert!(
+        err.message().starts_with("samples[0].advantages"),
+        "{}",
+        err.message()
+    );
+    let mut bad = req;
+    bad.clip_eps = 0.0;
+    assert!(
+        c.train(bad)
+            .await
+            .unwrap_err()
+            .message()
+            .starts_with("clip_eps")
+    );
+
+    stop_tx.send(()).unwrap();
+    running.task.await.unwrap().unwrap();
+}
