@@ -13,6 +13,9 @@ use rrlhf_proto::actor::v1::{
 };
 use tonic::Code;
 use tonic::transport::Channel;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
 
 fn prompt(id: &str, ids: &[i64]) -> Prompt {
     Prompt {
@@ -96,6 +99,23 @@ async fn actor_streams_scores_trains_and_checkpoints() {
     let mut c = ActorServiceClient::connect(format!("http://{}", running.addr))
         .await
         .unwrap();
+    let channel = Channel::from_shared(format!("http://{}", running.addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let health = HealthClient::new(channel)
+        .check(HealthCheckRequest {
+            service: "rrlhf.actor.v1.ActorService".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        health.status,
+        ServingStatus::Serving as i32,
+        "SERVING once loaded and warm"
+    );
 
     // Pick a stop token that ends prompt "short" at its 2nd token but never appears in "long".
     let prompts = vec![

@@ -10,6 +10,10 @@ use rrlhf_proto::critic::v1::{
     ValuesRequest,
 };
 use tonic::Code;
+use tonic::transport::Channel;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
 
 fn seq(id: &str, prompt: &[i64], response: &[i64]) -> Sequence {
     Sequence {
@@ -100,6 +104,23 @@ async fn critic_values_train_save_and_load() {
     let mut c = CriticServiceClient::connect(format!("http://{}", running.addr))
         .await
         .unwrap();
+    let channel = Channel::from_shared(format!("http://{}", running.addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let health = HealthClient::new(channel)
+        .check(HealthCheckRequest {
+            service: "rrlhf.critic.v1.CriticService".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        health.status,
+        ServingStatus::Serving as i32,
+        "SERVING once loaded and warm"
+    );
     assert_eq!(
         c.info(InfoRequest {})
             .await
