@@ -11,11 +11,12 @@ use rrlhf_model::generate::FinishReason;
 use rrlhf_model::{Placement, SamplingParams};
 use rrlhf_proto::actor::v1::actor_service_server::{ActorService, ActorServiceServer};
 use rrlhf_proto::actor::v1::{
-    GenerateRequest, GeneratedSample, InfoRequest, InfoResponse, LoadCheckpointRequest,
-    LoadCheckpointResponse, LogProbsRequest, LogProbsResponse, SaveCheckpointRequest,
-    SaveCheckpointResponse, TokenLogProbs, TrainRequest, TrainResponse,
+    GenerateRequest, GeneratedSample, InfoRequest, InfoResponse, TrainRequest, TrainResponse,
 };
-use rrlhf_proto::common::v1::RankInfo;
+use rrlhf_proto::common::v1::{
+    LoadCheckpointRequest, LoadCheckpointResponse, LogProbsRequest, LogProbsResponse, RankInfo,
+    SaveCheckpointRequest, SaveCheckpointResponse, TokenLogProbs,
+};
 use rrlhf_runtime::engine::{Engine, EngineError, LoadError};
 use rrlhf_runtime::server;
 use rrlhf_runtime::validate::{invalid, token_pair};

@@ -7,12 +7,14 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use rrlhf_model::Placement;
-use rrlhf_proto::common::v1::RankInfo;
+use rrlhf_proto::common::v1::{
+    LoadCheckpointRequest, LoadCheckpointResponse, RankInfo, SaveCheckpointRequest,
+    SaveCheckpointResponse, Sequence,
+};
 use rrlhf_proto::critic::v1::critic_service_server::{CriticService, CriticServiceServer};
 use rrlhf_proto::critic::v1::{
-    InfoRequest, InfoResponse, LoadCheckpointRequest, LoadCheckpointResponse,
-    SaveCheckpointRequest, SaveCheckpointResponse, Sequence, TokenValues, TrainRequest,
-    TrainResponse, ValuesRequest, ValuesResponse,
+    InfoRequest, InfoResponse, TokenValues, TrainRequest, TrainResponse, ValuesRequest,
+    ValuesResponse,
 };
 use rrlhf_runtime::engine::{Engine, EngineError, LoadError};
 use rrlhf_runtime::server;

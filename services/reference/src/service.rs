@@ -6,13 +6,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use rrlhf_model::{CausalLm, Placement};
-use rrlhf_proto::common::v1::RankInfo;
+use rrlhf_proto::common::v1::{LogProbsRequest, LogProbsResponse, RankInfo, TokenLogProbs};
 use rrlhf_proto::reference::v1::reference_service_server::{
     ReferenceService, ReferenceServiceServer,
 };
-use rrlhf_proto::reference::v1::{
-    InfoRequest, InfoResponse, LogProbsRequest, LogProbsResponse, TokenLogProbs,
-};
+use rrlhf_proto::reference::v1::{InfoRequest, InfoResponse};
 use rrlhf_runtime::engine::{Engine, LoadError};
 use rrlhf_runtime::server;
 use rrlhf_runtime::validate::{invalid, token_pair};

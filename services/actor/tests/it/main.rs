@@ -8,8 +8,10 @@ use rrlhf_model::tokenizer::train_bpe;
 use rrlhf_model::{Arch, CausalLm, ModelConfig, Placement, SizePreset};
 use rrlhf_proto::actor::v1::actor_service_client::ActorServiceClient;
 use rrlhf_proto::actor::v1::{
-    GenerateRequest, GeneratedSample, LoadCheckpointRequest, LogProbsRequest, Prompt,
-    SamplingParams, SaveCheckpointRequest, Sequence, TrainRequest, TrainSample,
+    GenerateRequest, GeneratedSample, Prompt, SamplingParams, TrainRequest, TrainSample,
+};
+use rrlhf_proto::common::v1::{
+    LoadCheckpointRequest, LogProbsRequest, SaveCheckpointRequest, Sequence,
 };
 use tonic::Code;
 use tonic::transport::Channel;

@@ -4,11 +4,9 @@
 use rrlhf_critic_service::CriticServiceConfig;
 use rrlhf_model::reward_model::{RewardMeta, RewardModel};
 use rrlhf_model::{Arch, CausalLm, ModelConfig, Placement, SizePreset};
+use rrlhf_proto::common::v1::{LoadCheckpointRequest, SaveCheckpointRequest, Sequence};
 use rrlhf_proto::critic::v1::critic_service_client::CriticServiceClient;
-use rrlhf_proto::critic::v1::{
-    InfoRequest, LoadCheckpointRequest, SaveCheckpointRequest, Sequence, TrainRequest, TrainSample,
-    ValuesRequest,
-};
+use rrlhf_proto::critic::v1::{InfoRequest, TrainRequest, TrainSample, ValuesRequest};
 use tonic::Code;
 use tonic::transport::Channel;
 use tonic_health::pb::HealthCheckRequest;

@@ -1,8 +1,9 @@
 //! End-to-end tests of the reference service on 127.0.0.1:0 with a real tiny checkpoint.
 
 use rrlhf_model::{Arch, CausalLm, ModelConfig, Placement, SizePreset};
+use rrlhf_proto::common::v1::{LogProbsRequest, Sequence};
+use rrlhf_proto::reference::v1::InfoRequest;
 use rrlhf_proto::reference::v1::reference_service_client::ReferenceServiceClient;
-use rrlhf_proto::reference::v1::{InfoRequest, LogProbsRequest, Sequence};
 use rrlhf_reference_service::ReferenceServiceConfig;
 use tonic::Code;
 use tonic_health::pb::HealthCheckRequest;
