@@ -243,3 +243,48 @@ where
         task,
     })
 }
+
+/// A running service: where it listens, its model engine, and the task serving it.
+#[derive(Debug)]
+pub struct Running<E> {
+    pub addr: SocketAddr,
+    /// Where `GET /metrics` is served, when `server.metrics_addr` is set.
+    pub metrics_addr: Option<SocketAddr>,
+    pub engine: E,
+    pub task: tokio::task::JoinHandle<Result<(), ServeError>>,
+}
+
+/// What every service's `start` does: load the model off the async runtime (it blocks for
+/// seconds and runs a warm-up pass), wrap the loaded service in its generated server with the
+/// configured message-size limit (`api`), and [`launch`] it. `engine` picks the handle to keep.
+pub async fn load_and_launch<T, E, L, S>(
+    cfg: &ServerConfig,
+    load: impl FnOnce() -> Result<T, L> + Send + 'static,
+    engine: impl FnOnce(&T) -> E,
+    api: impl FnOnce(T, usize) -> S,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<Running<E>, Box<dyn std::error::Error + Send + Sync>>
+where
+    T: Send + 'static,
+    L: std::error::Error + Send + Sync + 'static,
+    S: tonic::server::NamedService
+        + tower::Service<
+            http::Request<tonic::body::Body>,
+            Response = http::Response<tonic::body::Body>,
+            Error = std::convert::Infallible,
+        > + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let svc = tokio::task::spawn_blocking(load).await??;
+    let engine = engine(&svc);
+    let launched = launch(cfg, api(svc, cfg.max_message_bytes), shutdown).await?;
+    Ok(Running {
+        addr: launched.addr,
+        metrics_addr: launched.metrics_addr,
+        engine,
+        task: launched.task,
+    })
+}

@@ -2,7 +2,6 @@
 //! (INVALID_ARGUMENT naming the field) before the engine sees them; `Generate` forwards each
 //! sample to the client the moment the engine finishes it.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -408,13 +407,8 @@ impl ActorService for ActorServer {
     }
 }
 
-/// A running server: its address and the task serving it.
-pub struct Running {
-    pub addr: SocketAddr,
-    pub metrics_addr: Option<SocketAddr>,
-    pub engine: Engine<Work, Done>,
-    pub task: tokio::task::JoinHandle<Result<(), server::ServeError>>,
-}
+/// A running actor service.
+pub type Running = server::Running<Engine<Work, Done>>;
 
 /// Loads the policy, binds `cfg.server.addr`, and serves until `shutdown` resolves.
 pub async fn start(
@@ -423,17 +417,16 @@ pub async fn start(
 ) -> Result<Running, Box<dyn std::error::Error + Send + Sync>> {
     cfg.validate()?;
     let load_cfg = cfg.clone();
-    let svc = tokio::task::spawn_blocking(move || ActorServer::load(load_cfg)).await??;
-    let engine = svc.engine.clone();
-    let limit = cfg.server.max_message_bytes;
-    let api = ActorServiceServer::new(svc)
-        .max_decoding_message_size(limit)
-        .max_encoding_message_size(limit);
-    let launched = server::launch(&cfg.server, api, shutdown).await?;
-    Ok(Running {
-        addr: launched.addr,
-        metrics_addr: launched.metrics_addr,
-        engine,
-        task: launched.task,
-    })
+    server::load_and_launch(
+        &cfg.server,
+        move || ActorServer::load(load_cfg),
+        |svc| svc.engine.clone(),
+        |svc, limit| {
+            ActorServiceServer::new(svc)
+                .max_decoding_message_size(limit)
+                .max_encoding_message_size(limit)
+        },
+        shutdown,
+    )
+    .await
 }

@@ -2,7 +2,6 @@
 //! validated here (INVALID_ARGUMENT naming the field) before the engine sees it, so one bad
 //! request can never fail a merged batch.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -238,12 +237,8 @@ impl CriticService for CriticServer {
     }
 }
 
-/// A running server: its address and the task serving it.
-pub struct Running {
-    pub addr: SocketAddr,
-    pub metrics_addr: Option<SocketAddr>,
-    pub task: tokio::task::JoinHandle<Result<(), server::ServeError>>,
-}
+/// A running critic service.
+pub type Running = server::Running<Engine<Work, Done>>;
 
 /// Loads the critic, binds `cfg.server.addr`, and serves until `shutdown` resolves.
 pub async fn start(
@@ -252,15 +247,16 @@ pub async fn start(
 ) -> Result<Running, Box<dyn std::error::Error + Send + Sync>> {
     cfg.validate()?;
     let load_cfg = cfg.clone();
-    let svc = tokio::task::spawn_blocking(move || CriticServer::load(load_cfg)).await??;
-    let limit = cfg.server.max_message_bytes;
-    let api = CriticServiceServer::new(svc)
-        .max_decoding_message_size(limit)
-        .max_encoding_message_size(limit);
-    let launched = server::launch(&cfg.server, api, shutdown).await?;
-    Ok(Running {
-        addr: launched.addr,
-        metrics_addr: launched.metrics_addr,
-        task: launched.task,
-    })
+    server::load_and_launch(
+        &cfg.server,
+        move || CriticServer::load(load_cfg),
+        |svc| svc.engine.clone(),
+        |svc, limit| {
+            CriticServiceServer::new(svc)
+                .max_decoding_message_size(limit)
+                .max_encoding_message_size(limit)
+        },
+        shutdown,
+    )
+    .await
 }

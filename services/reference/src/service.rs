@@ -2,7 +2,6 @@
 //! here (INVALID_ARGUMENT naming the field) so a merged model batch never fails for one bad
 //! sequence; the engine thread owns the frozen model.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use rrlhf_model::{CausalLm, Placement};
@@ -81,12 +80,6 @@ impl ReferenceServer {
     }
 }
 
-impl std::fmt::Debug for Running {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Running").field("addr", &self.addr).finish()
-    }
-}
-
 #[tonic::async_trait]
 impl ReferenceService for ReferenceServer {
     async fn log_probs(
@@ -125,14 +118,8 @@ impl ReferenceService for ReferenceServer {
     }
 }
 
-/// A running server: its address, its engine, and the task serving it.
-pub struct Running {
-    pub addr: SocketAddr,
-    /// Where `GET /metrics` is served, when `server.metrics_addr` is set.
-    pub metrics_addr: Option<SocketAddr>,
-    pub engine: Engine<Pair, Vec<f32>>,
-    pub task: tokio::task::JoinHandle<Result<(), server::ServeError>>,
-}
+/// A running reference service.
+pub type Running = server::Running<Engine<Pair, Vec<f32>>>;
 
 /// Loads the frozen model, binds `cfg.server.addr`, and serves until `shutdown` resolves.
 pub async fn start(
@@ -141,17 +128,16 @@ pub async fn start(
 ) -> Result<Running, Box<dyn std::error::Error + Send + Sync>> {
     cfg.validate()?;
     let load_cfg = cfg.clone();
-    let svc = tokio::task::spawn_blocking(move || ReferenceServer::load(load_cfg)).await??;
-    let engine = svc.engine.clone();
-    let limit = cfg.server.max_message_bytes;
-    let api = ReferenceServiceServer::new(svc)
-        .max_decoding_message_size(limit)
-        .max_encoding_message_size(limit);
-    let launched = server::launch(&cfg.server, api, shutdown).await?;
-    Ok(Running {
-        addr: launched.addr,
-        metrics_addr: launched.metrics_addr,
-        engine,
-        task: launched.task,
-    })
+    server::load_and_launch(
+        &cfg.server,
+        move || ReferenceServer::load(load_cfg),
+        |svc| svc.engine.clone(),
+        |svc, limit| {
+            ReferenceServiceServer::new(svc)
+                .max_decoding_message_size(limit)
+                .max_encoding_message_size(limit)
+        },
+        shutdown,
+    )
+    .await
 }

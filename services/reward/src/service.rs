@@ -2,7 +2,6 @@
 //! requests, hands token ids to the engine, and aggregates the head outputs with the requested
 //! strategy. Every bad request is INVALID_ARGUMENT naming the field; the service keeps serving.
 
-use std::net::SocketAddr;
 use std::pin::Pin;
 
 use rrlhf_model::TextTokenizer;
@@ -252,15 +251,8 @@ fn serde_kind(meta: &rrlhf_model::RewardMeta) -> String {
     }
 }
 
-/// A running server: its address, its engine, and the task serving it.
-#[derive(Debug)]
-pub struct Running {
-    pub addr: SocketAddr,
-    /// Where `GET /metrics` is served, when `server.metrics_addr` is set.
-    pub metrics_addr: Option<SocketAddr>,
-    pub engine: EngineHandle,
-    pub task: tokio::task::JoinHandle<Result<(), server::ServeError>>,
-}
+/// A running reward service.
+pub type Running = server::Running<EngineHandle>;
 
 /// Loads the model (health turns SERVING once it has loaded and warmed up), binds
 /// `cfg.server.addr`, and serves until `shutdown` resolves.
@@ -270,17 +262,16 @@ pub async fn start(
 ) -> Result<Running, Box<dyn std::error::Error + Send + Sync>> {
     cfg.validate()?;
     let load_cfg = cfg.clone();
-    let svc = tokio::task::spawn_blocking(move || RewardServer::load(load_cfg)).await??;
-    let engine = svc.engine.clone();
-    let limit = cfg.server.max_message_bytes;
-    let api = RewardServiceServer::new(svc)
-        .max_decoding_message_size(limit)
-        .max_encoding_message_size(limit);
-    let launched = server::launch(&cfg.server, api, shutdown).await?;
-    Ok(Running {
-        addr: launched.addr,
-        metrics_addr: launched.metrics_addr,
-        engine,
-        task: launched.task,
-    })
+    server::load_and_launch(
+        &cfg.server,
+        move || RewardServer::load(load_cfg),
+        |svc| svc.engine.clone(),
+        |svc, limit| {
+            RewardServiceServer::new(svc)
+                .max_decoding_message_size(limit)
+                .max_encoding_message_size(limit)
+        },
+        shutdown,
+    )
+    .await
 }
