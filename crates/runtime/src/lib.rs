@@ -9,6 +9,7 @@
 //!   limit, a concurrency limit answered with RESOURCE_EXHAUSTED, and graceful shutdown.
 
 pub mod auth;
+pub mod checkpoint_rpc;
 pub mod config;
 pub mod engine;
 pub mod limit;

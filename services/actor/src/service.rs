@@ -2,7 +2,6 @@
 //! (INVALID_ARGUMENT naming the field) before the engine sees them; `Generate` forwards each
 //! sample to the client the moment the engine finishes it.
 
-use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -17,8 +16,8 @@ use rrlhf_proto::common::v1::{
     SaveCheckpointRequest, SaveCheckpointResponse, TokenLogProbs,
 };
 use rrlhf_runtime::engine::{Engine, EngineError, LoadError};
-use rrlhf_runtime::server;
 use rrlhf_runtime::validate::{invalid, token_pair};
+use rrlhf_runtime::{checkpoint_rpc, server};
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
@@ -363,32 +362,14 @@ impl ActorService for ActorServer {
         &self,
         request: Request<SaveCheckpointRequest>,
     ) -> Result<Response<SaveCheckpointResponse>, Status> {
-        let path = request.into_inner().path;
-        if path.trim().is_empty() {
-            return Err(invalid("path", "must not be empty"));
-        }
-        self.engine
-            .submit(vec![Work::Save(PathBuf::from(&path))])
-            .await?;
-        Ok(Response::new(SaveCheckpointResponse { path }))
+        checkpoint_rpc::save(&self.engine, request.into_inner(), Work::Save).await
     }
 
     async fn load_checkpoint(
         &self,
         request: Request<LoadCheckpointRequest>,
     ) -> Result<Response<LoadCheckpointResponse>, Status> {
-        let path = PathBuf::from(request.into_inner().path);
-        if !path.join("config.json").exists() {
-            return Err(invalid(
-                "path",
-                format!("{} is not a checkpoint directory", path.display()),
-            ));
-        }
-        match self.engine.submit(vec![Work::Load(path)]).await {
-            Ok(_) => Ok(Response::new(LoadCheckpointResponse {})),
-            Err(EngineError::Failed(msg)) => Err(invalid("path", msg)),
-            Err(e) => Err(e.into()),
-        }
+        checkpoint_rpc::load(&self.engine, request.into_inner(), Work::Load).await
     }
 
     async fn info(&self, _request: Request<InfoRequest>) -> Result<Response<InfoResponse>, Status> {

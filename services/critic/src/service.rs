@@ -2,7 +2,6 @@
 //! validated here (INVALID_ARGUMENT naming the field) before the engine sees it, so one bad
 //! request can never fail a merged batch.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use rrlhf_model::Placement;
@@ -15,9 +14,9 @@ use rrlhf_proto::critic::v1::{
     InfoRequest, InfoResponse, TokenValues, TrainRequest, TrainResponse, ValuesRequest,
     ValuesResponse,
 };
-use rrlhf_runtime::engine::{Engine, EngineError, LoadError};
-use rrlhf_runtime::server;
+use rrlhf_runtime::engine::{Engine, LoadError};
 use rrlhf_runtime::validate::{invalid, token_pair};
+use rrlhf_runtime::{checkpoint_rpc, server};
 use tonic::{Request, Response, Status};
 
 use crate::config::CriticServiceConfig;
@@ -196,31 +195,14 @@ impl CriticService for CriticServer {
         &self,
         request: Request<SaveCheckpointRequest>,
     ) -> Result<Response<SaveCheckpointResponse>, Status> {
-        let path = request.into_inner().path;
-        if path.trim().is_empty() {
-            return Err(invalid("path", "must not be empty"));
-        }
-        self.one(Work::Save(PathBuf::from(&path))).await?;
-        Ok(Response::new(SaveCheckpointResponse { path }))
+        checkpoint_rpc::save(&self.engine, request.into_inner(), Work::Save).await
     }
 
     async fn load_checkpoint(
         &self,
         request: Request<LoadCheckpointRequest>,
     ) -> Result<Response<LoadCheckpointResponse>, Status> {
-        let path = PathBuf::from(request.into_inner().path);
-        if !path.join("config.json").exists() {
-            return Err(invalid(
-                "path",
-                format!("{} is not a checkpoint directory", path.display()),
-            ));
-        }
-        // A checkpoint of another shape is the caller's mistake, not a server failure.
-        match self.engine.submit(vec![Work::Load(path)]).await {
-            Ok(_) => Ok(Response::new(LoadCheckpointResponse {})),
-            Err(EngineError::Failed(msg)) => Err(invalid("path", msg)),
-            Err(e) => Err(e.into()),
-        }
+        checkpoint_rpc::load(&self.engine, request.into_inner(), Work::Load).await
     }
 
     async fn info(&self, _request: Request<InfoRequest>) -> Result<Response<InfoResponse>, Status> {
