@@ -1,60 +1,116 @@
-//! AdamW with global-norm gradient clipping that reports the norm it saw.
+//! AdamW (Loshchilov & Hutter; the update of `torch.optim.AdamW`) with global-norm gradient
+//! clipping that reports the norm it saw, and whose moments can be saved and restored.
+//!
+//! It is written here rather than wrapping libtorch's optimizer because tch does not expose that
+//! optimizer's state: a PPO run that resumes from a checkpoint must continue with the same first
+//! and second moments and step count, or its next update differs from the uninterrupted run.
 
-use tch::nn::{self, OptimizerConfig};
+use std::path::Path;
+
+use rrlhf_model::ModelError;
+use tch::nn;
 use tch::{Kind, Tensor};
 
-use crate::error::Result;
+use crate::error::{Result, TrainError};
 
-/// AdamW over every trainable variable of a `VarStore`.
+const BETA1: f64 = 0.9;
+const BETA2: f64 = 0.999;
+const EPS: f64 = 1e-8;
+/// Name of the step counter inside a saved state file.
+const STEP_KEY: &str = "step";
+
+/// AdamW over every trainable variable of a `VarStore`, in name order.
 pub struct AdamW {
-    opt: nn::Optimizer,
-    vars: Vec<Tensor>,
+    vars: Vec<(String, Tensor)>,
+    exp_avg: Vec<Tensor>,
+    exp_avg_sq: Vec<Tensor>,
+    step: i64,
+    weight_decay: f64,
 }
 
 impl std::fmt::Debug for AdamW {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AdamW")
             .field("vars", &self.vars.len())
+            .field("step", &self.step)
             .finish()
     }
 }
 
 impl AdamW {
-    pub fn new(vs: &nn::VarStore, lr: f64, weight_decay: f64) -> Result<Self> {
-        let cfg = nn::AdamW {
-            wd: weight_decay,
-            ..Default::default()
+    /// `lr` is given to every [`Self::step`]; it is accepted here for symmetry with callers
+    /// that build an optimizer from a learning-rate config.
+    pub fn new(vs: &nn::VarStore, _lr: f64, weight_decay: f64) -> Result<Self> {
+        let mut vars: Vec<(String, Tensor)> = vs
+            .variables()
+            .into_iter()
+            .filter(|(_, t)| t.requires_grad())
+            .collect();
+        vars.sort_by(|a, b| a.0.cmp(&b.0));
+        let zeros = |vars: &[(String, Tensor)]| -> Result<Vec<Tensor>> {
+            vars.iter().map(|(_, t)| Ok(t.f_zeros_like()?)).collect()
         };
         Ok(Self {
-            opt: cfg.build(vs, lr)?,
-            vars: vs.trainable_variables(),
+            exp_avg: zeros(&vars)?,
+            exp_avg_sq: zeros(&vars)?,
+            vars,
+            step: 0,
+            weight_decay,
         })
+    }
+
+    /// Updates taken so far.
+    pub fn steps(&self) -> i64 {
+        self.step
     }
 
     /// Backpropagates `loss`, clips the global gradient norm to `max_norm` (if > 0), steps at
     /// `lr`, and returns the norm before clipping.
     pub fn step(&mut self, loss: &Tensor, lr: f64, max_norm: f64) -> Result<f64> {
-        self.opt.zero_grad();
-        loss.f_backward()?;
-        let norm = self.grad_norm()?;
-        if max_norm > 0.0 && norm > max_norm {
-            let scale = max_norm / (norm + 1e-6);
-            let _guard = tch::no_grad_guard();
-            for v in &self.vars {
-                let mut g = v.grad();
-                if g.defined() {
-                    let _ = g.f_mul_scalar_(scale)?;
-                }
+        for (_, v) in &self.vars {
+            let mut g = v.grad();
+            if g.defined() {
+                let _ = g.f_zero_()?;
             }
         }
-        self.opt.set_lr(lr);
-        self.opt.step();
+        loss.f_backward()?;
+        let norm = self.grad_norm()?;
+        let clip = if max_norm > 0.0 && norm > max_norm {
+            max_norm / (norm + 1e-6)
+        } else {
+            1.0
+        };
+        let _guard = tch::no_grad_guard();
+        self.step += 1;
+        let bias1 = 1.0 - BETA1.powi(self.step as i32);
+        let bias2_sqrt = (1.0 - BETA2.powi(self.step as i32)).sqrt();
+        for (i, (_, p)) in self.vars.iter().enumerate() {
+            let g = p.grad();
+            if !g.defined() {
+                continue;
+            }
+            let g = g.f_mul_scalar(clip)?;
+            let mut p = p.shallow_clone();
+            let _ = p.f_mul_scalar_(1.0 - lr * self.weight_decay)?;
+            let _ = self.exp_avg[i]
+                .f_mul_scalar_(BETA1)?
+                .f_add_(&g.f_mul_scalar(1.0 - BETA1)?)?;
+            let _ = self.exp_avg_sq[i]
+                .f_mul_scalar_(BETA2)?
+                .f_add_(&g.f_mul(&g)?.f_mul_scalar(1.0 - BETA2)?)?;
+            let denom = self.exp_avg_sq[i]
+                .f_sqrt()?
+                .f_div_scalar(bias2_sqrt)?
+                .f_add_scalar(EPS)?;
+            let update = self.exp_avg[i].f_div(&denom)?.f_mul_scalar(lr / bias1)?;
+            let _ = p.f_sub_(&update)?;
+        }
         Ok(norm)
     }
 
     fn grad_norm(&self) -> Result<f64> {
         let mut total = 0.0;
-        for v in &self.vars {
+        for (_, v) in &self.vars {
             let g = v.grad();
             if g.defined() {
                 total += g
@@ -65,5 +121,198 @@ impl AdamW {
             }
         }
         Ok(total.sqrt())
+    }
+
+    /// Writes the moments and step count to `path` (safetensors, one file).
+    pub fn save_state(&self, path: &Path) -> Result<()> {
+        let step = Tensor::from_slice(&[self.step]);
+        let mut named: Vec<(String, &Tensor)> = vec![(STEP_KEY.to_owned(), &step)];
+        for (i, (name, _)) in self.vars.iter().enumerate() {
+            named.push((format!("exp_avg.{name}"), &self.exp_avg[i]));
+            named.push((format!("exp_avg_sq.{name}"), &self.exp_avg_sq[i]));
+        }
+        Tensor::write_safetensors(&named, path)?;
+        Ok(())
+    }
+
+    /// Restores a state written by [`Self::save_state`] for the same variables; checks every
+    /// tensor's presence and shape before changing anything.
+    pub fn load_state(&mut self, path: &Path) -> Result<()> {
+        let saved: std::collections::HashMap<String, Tensor> =
+            Tensor::read_safetensors(path)?.into_iter().collect();
+        let bad = |message: String| TrainError::Invalid(format!("{}: {message}", path.display()));
+        let get = |key: String, like: &Tensor| -> Result<&Tensor> {
+            let t = saved
+                .get(&key)
+                .ok_or_else(|| bad(format!("optimizer state has no tensor `{key}`")))?;
+            if t.size() != like.size() {
+                return Err(bad(format!(
+                    "`{key}` has shape {:?}, the model needs {:?}",
+                    t.size(),
+                    like.size()
+                )));
+            }
+            Ok(t)
+        };
+        let step = saved
+            .get(STEP_KEY)
+            .ok_or_else(|| bad(format!("optimizer state has no `{STEP_KEY}`")))?
+            .f_int64_value(&[0])?;
+        let mut pairs = Vec::with_capacity(self.vars.len());
+        for (name, p) in &self.vars {
+            pairs.push((
+                get(format!("exp_avg.{name}"), p)?,
+                get(format!("exp_avg_sq.{name}"), p)?,
+            ));
+        }
+        let _guard = tch::no_grad_guard();
+        for (i, (m, v)) in pairs.into_iter().enumerate() {
+            self.exp_avg[i].f_copy_(m)?;
+            self.exp_avg_sq[i].f_copy_(v)?;
+        }
+        self.step = step;
+        Ok(())
+    }
+}
+
+/// File name of the optimizer state inside a service checkpoint directory (beside the HF
+/// `model.safetensors`, which loaders never confuse it with).
+pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
+
+/// Writes the optimizer state, when there is one, into checkpoint directory `dir`.
+pub fn save_into_checkpoint(opt: Option<&AdamW>, dir: &Path) -> Result<(), ModelError> {
+    opt.map_or(Ok(()), |o| o.save_state(&dir.join(OPTIMIZER_FILE)))
+        .map_err(|e| checkpoint_error(dir, e))
+}
+
+/// After a checkpoint's weights were loaded from `dir`: restores the optimizer state saved with
+/// them, or forgets the current moments when the checkpoint has none (they belonged to other
+/// weights).
+pub fn restore_from_checkpoint(
+    slot: &mut Option<AdamW>,
+    vs: &nn::VarStore,
+    weight_decay: f64,
+    dir: &Path,
+) -> Result<(), ModelError> {
+    let path = dir.join(OPTIMIZER_FILE);
+    if !path.exists() {
+        *slot = None;
+        return Ok(());
+    }
+    let mut opt = AdamW::new(vs, 0.0, weight_decay).map_err(|e| checkpoint_error(dir, e))?;
+    opt.load_state(&path)
+        .map_err(|e| checkpoint_error(dir, e))?;
+    *slot = Some(opt);
+    Ok(())
+}
+
+/// An optimizer-state failure while saving or loading the checkpoint at `dir`, as the model
+/// error the services already map to gRPC statuses.
+fn checkpoint_error(dir: &Path, e: TrainError) -> ModelError {
+    ModelError::Checkpoint {
+        path: dir.to_path_buf(),
+        message: format!("optimizer state: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::{Device, nn::Module};
+
+    /// A linear layer with weights fixed by `seed` (not libtorch's global RNG, which parallel
+    /// tests share).
+    fn model(seed: i64) -> (nn::VarStore, nn::Linear) {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let lin = nn::linear(vs.root() / "lin", 3, 2, Default::default());
+        let values: Vec<f32> = (0..8)
+            .map(|i| ((i * 7 + seed * 3) % 11) as f32 / 5.0 - 1.0)
+            .collect();
+        tch::no_grad(|| {
+            lin.ws
+                .shallow_clone()
+                .copy_(&Tensor::from_slice(&values[..6]).view([2, 3]));
+            lin.bs
+                .as_ref()
+                .unwrap()
+                .shallow_clone()
+                .copy_(&Tensor::from_slice(&values[6..]));
+        });
+        (vs, lin)
+    }
+
+    fn loss(lin: &nn::Linear) -> Tensor {
+        let x = Tensor::from_slice(&[0.5f32, -1.0, 2.0, 1.0, 0.0, -0.5]).view([2, 3]);
+        lin.forward(&x).square().sum(Kind::Float)
+    }
+
+    #[test]
+    fn matches_torch_adamw_and_reduces_the_loss() {
+        let (vs_a, a) = model(0);
+        let (vs_b, b) = model(0);
+        let mut ours = AdamW::new(&vs_a, 0.01, 0.01).unwrap();
+        let mut torch = nn::OptimizerConfig::build(
+            nn::AdamW {
+                wd: 0.01,
+                ..Default::default()
+            },
+            &vs_b,
+            0.01,
+        )
+        .unwrap();
+        let first = loss(&a).double_value(&[]);
+        for _ in 0..20 {
+            ours.step(&loss(&a), 0.01, 0.0).unwrap();
+            torch.backward_step(&loss(&b));
+        }
+        let diff = (&a.ws - &b.ws).abs().max().double_value(&[]);
+        assert!(
+            diff < 1e-5,
+            "weights differ from torch.optim.AdamW by {diff}"
+        );
+        assert!(loss(&a).double_value(&[]) < first);
+    }
+
+    #[test]
+    fn saved_state_continues_identically() {
+        let dir = tempfile::tempdir().unwrap();
+        let (vs_a, a) = model(1);
+        let mut opt_a = AdamW::new(&vs_a, 0.01, 0.0).unwrap();
+        for _ in 0..3 {
+            opt_a.step(&loss(&a), 0.01, 1.0).unwrap();
+        }
+        let path = dir.path().join("optimizer.safetensors");
+        opt_a.save_state(&path).unwrap();
+        // A second model with the same weights and the restored state takes the same next step.
+        let (vs_b, b) = model(2);
+        tch::no_grad(|| {
+            b.ws.shallow_clone().copy_(&a.ws);
+            b.bs.as_ref()
+                .unwrap()
+                .shallow_clone()
+                .copy_(a.bs.as_ref().unwrap());
+        });
+        let mut opt_b = AdamW::new(&vs_b, 0.01, 0.0).unwrap();
+        opt_b.load_state(&path).unwrap();
+        assert_eq!(opt_b.steps(), 3);
+        opt_a.step(&loss(&a), 0.01, 1.0).unwrap();
+        opt_b.step(&loss(&b), 0.01, 1.0).unwrap();
+        assert_eq!((&a.ws - &b.ws).abs().max().double_value(&[]), 0.0);
+    }
+
+    #[test]
+    fn a_state_for_other_variables_is_rejected_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let (vs, _) = model(0);
+        let opt = AdamW::new(&vs, 0.01, 0.0).unwrap();
+        let path = dir.path().join("o.safetensors");
+        opt.save_state(&path).unwrap();
+        let other = nn::VarStore::new(Device::Cpu);
+        let _ = nn::linear(other.root() / "other", 3, 2, Default::default());
+        let err = AdamW::new(&other, 0.01, 0.0)
+            .unwrap()
+            .load_state(&path)
+            .unwrap_err();
+        assert!(err.to_string().contains("exp_avg.other"), "{err}");
     }
 }

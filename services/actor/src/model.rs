@@ -10,7 +10,7 @@ use rrlhf_model::causal_lm::shifted_logprobs;
 use rrlhf_model::generate::{FinishReason, Generation};
 use rrlhf_model::losses::{entropy, ppo_policy_loss};
 use rrlhf_model::{CausalLm, ModelError, Placement, SamplingParams, TextTokenizer};
-use rrlhf_train::optim::AdamW;
+use rrlhf_train::optim::{self, AdamW};
 use rrlhf_train::sampler::Order;
 use tch::{Kind, Tensor};
 use tokio::sync::mpsc::UnboundedSender;
@@ -256,6 +256,7 @@ impl Policy {
                     let tok = self.tokenizer.clone();
                     rrlhf_model::fsio::write_dir_atomic(dir, |tmp| {
                         self.model.save(tmp)?;
+                        optim::save_into_checkpoint(self.optimizer.borrow().as_ref(), tmp)?;
                         tok.as_ref().map_or(Ok(()), |t| t.save_to(tmp))
                     })?;
                     out.push(Done::Saved);
@@ -265,6 +266,12 @@ impl Policy {
                         &self.model.vs,
                         dir,
                         self.model.cfg.tie_word_embeddings,
+                    )?;
+                    optim::restore_from_checkpoint(
+                        &mut self.optimizer.borrow_mut(),
+                        &self.model.vs,
+                        self.weight_decay,
+                        dir,
                     )?;
                     out.push(Done::Loaded);
                 }

@@ -6,10 +6,11 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use rrlhf_model::generate::FinishReason;
-use rrlhf_model::{Placement, SamplingParams};
+use rrlhf_model::{Placement, SamplingParams, TextTokenizer};
 use rrlhf_proto::actor::v1::actor_service_server::{ActorService, ActorServiceServer};
 use rrlhf_proto::actor::v1::{
-    GenerateRequest, GeneratedSample, InfoRequest, InfoResponse, TrainRequest, TrainResponse,
+    GenerateRequest, GeneratedSample, InfoRequest, InfoResponse, Prompt, TrainRequest,
+    TrainResponse,
 };
 use rrlhf_proto::common::v1::{
     LoadCheckpointRequest, LoadCheckpointResponse, LogProbsRequest, LogProbsResponse, RankInfo,
@@ -33,6 +34,8 @@ pub struct ActorServer {
     vocab_size: i64,
     eos_id: i64,
     tokenizer: Option<String>,
+    /// The model directory's tokenizer, for prompts sent as text.
+    text_tokenizer: Option<Arc<TextTokenizer>>,
     cfg: Arc<ActorServiceConfig>,
 }
 
@@ -73,8 +76,67 @@ impl ActorServer {
             vocab_size,
             eos_id,
             tokenizer,
+            text_tokenizer: TextTokenizer::load(&cfg.model).ok().map(Arc::new),
             cfg: Arc::new(cfg),
         })
+    }
+
+    /// The ids of prompt `i`: its own, or its text through the actor's tokenizer (keeping the
+    /// last tokens when it is too long); validated against the vocabulary and length limit.
+    fn prompt_ids(&self, i: usize, p: &Prompt, max_new_tokens: usize) -> Result<Vec<i64>, Status> {
+        let room = self.cfg.max_length.saturating_sub(max_new_tokens);
+        if p.prompt_ids.is_empty() {
+            if p.text.is_empty() {
+                return Err(invalid(format!("prompts[{i}]"), "needs prompt_ids or text"));
+            }
+            let tok = self.text_tokenizer.as_ref().ok_or_else(|| {
+                invalid(
+                    format!("prompts[{i}].text"),
+                    "this actor has no tokenizer; send prompt_ids",
+                )
+            })?;
+            let mut ids = tok
+                .encode(&p.text)
+                .map_err(|e| invalid(format!("prompts[{i}].text"), e.to_string()))?;
+            if ids.is_empty() {
+                return Err(invalid(
+                    format!("prompts[{i}].text"),
+                    "tokenizes to nothing",
+                ));
+            }
+            if room == 0 {
+                return Err(invalid(
+                    "sampling.max_new_tokens",
+                    format!(
+                        "leaves no room for a prompt in max_length {}",
+                        self.cfg.max_length
+                    ),
+                ));
+            }
+            ids.drain(..ids.len().saturating_sub(room));
+            return Ok(ids);
+        }
+        let field = format!("prompts[{i}].prompt_ids");
+        if let Some(t) = p
+            .prompt_ids
+            .iter()
+            .find(|&&t| t < 0 || t >= self.vocab_size)
+        {
+            return Err(invalid(
+                field,
+                format!("id {t} is outside [0, {})", self.vocab_size),
+            ));
+        }
+        if p.prompt_ids.len() > room {
+            return Err(invalid(
+                format!("prompts[{i}]"),
+                format!(
+                    "prompt + max_new_tokens exceed max_length {}",
+                    self.cfg.max_length
+                ),
+            ));
+        }
+        Ok(p.prompt_ids.clone())
     }
 
     fn sampling(&self, req: &GenerateRequest) -> Result<SamplingParams, Status> {
@@ -117,9 +179,10 @@ impl ActorServer {
 
 type SampleStream = Pin<Box<dyn Stream<Item = Result<GeneratedSample, Status>> + Send>>;
 
-fn to_proto(ids: &[String], s: Sampled) -> GeneratedSample {
+fn to_proto(ids: &[String], prompt_ids: &[Vec<i64>], s: Sampled) -> GeneratedSample {
     GeneratedSample {
         id: ids[s.prompt_index].clone(),
+        prompt_ids: prompt_ids[s.prompt_index].clone(),
         prompt_index: s.prompt_index as u32,
         sample_index: s.sample_index as u32,
         token_ids: s.tokens,
@@ -153,34 +216,12 @@ impl ActorService for ActorServer {
         }
         let mut prompts = Vec::with_capacity(req.prompts.len());
         for (i, p) in req.prompts.iter().enumerate() {
-            let field = format!("prompts[{i}].prompt_ids");
-            if p.prompt_ids.is_empty() {
-                return Err(invalid(field, "must not be empty"));
-            }
-            if let Some(t) = p
-                .prompt_ids
-                .iter()
-                .find(|&&t| t < 0 || t >= self.vocab_size)
-            {
-                return Err(invalid(
-                    field,
-                    format!("id {t} is outside [0, {})", self.vocab_size),
-                ));
-            }
-            if p.prompt_ids.len() + params.max_new_tokens > self.cfg.max_length {
-                return Err(invalid(
-                    format!("prompts[{i}]"),
-                    format!(
-                        "prompt + max_new_tokens exceed max_length {}",
-                        self.cfg.max_length
-                    ),
-                ));
-            }
-            prompts.push(p.prompt_ids.clone());
+            prompts.push(self.prompt_ids(i, p, params.max_new_tokens)?);
         }
         let ids: Vec<String> = req.prompts.into_iter().map(|p| p.id).collect();
         let (sample_tx, mut sample_rx) = tokio::sync::mpsc::unbounded_channel::<Sampled>();
         let (out_tx, out_rx) = tokio::sync::mpsc::channel::<Result<GeneratedSample, Status>>(64);
+        let prompt_ids = prompts.clone();
         let job = GenerateJob {
             prompts,
             samples_per_prompt: req.samples_per_prompt.max(1) as usize,
@@ -196,7 +237,7 @@ impl ActorService for ActorServer {
                 tokio::select! {
                     sample = sample_rx.recv() => match sample {
                         Some(s) => {
-                            if out_tx.send(Ok(to_proto(&ids, s))).await.is_err() {
+                            if out_tx.send(Ok(to_proto(&ids, &prompt_ids, s))).await.is_err() {
                                 return; // the client went away
                             }
                         }

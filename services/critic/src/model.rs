@@ -9,7 +9,7 @@ use rrlhf_model::batch::{Batch, PadSide, rows_f32};
 use rrlhf_model::losses::value_loss;
 use rrlhf_model::reward_model::{RewardKind, RewardModel};
 use rrlhf_model::{ModelError, Placement};
-use rrlhf_train::optim::AdamW;
+use rrlhf_train::optim::{self, AdamW};
 use rrlhf_train::sampler::Order;
 use tch::{Kind, Tensor};
 
@@ -165,15 +165,25 @@ impl Critic {
 
     /// Writes the weights to `dir` atomically (the whole directory appears at once).
     pub fn save(&self, dir: &Path) -> Result<(), ModelError> {
-        rrlhf_model::fsio::write_dir_atomic(dir, |tmp| self.model.save(tmp))
+        rrlhf_model::fsio::write_dir_atomic(dir, |tmp| {
+            self.model.save(tmp)?;
+            optim::save_into_checkpoint(self.optimizer.borrow().as_ref(), tmp)
+        })
     }
 
-    /// Copies a saved checkpoint's weights into the live model (same shapes, strict names).
+    /// Copies a saved checkpoint's weights into the live model (same shapes, strict names) and
+    /// restores the optimizer state saved with them.
     pub fn load_weights(&self, dir: &Path) -> Result<(), ModelError> {
         rrlhf_model::checkpoint::load_strict(
             &self.model.vs,
             dir,
             self.model.cfg.tie_word_embeddings,
+        )?;
+        optim::restore_from_checkpoint(
+            &mut self.optimizer.borrow_mut(),
+            &self.model.vs,
+            self.weight_decay,
+            dir,
         )
     }
 

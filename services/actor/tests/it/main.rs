@@ -23,6 +23,7 @@ fn prompt(id: &str, ids: &[i64]) -> Prompt {
     Prompt {
         id: id.into(),
         prompt_ids: ids.to_vec(),
+        text: String::new(),
     }
 }
 
@@ -194,6 +195,28 @@ async fn actor_streams_scores_trains_and_checkpoints() {
     )
     .await;
     assert_eq!(sampled.len(), 4);
+    for s in &sampled {
+        assert_eq!(s.prompt_ids, prompts[s.prompt_index as usize].prompt_ids);
+    }
+
+    // A text prompt goes through the actor's tokenizer; the sample says which ids it used.
+    let from_text = collect(
+        &mut c,
+        GenerateRequest {
+            prompts: vec![Prompt {
+                id: "text".into(),
+                prompt_ids: vec![],
+                text: "Human: hello there\n\nAssistant:".into(),
+            }],
+            sampling: Some(greedy(3, vec![])),
+            samples_per_prompt: 1,
+        },
+    )
+    .await;
+    assert_eq!(
+        from_text[0].prompt_ids,
+        tok.encode("Human: hello there\n\nAssistant:").unwrap()
+    );
     let seqs: Vec<Sequence> = sampled
         .iter()
         .map(|s| Sequence {
@@ -248,13 +271,20 @@ async fn actor_streams_scores_trains_and_checkpoints() {
     .unwrap();
     assert!(ckpt.join("tokenizer.json").exists());
     c.train(req.clone()).await.unwrap();
-    assert_ne!(logprobs(&mut c, std::slice::from_ref(&target)).await, after);
+    let trained_after_save = logprobs(&mut c, std::slice::from_ref(&target)).await;
+    assert_ne!(trained_after_save, after);
     c.load_checkpoint(LoadCheckpointRequest {
         path: ckpt.display().to_string(),
     })
     .await
     .unwrap();
     assert_eq!(logprobs(&mut c, std::slice::from_ref(&target)).await, after);
+    // AdamW's moments came back with the weights: the same update lands on the same policy.
+    c.train(req.clone()).await.unwrap();
+    assert_eq!(
+        logprobs(&mut c, std::slice::from_ref(&target)).await,
+        trained_after_save
+    );
 
     // Bad input is INVALID_ARGUMENT naming the field.
     let bad_gen = [
@@ -272,7 +302,7 @@ async fn actor_streams_scores_trains_and_checkpoints() {
                 sampling: Some(greedy(4, vec![])),
                 samples_per_prompt: 1,
             },
-            "prompts[0].prompt_ids",
+            "prompts[0]",
         ),
         (
             GenerateRequest {
