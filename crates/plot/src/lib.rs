@@ -1,4 +1,4 @@
-//! PNG plots for rrlhf reward-model evaluation reports.
+//! PNG plots for rrlhf reports: reward-model evaluation and PPO runs.
 //!
 //! Works on plain `f64` data (no torch) and renders text with an embedded DejaVu Sans font
 //! through plotters' `ab_glyph` backend, so plots come out legible on machines that have no
@@ -18,6 +18,7 @@ use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 
 mod histogram;
+mod lines;
 mod scatter;
 
 /// Image size in pixels; large enough for ~10 tick labels per axis at readable font sizes.
@@ -84,6 +85,20 @@ pub fn scatter(
 ) -> Result<(), PlotError> {
     render_atomic(path, |root| {
         scatter::draw(root, title, x_label, y_label, series, diagonal)
+    })
+}
+
+/// Line plot of one or more series (e.g. a metric per training step), each joined in x order.
+/// Points with a non-finite coordinate are skipped. The output is always PNG.
+pub fn lines(
+    path: &Path,
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    series: &[Series],
+) -> Result<(), PlotError> {
+    render_atomic(path, |root| {
+        lines::draw(root, title, x_label, y_label, series)
     })
 }
 

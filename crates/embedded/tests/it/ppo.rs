@@ -1,0 +1,64 @@
+//! A few PPO steps for `tradeoff` and `min`: the metrics show the robust objective at work.
+
+use rrlhf_orchestrator::run::{RunOptions, RunStatus, spawn_run};
+
+use crate::fixture::{cluster, config, metrics_of};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ppo_steps_apply_the_robust_objective() {
+    let out = tempfile::tempdir().unwrap();
+    let cluster = cluster().await;
+    for (id, strategy) in [("tradeoff", "tradeoff:0.4"), ("min", "min")] {
+        let mut cfg = config(&cluster, out.path(), id, 2);
+        cfg.objective.strategy = strategy.into();
+        let run = spawn_run(cfg, RunOptions::default()).unwrap();
+        assert_eq!(
+            run.finished().await,
+            RunStatus::Finished,
+            "{:?}",
+            run.info().error
+        );
+        let m = metrics_of(out.path(), id);
+        assert_eq!(m.iter().map(|m| m.step).collect::<Vec<_>>(), vec![1, 2]);
+        for s in &m {
+            let r = &s.rewards;
+            let expected = match id {
+                // Linear in each sample, so it holds for the batch means too.
+                "tradeoff" => 0.4 * r.nominal + 0.6 * r.min,
+                _ => r.min,
+            };
+            assert!((r.aggregated - expected).abs() < 1e-5, "{id}: {r:?}");
+            assert!(r.nominal >= r.min && r.max >= r.nominal);
+            assert!(r.head_disagreement > 0.0, "3 spread-out heads disagree");
+            assert!((r.nominal_min_gap - (r.nominal - r.min)).abs() < 1e-5);
+            assert_eq!(r.nominal_head_frequency.len(), 3);
+            assert!((r.nominal_head_frequency.iter().sum::<f32>() - 1.0).abs() < 1e-5);
+            assert!(s.kl.is_finite() && s.train.policy_loss.is_finite());
+            assert!(s.train.value_loss > 0.0 && s.response_length >= 1.0);
+            assert_eq!(s.strategy, strategy);
+        }
+        // Training moved the policy away from the reference.
+        assert!(m[1].kl.abs() > 0.0);
+        let dir = out.path().join(id);
+        for f in [
+            "report.md",
+            "config.json",
+            "plots/rewards.png",
+            "plots/kl.png",
+            "plots/length.png",
+        ] {
+            assert!(dir.join(f).exists(), "{f}");
+        }
+        let latest = std::fs::read_to_string(dir.join("checkpoints/latest")).unwrap();
+        let ckpt = dir.join("checkpoints").join(latest.trim());
+        for f in [
+            "state.json",
+            "actor/model.safetensors",
+            "actor/optimizer.safetensors",
+            "critic/model.safetensors",
+        ] {
+            assert!(ckpt.join(f).exists(), "{f}");
+        }
+    }
+    cluster.stop().await;
+}

@@ -1,0 +1,492 @@
+//! A run's lifecycle: created → running ⇄ paused → finished | stopped | failed. The run is one
+//! tokio task that owns its state; the outside (REST API, CLI) talks to it through a
+//! [`RunHandle`]: a control channel (pause, resume, stop, checkpoint, live changes of λ,
+//! strategy and β — applied from the next step) and a shared snapshot of its progress.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use rrlhf_ppo::RewardNorm;
+use rrlhf_proto::actor::v1::InfoRequest;
+use rrlhf_robust::Strategy;
+use rrlhf_robust::rng::Rng;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::checkpoint::{self, RunState};
+use crate::clients::{Services, retry};
+use crate::config::OrchestratorConfig;
+use crate::experience;
+use crate::metrics::{self, StepMetrics};
+use crate::prompts::{self, Cursor, PromptStream};
+use crate::step;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunStatus {
+    Created,
+    Running,
+    Paused,
+    Finished,
+    Stopped,
+    Failed,
+}
+
+impl RunStatus {
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Self::Finished | Self::Stopped | Self::Failed)
+    }
+}
+
+/// Live changes to a running run; every field is optional.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Patch {
+    /// λ of a `tradeoff` or `batch_worst_head` strategy.
+    pub lambda: Option<f32>,
+    pub strategy: Option<String>,
+    /// The KL coefficient β (the controller kind stays).
+    pub beta: Option<f64>,
+}
+
+pub type Reply<T> = oneshot::Sender<Result<T, String>>;
+
+#[derive(Debug)]
+pub enum Control {
+    Pause(Reply<()>),
+    Resume(Reply<()>),
+    Stop(Reply<()>),
+    Checkpoint(Reply<PathBuf>),
+    Patch(Patch, Reply<()>),
+}
+
+/// What the outside can see of a run.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunInfo {
+    pub id: String,
+    pub status: RunStatus,
+    /// Steps completed.
+    pub step: usize,
+    pub steps: usize,
+    pub dir: PathBuf,
+    pub strategy: String,
+    pub beta: f64,
+    pub error: Option<String>,
+    pub last_checkpoint: Option<PathBuf>,
+    pub last_metrics: Option<StepMetrics>,
+}
+
+#[derive(Debug, Clone)]
+pub struct RunHandle {
+    pub id: String,
+    info: Arc<Mutex<RunInfo>>,
+    control: mpsc::UnboundedSender<Control>,
+    status: watch::Receiver<RunStatus>,
+}
+
+impl RunHandle {
+    pub fn info(&self) -> RunInfo {
+        self.info.lock().expect("run info lock").clone()
+    }
+
+    /// Sends a command and waits for the run's answer.
+    pub async fn request<T>(&self, make: impl FnOnce(Reply<T>) -> Control) -> Result<T, String> {
+        let (tx, rx) = oneshot::channel();
+        self.control
+            .send(make(tx))
+            .map_err(|_| format!("run {} has ended", self.id))?;
+        rx.await
+            .map_err(|_| format!("run {} ended before answering", self.id))?
+    }
+
+    /// Resolves when the run reaches a terminal status, which it returns.
+    pub async fn finished(&self) -> RunStatus {
+        let mut rx = self.status.clone();
+        loop {
+            let s = *rx.borrow_and_update();
+            if s.is_terminal() {
+                return s;
+            }
+            if rx.changed().await.is_err() {
+                return *rx.borrow();
+            }
+        }
+    }
+}
+
+/// How a run starts.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RunOptions {
+    /// Continue from the run directory's latest checkpoint (a fresh start when there is none).
+    pub resume: bool,
+    /// Print each step's summary line on stderr.
+    pub print_progress: bool,
+}
+
+/// The run directory of `cfg` (its id is derived from the time when empty).
+pub fn run_dir(cfg: &mut OrchestratorConfig) -> PathBuf {
+    if cfg.run.id.is_empty() {
+        let secs = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        cfg.run.id = format!("run-{secs}");
+    }
+    cfg.run.out_dir.join(&cfg.run.id)
+}
+
+/// Validates `cfg` and starts the run as a task.
+pub fn spawn_run(mut cfg: OrchestratorConfig, opts: RunOptions) -> Result<RunHandle, String> {
+    cfg.validate().map_err(|e| e.to_string())?;
+    let dir = run_dir(&mut cfg);
+    if !opts.resume && dir.join("metrics.jsonl").exists() {
+        return Err(format!(
+            "run.id: run `{}` already exists in {}; resume it or choose another id",
+            cfg.run.id,
+            dir.display()
+        ));
+    }
+    let services = Services::connect(&cfg.endpoints)?;
+    let info = Arc::new(Mutex::new(RunInfo {
+        id: cfg.run.id.clone(),
+        status: RunStatus::Created,
+        step: 0,
+        steps: cfg.run.steps,
+        dir: dir.clone(),
+        strategy: cfg.objective.strategy.clone(),
+        beta: cfg.ppo.kl.beta(),
+        error: None,
+        last_checkpoint: None,
+        last_metrics: None,
+    }));
+    let (control, rx) = mpsc::unbounded_channel();
+    let (status_tx, status) = watch::channel(RunStatus::Created);
+    let handle = RunHandle {
+        id: cfg.run.id.clone(),
+        info: info.clone(),
+        control,
+        status,
+    };
+    let mut runner = Runner {
+        services,
+        dir,
+        info,
+        status: status_tx,
+        control: rx,
+        opts,
+    };
+    tokio::spawn(async move {
+        let outcome = runner.drive(cfg).await;
+        let status = match outcome {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "run failed");
+                runner.info.lock().expect("run info lock").error = Some(e);
+                RunStatus::Failed
+            }
+        };
+        runner.set_status(status);
+    });
+    Ok(handle)
+}
+
+/// Seed of step `step`: distinct per step and reproducible from the run seed alone.
+pub fn step_seed(seed: u64, step: usize) -> u64 {
+    Rng::new(seed ^ (step as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)).next_u64()
+}
+
+struct Runner {
+    services: Services,
+    dir: PathBuf,
+    info: Arc<Mutex<RunInfo>>,
+    status: watch::Sender<RunStatus>,
+    control: mpsc::UnboundedReceiver<Control>,
+    opts: RunOptions,
+}
+
+/// What the control loop tells the step loop.
+enum Next {
+    Continue,
+    Stop,
+}
+
+impl Runner {
+    fn set_status(&self, s: RunStatus) {
+        self.info.lock().expect("run info lock").status = s;
+        let _ = self.status.send(s);
+    }
+
+    async fn drive(&mut self, cfg: OrchestratorConfig) -> Result<RunStatus, String> {
+        std::fs::create_dir_all(&self.dir)
+            .map_err(|e| format!("creating {}: {e}", self.dir.display()))?;
+        let retry_cfg = cfg.retry.clone();
+        let eos_id = retry(&retry_cfg, "actor Info", || {
+            let mut c = self.services.actor.rank(0);
+            async move { c.info(InfoRequest {}).await }
+        })
+        .await
+        .map_err(|e| e.message().to_owned())?
+        .into_inner()
+        .eos_id;
+        let prompt_texts = prompts::load(&cfg.prompts).map_err(|e| format!("{e:#}"))?;
+
+        let metrics_path = self.dir.join("metrics.jsonl");
+        let resumed = if self.opts.resume {
+            checkpoint::latest(&self.dir).map_err(|e| format!("reading the checkpoint: {e}"))?
+        } else {
+            None
+        };
+        let mut state = match resumed {
+            Some((ckpt, state)) => {
+                checkpoint::restore_services(&self.services, &retry_cfg, &ckpt)
+                    .await
+                    .map_err(|e| e.message().to_owned())?;
+                metrics::truncate_after(&metrics_path, state.step)
+                    .map_err(|e| format!("metrics: {e}"))?;
+                tracing::info!(step = state.step, dir = %ckpt.display(), "resumed");
+                self.info.lock().expect("run info lock").last_checkpoint = Some(ckpt);
+                // Steps and live settings come from the checkpoint; the total may be extended.
+                RunState {
+                    config: OrchestratorConfig {
+                        run: crate::config::RunSettings {
+                            steps: cfg.run.steps.max(state.config.run.steps),
+                            ..state.config.run.clone()
+                        },
+                        endpoints: cfg.endpoints.clone(),
+                        rest: cfg.rest.clone(),
+                        ..state.config.clone()
+                    },
+                    ..state
+                }
+            }
+            None => RunState {
+                step: 0,
+                cursor: Cursor::default(),
+                kl: cfg.ppo.kl,
+                reward_norm: RewardNorm::default(),
+                config: cfg.clone(),
+            },
+        };
+        let json = serde_json::to_vec_pretty(&state.config).map_err(|e| e.to_string())?;
+        checkpoint::write_atomic(&self.dir.join("config.json"), &json)
+            .map_err(|e| format!("writing config.json: {e}"))?;
+        let mut stream = PromptStream::new(prompt_texts, state.config.run.seed, state.cursor);
+        self.sync_info(&state);
+        self.set_status(RunStatus::Running);
+
+        let mut checkpointed_at = None;
+        while state.step < state.config.run.steps {
+            if let Next::Stop = self.handle_control(&mut state, false).await? {
+                if checkpointed_at != Some(state.step) {
+                    self.checkpoint(&state, &mut checkpointed_at).await?;
+                }
+                return Ok(RunStatus::Stopped);
+            }
+            let m = self
+                .step(&mut state, &mut stream, eos_id)
+                .await
+                .map_err(|e| format!("step {}: {e}", state.step + 1))?;
+            metrics::append(&metrics_path, &m).map_err(|e| format!("metrics: {e}"))?;
+            m.record(&state.config.run.id);
+            if self.opts.print_progress {
+                eprintln!("{}", m.line());
+            }
+            self.info.lock().expect("run info lock").last_metrics = Some(m);
+            self.sync_info(&state);
+            let every = state.config.run.checkpoint_every;
+            if every > 0 && state.step % every == 0 {
+                self.checkpoint(&state, &mut checkpointed_at).await?;
+            }
+        }
+        if checkpointed_at != Some(state.step) {
+            self.checkpoint(&state, &mut checkpointed_at).await?;
+        }
+        let all = metrics::read_all(&metrics_path).map_err(|e| format!("metrics: {e}"))?;
+        crate::report::write(&self.dir, &state.config, &all)
+            .map_err(|e| format!("report: {e:#}"))?;
+        Ok(RunStatus::Finished)
+    }
+
+    fn sync_info(&self, state: &RunState) {
+        let mut info = self.info.lock().expect("run info lock");
+        info.step = state.step;
+        info.steps = state.config.run.steps;
+        info.strategy = state.config.objective.strategy.clone();
+        info.beta = state.kl.beta();
+    }
+
+    async fn checkpoint(
+        &self,
+        state: &RunState,
+        at: &mut Option<usize>,
+    ) -> Result<PathBuf, String> {
+        let dir = checkpoint::save(
+            &self.services,
+            &state.config.retry,
+            &self.dir,
+            state,
+            state.config.run.keep_checkpoints,
+        )
+        .await
+        .map_err(|e| e.message().to_owned())?;
+        *at = Some(state.step);
+        self.info.lock().expect("run info lock").last_checkpoint = Some(dir.clone());
+        Ok(dir)
+    }
+
+    /// Answers every pending command; while paused, waits for commands until resumed.
+    async fn handle_control(
+        &mut self,
+        state: &mut RunState,
+        mut paused: bool,
+    ) -> Result<Next, String> {
+        loop {
+            let cmd = if paused {
+                match self.control.recv().await {
+                    Some(c) => c,
+                    // Every handle is gone: nobody can resume the run; stop it cleanly.
+                    None => return Ok(Next::Stop),
+                }
+            } else {
+                match self.control.try_recv() {
+                    Ok(c) => c,
+                    Err(_) => return Ok(Next::Continue),
+                }
+            };
+            match cmd {
+                Control::Pause(reply) => {
+                    paused = true;
+                    self.set_status(RunStatus::Paused);
+                    let _ = reply.send(Ok(()));
+                }
+                Control::Resume(reply) => {
+                    if paused {
+                        paused = false;
+                        self.set_status(RunStatus::Running);
+                        let _ = reply.send(Ok(()));
+                    } else {
+                        let _ = reply.send(Err("the run is not paused".into()));
+                    }
+                }
+                Control::Stop(reply) => {
+                    let _ = reply.send(Ok(()));
+                    return Ok(Next::Stop);
+                }
+                Control::Checkpoint(reply) => {
+                    let _ = reply.send(self.checkpoint(state, &mut None).await);
+                }
+                Control::Patch(patch, reply) => {
+                    let r = apply_patch(state, &patch);
+                    if r.is_ok() {
+                        self.sync_info(state);
+                    }
+                    let _ = reply.send(r);
+                }
+            }
+        }
+    }
+
+    async fn step(
+        &mut self,
+        state: &mut RunState,
+        stream: &mut PromptStream,
+        eos_id: i64,
+    ) -> Result<StepMetrics, String> {
+        let started = Instant::now();
+        let cfg = state.config.clone();
+        let seed = step_seed(cfg.run.seed, state.step);
+        let prompts = stream.next_batch(cfg.run.batch_size);
+        let (rollouts, timings) = experience::collect(
+            &self.services,
+            &cfg.retry,
+            experience::Request {
+                prompts: &prompts,
+                sampling: &cfg.sampling,
+                seed,
+                eos_id,
+                id_prefix: format!("s{}-", state.step + 1),
+            },
+        )
+        .await
+        .map_err(|e| e.message().to_owned())?;
+        let strategy = cfg.objective.strategy().map_err(|e| e.to_string())?;
+        let set = cfg.objective.uncertainty_set().map_err(|e| e.to_string())?;
+        let prepared = step::prepare(
+            &rollouts,
+            strategy,
+            set,
+            seed,
+            &cfg.ppo,
+            &mut state.kl,
+            &mut state.reward_norm,
+        )?;
+        let (rewards, kl, beta, response_length) = (
+            prepared.rewards.clone(),
+            prepared.kl,
+            prepared.beta,
+            prepared.response_length,
+        );
+        let train_started = Instant::now();
+        let train = step::train(&self.services, &cfg.retry, prepared, &cfg.ppo, seed)
+            .await
+            .map_err(|e| e.message().to_owned())?;
+        let train_secs = train_started.elapsed().as_secs_f64();
+        state.step += 1;
+        state.cursor = stream.cursor;
+        Ok(StepMetrics {
+            step: state.step,
+            strategy: strategy.to_string(),
+            rewards,
+            kl,
+            beta,
+            train,
+            response_length,
+            generate_secs: timings.generate_secs,
+            score_tail_secs: timings.score_tail_secs,
+            train_secs,
+            step_secs: started.elapsed().as_secs_f64(),
+            generated_tokens_per_sec: timings.generated_tokens as f64
+                / timings.generate_secs.max(1e-9),
+        })
+    }
+}
+
+/// Applies a live change to the run's settings; the error names the field.
+pub fn apply_patch(state: &mut RunState, patch: &Patch) -> Result<(), String> {
+    let mut strategy = match &patch.strategy {
+        Some(s) => s
+            .parse::<Strategy>()
+            .and_then(Strategy::validate)
+            .map_err(|e| format!("strategy: {e}"))?,
+        None => state
+            .config
+            .objective
+            .strategy()
+            .map_err(|e| e.to_string())?,
+    };
+    if let Some(l) = patch.lambda {
+        if !(l.is_finite() && (0.0..=1.0).contains(&l)) {
+            return Err(format!("lambda: must be in [0, 1], got {l}"));
+        }
+        strategy = match strategy {
+            Strategy::Tradeoff { .. } => Strategy::Tradeoff { lambda: l },
+            Strategy::BatchWorstHead { .. } => Strategy::BatchWorstHead { lambda: l },
+            other => {
+                return Err(format!(
+                    "lambda: strategy `{other}` has no λ (use tradeoff or batch_worst_head)"
+                ));
+            }
+        };
+    }
+    if let Some(b) = patch.beta
+        && !(b.is_finite() && b >= 0.0)
+    {
+        return Err(format!("beta: must be ≥ 0, got {b}"));
+    }
+    // Everything is valid: apply it all at once.
+    state.config.objective.strategy = strategy.to_string();
+    if let Some(b) = patch.beta {
+        state.kl.set_beta(b);
+    }
+    Ok(())
+}
