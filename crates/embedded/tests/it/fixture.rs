@@ -81,8 +81,10 @@ pub async fn cluster() -> Cluster {
 
 /// A small, quick run against `cluster`, writing under `out`.
 pub fn config(cluster: &Cluster, out: &Path, id: &str, steps: usize) -> OrchestratorConfig {
-    let mut cfg = OrchestratorConfig::default();
-    cfg.endpoints = cluster.endpoints(None);
+    let mut cfg = OrchestratorConfig {
+        endpoints: cluster.endpoints(None),
+        ..OrchestratorConfig::default()
+    };
     cfg.run.id = id.into();
     cfg.run.out_dir = out.to_path_buf();
     cfg.run.steps = steps;
