@@ -101,9 +101,13 @@ where
 {
     let cfg: C = load_config(a.config.as_deref(), &a.overrides())?;
     validate(&cfg)?;
-    let s = server(&cfg);
-    rrlhf_runtime::telemetry::init(s.log_json, &s.log_filter);
     let rt = tokio::runtime::Runtime::new()?;
+    // Inside the runtime: the OTLP exporter's channel lives on it. Declared after `rt`, the
+    // guard drops first, flushing queued spans while the runtime can still send them.
+    let _telemetry = {
+        let _rt = rt.enter();
+        rrlhf_runtime::telemetry::init(server(&cfg), &format!("rrlhf-{name}"))?
+    };
     rt.block_on(async {
         let (addr, task) = start(cfg).await.map_err(|e| anyhow::anyhow!("{e}"))?;
         eprintln!("{name} service listening on {addr}");

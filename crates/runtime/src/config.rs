@@ -39,6 +39,12 @@ pub struct ServerConfig {
     pub log_json: bool,
     /// `EnvFilter` directives, e.g. `info` or `rrlhf=debug`.
     pub log_filter: String,
+    /// When set, spans are also exported with OTLP over gRPC to this collector, e.g.
+    /// `http://127.0.0.1:4317` (`https://` uses TLS with the system's roots).
+    pub otlp_endpoint: Option<String>,
+    /// OpenTelemetry `service.name` of exported spans; unset: `OTEL_SERVICE_NAME`, else
+    /// `rrlhf-<service>` (e.g. `rrlhf-reward`).
+    pub service_name: Option<String>,
     /// Data-parallel placement: this process's rank, the group size, the rendezvous store.
     pub rank: u32,
     pub world_size: u32,
@@ -58,6 +64,8 @@ impl Default for ServerConfig {
             metrics_addr: None,
             log_json: false,
             log_filter: "info".into(),
+            otlp_endpoint: None,
+            service_name: None,
             rank: 0,
             world_size: 1,
             store_addr: None,
@@ -111,6 +119,26 @@ impl ServerConfig {
                 "must not be empty (leave it unset to disable auth)".into(),
             );
         }
+        if let Some(e) = &self.otlp_endpoint
+            && !is_http_url(e)
+        {
+            return bad(
+                "otlp_endpoint",
+                format!(
+                    "must be an http:// or https:// URL such as http://127.0.0.1:4317, got {e:?}"
+                ),
+            );
+        }
+        if self
+            .service_name
+            .as_deref()
+            .is_some_and(|n| n.trim().is_empty())
+        {
+            return bad(
+                "service_name",
+                "must not be empty (leave it unset for the default)".into(),
+            );
+        }
         if self.world_size == 0 || self.rank >= self.world_size {
             return bad(
                 "rank",
@@ -122,6 +150,13 @@ impl ServerConfig {
         }
         Ok(())
     }
+}
+
+/// An absolute `http`/`https` URL with a host, which is what tonic needs to dial a collector.
+fn is_http_url(s: &str) -> bool {
+    s.parse::<http::Uri>().is_ok_and(|u| {
+        matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some_and(|h| !h.is_empty())
+    })
 }
 
 /// The `[engine]` section: where the model runs and how requests are merged into batches.
@@ -326,6 +361,36 @@ mod tests {
                 .unwrap_err()
                 .to_string()
                 .contains("server.rank")
+        );
+        for endpoint in [
+            "127.0.0.1:4317",
+            "grpc://collector:4317",
+            "http://",
+            "not a url",
+        ] {
+            let bad = ServerConfig {
+                otlp_endpoint: Some(endpoint.into()),
+                ..Default::default()
+            };
+            let e = bad.validate().unwrap_err().to_string();
+            assert!(e.contains("server.otlp_endpoint"), "{endpoint}: {e}");
+        }
+        for endpoint in ["http://127.0.0.1:4317", "https://otel.example.com"] {
+            let ok = ServerConfig {
+                otlp_endpoint: Some(endpoint.into()),
+                ..Default::default()
+            };
+            assert!(ok.validate().is_ok(), "{endpoint}");
+        }
+        let bad = ServerConfig {
+            service_name: Some(" ".into()),
+            ..Default::default()
+        };
+        assert!(
+            bad.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("server.service_name")
         );
         assert!(ServerConfig::default().validate().is_ok());
     }

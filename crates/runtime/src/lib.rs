@@ -3,7 +3,10 @@
 //!
 //! - [`config`]: figment layers — compiled defaults → TOML file → `RRLHF__SECTION__KEY`
 //!   environment → command-line flags — validated after loading, errors naming the field.
-//! - [`telemetry`]: tracing to stderr, text or JSON, with an `EnvFilter` that quiets h2/tower.
+//! - [`telemetry`]: tracing to stderr, text or JSON, with an `EnvFilter` that quiets h2/tower;
+//!   spans also exported with OTLP/gRPC when `server.otlp_endpoint` is set.
+//! - [`trace_context`]: W3C `traceparent` in gRPC metadata — a span per served RPC parented on
+//!   the caller's, and an interceptor that sends the current span's context on client calls.
 //! - [`server`]: the gRPC server around a service: `grpc.health.v1` (NOT_SERVING until the
 //!   service says it can work), reflection, optional TLS and bearer-token auth, a message-size
 //!   limit, a concurrency limit answered with RESOURCE_EXHAUSTED, and graceful shutdown.
@@ -16,6 +19,7 @@ pub mod limit;
 pub mod metrics;
 pub mod server;
 pub mod telemetry;
+pub mod trace_context;
 pub mod validate;
 
 pub use config::{ConfigError, EngineConfig, ServerConfig, load_config};

@@ -1,5 +1,6 @@
 //! Runs a gRPC service the way every rrlhf service runs: health, reflection, TLS, auth, limits
-//! and graceful shutdown, from one [`ServerConfig`].
+//! and graceful shutdown, from one [`ServerConfig`]. Every call gets a tracing span continuing
+//! the caller's W3C trace context ([`crate::trace_context`]).
 //!
 //! Health starts NOT_SERVING; the service flips it with [`HealthReporter`] once its weights are
 //! loaded and a warm-up pass ran. On shutdown (SIGTERM/SIGINT, or the caller's signal) health
@@ -19,6 +20,7 @@ use tonic_health::server::HealthReporter;
 
 use crate::config::ServerConfig;
 use crate::limit::ConcurrencyGateLayer;
+use crate::trace_context::TraceContextLayer;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -116,7 +118,10 @@ pub async fn serve(
         .add_service(reflection_alpha);
     let local: Option<SocketAddr> = listener.local_addr().ok();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    // Tracing outermost, so calls the concurrency gate turns away still get a span (with
+    // their RESOURCE_EXHAUSTED status) in the caller's trace.
     let server = builder
+        .layer(TraceContextLayer)
         .layer(ConcurrencyGateLayer::new(cfg.max_concurrent_requests))
         .add_routes(routes)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
