@@ -1,17 +1,20 @@
 //! `rrlhf run`: the main job on the embedded default, in one process.
 //!
-//! Today it is the longest pipeline the stack has: train a BPE tokenizer on the HH-RLHF data,
-//! initialise a model, fine-tune it on the chosen dialogues, train the two-stage reward model
-//! (Bradley–Terry, then a K-head BRME), evaluate it on held-out pairs, and sample replies to
-//! held-out prompts that the BRME scores with the robust objective. It grows into the full
-//! reward-robust PPO run as the services and orchestrator land.
+//! The whole pipeline: train a BPE tokenizer on the HH-RLHF data, initialise a model, fine-tune
+//! it on the chosen dialogues, train the two-stage reward model (Bradley–Terry, then a K-head
+//! BRME), evaluate it on held-out pairs, then run reward-robust PPO: the four services start on
+//! loopback ports (real gRPC, the code of the distributed deployment) and the orchestrator
+//! drives them. Finally the trained policy answers held-out prompts, scored by the BRME.
+//!
+//! Stages whose output already exists in the run directory are reused, and PPO resumes from
+//! its latest checkpoint, so an interrupted `make run` continues where it stopped.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use clap::Args;
 use rrlhf_model::Arch;
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::args::RuntimeArgs;
 use crate::cmd_model::{ArchArg, SamplingArgs, SizeArg, init, load_with_tokenizer, sample};
@@ -20,6 +23,10 @@ use crate::cmd_sft::{SftArgs, sft, write_json};
 use rrlhf_model::TextTokenizer;
 use rrlhf_model::reward_model::RewardModel;
 use rrlhf_model::scoring::{Overlong, RewardScorer};
+use rrlhf_orchestrator::OrchestratorConfig;
+use rrlhf_orchestrator::config::{PromptSettings, PromptSource};
+use rrlhf_orchestrator::metrics::StepMetrics;
+use rrlhf_orchestrator::run::{RunOptions, RunStatus, spawn_run};
 use rrlhf_robust::{Strategy, UncertaintySet};
 
 #[derive(Args, Debug)]
@@ -59,10 +66,51 @@ pub struct RunArgs {
     /// Held-out prompts to answer at the end.
     #[arg(long, default_value_t = 3)]
     samples: usize,
+    /// PPO steps (one experience batch each).
+    #[arg(long, default_value_t = 12)]
+    ppo_steps: usize,
+    /// Samples per PPO experience batch.
+    #[arg(long, default_value_t = 128)]
+    ppo_batch: usize,
+    /// Longest generated response during PPO, in tokens.
+    #[arg(long, default_value_t = 32)]
+    max_new_tokens: u32,
+    /// Orchestrator TOML for the PPO stage (sections run, prompts, sampling, objective, ppo,
+    /// retry); the flags above override it and the endpoints are the embedded services.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Also serve the REST control API here (e.g. 127.0.0.1:8080) while PPO runs.
+    #[arg(long)]
+    rest: Option<String>,
     #[arg(long, default_value_t = 0)]
     seed: u64,
     #[command(flatten)]
     runtime: RuntimeArgs,
+}
+
+/// Whether `dir` already holds a finished stage's model; says so when it does.
+fn reusable(dir: &Path, what: &str) -> bool {
+    let done = dir.join("model.safetensors").exists() && dir.join(OUTCOME).exists();
+    if done {
+        eprintln!("      reusing the {what} in {}", dir.display());
+    }
+    done
+}
+
+/// Each trained stage leaves its outcome beside its model, so a reused stage can report it.
+const OUTCOME: &str = "outcome.json";
+
+fn save_outcome(dir: &Path, outcome: &impl serde::Serialize) -> Result<Value> {
+    let v = serde_json::to_value(outcome)?;
+    write_json(&dir.join(OUTCOME), &v)?;
+    Ok(v)
+}
+
+fn load_outcome(dir: &Path) -> Result<Value> {
+    let path = dir.join(OUTCOME);
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(serde_json::from_str(&text)?)
 }
 
 pub fn run(a: RunArgs) -> Result<()> {
@@ -74,11 +122,16 @@ pub fn run(a: RunArgs) -> Result<()> {
     );
 
     eprintln!(
-        "[1/7] tokenizer: byte-level BPE ({} tokens) on {}",
+        "[1/8] tokenizer: byte-level BPE ({} tokens) on {}",
         a.vocab_size,
         a.data.display()
     );
-    let tok = crate::cmd_tokenizer::train(&a.data, a.vocab_size, &tok_dir)?;
+    let tok = if tok_dir.join("tokenizer.json").exists() {
+        eprintln!("      reusing {}", tok_dir.display());
+        TextTokenizer::load(&tok_dir)?
+    } else {
+        crate::cmd_tokenizer::train(&a.data, a.vocab_size, &tok_dir)?
+    };
 
     let (arch, size) = match (a.arch, a.size) {
         (ArchArg::Llama, s) => (Arch::Llama, s),
@@ -88,8 +141,13 @@ pub fn run(a: RunArgs) -> Result<()> {
         SizeArg::Tiny => "tiny",
         SizeArg::Small => "small",
     };
-    eprintln!("[2/7] model: random {} {size_name}", arch.hf_class());
-    let model = init(arch, size_name, &tok_dir, &init_dir, 2048, a.seed as i64)?;
+    eprintln!("[2/8] model: random {} {size_name}", arch.hf_class());
+    let model = if init_dir.join("model.safetensors").exists() {
+        eprintln!("      reusing {}", init_dir.display());
+        rrlhf_model::CausalLm::from_dir(&init_dir, a.runtime.placement()?)?
+    } else {
+        init(arch, size_name, &tok_dir, &init_dir, 2048, a.seed as i64)?
+    };
     let params: usize = model
         .vs
         .trainable_variables()
@@ -99,25 +157,29 @@ pub fn run(a: RunArgs) -> Result<()> {
     drop(model);
 
     eprintln!(
-        "[3/7] sft: {} steps × {} examples on the chosen dialogues",
+        "[3/8] sft: {} steps × {} examples on the chosen dialogues",
         a.sft_steps, a.batch_size
     );
-    let sft_args = SftArgs {
-        model: init_dir.clone(),
-        data: a.data.clone(),
-        out: sft_dir.clone(),
-        steps: a.sft_steps,
-        batch_size: a.batch_size,
-        lr: a.lr,
-        warmup_steps: a.sft_steps / 10,
-        max_len: a.max_len,
-        grad_clip: 1.0,
-        eval_fraction: 0.05,
-        eval_every: 0,
-        seed: a.seed,
-        runtime: a.runtime.clone(),
+    let sft_outcome = if reusable(&sft_dir, "SFT model") {
+        load_outcome(&sft_dir)?
+    } else {
+        let sft_args = SftArgs {
+            model: init_dir.clone(),
+            data: a.data.clone(),
+            out: sft_dir.clone(),
+            steps: a.sft_steps,
+            batch_size: a.batch_size,
+            lr: a.lr,
+            warmup_steps: a.sft_steps / 10,
+            max_len: a.max_len,
+            grad_clip: 1.0,
+            eval_fraction: 0.05,
+            eval_every: 0,
+            seed: a.seed,
+            runtime: a.runtime.clone(),
+        };
+        save_outcome(&sft_dir, &sft(&sft_args, true)?)?
     };
-    let outcome = sft(&sft_args, true)?;
 
     let (rm1_dir, brme_dir) = (a.out.join("rm-stage1"), a.out.join("rm-brme"));
     let rm_args = |stage, base: &std::path::Path, out: &std::path::Path| TrainArgs {
@@ -142,16 +204,26 @@ pub fn run(a: RunArgs) -> Result<()> {
         runtime: a.runtime.clone(),
     };
     eprintln!(
-        "[4/7] reward model stage 1: Bradley–Terry on the SFT backbone, {} steps",
+        "[4/8] reward model stage 1: Bradley–Terry on the SFT backbone, {} steps",
         a.rm_steps
     );
-    let rm1 = crate::cmd_rm::train(&rm_args(StageArg::One, &sft_dir, &rm1_dir), true)?;
+    let rm1 = if reusable(&rm1_dir, "stage-1 reward model") {
+        load_outcome(&rm1_dir)?
+    } else {
+        let o = crate::cmd_rm::train(&rm_args(StageArg::One, &sft_dir, &rm1_dir), true)?;
+        save_outcome(&rm1_dir, &o)?
+    };
     eprintln!(
-        "[5/7] reward model stage 2: BRME with K = {} heads, {} steps",
+        "[5/8] reward model stage 2: BRME with K = {} heads, {} steps",
         a.heads, a.rm_steps
     );
-    let brme = crate::cmd_rm::train(&rm_args(StageArg::Two, &rm1_dir, &brme_dir), true)?;
-    eprintln!("[6/7] reward model evaluation on the held-out pairs");
+    let brme = if reusable(&brme_dir, "BRME") {
+        load_outcome(&brme_dir)?
+    } else {
+        let o = crate::cmd_rm::train(&rm_args(StageArg::Two, &rm1_dir, &brme_dir), true)?;
+        save_outcome(&brme_dir, &o)?
+    };
+    eprintln!("[6/8] reward model evaluation on the held-out pairs");
     let report = crate::cmd_rm::eval(&EvalArgs {
         model: brme_dir.clone(),
         data: DataArgs {
@@ -171,10 +243,21 @@ pub fn run(a: RunArgs) -> Result<()> {
     })?;
 
     eprintln!(
-        "[7/7] samples: replies to {} held-out prompts, scored by the BRME",
+        "[7/8] reward-robust PPO: {} steps × {} samples, four services on loopback",
+        a.ppo_steps, a.ppo_batch
+    );
+    let ppo = ppo(&a, &sft_dir, &rm1_dir, &brme_dir)?;
+    let policy_dir = ppo
+        .dir
+        .join("checkpoints")
+        .join(std::fs::read_to_string(ppo.dir.join("checkpoints/latest"))?.trim())
+        .join("actor");
+
+    eprintln!(
+        "[8/8] samples: the PPO policy answers {} held-out prompts, scored by the BRME",
         a.samples
     );
-    let (lm, tok2) = load_with_tokenizer(&sft_dir, a.runtime.placement()?)?;
+    let (lm, tok2) = load_with_tokenizer(&policy_dir, a.runtime.placement()?)?;
     let data = rrlhf_data::sft::load(&a.data)?;
     let (_, held_out) = rrlhf_data::split::train_test(data.examples, a.seed, 0.05);
     let prompts: Vec<String> = held_out
@@ -206,8 +289,9 @@ pub fn run(a: RunArgs) -> Result<()> {
         "data": a.data,
         "tokenizer": {"vocab_size": tok.vocab_size(), "dir": tok_dir},
         "model": {"arch": arch.hf_class(), "size": size_name, "parameters": params},
-        "sft": outcome,
+        "sft": sft_outcome,
         "reward_model": {"stage1": rm1, "brme": brme, "eval": report},
+        "ppo": {"dir": ppo.dir, "first": ppo.first, "last": ppo.last},
         "samples": replies.iter().zip(&scored).map(|((p, r), s)| json!({
             "prompt": p, "reply": r, "heads_mu": s.heads.mu, "heads_sigma": s.heads.sigma,
             "summary": s.aggregated.summary, "reward": s.aggregated.reward, "strategy": strategy,
@@ -215,6 +299,7 @@ pub fn run(a: RunArgs) -> Result<()> {
     });
     write_json(&a.out.join("summary.json"), &summary)?;
 
+    let f = |v: &Value, k: &str| v[k].as_f64().unwrap_or(f64::NAN);
     println!("\n== rrlhf run: summary ==");
     println!(
         "model        {} {size_name}, {params} parameters, vocab {}",
@@ -223,14 +308,19 @@ pub fn run(a: RunArgs) -> Result<()> {
     );
     println!(
         "sft          {} steps, {} train / {} held-out dialogues, {:.0}s",
-        outcome.steps, outcome.train_examples, outcome.eval_examples, outcome.seconds
+        f(&sft_outcome, "steps"),
+        f(&sft_outcome, "train_examples"),
+        f(&sft_outcome, "eval_examples"),
+        f(&sft_outcome, "seconds")
+    );
+    let (nll0, nll1) = (
+        f(&sft_outcome, "initial_eval_loss"),
+        f(&sft_outcome, "final_eval_loss"),
     );
     println!(
-        "held-out NLL {:.3} → {:.3} nats/token (perplexity {:.0} → {:.0})",
-        outcome.initial_eval_loss,
-        outcome.final_eval_loss,
-        outcome.initial_eval_loss.exp(),
-        outcome.final_eval_loss.exp()
+        "held-out NLL {nll0:.3} → {nll1:.3} nats/token (perplexity {:.0} → {:.0})",
+        nll0.exp(),
+        nll1.exp()
     );
     let pct = |k: &str| report.accuracy.get(k).map_or(f64::NAN, |x| x * 100.0);
     println!(
@@ -240,6 +330,29 @@ pub fn run(a: RunArgs) -> Result<()> {
         pct("nominal"),
         pct("mean"),
         pct("min")
+    );
+    let (m0, m1) = (&ppo.first, &ppo.last);
+    println!(
+        "ppo          {} steps of {} ({}): aggregated reward {:+.3} → {:+.3}, nominal {:+.3} → {:+.3}, min {:+.3} → {:+.3}",
+        m1.step,
+        a.ppo_batch,
+        m1.strategy,
+        m0.rewards.aggregated,
+        m1.rewards.aggregated,
+        m0.rewards.nominal,
+        m1.rewards.nominal,
+        m0.rewards.min,
+        m1.rewards.min
+    );
+    println!(
+        "             KL to SFT {:.3} → {:.3}, head disagreement {:.3} → {:.3}, length {:.1} → {:.1}; report {}",
+        m0.kl,
+        m1.kl,
+        m0.rewards.head_disagreement,
+        m1.rewards.head_disagreement,
+        m0.response_length,
+        m1.response_length,
+        ppo.dir.join("report.md").display()
     );
     for ((p, r), s) in replies.iter().zip(&scored) {
         let last_turn = p.rsplit("Human:").next().unwrap_or(p).trim();
@@ -253,4 +366,85 @@ pub fn run(a: RunArgs) -> Result<()> {
     }
     println!("\nwritten: {}", a.out.join("summary.json").display());
     Ok(())
+}
+
+/// What the PPO stage leaves: its directory and the first and last step's metrics.
+struct PpoResult {
+    dir: PathBuf,
+    first: StepMetrics,
+    last: StepMetrics,
+}
+
+/// Starts the four services on loopback and runs (or resumes) PPO in `a.out/ppo`.
+fn ppo(a: &RunArgs, sft_dir: &Path, rm1_dir: &Path, brme_dir: &Path) -> Result<PpoResult> {
+    let mut cfg: OrchestratorConfig = rrlhf_runtime::load_config(a.config.as_deref(), &json!({}))?;
+    cfg.run.id = "ppo".into();
+    cfg.run.out_dir = a.out.clone();
+    cfg.run.steps = a.ppo_steps;
+    cfg.run.batch_size = a.ppo_batch;
+    cfg.run.seed = a.seed;
+    if a.config.is_none() {
+        cfg.prompts = PromptSettings {
+            source: PromptSource::Hh,
+            path: Some(a.data.clone()),
+            max_chars: 400,
+        };
+        cfg.objective.strategy = Strategy::Tradeoff { lambda: a.lambda }.to_string();
+        cfg.sampling.max_new_tokens = a.max_new_tokens;
+        cfg.run.checkpoint_every = 4;
+        // Tiny models move slowly at LLM learning rates; these are sized for the default.
+        cfg.ppo.actor.lr = 2e-4;
+        cfg.ppo.critic.lr = 5e-4;
+        cfg.ppo.kl = rrlhf_ppo::KlController::Fixed { beta: 0.02 };
+    }
+    let opts = rrlhf_embedded::Options {
+        max_length: a.max_len.max(cfg.sampling.max_new_tokens as usize + 16),
+        device: a.runtime.device.clone(),
+        shutdown_grace_secs: 1.0,
+        ..rrlhf_embedded::Options::default()
+    };
+    let dirs = rrlhf_embedded::ModelDirs {
+        policy: sft_dir.to_path_buf(),
+        critic: rm1_dir.to_path_buf(),
+        reward: brme_dir.to_path_buf(),
+    };
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async move {
+        let cluster = rrlhf_embedded::Cluster::start(&dirs, &opts).await?;
+        cfg.endpoints = cluster.endpoints(None);
+        let run = spawn_run(
+            cfg,
+            RunOptions {
+                resume: true,
+                print_progress: true,
+            },
+        )
+        .map_err(anyhow::Error::msg)?;
+        if let Some(addr) = &a.rest {
+            let api = rrlhf_orchestrator::rest::Api::new(OrchestratorConfig::default());
+            api.adopt(run.clone());
+            let (local, _task) =
+                rrlhf_orchestrator::rest::serve(addr, api, std::future::pending()).await?;
+            eprintln!("      REST control API on http://{local}");
+        }
+        let status = run.finished().await;
+        cluster.stop().await;
+        let info = run.info();
+        if status != RunStatus::Finished {
+            anyhow::bail!(
+                "PPO run {status:?}: {}",
+                info.error.unwrap_or_else(|| "stopped".into())
+            );
+        }
+        let steps = rrlhf_orchestrator::metrics::read_all(&info.dir.join("metrics.jsonl"))?;
+        let (first, last) = match (steps.first(), steps.last()) {
+            (Some(f), Some(l)) => (f.clone(), l.clone()),
+            _ => anyhow::bail!("PPO wrote no metrics"),
+        };
+        Ok(PpoResult {
+            dir: info.dir,
+            first,
+            last,
+        })
+    })
 }

@@ -4,6 +4,7 @@
 
 mod args;
 mod cmd_model;
+mod cmd_orchestrate;
 mod cmd_rm;
 mod cmd_run;
 mod cmd_serve;
@@ -25,8 +26,11 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// The main job on the embedded default: tokenizer → model → SFT on HH-RLHF → samples.
+    /// The main job on the embedded default: tokenizer → model → SFT → BRME → reward-robust PPO
+    /// over the four services on loopback.
     Run(cmd_run::RunArgs),
+    /// Reward-robust PPO against services started elsewhere, with the REST control API.
+    Orchestrate(cmd_orchestrate::OrchestrateArgs),
     /// Create, inspect and run models (Hugging Face directories).
     #[command(subcommand)]
     Model(cmd_model::ModelCommand),
@@ -49,6 +53,7 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(a) => cmd_run::run(a),
+        Command::Orchestrate(a) => cmd_orchestrate::run(a),
         Command::Model(c) => cmd_model::run(c),
         Command::Tokenizer(c) => cmd_tokenizer::run(c),
         Command::Sft(a) => cmd_sft::run(a),

@@ -1,6 +1,6 @@
 //! A tokenizer and a tiny model built once by the real CLI and shared by the tests.
 
-use std::io::Write;
+use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
@@ -10,6 +10,19 @@ pub fn hh_data() -> PathBuf {
         .join("../../shared/data/hh-rlhf/harmless-base-test.jsonl.gz");
     assert!(p.exists(), "shared HH-RLHF data missing at {}", p.display());
     p
+}
+
+/// The first `n` lines of the shared HH file, as a plain JSONL file.
+pub fn hh_subset(dir: &Path, n: usize) -> PathBuf {
+    let path = dir.join("hh-subset.jsonl");
+    let reader = std::io::BufReader::new(flate2::read::GzDecoder::new(
+        std::fs::File::open(hh_data()).unwrap(),
+    ));
+    let mut out = std::fs::File::create(&path).unwrap();
+    for line in reader.lines().take(n) {
+        writeln!(out, "{}", line.unwrap()).unwrap();
+    }
+    path
 }
 
 /// The binary under test, with one libtorch thread (tests run in parallel).

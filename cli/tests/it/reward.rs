@@ -1,24 +1,12 @@
 //! The reward-model pipeline end to end on a few hundred shared HH-RLHF pairs: stage 1 →
 //! stage 2 → eval → calibrate, and the errors bad input gets.
 
-use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use crate::fixture::{fixture, hh_data, ok, rrlhf};
+use std::io::{BufRead, Write};
 
-/// The first `n` lines of the shared HH file, as a plain JSONL file.
-fn hh_subset(dir: &Path, n: usize) -> PathBuf {
-    let path = dir.join("hh-subset.jsonl");
-    let reader = std::io::BufReader::new(flate2::read::GzDecoder::new(
-        std::fs::File::open(hh_data()).unwrap(),
-    ));
-    let mut out = std::fs::File::create(&path).unwrap();
-    for line in reader.lines().take(n) {
-        writeln!(out, "{}", line.unwrap()).unwrap();
-    }
-    path
-}
+use crate::fixture::{fixture, hh_data, hh_subset, ok, rrlhf};
 
 struct Trained {
     _root: tempfile::TempDir,

@@ -68,6 +68,8 @@ pub fn reward_config(model: &Path, addr: &str, o: &Options) -> RewardServiceConf
         engine: engine(o),
         model: model.to_path_buf(),
         max_length: o.max_length,
+        // A rollout is never refused for its length: its end is scored instead.
+        overlong: "truncate".into(),
         ..RewardServiceConfig::default()
     }
 }

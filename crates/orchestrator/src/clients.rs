@@ -18,7 +18,8 @@ use tonic::{Code, Request, Status};
 
 use crate::config::{Endpoints, RetrySettings};
 
-/// Adds the bearer token (when configured) to every call.
+/// Adds the bearer token (when configured) and the W3C trace context of the calling span to
+/// every call, so a service's spans join the orchestrator's trace of the step.
 #[derive(Clone, Debug)]
 pub struct Auth(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
 
@@ -27,6 +28,7 @@ impl Interceptor for Auth {
         if let Some(v) = &self.0 {
             request.metadata_mut().insert("authorization", v.clone());
         }
+        rrlhf_runtime::trace_context::inject(request.metadata_mut());
         Ok(request)
     }
 }

@@ -20,6 +20,51 @@ pub struct OrchestratorConfig {
     pub ppo: PpoSettings,
     pub retry: RetrySettings,
     pub rest: RestSettings,
+    pub telemetry: TelemetrySettings,
+}
+
+/// Logging and tracing of the orchestrator process (the services have theirs in `[server]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TelemetrySettings {
+    pub log_json: bool,
+    pub log_filter: String,
+    /// OTLP/gRPC collector for spans (one trace per PPO step, joined by the services' spans).
+    pub otlp_endpoint: Option<String>,
+    pub service_name: Option<String>,
+}
+
+impl Default for TelemetrySettings {
+    fn default() -> Self {
+        Self {
+            log_json: false,
+            log_filter: "info".into(),
+            otlp_endpoint: None,
+            service_name: None,
+        }
+    }
+}
+
+impl TelemetrySettings {
+    /// The settings in the shape `rrlhf_runtime::telemetry::init` takes; errors name
+    /// `telemetry.*`.
+    pub fn as_server_config(&self) -> Result<rrlhf_runtime::ServerConfig, ConfigError> {
+        let cfg = rrlhf_runtime::ServerConfig {
+            log_json: self.log_json,
+            log_filter: self.log_filter.clone(),
+            otlp_endpoint: self.otlp_endpoint.clone(),
+            service_name: self.service_name.clone(),
+            ..rrlhf_runtime::ServerConfig::default()
+        };
+        cfg.validate().map_err(|e| match e {
+            ConfigError::Invalid { field, message } => ConfigError::Invalid {
+                field: field.replacen("server.", "telemetry.", 1),
+                message,
+            },
+            other => other,
+        })?;
+        Ok(cfg)
+    }
 }
 
 /// gRPC endpoints (`http://host:port`) of every service; several per service are ranks
@@ -39,10 +84,11 @@ impl Default for Endpoints {
     fn default() -> Self {
         let one = |port: u16| vec![format!("http://127.0.0.1:{port}")];
         Self {
+            // The services' own default ports.
             actor: one(50091),
-            critic: one(50071),
-            reference: one(50061),
-            reward: one(50051),
+            critic: one(50081),
+            reference: one(50071),
+            reward: one(50061),
             auth_token: None,
         }
     }
@@ -379,6 +425,7 @@ impl OrchestratorConfig {
         if self.retry.initial_ms == 0 || self.retry.max_ms < self.retry.initial_ms {
             return Err(invalid("retry", "need 0 < initial_ms ≤ max_ms"));
         }
+        self.telemetry.as_server_config()?;
         Ok(())
     }
 }

@@ -15,6 +15,7 @@ use rrlhf_proto::reward::v1::{Sample, SampleScore, ScoreRequest};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tonic::Status;
+use tracing::Instrument;
 
 use crate::clients::{Backoff, Services, is_transient, retry};
 use crate::config::{RetrySettings, Sampling};
@@ -89,9 +90,10 @@ pub async fn collect(
         let sampling = req.sampling.clone();
         let seed = req.seed.wrapping_add(rank as u64);
         let retry_cfg = retry_cfg.clone();
-        generators.spawn(async move {
-            generate_shard(client, &retry_cfg, prompts, &sampling, seed, tx).await
-        });
+        generators.spawn(
+            async move { generate_shard(client, &retry_cfg, prompts, &sampling, seed, tx).await }
+                .in_current_span(),
+        );
     }
     drop(arrive_tx);
 
@@ -99,7 +101,9 @@ pub async fn collect(
     let scorer = {
         let services = services.clone();
         let retry_cfg = retry_cfg.clone();
-        tokio::spawn(async move { score_stream(&services, &retry_cfg, score_rx).await })
+        tokio::spawn(
+            async move { score_stream(&services, &retry_cfg, score_rx).await }.in_current_span(),
+        )
     };
 
     let mut arrived: Vec<Option<GeneratedSample>> = vec![None; n];
@@ -117,10 +121,13 @@ pub async fn collect(
         let services = services.clone();
         let retry_cfg = retry_cfg.clone();
         let recompute = !req.sampling.is_plain();
-        enrich.spawn(async move {
-            let r = enrich_one(&services, &retry_cfg, seq, recompute).await;
-            (index, r)
-        });
+        enrich.spawn(
+            async move {
+                let r = enrich_one(&services, &retry_cfg, seq, recompute).await;
+                (index, r)
+            }
+            .in_current_span(),
+        );
         arrived[index] = Some(sample);
     }
     drop(score_tx);

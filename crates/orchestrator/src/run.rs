@@ -13,6 +13,7 @@ use rrlhf_robust::Strategy;
 use rrlhf_robust::rng::Rng;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
+use tracing::Instrument;
 
 use crate::checkpoint::{self, RunState};
 use crate::clients::{Services, retry};
@@ -282,8 +283,11 @@ impl Runner {
                 }
                 return Ok(RunStatus::Stopped);
             }
+            let span =
+                tracing::info_span!("ppo_step", run = %state.config.run.id, step = state.step + 1);
             let m = self
                 .step(&mut state, &mut stream, eos_id)
+                .instrument(span)
                 .await
                 .map_err(|e| format!("step {}: {e}", state.step + 1))?;
             metrics::append(&metrics_path, &m).map_err(|e| format!("metrics: {e}"))?;

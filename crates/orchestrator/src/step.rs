@@ -12,6 +12,7 @@ use rrlhf_robust::{HeadOutputs, Strategy, UncertaintySet, aggregate};
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinSet;
 use tonic::Status;
+use tracing::Instrument;
 
 use crate::clients::{Services, retry};
 use crate::config::{PpoSettings, RetrySettings};
@@ -206,7 +207,7 @@ pub async fn train(
             retry_cfg.clone(),
             ppo.actor.clone(),
         );
-        tasks.spawn(async move {
+        tasks.spawn(Instrument::in_current_span(async move {
             let weight = shard.len() as f32;
             let req = actor::TrainRequest {
                 samples: shard,
@@ -236,7 +237,7 @@ pub async fn train(
                     r.grad_norm_mean,
                 ],
             ))
-        });
+        }));
     }
     for (rank, shard) in shards(&prepared.critic, services.critic.len())
         .into_iter()
@@ -250,7 +251,7 @@ pub async fn train(
             retry_cfg.clone(),
             ppo.critic.clone(),
         );
-        tasks.spawn(async move {
+        tasks.spawn(Instrument::in_current_span(async move {
             let weight = shard.len() as f32;
             let req = critic::TrainRequest {
                 samples: shard,
@@ -273,7 +274,7 @@ pub async fn train(
                 weight,
                 [r.loss_mean, r.grad_norm_mean, 0.0, 0.0, 0.0],
             ))
-        });
+        }));
     }
     let mut out = TrainStats::default();
     while let Some(r) = tasks.join_next().await {

@@ -1,0 +1,96 @@
+//! `rrlhf run` end to end at toy scale (every stage, PPO over the four services on loopback),
+//! its reuse and resume on a second call, and `rrlhf orchestrate`'s config errors.
+
+use std::path::Path;
+
+use crate::fixture::{hh_subset, ok, rrlhf};
+
+fn metrics_lines(dir: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(dir.join("ppo/metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn run_builds_every_stage_then_reuses_them_and_resumes_ppo() {
+    let root = tempfile::tempdir().unwrap();
+    let data = hh_subset(root.path(), 300);
+    let out = root.path().join("run");
+    let args = |ppo_steps: &str| {
+        let mut c = rrlhf();
+        c.args(["run", "--data"])
+            .arg(&data)
+            .arg("--out")
+            .arg(&out)
+            .args(["--vocab-size", "300", "--sft-steps", "6", "--rm-steps", "6"])
+            .args(["--batch-size", "4", "--max-len", "96", "--samples", "1"])
+            .args([
+                "--ppo-batch",
+                "8",
+                "--max-new-tokens",
+                "6",
+                "--ppo-steps",
+                ppo_steps,
+            ]);
+        c
+    };
+    let stdout = ok(args("2").output().unwrap());
+    assert!(stdout.contains("ppo          2 steps of 8"), "{stdout}");
+    let m = metrics_lines(&out);
+    assert_eq!(m.len(), 2);
+    assert_eq!(m[1]["strategy"], "tradeoff:0.4");
+    for f in [
+        "ppo/report.md",
+        "ppo/plots/rewards.png",
+        "ppo/checkpoints/latest",
+        "summary.json",
+    ] {
+        assert!(out.join(f).exists(), "{f}");
+    }
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["ppo"]["last"]["step"], 2);
+
+    // Again with more PPO steps: every stage is reused and PPO continues from step 2.
+    let second = args("3").output().unwrap();
+    let stderr = String::from_utf8_lossy(&second.stderr).into_owned();
+    ok(second);
+    assert!(stderr.contains("reusing the SFT model"), "{stderr}");
+    assert!(stderr.contains("reusing the BRME"), "{stderr}");
+    let steps: Vec<u64> = metrics_lines(&out)
+        .iter()
+        .map(|m| m["step"].as_u64().unwrap())
+        .collect();
+    assert_eq!(steps, vec![1, 2, 3]);
+}
+
+#[test]
+fn orchestrate_names_the_bad_config_field() {
+    let root = tempfile::tempdir().unwrap();
+    for (toml, needle) in [
+        ("[objective]\nstrategy = \"bogus\"\n", "objective.strategy"),
+        ("[run]\nstepz = 3\n", "stepz"),
+        (
+            "[endpoints]\nactor = [\"localhost:1\"]\n",
+            "endpoints.actor",
+        ),
+        ("[ppo]\ngamma = 2.0\n", "ppo.gamma"),
+        (
+            "[telemetry]\notlp_endpoint = \"nowhere\"\n",
+            "telemetry.otlp_endpoint",
+        ),
+    ] {
+        let path = root.path().join("o.toml");
+        std::fs::write(&path, toml).unwrap();
+        let out = rrlhf()
+            .args(["orchestrate", "--config"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{toml}");
+        assert!(stderr.contains(needle), "{toml}: {stderr}");
+    }
+}
