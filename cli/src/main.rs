@@ -10,6 +10,7 @@ mod cmd_run;
 mod cmd_serve;
 mod cmd_sft;
 mod cmd_tokenizer;
+mod cmd_toy;
 
 use clap::{Parser, Subcommand};
 
@@ -44,6 +45,8 @@ enum Command {
     Serve(cmd_serve::ServeCommand),
     /// Score a (prompt, response) with a running reward service.
     Score(cmd_serve::ScoreArgs),
+    /// The paper's toy model (§4): standard vs reward-robust RLHF on an 8 × 8 bandit, many seeds.
+    Toy(cmd_toy::ToyArgs),
     /// Reward models: two-stage training (Bradley–Terry → BRME), evaluation, calibration.
     #[command(subcommand)]
     Rm(cmd_rm::RmCommand),
@@ -58,6 +61,7 @@ fn main() {
         Command::Tokenizer(c) => cmd_tokenizer::run(c),
         Command::Sft(a) => cmd_sft::run(a),
         Command::Rm(c) => cmd_rm::run(c),
+        Command::Toy(a) => cmd_toy::run(a),
         Command::Serve(c) => cmd_serve::run(c),
         Command::Score(a) => cmd_serve::score(a),
     };

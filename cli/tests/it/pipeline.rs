@@ -94,3 +94,35 @@ fn orchestrate_names_the_bad_config_field() {
         assert!(stderr.contains(needle), "{toml}: {stderr}");
     }
 }
+
+#[test]
+fn toy_writes_json_tables_and_heatmaps() {
+    let out = tempfile::tempdir().unwrap();
+    let stdout = ok(rrlhf()
+        .args([
+            "toy",
+            "--seeds",
+            "2",
+            "--rm-steps",
+            "20",
+            "--ppo-iters",
+            "3",
+            "--json",
+            "--lambdas",
+            "0.4",
+        ])
+        .arg("--out")
+        .arg(out.path())
+        .output()
+        .unwrap());
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(
+        v["conditions"].as_array().unwrap().len(),
+        3,
+        "standard, λ=0.4, mean"
+    );
+    assert_eq!(v["seeds"].as_array().unwrap().len(), 2);
+    for f in ["toy.json", "toy.md", "toy-rms.png", "toy-actors.png"] {
+        assert!(out.path().join(f).exists(), "{f}");
+    }
+}

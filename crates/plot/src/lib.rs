@@ -17,6 +17,7 @@ use plotters::coord::Shift;
 use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 
+mod heatmap;
 mod histogram;
 mod lines;
 mod scatter;
@@ -102,6 +103,24 @@ pub fn lines(
     })
 }
 
+/// One matrix panel of [`heatmaps`]; `values[row][col]`.
+#[derive(Debug, Clone, Copy)]
+pub struct Panel<'a> {
+    pub title: &'a str,
+    pub x_label: &'a str,
+    pub y_label: &'a str,
+    pub values: &'a [Vec<f64>],
+    /// Per row, a column to outline (e.g. the best response of each prompt).
+    pub marked: &'a [Option<usize>],
+}
+
+/// Heatmaps side by side, one colour scale per panel (blue low, white middle, red high).
+/// The output is always PNG.
+pub fn heatmaps(path: &Path, title: &str, panels: &[Panel]) -> Result<(), PlotError> {
+    let size = (320 * panels.len().max(1) as u32, 380);
+    render_sized(path, size, |root| heatmap::draw(root, title, panels))
+}
+
 /// One labelled sample for [`histogram`].
 #[derive(Debug, Clone, Copy)]
 pub struct Hist<'a> {
@@ -172,6 +191,15 @@ fn render_atomic(
     path: &Path,
     draw: impl FnOnce(&DrawingArea<BitMapBackend, Shift>) -> Result<(), String>,
 ) -> Result<(), PlotError> {
+    render_sized(path, SIZE, draw)
+}
+
+/// [`render_atomic`] on a canvas of `size` pixels.
+fn render_sized(
+    path: &Path,
+    size: (u32, u32),
+    draw: impl FnOnce(&DrawingArea<BitMapBackend, Shift>) -> Result<(), String>,
+) -> Result<(), PlotError> {
     if !ensure_font() {
         return Err(PlotError::Font {
             path: path.to_path_buf(),
@@ -179,7 +207,7 @@ fn render_atomic(
     }
     let tmp = temp_path(path)?;
     let drawn = {
-        let root = BitMapBackend::new(&tmp, SIZE).into_drawing_area();
+        let root = BitMapBackend::new(&tmp, size).into_drawing_area();
         root.fill(&WHITE)
             .map_err(|e| e.to_string())
             .and_then(|()| draw(&root))
