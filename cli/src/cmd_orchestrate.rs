@@ -84,6 +84,7 @@ pub fn run(a: OrchestrateArgs) -> Result<()> {
             RunOptions {
                 resume: a.resume,
                 print_progress: true,
+                gold: None,
             },
         )
         .map_err(anyhow::Error::msg)?;

@@ -182,26 +182,12 @@ pub fn run(a: RunArgs) -> Result<()> {
     };
 
     let (rm1_dir, brme_dir) = (a.out.join("rm-stage1"), a.out.join("rm-brme"));
-    let rm_args = |stage, base: &std::path::Path, out: &std::path::Path| TrainArgs {
-        stage,
-        base: base.to_path_buf(),
-        data: DataArgs {
-            data: a.data.clone(),
-            min_rating_gap: 2.0,
-            skip_malformed: false,
-        },
-        out: out.to_path_buf(),
+    let rm_args = |stage, base: &Path, out: &Path| TrainArgs {
         steps: Some(a.rm_steps),
-        epochs: 1.0,
-        lr: 5e-4,
-        batch_size: 16,
         max_len: a.max_len,
-        eval_fraction: 0.1,
-        eval_every: 50,
         seed: a.seed,
         heads: a.heads,
-        alpha: 2.0,
-        runtime: a.runtime.clone(),
+        ..TrainArgs::defaults(stage, base, &a.data, out, a.runtime.clone())
     };
     eprintln!(
         "[4/8] reward model stage 1: Bradley–Terry on the SFT backbone, {} steps",
@@ -417,6 +403,7 @@ fn ppo(a: &RunArgs, sft_dir: &Path, rm1_dir: &Path, brme_dir: &Path) -> Result<P
             RunOptions {
                 resume: true,
                 print_progress: true,
+                gold: None,
             },
         )
         .map_err(anyhow::Error::msg)?;

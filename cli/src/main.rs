@@ -3,6 +3,7 @@
 //! Every failure ends in one line on stderr naming what is wrong, and a non-zero exit code.
 
 mod args;
+mod cmd_experiment;
 mod cmd_model;
 mod cmd_orchestrate;
 mod cmd_rm;
@@ -47,6 +48,9 @@ enum Command {
     Score(cmd_serve::ScoreArgs),
     /// The paper's toy model (§4): standard vs reward-robust RLHF on an 8 × 8 bandit, many seeds.
     Toy(cmd_toy::ToyArgs),
+    /// The paper's experiments on a gold-reward testbed (`overopt`: the λ sweep).
+    #[command(subcommand)]
+    Experiment(cmd_experiment::ExperimentCommand),
     /// Reward models: two-stage training (Bradley–Terry → BRME), evaluation, calibration.
     #[command(subcommand)]
     Rm(cmd_rm::RmCommand),
@@ -62,6 +66,7 @@ fn main() {
         Command::Sft(a) => cmd_sft::run(a),
         Command::Rm(c) => cmd_rm::run(c),
         Command::Toy(a) => cmd_toy::run(a),
+        Command::Experiment(c) => cmd_experiment::run(c),
         Command::Serve(c) => cmd_serve::run(c),
         Command::Score(a) => cmd_serve::score(a),
     };

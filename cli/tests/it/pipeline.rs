@@ -126,3 +126,82 @@ fn toy_writes_json_tables_and_heatmaps() {
         assert!(out.path().join(f).exists(), "{f}");
     }
 }
+
+#[test]
+fn overopt_runs_every_condition_and_writes_the_tables() {
+    let root = tempfile::tempdir().unwrap();
+    let data = hh_subset(root.path(), 80);
+    let out = root.path().join("overopt");
+    let args = |c: &mut std::process::Command| {
+        c.args(["experiment", "overopt", "--sft"])
+            .arg(&crate::fixture::fixture().model)
+            .arg("--data")
+            .arg(&data)
+            .arg("--out")
+            .arg(&out)
+            .args([
+                "--pairs",
+                "40",
+                "--rm-steps",
+                "4",
+                "--seeds",
+                "2",
+                "--steps",
+                "2",
+            ])
+            .args([
+                "--early-step",
+                "1",
+                "--batch",
+                "4",
+                "--max-new-tokens",
+                "4",
+                "--max-len",
+                "128",
+            ])
+            .args(["--conditions", "nominal,tradeoff:0.4,random_min"]);
+    };
+    let mut c = rrlhf();
+    args(&mut c);
+    let stdout = ok(c.output().unwrap());
+    assert!(stdout.contains("Table 3 shape"), "{stdout}");
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("overopt.json")).unwrap()).unwrap();
+    let curves = v["curves"].as_array().unwrap();
+    assert_eq!(curves.len(), 6, "3 conditions × 2 seeds");
+    for c in curves {
+        let points = c["points"].as_array().unwrap();
+        assert_eq!(points.len(), 2);
+        assert!(
+            points
+                .iter()
+                .all(|p| p["gold"].as_f64().is_some_and(f64::is_finite))
+        );
+    }
+    let rows = v["tables"]["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 3);
+    for r in rows {
+        assert_eq!(r["late"]["seeds"], 2);
+        assert_eq!(r["paired_late"].is_null(), r["condition"] == "nominal");
+    }
+    let annotation: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("proxy/annotation.json")).unwrap())
+            .unwrap();
+    let agreement = annotation["agreement"].as_f64().unwrap();
+    assert!((0.5..=1.0).contains(&agreement), "{annotation}");
+    for f in [
+        "overopt.md",
+        "gold.png",
+        "proxy.png",
+        "kl.png",
+        "proxy/rm-brme/model.safetensors",
+    ] {
+        assert!(out.join(f).exists(), "{f}");
+    }
+    // A second call reuses the proxy and the finished runs.
+    let mut again = rrlhf();
+    args(&mut again);
+    let second = again.output().unwrap();
+    assert!(String::from_utf8_lossy(&second.stderr).contains("reusing"));
+    ok(second);
+}

@@ -190,7 +190,7 @@ impl Sampling {
 #[serde(default, deny_unknown_fields)]
 pub struct Objective {
     /// `nominal`, `min`, `max`, `mean`, `median`, `tradeoff:λ`, `batch_worst_head:λ`, `uwo:c`,
-    /// `random`, `constant`.
+    /// `random`, `random_min`, `constant`.
     pub strategy: String,
     /// `mean` (head μ) or `sampled` (μ + ε·σ).
     pub uncertainty_set: String,

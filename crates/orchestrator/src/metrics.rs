@@ -14,6 +14,9 @@ pub struct StepMetrics {
     /// The objective in force for this step (it can change mid-run through the API).
     pub strategy: String,
     pub rewards: RewardStats,
+    /// Mean true reward of the batch, when the run has one (a gold-reward testbed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gold: Option<f32>,
     /// Mean per-sequence KL to the reference, and the β applied.
     pub kl: f32,
     pub beta: f64,
@@ -29,8 +32,11 @@ pub struct StepMetrics {
 
 impl StepMetrics {
     pub fn line(&self) -> String {
+        let gold = self
+            .gold
+            .map_or(String::new(), |g| format!(" gold {g:+.3} |"));
         format!(
-            "step {:>4} | {} reward {:+.3} (nominal {:+.3}, min {:+.3}, disagreement {:.3}) | KL {:.3} β {:.3} | \
+            "step {:>4} | {} reward {:+.3} (nominal {:+.3}, min {:+.3}, disagreement {:.3}) |{gold} KL {:.3} β {:.3} | \
              policy {:+.4} value {:.4} clip {:.2} | len {:.1} | gen {:.1}s score +{:.1}s train {:.1}s",
             self.step,
             self.strategy,
@@ -71,6 +77,9 @@ impl StepMetrics {
             self.rewards.nominal_min_gap as f64,
         );
         set("rrlhf_run_kl", self.kl as f64);
+        if let Some(g) = self.gold {
+            set("rrlhf_run_gold_reward", g as f64);
+        }
         set("rrlhf_run_kl_beta", self.beta);
         set("rrlhf_run_entropy", self.train.entropy as f64);
         set("rrlhf_run_policy_loss", self.train.policy_loss as f64);

@@ -177,6 +177,7 @@ async fn create_run(
         RunOptions {
             resume: q.resume,
             print_progress: api.print_progress,
+            gold: None,
         },
     )
     .map_err(bad_request)?;

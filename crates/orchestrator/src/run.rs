@@ -116,13 +116,28 @@ impl RunHandle {
     }
 }
 
+/// A known true reward of (prompt, response text), for testbeds where one exists: its batch
+/// mean is recorded every step beside the proxy rewards (never trained on).
+pub type GoldReward = Arc<dyn Fn(&str, &str) -> f32 + Send + Sync>;
+
 /// How a run starts.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Clone, Default)]
 pub struct RunOptions {
     /// Continue from the run directory's latest checkpoint (a fresh start when there is none).
     pub resume: bool,
     /// Print each step's summary line on stderr.
     pub print_progress: bool,
+    pub gold: Option<GoldReward>,
+}
+
+impl std::fmt::Debug for RunOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunOptions")
+            .field("resume", &self.resume)
+            .field("print_progress", &self.print_progress)
+            .field("gold", &self.gold.is_some())
+            .finish()
+    }
 }
 
 /// The run directory of `cfg` (its id is derived from the time when empty).
@@ -435,12 +450,20 @@ impl Runner {
             .await
             .map_err(|e| e.message().to_owned())?;
         let train_secs = train_started.elapsed().as_secs_f64();
+        let gold = self.opts.gold.as_ref().map(|g| {
+            let total: f64 = rollouts
+                .iter()
+                .map(|r| g(&r.prompt, &r.response_text) as f64)
+                .sum();
+            (total / rollouts.len().max(1) as f64) as f32
+        });
         state.step += 1;
         state.cursor = stream.cursor;
         Ok(StepMetrics {
             step: state.step,
             strategy: strategy.to_string(),
             rewards,
+            gold,
             kl,
             beta,
             train,

@@ -4,11 +4,14 @@
 //! - [`summary`]: per-sample statistics of the K head rewards of a BRME — the nominal head
 //!   (smallest σ), min, max, mean, median, variance.
 //! - [`strategy`]: the aggregation strategies (`nominal`, `min`, `max`, `mean`, `median`,
-//!   `tradeoff:λ`, `batch_worst_head:λ`, `uwo:c`, and the controls `random`, `constant`).
+//!   `tradeoff:λ`, `batch_worst_head:λ`, `uwo:c`, and the controls `random`, `random_min`,
+//!   `constant`).
 //! - [`fusion`]: z-normalisation of several reward sources with calibration statistics.
+//! - [`stats`]: the paired statistics experiments compare strategies with.
 
 pub mod fusion;
 pub mod rng;
+pub mod stats;
 pub mod strategy;
 pub mod summary;
 
@@ -19,7 +22,7 @@ pub use summary::{HeadOutputs, SampleSummary, summarize};
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum RobustError {
     #[error(
-        "unknown strategy `{0}` (expected nominal, min, max, mean, median, tradeoff:λ, batch_worst_head:λ, uwo:c, random or constant)"
+        "unknown strategy `{0}` (expected nominal, min, max, mean, median, tradeoff:λ, batch_worst_head:λ, uwo:c, random, random_min or constant)"
     )]
     UnknownStrategy(String),
     #[error("{name} must be {expected}, got {value}")]

@@ -5,7 +5,8 @@
 //! over heads of the *batch* expected return: `batch_worst_head:λ` picks the head whose batch mean
 //! is lowest. `uwo:c` is uncertainty-weighted optimisation (mean − c·variance, Coste et al. 2023);
 //! `random` (a standard normal per sample) and `constant` (0) are the paper's stochastic-case
-//! controls.
+//! controls, and `random_min` the robust objective in that case (every head N(0, 1), then the
+//! minimum over the K heads: the "minimum random rewards" of Fig. 4b).
 
 use std::fmt;
 use std::str::FromStr;
@@ -27,6 +28,7 @@ pub enum Strategy {
     BatchWorstHead { lambda: f32 },
     Uwo { c: f32 },
     Random,
+    RandomMin,
     Constant,
 }
 
@@ -61,7 +63,7 @@ impl Strategy {
 impl FromStr for Strategy {
     type Err = RobustError;
 
-    /// `nominal`, `min`, `max`, `mean`, `median`, `random`, `constant`, `tradeoff:λ`,
+    /// `nominal`, `min`, `max`, `mean`, `median`, `random`, `random_min`, `constant`, `tradeoff:λ`,
     /// `batch_worst_head:λ`, `uwo:c` (also with `=` instead of `:`).
     fn from_str(s: &str) -> Result<Self> {
         let text = s.trim().to_ascii_lowercase();
@@ -88,6 +90,7 @@ impl FromStr for Strategy {
             "mean" => Self::Mean,
             "median" => Self::Median,
             "random" => Self::Random,
+            "random_min" => Self::RandomMin,
             "constant" => Self::Constant,
             "tradeoff" => Self::Tradeoff {
                 lambda: number("λ")?,
@@ -123,6 +126,7 @@ impl fmt::Display for Strategy {
             Self::Mean => write!(f, "mean"),
             Self::Median => write!(f, "median"),
             Self::Random => write!(f, "random"),
+            Self::RandomMin => write!(f, "random_min"),
             Self::Constant => write!(f, "constant"),
             Self::Tradeoff { lambda } => write!(f, "tradeoff:{lambda}"),
             Self::BatchWorstHead { lambda } => write!(f, "batch_worst_head:{lambda}"),
@@ -212,6 +216,9 @@ pub fn aggregate(
                 }
                 Strategy::Uwo { c } => sum.mean - c * sum.variance,
                 Strategy::Random => rng.normal() as f32,
+                Strategy::RandomMin => (0..k)
+                    .map(|_| rng.normal() as f32)
+                    .fold(f32::INFINITY, f32::min),
                 Strategy::Constant => 0.0,
             };
             Aggregated {
@@ -312,6 +319,7 @@ mod tests {
             "mean",
             "median",
             "random",
+            "random_min",
             "constant",
             "tradeoff:0.4",
             "batch_worst_head:0.6",
@@ -402,6 +410,20 @@ mod tests {
         assert_ne!(a1[0].reward, a1[1].reward, "each sample draws its own ε");
         let r = aggregate(&b, Strategy::Random, UncertaintySet::Mean, 9).unwrap();
         assert_ne!(r[0].reward, r[1].reward);
+        // The minimum of K = 3 standard normals: seeded, and lower than one draw on average.
+        let wide = vec![b[0].clone(); 2000];
+        let mean = |s| {
+            let a = aggregate(&wide, s, UncertaintySet::Mean, 5).unwrap();
+            a.iter().map(|x| x.reward as f64).sum::<f64>() / a.len() as f64
+        };
+        assert!(
+            mean(Strategy::RandomMin) < mean(Strategy::Random) - 0.5,
+            "E[min of 3] ≈ −0.85"
+        );
+        assert_eq!(
+            aggregate(&b, Strategy::RandomMin, UncertaintySet::Mean, 9).unwrap(),
+            aggregate(&b, Strategy::RandomMin, UncertaintySet::Mean, 9).unwrap()
+        );
         // σ = 0 makes the sampled set equal to the means.
         let sharp = vec![HeadOutputs {
             mu: vec![0.5, 1.5],

@@ -2,6 +2,7 @@
 //! initialisation and one sampling stream, shared by every condition; then paired statistics.
 
 use rrlhf_robust::rng::Rng;
+use rrlhf_robust::stats::{mean_se, sign_test};
 use rrlhf_robust::{HeadOutputs, Strategy, UncertaintySet, aggregate};
 use serde::{Deserialize, Serialize};
 
@@ -191,25 +192,6 @@ pub fn run_seed(cfg: &ToyConfig, seed: u64, keep_tables: bool) -> anyhow::Result
     })
 }
 
-/// Two-sided sign test: P(a split at least as uneven as `wins : losses` under p = ½).
-pub fn sign_test(wins: usize, losses: usize) -> f64 {
-    let n = wins + losses;
-    if n == 0 {
-        return 1.0;
-    }
-    let k = wins.min(losses);
-    // Σ_{i ≤ k} C(n, i) / 2^n, in logs to stay finite for large n.
-    let ln_choose = |n: usize, i: usize| -> f64 {
-        (1..=i)
-            .map(|j| ((n - i + j) as f64).ln() - (j as f64).ln())
-            .sum()
-    };
-    let tail: f64 = (0..=k)
-        .map(|i| (ln_choose(n, i) - n as f64 * 2f64.ln()).exp())
-        .sum();
-    (2.0 * tail).min(1.0)
-}
-
 /// Runs every seed (spread over the machine's cores) and summarises.
 pub fn run(cfg: &ToyConfig, progress: impl Fn(usize) + Sync) -> anyhow::Result<ToyResult> {
     cfg.validate()?;
@@ -253,9 +235,7 @@ pub fn run(cfg: &ToyConfig, progress: impl Fn(usize) + Sync) -> anyhow::Result<T
                 .iter()
                 .map(|r| r.outcomes[c].correct as f64)
                 .collect();
-            let mean = xs.iter().sum::<f64>() / n;
-            let sd =
-                (xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0)).sqrt();
+            let (mean, se) = mean_se(&xs);
             let (mut wins, mut losses, mut ties) = (0, 0, 0);
             for r in &results {
                 match r.outcomes[c].correct.cmp(&r.outcomes[0].correct) {
@@ -268,7 +248,7 @@ pub fn run(cfg: &ToyConfig, progress: impl Fn(usize) + Sync) -> anyhow::Result<T
                 name,
                 strategy: strategy.to_string(),
                 correct_mean: mean,
-                correct_se: sd / n.sqrt(),
+                correct_se: se,
                 all_correct: results
                     .iter()
                     .filter(|r| r.outcomes[c].correct == N)
@@ -299,16 +279,6 @@ pub fn run(cfg: &ToyConfig, progress: impl Fn(usize) + Sync) -> anyhow::Result<T
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn sign_test_matches_the_binomial() {
-        assert_eq!(sign_test(0, 0), 1.0);
-        // 5 : 0 → 2 · (1/32) = 0.0625.
-        assert!((sign_test(5, 0) - 0.0625).abs() < 1e-12);
-        assert!((sign_test(3, 3) - 1.0).abs() < 1e-12);
-        // 9 : 1 → 2 · 11/1024.
-        assert!((sign_test(9, 1) - 22.0 / 1024.0).abs() < 1e-12);
-    }
 
     #[test]
     fn preferences_prefer_the_diagonal_over_distinct_others() {
