@@ -12,7 +12,6 @@ use clap::{Args, Subcommand};
 use rrlhf_model::TextTokenizer;
 use rrlhf_orchestrator::OrchestratorConfig;
 use rrlhf_orchestrator::config::{PromptSettings, PromptSource};
-use rrlhf_orchestrator::run::{RunOptions, RunStatus, spawn_run};
 use rrlhf_overopt::tables::{self, Curve, Point};
 use rrlhf_overopt::{annotator, gold};
 use serde_json::json;
@@ -63,10 +62,10 @@ pub struct OveroptArgs {
     #[arg(long, default_value_t = 3)]
     seeds: u64,
     /// PPO steps per run.
-    #[arg(long, default_value_t = 30)]
+    #[arg(long, default_value_t = 40)]
     steps: usize,
     /// The "early" step of the tables (the late one is the last).
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 15)]
     early_step: usize,
     #[arg(long, default_value_t = 64)]
     batch: usize,
@@ -248,41 +247,15 @@ fn ppo_run(a: &OveroptArgs, proxy: &Proxy, condition: &str, seed: u64) -> Result
         cfg.ppo.actor.lr = a.actor_lr;
         cfg.ppo.critic.lr = 5e-4;
         cfg.ppo.kl = rrlhf_ppo::KlController::Fixed { beta: a.beta };
-        let opts = rrlhf_embedded::Options {
-            max_length: a.max_len,
-            device: a.runtime.device.clone(),
-            shutdown_grace_secs: 1.0,
-            ..rrlhf_embedded::Options::default()
-        };
-        let dirs = rrlhf_embedded::ModelDirs {
-            policy: a.sft.clone(),
-            critic: proxy.stage1.clone(),
-            reward: proxy.brme.clone(),
-        };
-        let rt = tokio::runtime::Runtime::new()?;
-        rt.block_on(async move {
-            let cluster = rrlhf_embedded::Cluster::start(&dirs, &opts).await?;
-            cfg.endpoints = cluster.endpoints(None);
-            let run = spawn_run(
-                cfg,
-                RunOptions {
-                    resume: true,
-                    print_progress: true,
-                    gold: Some(Arc::new(|_prompt: &str, response: &str| {
-                        gold::gold(response)
-                    })),
-                },
-            )
-            .map_err(anyhow::Error::msg)?;
-            let status = run.finished().await;
-            cluster.stop().await;
-            anyhow::ensure!(
-                status == RunStatus::Finished,
-                "{id}: {status:?}: {}",
-                run.info().error.unwrap_or_default()
-            );
-            Ok(())
-        })?;
+        crate::embedded_ppo::run(
+            cfg,
+            &crate::embedded_ppo::model_dirs(&a.sft, &proxy.stage1, &proxy.brme),
+            &crate::embedded_ppo::options(a.max_len, &a.runtime.device),
+            Some(Arc::new(|_prompt: &str, response: &str| {
+                gold::gold(response)
+            })),
+            None,
+        )?;
     }
     let points = rrlhf_orchestrator::metrics::read_all(&metrics_path)?
         .into_iter()

@@ -26,7 +26,6 @@ use rrlhf_model::scoring::{Overlong, RewardScorer};
 use rrlhf_orchestrator::OrchestratorConfig;
 use rrlhf_orchestrator::config::{PromptSettings, PromptSource};
 use rrlhf_orchestrator::metrics::StepMetrics;
-use rrlhf_orchestrator::run::{RunOptions, RunStatus, spawn_run};
 use rrlhf_robust::{Strategy, UncertaintySet};
 
 #[derive(Args, Debug)]
@@ -383,55 +382,22 @@ fn ppo(a: &RunArgs, sft_dir: &Path, rm1_dir: &Path, brme_dir: &Path) -> Result<P
         cfg.ppo.critic.lr = 5e-4;
         cfg.ppo.kl = rrlhf_ppo::KlController::Fixed { beta: 0.02 };
     }
-    let opts = rrlhf_embedded::Options {
-        max_length: a.max_len.max(cfg.sampling.max_new_tokens as usize + 16),
-        device: a.runtime.device.clone(),
-        shutdown_grace_secs: 1.0,
-        ..rrlhf_embedded::Options::default()
+    let max_length = a.max_len.max(cfg.sampling.max_new_tokens as usize + 16);
+    let info = crate::embedded_ppo::run(
+        cfg,
+        &crate::embedded_ppo::model_dirs(sft_dir, rm1_dir, brme_dir),
+        &crate::embedded_ppo::options(max_length, &a.runtime.device),
+        None,
+        a.rest.as_deref(),
+    )?;
+    let steps = rrlhf_orchestrator::metrics::read_all(&info.dir.join("metrics.jsonl"))?;
+    let (first, last) = match (steps.first(), steps.last()) {
+        (Some(f), Some(l)) => (f.clone(), l.clone()),
+        _ => anyhow::bail!("PPO wrote no metrics"),
     };
-    let dirs = rrlhf_embedded::ModelDirs {
-        policy: sft_dir.to_path_buf(),
-        critic: rm1_dir.to_path_buf(),
-        reward: brme_dir.to_path_buf(),
-    };
-    let rt = tokio::runtime::Runtime::new()?;
-    rt.block_on(async move {
-        let cluster = rrlhf_embedded::Cluster::start(&dirs, &opts).await?;
-        cfg.endpoints = cluster.endpoints(None);
-        let run = spawn_run(
-            cfg,
-            RunOptions {
-                resume: true,
-                print_progress: true,
-                gold: None,
-            },
-        )
-        .map_err(anyhow::Error::msg)?;
-        if let Some(addr) = &a.rest {
-            let api = rrlhf_orchestrator::rest::Api::new(OrchestratorConfig::default());
-            api.adopt(run.clone());
-            let (local, _task) =
-                rrlhf_orchestrator::rest::serve(addr, api, std::future::pending()).await?;
-            eprintln!("      REST control API on http://{local}");
-        }
-        let status = run.finished().await;
-        cluster.stop().await;
-        let info = run.info();
-        if status != RunStatus::Finished {
-            anyhow::bail!(
-                "PPO run {status:?}: {}",
-                info.error.unwrap_or_else(|| "stopped".into())
-            );
-        }
-        let steps = rrlhf_orchestrator::metrics::read_all(&info.dir.join("metrics.jsonl"))?;
-        let (first, last) = match (steps.first(), steps.last()) {
-            (Some(f), Some(l)) => (f.clone(), l.clone()),
-            _ => anyhow::bail!("PPO wrote no metrics"),
-        };
-        Ok(PpoResult {
-            dir: info.dir,
-            first,
-            last,
-        })
+    Ok(PpoResult {
+        dir: info.dir,
+        first,
+        last,
     })
 }

@@ -12,6 +12,7 @@ mod cmd_serve;
 mod cmd_sft;
 mod cmd_tokenizer;
 mod cmd_toy;
+mod embedded_ppo;
 
 use clap::{Parser, Subcommand};
 

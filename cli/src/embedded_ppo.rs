@@ -1,0 +1,71 @@
+//! One PPO run on the four services started in this process (real gRPC on loopback ports):
+//! what `rrlhf run` and `rrlhf experiment overopt` share. The run resumes from its latest
+//! checkpoint when one exists.
+
+use std::path::Path;
+
+use anyhow::Result;
+use rrlhf_embedded::{Cluster, ModelDirs, Options};
+use rrlhf_orchestrator::OrchestratorConfig;
+use rrlhf_orchestrator::run::{GoldReward, RunInfo, RunOptions, RunStatus, spawn_run};
+
+/// The models of a run: the SFT policy (actor and reference), the stage-1 RM (critic), the BRME.
+pub fn model_dirs(sft: &Path, stage1: &Path, brme: &Path) -> ModelDirs {
+    ModelDirs {
+        policy: sft.to_path_buf(),
+        critic: stage1.to_path_buf(),
+        reward: brme.to_path_buf(),
+    }
+}
+
+/// Services on `device` for sequences of up to `max_length` tokens.
+pub fn options(max_length: usize, device: &str) -> Options {
+    Options {
+        max_length,
+        device: device.to_owned(),
+        shutdown_grace_secs: 1.0,
+        ..Options::default()
+    }
+}
+
+/// Starts the services, runs `cfg` to the end (serving the REST API on `rest` meanwhile, when
+/// given), stops the services; fails unless the run finished.
+pub fn run(
+    mut cfg: OrchestratorConfig,
+    dirs: &ModelDirs,
+    opts: &Options,
+    gold: Option<GoldReward>,
+    rest: Option<&str>,
+) -> Result<RunInfo> {
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async move {
+        let cluster = Cluster::start(dirs, opts).await?;
+        cfg.endpoints = cluster.endpoints(None);
+        let run = spawn_run(
+            cfg,
+            RunOptions {
+                resume: true,
+                print_progress: true,
+                gold,
+            },
+        )
+        .map_err(anyhow::Error::msg)?;
+        if let Some(addr) = rest {
+            let api = rrlhf_orchestrator::rest::Api::new(OrchestratorConfig::default());
+            api.adopt(run.clone());
+            let (local, _task) =
+                rrlhf_orchestrator::rest::serve(addr, api, std::future::pending()).await?;
+            eprintln!("      REST control API on http://{local}");
+        }
+        let status = run.finished().await;
+        cluster.stop().await;
+        let info = run.info();
+        anyhow::ensure!(
+            status == RunStatus::Finished,
+            "PPO run {} {status:?}: {}",
+            info.id,
+            info.error.clone().unwrap_or_else(|| "stopped".into())
+        );
+        Ok(info)
+    })
+}
