@@ -123,80 +123,131 @@ pub async fn start_reward(cfg: RewardServiceConfig) -> anyhow::Result<Service> {
     .await
 }
 
-/// The four services.
+/// The four services; several of each when started with replicas (actor and critic ranks get
+/// shards of every batch, reference and reward replicas share the scoring).
 #[derive(Debug)]
 pub struct Cluster {
     pub actor: Service,
     pub critic: Service,
     pub reference: Service,
     pub reward: Service,
+    /// Further instances of each service, beyond the first.
+    pub extra: Vec<Service>,
+    extra_urls: ExtraUrls,
+}
+
+#[derive(Debug, Default)]
+struct ExtraUrls {
+    actor: Vec<String>,
+    critic: Vec<String>,
+    reference: Vec<String>,
+    reward: Vec<String>,
+}
+
+async fn start_actor(dirs: &ModelDirs, o: &Options) -> anyhow::Result<Service> {
+    let cfg = ActorServiceConfig {
+        server: server("127.0.0.1:0", o),
+        engine: engine(o),
+        model: dirs.policy.clone(),
+        max_length: o.max_length,
+        ..ActorServiceConfig::default()
+    };
+    started("actor", |s| async move {
+        rrlhf_actor_service::start(cfg, s)
+            .await
+            .map(|r| (r.addr, r.task))
+    })
+    .await
+}
+
+async fn start_critic(dirs: &ModelDirs, o: &Options) -> anyhow::Result<Service> {
+    let cfg = CriticServiceConfig {
+        server: server("127.0.0.1:0", o),
+        engine: engine(o),
+        model: dirs.critic.clone(),
+        max_length: o.max_length,
+        ..CriticServiceConfig::default()
+    };
+    started("critic", |s| async move {
+        rrlhf_critic_service::start(cfg, s)
+            .await
+            .map(|r| (r.addr, r.task))
+    })
+    .await
+}
+
+async fn start_reference(dirs: &ModelDirs, o: &Options) -> anyhow::Result<Service> {
+    let cfg = ReferenceServiceConfig {
+        server: server("127.0.0.1:0", o),
+        engine: engine(o),
+        model: dirs.policy.clone(),
+        max_length: o.max_length,
+    };
+    started("reference", |s| async move {
+        rrlhf_reference_service::start(cfg, s)
+            .await
+            .map(|r| (r.addr, r.task))
+    })
+    .await
 }
 
 impl Cluster {
     /// Loads every model and serves it; resolves once all four answer health SERVING.
     pub async fn start(dirs: &ModelDirs, o: &Options) -> anyhow::Result<Self> {
-        let any = "127.0.0.1:0";
-        let actor_cfg = ActorServiceConfig {
-            server: server(any, o),
-            engine: engine(o),
-            model: dirs.policy.clone(),
-            max_length: o.max_length,
-            ..ActorServiceConfig::default()
+        Self::with_replicas(dirs, o, 1).await
+    }
+
+    /// `n` instances of every service (n ≥ 1), each on its own port.
+    pub async fn with_replicas(dirs: &ModelDirs, o: &Options, n: usize) -> anyhow::Result<Self> {
+        anyhow::ensure!(n >= 1, "replicas: at least one of each service");
+        let reward_cfg = || reward_config(&dirs.reward, "127.0.0.1:0", o);
+        let mut cluster = Self {
+            actor: start_actor(dirs, o).await?,
+            critic: start_critic(dirs, o).await?,
+            reference: start_reference(dirs, o).await?,
+            reward: start_reward(reward_cfg()).await?,
+            extra: Vec::new(),
+            extra_urls: ExtraUrls::default(),
         };
-        let critic_cfg = CriticServiceConfig {
-            server: server(any, o),
-            engine: engine(o),
-            model: dirs.critic.clone(),
-            max_length: o.max_length,
-            ..CriticServiceConfig::default()
-        };
-        let reference_cfg = ReferenceServiceConfig {
-            server: server(any, o),
-            engine: engine(o),
-            model: dirs.policy.clone(),
-            max_length: o.max_length,
-        };
-        let actor = started("actor", |s| async move {
-            rrlhf_actor_service::start(actor_cfg, s)
-                .await
-                .map(|r| (r.addr, r.task))
-        })
-        .await?;
-        let critic = started("critic", |s| async move {
-            rrlhf_critic_service::start(critic_cfg, s)
-                .await
-                .map(|r| (r.addr, r.task))
-        })
-        .await?;
-        let reference = started("reference", |s| async move {
-            rrlhf_reference_service::start(reference_cfg, s)
-                .await
-                .map(|r| (r.addr, r.task))
-        })
-        .await?;
-        let reward = start_reward(reward_config(&dirs.reward, any, o)).await?;
-        Ok(Self {
-            actor,
-            critic,
-            reference,
-            reward,
-        })
+        for _ in 1..n {
+            let (a, c, r, w) = (
+                start_actor(dirs, o).await?,
+                start_critic(dirs, o).await?,
+                start_reference(dirs, o).await?,
+                start_reward(reward_cfg()).await?,
+            );
+            let urls = &mut cluster.extra_urls;
+            urls.actor.push(a.url());
+            urls.critic.push(c.url());
+            urls.reference.push(r.url());
+            urls.reward.push(w.url());
+            cluster.extra.extend([a, c, r, w]);
+        }
+        Ok(cluster)
     }
 
     pub fn endpoints(&self, auth_token: Option<String>) -> Endpoints {
+        let with = |first: &Service, more: &[String]| {
+            std::iter::once(first.url())
+                .chain(more.iter().cloned())
+                .collect()
+        };
+        let x = &self.extra_urls;
         Endpoints {
-            actor: vec![self.actor.url()],
-            critic: vec![self.critic.url()],
-            reference: vec![self.reference.url()],
-            reward: vec![self.reward.url()],
+            actor: with(&self.actor, &x.actor),
+            critic: with(&self.critic, &x.critic),
+            reference: with(&self.reference, &x.reference),
+            reward: with(&self.reward, &x.reward),
             auth_token,
         }
     }
 
     pub async fn stop(self) {
-        self.actor.stop().await;
-        self.critic.stop().await;
-        self.reference.stop().await;
-        self.reward.stop().await;
+        for s in [self.actor, self.critic, self.reference, self.reward]
+            .into_iter()
+            .chain(self.extra)
+        {
+            s.stop().await;
+        }
     }
 }

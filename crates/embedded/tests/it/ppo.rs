@@ -62,3 +62,54 @@ async fn ppo_steps_apply_the_robust_objective() {
     }
     cluster.stop().await;
 }
+
+/// Two ranks of actor and critic each train on half of every batch; two reference and reward
+/// replicas share the scoring. (Ranks do not average gradients yet: each moves on its shard.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ranks_get_shards_and_replicas_share_the_work() {
+    use rrlhf_proto::actor::v1::actor_service_client::ActorServiceClient;
+    use rrlhf_proto::common::v1::{LogProbsRequest, Sequence};
+
+    let out = tempfile::tempdir().unwrap();
+    let cluster = rrlhf_embedded::Cluster::with_replicas(
+        &crate::fixture::models().dirs,
+        &rrlhf_embedded::Options::default(),
+        2,
+    )
+    .await
+    .unwrap();
+    let endpoints = cluster.endpoints(None);
+    assert_eq!(endpoints.actor.len(), 2);
+    assert_eq!(endpoints.reward.len(), 2);
+    let mut cfg = config(&cluster, out.path(), "ranks", 2);
+    cfg.endpoints = endpoints.clone();
+    let run = spawn_run(cfg, RunOptions::default()).unwrap();
+    assert_eq!(
+        run.finished().await,
+        RunStatus::Finished,
+        "{:?}",
+        run.info().error
+    );
+    assert_eq!(metrics_of(out.path(), "ranks").len(), 2);
+
+    // Both actor ranks trained (on different shards): both moved away from the SFT weights.
+    let seq = Sequence {
+        id: "probe".into(),
+        prompt_ids: vec![1, 2, 3],
+        response_ids: vec![4, 5],
+    };
+    let mut lps = Vec::new();
+    for url in &endpoints.actor {
+        let mut c = ActorServiceClient::connect(url.clone()).await.unwrap();
+        let r = c
+            .log_probs(LogProbsRequest {
+                sequences: vec![seq.clone()],
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        lps.push(r.results[0].logprobs.clone());
+    }
+    assert_ne!(lps[0], lps[1], "each rank trained on its own shard");
+    cluster.stop().await;
+}

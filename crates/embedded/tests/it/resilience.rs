@@ -26,6 +26,7 @@ async fn a_restarted_reward_service_costs_no_step() {
         critic,
         reference,
         reward,
+        ..
     } = cluster;
     let addr = reward.addr;
     // Paused between steps while the service goes down, so the outage falls inside a step.
