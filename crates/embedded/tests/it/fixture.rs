@@ -116,3 +116,15 @@ pub async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
     }
     panic!("timed out waiting for {what}");
 }
+
+/// Runs `cfg` from scratch and asserts it finished.
+pub async fn run_to_the_end(cfg: OrchestratorConfig) {
+    let run = rrlhf_orchestrator::run::spawn_run(cfg, Default::default()).unwrap();
+    let status = run.finished().await;
+    assert_eq!(
+        status,
+        rrlhf_orchestrator::run::RunStatus::Finished,
+        "{:?}",
+        run.info().error
+    );
+}

@@ -1,8 +1,6 @@
 //! A few PPO steps for `tradeoff` and `min`: the metrics show the robust objective at work.
 
-use rrlhf_orchestrator::run::{RunOptions, RunStatus, spawn_run};
-
-use crate::fixture::{cluster, config, metrics_of};
+use crate::fixture::{cluster, config, metrics_of, run_to_the_end};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ppo_steps_apply_the_robust_objective() {
@@ -11,13 +9,7 @@ async fn ppo_steps_apply_the_robust_objective() {
     for (id, strategy) in [("tradeoff", "tradeoff:0.4"), ("min", "min")] {
         let mut cfg = config(&cluster, out.path(), id, 2);
         cfg.objective.strategy = strategy.into();
-        let run = spawn_run(cfg, RunOptions::default()).unwrap();
-        assert_eq!(
-            run.finished().await,
-            RunStatus::Finished,
-            "{:?}",
-            run.info().error
-        );
+        run_to_the_end(cfg).await;
         let m = metrics_of(out.path(), id);
         assert_eq!(m.iter().map(|m| m.step).collect::<Vec<_>>(), vec![1, 2]);
         for s in &m {
@@ -83,13 +75,7 @@ async fn ranks_get_shards_and_replicas_share_the_work() {
     assert_eq!(endpoints.reward.len(), 2);
     let mut cfg = config(&cluster, out.path(), "ranks", 2);
     cfg.endpoints = endpoints.clone();
-    let run = spawn_run(cfg, RunOptions::default()).unwrap();
-    assert_eq!(
-        run.finished().await,
-        RunStatus::Finished,
-        "{:?}",
-        run.info().error
-    );
+    run_to_the_end(cfg).await;
     assert_eq!(metrics_of(out.path(), "ranks").len(), 2);
 
     // Both actor ranks trained (on different shards): both moved away from the SFT weights.

@@ -6,7 +6,7 @@ use rrlhf_orchestrator::checkpoint;
 use rrlhf_orchestrator::run::{Control, RunOptions, RunStatus, spawn_run};
 use rrlhf_ppo::KlController;
 
-use crate::fixture::{cluster, config, metrics_of, models, wait_for};
+use crate::fixture::{cluster, config, metrics_of, models, run_to_the_end, wait_for};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_reward_service_costs_no_step() {
@@ -74,13 +74,7 @@ async fn resume_continues_exactly_where_the_checkpoint_left_off() {
     let c1 = cluster().await;
     let mut cfg = config(&c1, out.path(), "whole", 3);
     cfg.ppo.kl = adaptive;
-    let run = spawn_run(cfg, RunOptions::default()).unwrap();
-    assert_eq!(
-        run.finished().await,
-        RunStatus::Finished,
-        "{:?}",
-        run.info().error
-    );
+    run_to_the_end(cfg).await;
     c1.stop().await;
     let whole = metrics_of(out.path(), "whole");
 
@@ -89,13 +83,7 @@ async fn resume_continues_exactly_where_the_checkpoint_left_off() {
     let c2 = cluster().await;
     let mut cfg = config(&c2, out.path(), "cut", 2);
     cfg.ppo.kl = adaptive;
-    let run = spawn_run(cfg.clone(), RunOptions::default()).unwrap();
-    assert_eq!(
-        run.finished().await,
-        RunStatus::Finished,
-        "{:?}",
-        run.info().error
-    );
+    run_to_the_end(cfg.clone()).await;
     c2.stop().await;
     let (_, state) = checkpoint::latest(&out.path().join("cut"))
         .unwrap()
