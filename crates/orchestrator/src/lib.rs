@@ -12,6 +12,7 @@
 //! - [`step`]: robust rewards, PPO math and the training calls of one step.
 //! - [`metrics`]: per-step metrics (JSONL, Prometheus).
 //! - [`checkpoint`]: atomic run checkpoints (services + orchestrator state) and resume.
+//! - [`lock`]: one orchestrator per run directory.
 //! - [`run`]: the run lifecycle (created → running ⇄ paused → finished | stopped | failed).
 //! - [`rest`]: the REST control API (axum) with its OpenAPI document.
 //! - [`report`]: plots and the short report written at the end of a run.
@@ -20,6 +21,7 @@ pub mod checkpoint;
 pub mod clients;
 pub mod config;
 pub mod experience;
+pub mod lock;
 pub mod metrics;
 pub mod prompts;
 pub mod report;

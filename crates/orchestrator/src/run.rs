@@ -163,6 +163,7 @@ pub fn spawn_run(mut cfg: OrchestratorConfig, opts: RunOptions) -> Result<RunHan
         ));
     }
     let services = Services::connect(&cfg.endpoints)?;
+    let lock = crate::lock::RunLock::acquire(&dir)?;
     let info = Arc::new(Mutex::new(RunInfo {
         id: cfg.run.id.clone(),
         status: RunStatus::Created,
@@ -201,6 +202,9 @@ pub fn spawn_run(mut cfg: OrchestratorConfig, opts: RunOptions) -> Result<RunHan
                 RunStatus::Failed
             }
         };
+        // Released before the final status is published, so whoever waits for the end can
+        // resume the run at once.
+        drop(lock);
         runner.set_status(status);
     });
     Ok(handle)
