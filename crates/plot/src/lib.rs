@@ -28,14 +28,18 @@ const SIZE: (u32, u32) = (900, 650);
 /// Family name the embedded font is registered under; plotters looks fonts up by this name.
 const FONT: &str = "sans-serif";
 
-/// Distinguishable colours (matplotlib's "tab10" head) for successive series.
-const PALETTE: [RGBColor; 6] = [
+/// Distinguishable colours (matplotlib's "tab10") for successive series.
+const PALETTE: [RGBColor; 10] = [
     RGBColor(31, 119, 180),
     RGBColor(255, 127, 14),
     RGBColor(44, 160, 44),
     RGBColor(214, 39, 40),
     RGBColor(148, 103, 189),
     RGBColor(140, 86, 75),
+    RGBColor(227, 119, 194),
+    RGBColor(127, 127, 127),
+    RGBColor(188, 189, 34),
+    RGBColor(23, 190, 207),
 ];
 
 /// Errors from rendering a plot; each names the output file it concerns.
