@@ -71,10 +71,31 @@ pub struct Row {
     pub paired_late: Option<Paired>,
 }
 
+/// A head-to-head comparison of two conditions at the late step, seed by seed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Contrast {
+    pub condition: String,
+    pub gold: Paired,
+    /// Late KL of `condition` minus that of the other (negative: closer to the SFT policy).
+    pub kl_diff_mean: f64,
+    pub kl_diff_se: f64,
+}
+
+/// The pairs the paper's claims are about: under- vs over-scoring, pessimism vs plain
+/// ensembling, and the robust objective in the stochastic case.
+pub const CONTRASTS: [(&str, &str); 5] = [
+    ("min", "max"),
+    ("tradeoff:0.4", "mean"),
+    ("tradeoff:0.6", "mean"),
+    ("random_min", "random"),
+    ("constant", "random"),
+];
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Tables {
     pub early_step: usize,
     pub late_step: usize,
+    pub contrasts: Vec<Contrast>,
     /// Step at which standard RLHF's mean gold peaked, and the gold lost from there to the end.
     pub standard_peak_step: Option<usize>,
     pub standard_drop_after_peak: Option<f64>,
@@ -116,6 +137,33 @@ fn mean_curve(runs: &[&Curve], f: fn(&Point) -> f32) -> Vec<(f64, f64)> {
         .collect()
 }
 
+type Measure = fn(&Curve, usize) -> Option<f64>;
+
+/// Seed-by-seed difference of `measure` at `step` between `runs` and `against`.
+fn paired(
+    runs: &[&Curve],
+    against: &BTreeMap<u64, &Curve>,
+    against_name: &str,
+    step: usize,
+    measure: Measure,
+) -> Paired {
+    let diffs: Vec<f64> = runs
+        .iter()
+        .filter_map(|c| Some(measure(c, step)? - measure(against.get(&c.seed)?, step)?))
+        .collect();
+    let (diff_mean, diff_se) = mean_se(&diffs);
+    let wins = diffs.iter().filter(|d| **d > 0.0).count();
+    let losses = diffs.iter().filter(|d| **d < 0.0).count();
+    Paired {
+        against: against_name.to_owned(),
+        diff_mean,
+        diff_se,
+        wins,
+        losses,
+        sign_test_p: sign_test(wins, losses),
+    }
+}
+
 /// Builds every row; `baseline` (standard RLHF) is what the paired columns compare with.
 pub fn build(curves: &[Curve], early_step: usize, late_step: usize, baseline: &str) -> Tables {
     let groups = by_condition(curves);
@@ -127,25 +175,8 @@ pub fn build(curves: &[Curve], early_step: usize, late_step: usize, baseline: &s
         .iter()
         .map(|(name, runs)| {
             let gains = |s: usize| cell(runs.iter().filter_map(|c| c.gold_gain(s)).collect());
-            let paired_late = (*name != baseline && !base.is_empty()).then(|| {
-                let diffs: Vec<f64> = runs
-                    .iter()
-                    .filter_map(|c| {
-                        Some(c.gold_gain(late_step)? - base.get(&c.seed)?.gold_gain(late_step)?)
-                    })
-                    .collect();
-                let (diff_mean, diff_se) = mean_se(&diffs);
-                let wins = diffs.iter().filter(|d| **d > 0.0).count();
-                let losses = diffs.iter().filter(|d| **d < 0.0).count();
-                Paired {
-                    against: baseline.to_owned(),
-                    diff_mean,
-                    diff_se,
-                    wins,
-                    losses,
-                    sign_test_p: sign_test(wins, losses),
-                }
-            });
+            let paired_late = (*name != baseline && !base.is_empty())
+                .then(|| paired(runs, &base, baseline, late_step, |c, s| c.gold_gain(s)));
             Row {
                 condition: (*name).to_owned(),
                 early: gains(early_step),
@@ -179,9 +210,33 @@ pub fn build(curves: &[Curve], early_step: usize, late_step: usize, baseline: &s
         }
         None => (None, None),
     };
+    let by_seed = |name: &str| -> BTreeMap<u64, &Curve> {
+        groups
+            .get(name)
+            .map(|v| v.iter().map(|c| (c.seed, *c)).collect())
+            .unwrap_or_default()
+    };
+    let contrasts = CONTRASTS
+        .iter()
+        .filter_map(|(a, b)| {
+            let runs = groups.get(a)?;
+            let other = by_seed(b);
+            if other.is_empty() {
+                return None;
+            }
+            let kl = paired(runs, &other, b, late_step, |c, s| Some(c.at(s)?.kl as f64));
+            Some(Contrast {
+                condition: (*a).to_owned(),
+                gold: paired(runs, &other, b, late_step, |c, s| c.gold_gain(s)),
+                kl_diff_mean: kl.diff_mean,
+                kl_diff_se: kl.diff_se,
+            })
+        })
+        .collect();
     Tables {
         early_step,
         late_step,
+        contrasts,
         standard_peak_step: peak_step,
         standard_drop_after_peak: drop,
         rows,
@@ -233,6 +288,29 @@ pub fn markdown(t: &Tables) -> String {
     section(&mut md, "Fig. 4b shape: the stochastic case", &|c| {
         ["constant", "random", "random_min"].contains(&c)
     });
+    if !t.contrasts.is_empty() {
+        let _ = writeln!(
+            md,
+            "\n### Head to head at step {}\n\n| condition | against | gold gain difference | wins : losses | sign test p | KL difference |\n|---|---|---|---|---|---|",
+            t.late_step
+        );
+        for c in &t.contrasts {
+            let g = &c.gold;
+            let _ = writeln!(
+                md,
+                "| {} | {} | {:+.3} ± {:.3} | {}:{} | {:.3} | {:+.2} ± {:.2} |",
+                c.condition,
+                g.against,
+                g.diff_mean,
+                g.diff_se,
+                g.wins,
+                g.losses,
+                g.sign_test_p,
+                c.kl_diff_mean,
+                c.kl_diff_se
+            );
+        }
+    }
     if let (Some(p), Some(d)) = (t.standard_peak_step, t.standard_drop_after_peak) {
         let _ = writeln!(
             md,
@@ -329,5 +407,17 @@ mod tests {
         assert!((t.standard_drop_after_peak.unwrap() - 0.7).abs() < 1e-6);
         let md = markdown(&t);
         assert!(md.contains("Table 3 shape") && md.contains("tradeoff:0.4"));
+        // No `mean` runs here, so no contrast of tradeoff:0.4 against it.
+        assert!(t.contrasts.is_empty());
+
+        let mut more = curves.clone();
+        more.push(curve("min", 0, &[0.0, 0.5, 0.6]));
+        more.push(curve("max", 0, &[0.0, 0.9, -0.2]));
+        let t = build(&more, 2, 3, "nominal");
+        assert_eq!(t.contrasts.len(), 1);
+        let c = &t.contrasts[0];
+        assert_eq!((c.condition.as_str(), c.gold.against.as_str()), ("min", "max"));
+        assert!((c.gold.diff_mean - 0.8).abs() < 1e-6 && c.gold.wins == 1);
+        assert!(markdown(&t).contains("Head to head"));
     }
 }
