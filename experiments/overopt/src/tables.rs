@@ -416,7 +416,10 @@ mod tests {
         let t = build(&more, 2, 3, "nominal");
         assert_eq!(t.contrasts.len(), 1);
         let c = &t.contrasts[0];
-        assert_eq!((c.condition.as_str(), c.gold.against.as_str()), ("min", "max"));
+        assert_eq!(
+            (c.condition.as_str(), c.gold.against.as_str()),
+            ("min", "max")
+        );
         assert!((c.gold.diff_mean - 0.8).abs() < 1e-6 && c.gold.wins == 1);
         assert!(markdown(&t).contains("Head to head"));
     }
