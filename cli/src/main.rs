@@ -4,6 +4,7 @@
 
 mod args;
 mod cmd_experiment;
+mod cmd_launch;
 mod cmd_model;
 mod cmd_orchestrate;
 mod cmd_rm;
@@ -34,6 +35,8 @@ enum Command {
     Run(cmd_run::RunArgs),
     /// Reward-robust PPO against services started elsewhere, with the REST control API.
     Orchestrate(cmd_orchestrate::OrchestrateArgs),
+    /// Start, supervise and stop one node's service processes (ranks, replicas) from a plan.
+    Launch(cmd_launch::LaunchArgs),
     /// Create, inspect and run models (Hugging Face directories).
     #[command(subcommand)]
     Model(cmd_model::ModelCommand),
@@ -62,6 +65,7 @@ fn main() {
     let result = match cli.command {
         Command::Run(a) => cmd_run::run(a),
         Command::Orchestrate(a) => cmd_orchestrate::run(a),
+        Command::Launch(a) => cmd_launch::run(a),
         Command::Model(c) => cmd_model::run(c),
         Command::Tokenizer(c) => cmd_tokenizer::run(c),
         Command::Sft(a) => cmd_sft::run(a),

@@ -1,0 +1,95 @@
+//! `rrlhf launch`: starts a node's processes from a plan, reports them SERVING, and on SIGTERM
+//! stops every child; bad plans and children that cannot start are named.
+
+use std::io::{BufRead, BufReader};
+use std::process::Stdio;
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+use crate::fixture::{fixture, rrlhf};
+
+fn plan(dir: &std::path::Path, body: &str) -> std::path::PathBuf {
+    let p = dir.join("plan.toml");
+    std::fs::write(&p, body).unwrap();
+    p
+}
+
+#[test]
+fn launch_starts_supervises_and_stops_a_nodes_ranks() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = fixture().model.display().to_string();
+    let mut body = String::from("shutdown_grace_secs = 5.0\nready_timeout_secs = 120.0\n");
+    for rank in 0..2 {
+        body.push_str(&format!(
+            "[[process]]\nname = \"reference-{rank}\"\nservice = \"reference\"\nnode = \"n0\"\nmodel = \"{model}\"\naddr = \"127.0.0.1:0\"\nrank = {rank}\nworld_size = 2\nenv = {{ OMP_NUM_THREADS = \"1\" }}\n"
+        ));
+    }
+    body.push_str(&format!(
+        "[[process]]\nname = \"elsewhere\"\nservice = \"reference\"\nnode = \"n1\"\nmodel = \"{model}\"\naddr = \"127.0.0.1:0\"\n"
+    ));
+    let path = plan(dir.path(), &body);
+    let mut launcher = rrlhf()
+        .args(["launch", "--node", "n0", "--plan"])
+        .arg(&path)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut pids = Vec::new();
+    for line in BufReader::new(launcher.stdout.take().unwrap()).lines() {
+        let line = line.unwrap();
+        if let Some(pid) = line.split(" pid ").nth(1).and_then(|r| r.split(' ').next()) {
+            assert!(line.contains("SERVING at 127.0.0.1:"), "{line}");
+            pids.push(pid.parse::<i32>().unwrap());
+        }
+        if line.starts_with("launch: all") {
+            assert_eq!(
+                line, "launch: all 2 processes SERVING",
+                "only node n0's processes"
+            );
+            break;
+        }
+    }
+    assert_eq!(pids.len(), 2);
+    kill(Pid::from_raw(launcher.id() as i32), Signal::SIGTERM).unwrap();
+    let status = launcher.wait().unwrap();
+    assert!(status.success(), "{status}");
+    for pid in pids {
+        assert!(
+            kill(Pid::from_raw(pid), None).is_err(),
+            "child {pid} still alive"
+        );
+    }
+}
+
+/// Runs `rrlhf launch` on a one-process plan and asserts it fails with `needle` on stderr.
+fn launch_fails(dir: &std::path::Path, process: &str, needle: &str) {
+    let path = plan(
+        dir,
+        &format!("[[process]]\n{process}\naddr = \"127.0.0.1:0\"\n"),
+    );
+    let out = rrlhf()
+        .args(["launch", "--plan"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(needle), "{stderr}");
+}
+
+#[test]
+fn bad_plans_and_failed_children_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    launch_fails(
+        dir.path(),
+        "name = \"x\"\nservice = \"bogus\"",
+        "process[0] (x).service",
+    );
+    launch_fails(
+        dir.path(),
+        "name = \"broken\"\nservice = \"reference\"\nmodel = \"/nonexistent\"",
+        "broken exited before listening",
+    );
+}
