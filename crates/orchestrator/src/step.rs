@@ -14,7 +14,9 @@ use tokio::task::JoinSet;
 use tonic::Status;
 use tracing::Instrument;
 
-use crate::clients::{Services, retry};
+use std::future::Future;
+
+use crate::clients::{Pool, Services, retry};
 use crate::config::{PpoSettings, RetrySettings};
 use crate::experience::Rollout;
 
@@ -182,8 +184,46 @@ fn shards<T: Clone>(items: &[T], ranks: usize) -> Vec<Vec<T>> {
         .collect()
 }
 
-/// One rank's answer: (is it the actor, shard size, its statistics).
-type ShardStats = (bool, f32, [f32; 5]);
+/// Runs `call` on every rank's shard of `items` concurrently, retrying transient failures, and
+/// returns the statistics the ranks report, averaged with their shard sizes as weights.
+async fn train_ranks<T, C, const K: usize, F, Fut>(
+    pool: &Pool<C>,
+    items: Vec<T>,
+    what: &'static str,
+    retry_cfg: &RetrySettings,
+    call: F,
+) -> Result<[f32; K], Status>
+where
+    T: Clone + Send + Sync + 'static,
+    C: Clone + Send + Sync + 'static,
+    F: Fn(C, Vec<T>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<[f32; K], Status>> + Send,
+{
+    let total = items.len().max(1) as f32;
+    let mut tasks = JoinSet::new();
+    for (rank, shard) in shards(&items, pool.len()).into_iter().enumerate() {
+        if shard.is_empty() {
+            continue;
+        }
+        let (client, call, retry_cfg) = (pool.rank(rank), call.clone(), retry_cfg.clone());
+        tasks.spawn(
+            async move {
+                let weight = shard.len() as f32 / total;
+                let stats = retry(&retry_cfg, what, || call(client.clone(), shard.clone())).await?;
+                Ok::<_, Status>(stats.map(|x| x * weight))
+            }
+            .in_current_span(),
+        );
+    }
+    let mut mean = [0f32; K];
+    while let Some(r) = tasks.join_next().await {
+        let stats = r.map_err(|e| Status::internal(format!("{what} task: {e}")))??;
+        for (m, x) in mean.iter_mut().zip(stats) {
+            *m += x;
+        }
+    }
+    Ok(mean)
+}
 
 /// Trains actor and critic ranks on their shards, concurrently.
 pub async fn train(
@@ -193,106 +233,75 @@ pub async fn train(
     ppo: &PpoSettings,
     seed: u64,
 ) -> Result<TrainStats, Status> {
-    let mut tasks: JoinSet<Result<ShardStats, Status>> = JoinSet::new();
-    let total = prepared.actor.len() as f32;
-    for (rank, shard) in shards(&prepared.actor, services.actor.len())
-        .into_iter()
-        .enumerate()
-    {
-        if shard.is_empty() {
-            continue;
-        }
-        let (client, retry_cfg, s) = (
-            services.actor.rank(rank),
-            retry_cfg.clone(),
-            ppo.actor.clone(),
-        );
-        tasks.spawn(Instrument::in_current_span(async move {
-            let weight = shard.len() as f32;
+    let (a, c) = (ppo.actor.clone(), ppo.critic.clone());
+    let actor = train_ranks(
+        &services.actor,
+        prepared.actor,
+        "actor Train",
+        retry_cfg,
+        move |mut client, samples| {
             let req = actor::TrainRequest {
-                samples: shard,
-                minibatch_size: s.minibatch_size,
-                epochs: s.epochs,
-                lr: s.lr,
-                clip_eps: s.clip,
-                entropy_coef: s.entropy_coef,
-                max_grad_norm: s.max_grad_norm,
+                samples,
+                minibatch_size: a.minibatch_size,
+                epochs: a.epochs,
+                lr: a.lr,
+                clip_eps: a.clip,
+                entropy_coef: a.entropy_coef,
+                max_grad_norm: a.max_grad_norm,
                 seed,
             };
-            let r = retry(&retry_cfg, "actor Train", || {
-                let mut c = client.clone();
-                let req = req.clone();
-                async move { c.train(req).await }
-            })
-            .await?
-            .into_inner();
-            Ok((
-                true,
-                weight,
-                [
+            async move {
+                let r = client.train(req).await?.into_inner();
+                Ok([
                     r.policy_loss_mean,
                     r.clip_fraction,
                     r.approx_kl,
                     r.entropy,
                     r.grad_norm_mean,
-                ],
-            ))
-        }));
-    }
-    for (rank, shard) in shards(&prepared.critic, services.critic.len())
-        .into_iter()
-        .enumerate()
-    {
-        if shard.is_empty() {
-            continue;
-        }
-        let (client, retry_cfg, s) = (
-            services.critic.rank(rank),
-            retry_cfg.clone(),
-            ppo.critic.clone(),
-        );
-        tasks.spawn(Instrument::in_current_span(async move {
-            let weight = shard.len() as f32;
+                ])
+            }
+        },
+    );
+    let critic = train_ranks(
+        &services.critic,
+        prepared.critic,
+        "critic Train",
+        retry_cfg,
+        move |mut client, samples| {
             let req = critic::TrainRequest {
-                samples: shard,
-                minibatch_size: s.minibatch_size,
-                epochs: s.epochs,
-                lr: s.lr,
-                value_clip: s.clip,
-                max_grad_norm: s.max_grad_norm,
+                samples,
+                minibatch_size: c.minibatch_size,
+                epochs: c.epochs,
+                lr: c.lr,
+                value_clip: c.clip,
+                max_grad_norm: c.max_grad_norm,
                 seed,
             };
-            let r = retry(&retry_cfg, "critic Train", || {
-                let mut c = client.clone();
-                let req = req.clone();
-                async move { c.train(req).await }
-            })
-            .await?
-            .into_inner();
-            Ok((
-                false,
-                weight,
-                [r.loss_mean, r.grad_norm_mean, 0.0, 0.0, 0.0],
-            ))
-        }));
-    }
-    let mut out = TrainStats::default();
-    while let Some(r) = tasks.join_next().await {
-        let (is_actor, weight, v) =
-            r.map_err(|e| Status::internal(format!("train task: {e}")))??;
-        let w = weight / total;
-        if is_actor {
-            out.policy_loss += w * v[0];
-            out.clip_fraction += w * v[1];
-            out.approx_kl += w * v[2];
-            out.entropy += w * v[3];
-            out.actor_grad_norm += w * v[4];
-        } else {
-            out.value_loss += w * v[0];
-            out.critic_grad_norm += w * v[1];
-        }
-    }
-    Ok(out)
+            async move {
+                let r = client.train(req).await?.into_inner();
+                Ok([r.loss_mean, r.grad_norm_mean])
+            }
+        },
+    );
+    let (
+        [
+            policy_loss,
+            clip_fraction,
+            approx_kl,
+            entropy,
+            actor_grad_norm,
+        ],
+        [value_loss, critic_grad_norm],
+    ) = tokio::try_join!(actor, critic)?;
+    Ok(TrainStats {
+        policy_loss,
+        clip_fraction,
+        approx_kl,
+        entropy,
+        actor_grad_norm,
+        value_loss,
+        critic_grad_norm,
+    })
 }
 
 #[cfg(test)]
