@@ -38,9 +38,9 @@ impl std::fmt::Debug for AdamW {
 }
 
 impl AdamW {
-    /// `lr` is given to every [`Self::step`]; it is accepted here for symmetry with callers
-    /// that build an optimizer from a learning-rate config.
-    pub fn new(vs: &nn::VarStore, _lr: f64, weight_decay: f64) -> Result<Self> {
+    /// Fresh moments for every trainable variable; the learning rate is given to each
+    /// [`Self::step`].
+    pub fn new(vs: &nn::VarStore, weight_decay: f64) -> Result<Self> {
         let mut vars: Vec<(String, Tensor)> = vs
             .variables()
             .into_iter()
@@ -185,6 +185,21 @@ pub fn save_into_checkpoint(opt: Option<&AdamW>, dir: &Path) -> Result<(), Model
         .map_err(|e| checkpoint_error(dir, e))
 }
 
+/// The optimizer in `slot`, created with fresh moments on first use (services keep theirs across
+/// `Train` calls).
+pub fn get_or_init<'a>(
+    slot: &'a mut Option<AdamW>,
+    vs: &nn::VarStore,
+    weight_decay: f64,
+) -> Result<&'a mut AdamW, ModelError> {
+    if slot.is_none() {
+        *slot = Some(
+            AdamW::new(vs, weight_decay).map_err(|e| ModelError::InvalidInput(e.to_string()))?,
+        );
+    }
+    Ok(slot.as_mut().expect("just set"))
+}
+
 /// After a checkpoint's weights were loaded from `dir`: restores the optimizer state saved with
 /// them, or forgets the current moments when the checkpoint has none (they belonged to other
 /// weights).
@@ -199,7 +214,7 @@ pub fn restore_from_checkpoint(
         *slot = None;
         return Ok(());
     }
-    let mut opt = AdamW::new(vs, 0.0, weight_decay).map_err(|e| checkpoint_error(dir, e))?;
+    let mut opt = AdamW::new(vs, weight_decay).map_err(|e| checkpoint_error(dir, e))?;
     opt.load_state(&path)
         .map_err(|e| checkpoint_error(dir, e))?;
     *slot = Some(opt);
@@ -250,7 +265,7 @@ mod tests {
     fn matches_torch_adamw_and_reduces_the_loss() {
         let (vs_a, a) = model(0);
         let (vs_b, b) = model(0);
-        let mut ours = AdamW::new(&vs_a, 0.01, 0.01).unwrap();
+        let mut ours = AdamW::new(&vs_a, 0.01).unwrap();
         let mut torch = nn::OptimizerConfig::build(
             nn::AdamW {
                 wd: 0.01,
@@ -277,7 +292,7 @@ mod tests {
     fn saved_state_continues_identically() {
         let dir = tempfile::tempdir().unwrap();
         let (vs_a, a) = model(1);
-        let mut opt_a = AdamW::new(&vs_a, 0.01, 0.0).unwrap();
+        let mut opt_a = AdamW::new(&vs_a, 0.0).unwrap();
         for _ in 0..3 {
             opt_a.step(&loss(&a), 0.01, 1.0).unwrap();
         }
@@ -292,7 +307,7 @@ mod tests {
                 .shallow_clone()
                 .copy_(a.bs.as_ref().unwrap());
         });
-        let mut opt_b = AdamW::new(&vs_b, 0.01, 0.0).unwrap();
+        let mut opt_b = AdamW::new(&vs_b, 0.0).unwrap();
         opt_b.load_state(&path).unwrap();
         assert_eq!(opt_b.steps(), 3);
         opt_a.step(&loss(&a), 0.01, 1.0).unwrap();
@@ -304,12 +319,12 @@ mod tests {
     fn a_state_for_other_variables_is_rejected_by_name() {
         let dir = tempfile::tempdir().unwrap();
         let (vs, _) = model(0);
-        let opt = AdamW::new(&vs, 0.01, 0.0).unwrap();
+        let opt = AdamW::new(&vs, 0.0).unwrap();
         let path = dir.path().join("o.safetensors");
         opt.save_state(&path).unwrap();
         let other = nn::VarStore::new(Device::Cpu);
         let _ = nn::linear(other.root() / "other", 3, 2, Default::default());
-        let err = AdamW::new(&other, 0.01, 0.0)
+        let err = AdamW::new(&other, 0.0)
             .unwrap()
             .load_state(&path)
             .unwrap_err();

@@ -425,7 +425,7 @@ fn run(
         total: steps,
         min_ratio: 0.1,
     };
-    let mut opt = AdamW::new(&model.vs, cfg.lr, cfg.weight_decay)?;
+    let mut opt = AdamW::new(&model.vs, cfg.weight_decay)?;
     std::fs::create_dir_all(out).map_err(|err| TrainError::Io {
         path: out.to_path_buf(),
         err,

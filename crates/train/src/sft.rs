@@ -209,7 +209,7 @@ pub fn train(
         total: cfg.steps,
         min_ratio: cfg.min_lr_ratio,
     };
-    let mut opt = AdamW::new(&model.vs, cfg.lr, cfg.weight_decay)?;
+    let mut opt = AdamW::new(&model.vs, cfg.weight_decay)?;
     let initial_eval_loss = eval_loss(model, &eval_set, tok.pad_id, cfg.batch_size)?;
     let bar = progress_bar("sft", cfg.steps, cfg.show_progress);
     bar.set_message(format!("held-out loss {initial_eval_loss:.3}"));

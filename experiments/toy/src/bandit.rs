@@ -51,7 +51,7 @@ pub fn train(
         .log_softmax(-1, Kind::Float)
         .detach();
     let logp0_rows = rows(&logp0);
-    let mut opt = AdamW::new(&policy.vs, s.lr, 0.0)?;
+    let mut opt = AdamW::new(&policy.vs, 0.0)?;
     let mut rng = Rng::new(sample_seed);
     let m = s.samples_per_prompt;
     for _ in 0..s.iterations {

@@ -84,7 +84,7 @@ impl RewardModel {
             Tensor::from_slice(&pairs.iter().map(|p| f(p) as i64).collect::<Vec<_>>())
         };
         let (x, c, r) = (idx(|p| p.0), idx(|p| p.1), idx(|p| p.2));
-        let mut opt = AdamW::new(&self.net.vs, lr, 0.0)?;
+        let mut opt = AdamW::new(&self.net.vs, 0.0)?;
         for _ in 0..steps {
             let t = self.table();
             let margin = t.index(&[Some(&x), Some(&c)]) - t.index(&[Some(&x), Some(&r)]);

@@ -108,13 +108,7 @@ impl Critic {
     /// Mini-batch × epoch updates with the clipped value loss.
     pub fn train(&self, job: &TrainJob) -> Result<TrainStats, ModelError> {
         let mut slot = self.optimizer.borrow_mut();
-        if slot.is_none() {
-            *slot = Some(
-                AdamW::new(&self.model.vs, job.lr, self.weight_decay)
-                    .map_err(|e| ModelError::InvalidInput(e.to_string()))?,
-            );
-        }
-        let opt = slot.as_mut().expect("just set");
+        let opt = optim::get_or_init(&mut slot, &self.model.vs, self.weight_decay)?;
         let n = job.pairs.len();
         let mb = if job.minibatch_size == 0 {
             n
