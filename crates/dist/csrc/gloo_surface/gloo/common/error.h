@@ -1,0 +1,2 @@
+// Included by ProcessGroupGloo.hpp; nothing from it is used there. See README.md.
+#pragma once
