@@ -67,6 +67,9 @@ struct Process {
     rank: u32,
     #[serde(default = "one")]
     world_size: u32,
+    /// HOST:PORT of the data-parallel group's TCPStore (actor and critic ranks; rank 0 hosts it).
+    #[serde(default)]
+    store: Option<String>,
     /// Extra environment, e.g. `CUDA_VISIBLE_DEVICES = "3"`.
     #[serde(default)]
     env: BTreeMap<String, String>,
@@ -203,8 +206,11 @@ pub fn run(a: LaunchArgs) -> Result<()> {
                     cmd.arg("--device").arg(d);
                 }
                 cmd.env("RRLHF__SERVER__RANK", p.rank.to_string())
-                    .env("RRLHF__SERVER__WORLD_SIZE", p.world_size.to_string())
-                    .envs(&p.env)
+                    .env("RRLHF__SERVER__WORLD_SIZE", p.world_size.to_string());
+                if let Some(store) = &p.store {
+                    cmd.env("RRLHF__SERVER__STORE_ADDR", store);
+                }
+                cmd.envs(&p.env)
                     .stdin(Stdio::null())
                     .stderr(Stdio::piped())
                     .kill_on_drop(true);

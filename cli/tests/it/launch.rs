@@ -20,9 +20,15 @@ fn launch_starts_supervises_and_stops_a_nodes_ranks() {
     let dir = tempfile::tempdir().unwrap();
     let model = fixture().model.display().to_string();
     let mut body = String::from("shutdown_grace_secs = 5.0\nready_timeout_secs = 120.0\n");
+    // Two actor ranks: a real data-parallel group, whose rendezvous needs both started at once.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     for rank in 0..2 {
         body.push_str(&format!(
-            "[[process]]\nname = \"reference-{rank}\"\nservice = \"reference\"\nnode = \"n0\"\nmodel = \"{model}\"\naddr = \"127.0.0.1:0\"\nrank = {rank}\nworld_size = 2\nenv = {{ OMP_NUM_THREADS = \"1\" }}\n"
+            "[[process]]\nname = \"actor-{rank}\"\nservice = \"actor\"\nnode = \"n0\"\nmodel = \"{model}\"\naddr = \"127.0.0.1:0\"\nrank = {rank}\nworld_size = 2\nstore = \"127.0.0.1:{port}\"\nenv = {{ OMP_NUM_THREADS = \"1\" }}\n"
         ));
     }
     body.push_str(&format!(

@@ -144,9 +144,76 @@ struct ExtraUrls {
     reward: Vec<String>,
 }
 
-async fn start_actor(dirs: &ModelDirs, o: &Options) -> anyhow::Result<Service> {
+/// A training rank's place in its data-parallel group (actor and critic ranks).
+#[derive(Debug, Clone, Default)]
+struct Rank {
+    rank: u32,
+    world_size: u32,
+    /// The group's TCPStore, hosted by rank 0 (none for a single rank).
+    store: Option<String>,
+}
+
+impl Rank {
+    fn server(&self, o: &Options) -> ServerConfig {
+        ServerConfig {
+            rank: self.rank,
+            world_size: self.world_size.max(1),
+            store_addr: self.store.clone(),
+            ..server("127.0.0.1:0", o)
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Trained {
+    Actor,
+    Critic,
+}
+
+/// Starts `n` ranks of the actor or critic at once (their group's rendezvous needs them all),
+/// in rank order.
+async fn start_ranks(
+    which: Trained,
+    dirs: &ModelDirs,
+    o: &Options,
+    n: usize,
+) -> anyhow::Result<Vec<Service>> {
+    let store = if n > 1 {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        Some(format!("127.0.0.1:{port}"))
+    } else {
+        None
+    };
+    let mut tasks = tokio::task::JoinSet::new();
+    for rank in 0..n {
+        let (dirs, o) = (dirs.clone(), o.clone());
+        let place = Rank {
+            rank: rank as u32,
+            world_size: n as u32,
+            store: store.clone(),
+        };
+        tasks.spawn(async move {
+            let started = match which {
+                Trained::Actor => start_actor(&dirs, &o, &place).await,
+                Trained::Critic => start_critic(&dirs, &o, &place).await,
+            };
+            (rank, started)
+        });
+    }
+    let mut ranks: Vec<(usize, Service)> = Vec::with_capacity(n);
+    while let Some(joined) = tasks.join_next().await {
+        let (rank, started) = joined?;
+        ranks.push((rank, started?));
+    }
+    ranks.sort_by_key(|(rank, _)| *rank);
+    Ok(ranks.into_iter().map(|(_, s)| s).collect())
+}
+
+async fn start_actor(dirs: &ModelDirs, o: &Options, place: &Rank) -> anyhow::Result<Service> {
     let cfg = ActorServiceConfig {
-        server: server("127.0.0.1:0", o),
+        server: place.server(o),
         engine: engine(o),
         model: dirs.policy.clone(),
         max_length: o.max_length,
@@ -160,9 +227,9 @@ async fn start_actor(dirs: &ModelDirs, o: &Options) -> anyhow::Result<Service> {
     .await
 }
 
-async fn start_critic(dirs: &ModelDirs, o: &Options) -> anyhow::Result<Service> {
+async fn start_critic(dirs: &ModelDirs, o: &Options, place: &Rank) -> anyhow::Result<Service> {
     let cfg = CriticServiceConfig {
-        server: server("127.0.0.1:0", o),
+        server: place.server(o),
         engine: engine(o),
         model: dirs.critic.clone(),
         max_length: o.max_length,
@@ -197,31 +264,38 @@ impl Cluster {
         Self::with_replicas(dirs, o, 1).await
     }
 
-    /// `n` instances of every service (n ≥ 1), each on its own port.
+    /// `n` instances of every service (n ≥ 1), each on its own port: `n` data-parallel actor
+    /// ranks and `n` critic ranks (each group on its own loopback TCPStore), and `n` reference
+    /// and reward replicas.
     pub async fn with_replicas(dirs: &ModelDirs, o: &Options, n: usize) -> anyhow::Result<Self> {
         anyhow::ensure!(n >= 1, "replicas: at least one of each service");
         let reward_cfg = || reward_config(&dirs.reward, "127.0.0.1:0", o);
+        let (actors, critics) = tokio::try_join!(
+            start_ranks(Trained::Actor, dirs, o, n),
+            start_ranks(Trained::Critic, dirs, o, n),
+        )?;
+        let (mut actors, mut critics) = (actors.into_iter(), critics.into_iter());
         let mut cluster = Self {
-            actor: start_actor(dirs, o).await?,
-            critic: start_critic(dirs, o).await?,
+            actor: actors.next().expect("n ≥ 1 actor ranks"),
+            critic: critics.next().expect("n ≥ 1 critic ranks"),
             reference: start_reference(dirs, o).await?,
             reward: start_reward(reward_cfg()).await?,
             extra: Vec::new(),
             extra_urls: ExtraUrls::default(),
         };
+        for (a, c) in actors.zip(critics) {
+            cluster.extra_urls.actor.push(a.url());
+            cluster.extra_urls.critic.push(c.url());
+            cluster.extra.extend([a, c]);
+        }
         for _ in 1..n {
-            let (a, c, r, w) = (
-                start_actor(dirs, o).await?,
-                start_critic(dirs, o).await?,
+            let (r, w) = (
                 start_reference(dirs, o).await?,
                 start_reward(reward_cfg()).await?,
             );
-            let urls = &mut cluster.extra_urls;
-            urls.actor.push(a.url());
-            urls.critic.push(c.url());
-            urls.reference.push(r.url());
-            urls.reward.push(w.url());
-            cluster.extra.extend([a, c, r, w]);
+            cluster.extra_urls.reference.push(r.url());
+            cluster.extra_urls.reward.push(w.url());
+            cluster.extra.extend([r, w]);
         }
         Ok(cluster)
     }

@@ -85,6 +85,16 @@ impl StepMetrics {
         set("rrlhf_run_policy_loss", self.train.policy_loss as f64);
         set("rrlhf_run_value_loss", self.train.value_loss as f64);
         set("rrlhf_run_clip_fraction", self.train.clip_fraction as f64);
+        set("rrlhf_run_actor_checksum", self.train.actor_checksum);
+        set(
+            "rrlhf_run_actor_checksum_spread",
+            self.train.actor_checksum_spread,
+        );
+        set("rrlhf_run_critic_checksum", self.train.critic_checksum);
+        set(
+            "rrlhf_run_critic_checksum_spread",
+            self.train.critic_checksum_spread,
+        );
         set("rrlhf_run_response_length", self.response_length as f64);
         set("rrlhf_run_generate_seconds", self.generate_secs);
         set("rrlhf_run_train_seconds", self.train_secs);

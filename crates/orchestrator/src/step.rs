@@ -174,6 +174,26 @@ pub struct TrainStats {
     pub actor_grad_norm: f32,
     pub value_loss: f32,
     pub critic_grad_norm: f32,
+    /// Rank 0's weight checksum after the update, and the largest difference to it on any
+    /// other rank: data-parallel ranks hold identical weights, so the spread must stay 0.
+    #[serde(default)]
+    pub actor_checksum: f64,
+    #[serde(default)]
+    pub actor_checksum_spread: f64,
+    #[serde(default)]
+    pub critic_checksum: f64,
+    #[serde(default)]
+    pub critic_checksum_spread: f64,
+}
+
+/// Rank 0's checksum and the largest distance of any rank's from it.
+fn checksum_summary(checksums: &[f64]) -> (f64, f64) {
+    let first = checksums.first().copied().unwrap_or(0.0);
+    let spread = checksums
+        .iter()
+        .map(|c| (c - first).abs())
+        .fold(0.0, f64::max);
+    (first, spread)
 }
 
 /// Contiguous shards of `items` for `ranks` ranks (some empty when there are fewer items).
@@ -184,45 +204,53 @@ fn shards<T: Clone>(items: &[T], ranks: usize) -> Vec<Vec<T>> {
         .collect()
 }
 
-/// Runs `call` on every rank's shard of `items` concurrently, retrying transient failures, and
-/// returns the statistics the ranks report, averaged with their shard sizes as weights.
+/// Runs `call` on every rank's shard of `items` concurrently and returns the statistics the
+/// ranks report, averaged with their shard sizes as weights, and each rank's weight checksum.
+/// Every rank is called, even with an empty shard: data-parallel ranks take each update
+/// together. A lone rank's transient failures are retried; a group's are not, because one
+/// rank repeating its part would no longer match the others' collectives.
 async fn train_ranks<T, C, const K: usize, F, Fut>(
     pool: &Pool<C>,
     items: Vec<T>,
     what: &'static str,
     retry_cfg: &RetrySettings,
     call: F,
-) -> Result<[f32; K], Status>
+) -> Result<([f32; K], Vec<f64>), Status>
 where
     T: Clone + Send + Sync + 'static,
     C: Clone + Send + Sync + 'static,
     F: Fn(C, Vec<T>) -> Fut + Clone + Send + Sync + 'static,
-    Fut: Future<Output = Result<[f32; K], Status>> + Send,
+    Fut: Future<Output = Result<([f32; K], f64), Status>> + Send,
 {
     let total = items.len().max(1) as f32;
+    let group = pool.len() > 1;
     let mut tasks = JoinSet::new();
     for (rank, shard) in shards(&items, pool.len()).into_iter().enumerate() {
-        if shard.is_empty() {
-            continue;
-        }
         let (client, call, retry_cfg) = (pool.rank(rank), call.clone(), retry_cfg.clone());
         tasks.spawn(
             async move {
                 let weight = shard.len() as f32 / total;
-                let stats = retry(&retry_cfg, what, || call(client.clone(), shard.clone())).await?;
-                Ok::<_, Status>(stats.map(|x| x * weight))
+                let (stats, checksum) = if group {
+                    call(client, shard).await?
+                } else {
+                    retry(&retry_cfg, what, || call(client.clone(), shard.clone())).await?
+                };
+                Ok::<_, Status>((rank, stats.map(|x| x * weight), checksum))
             }
             .in_current_span(),
         );
     }
     let mut mean = [0f32; K];
+    let mut checksums = vec![0.0; pool.len()];
     while let Some(r) = tasks.join_next().await {
-        let stats = r.map_err(|e| Status::internal(format!("{what} task: {e}")))??;
+        let (rank, stats, checksum) =
+            r.map_err(|e| Status::internal(format!("{what} task: {e}")))??;
         for (m, x) in mean.iter_mut().zip(stats) {
             *m += x;
         }
+        checksums[rank] = checksum;
     }
-    Ok(mean)
+    Ok((mean, checksums))
 }
 
 /// Trains actor and critic ranks on their shards, concurrently.
@@ -252,13 +280,16 @@ pub async fn train(
             };
             async move {
                 let r = client.train(req).await?.into_inner();
-                Ok([
-                    r.policy_loss_mean,
-                    r.clip_fraction,
-                    r.approx_kl,
-                    r.entropy,
-                    r.grad_norm_mean,
-                ])
+                Ok((
+                    [
+                        r.policy_loss_mean,
+                        r.clip_fraction,
+                        r.approx_kl,
+                        r.entropy,
+                        r.grad_norm_mean,
+                    ],
+                    r.param_checksum,
+                ))
             }
         },
     );
@@ -279,20 +310,25 @@ pub async fn train(
             };
             async move {
                 let r = client.train(req).await?.into_inner();
-                Ok([r.loss_mean, r.grad_norm_mean])
+                Ok(([r.loss_mean, r.grad_norm_mean], r.param_checksum))
             }
         },
     );
     let (
-        [
-            policy_loss,
-            clip_fraction,
-            approx_kl,
-            entropy,
-            actor_grad_norm,
-        ],
-        [value_loss, critic_grad_norm],
+        (
+            [
+                policy_loss,
+                clip_fraction,
+                approx_kl,
+                entropy,
+                actor_grad_norm,
+            ],
+            actor_checksums,
+        ),
+        ([value_loss, critic_grad_norm], critic_checksums),
     ) = tokio::try_join!(actor, critic)?;
+    let (actor_checksum, actor_checksum_spread) = checksum_summary(&actor_checksums);
+    let (critic_checksum, critic_checksum_spread) = checksum_summary(&critic_checksums);
     Ok(TrainStats {
         policy_loss,
         clip_fraction,
@@ -301,6 +337,10 @@ pub async fn train(
         actor_grad_norm,
         value_loss,
         critic_grad_norm,
+        actor_checksum,
+        actor_checksum_spread,
+        critic_checksum,
+        critic_checksum_spread,
     })
 }
 

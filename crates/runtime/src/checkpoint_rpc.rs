@@ -24,16 +24,18 @@ pub async fn save<I: Send + 'static, O: Send + 'static>(
     Ok(Response::new(SaveCheckpointResponse { path: req.path }))
 }
 
-/// Checks that `path` is a model directory and runs the engine's load item built by `work`.
+/// Checks that `path` is a model directory (when `check_here`; data-parallel ranks leave it to
+/// their engines, which agree on it) and runs the engine's load item built by `work`.
 /// A checkpoint the model rejects (other shapes or names) is the caller's mistake, so it is
 /// INVALID_ARGUMENT, not INTERNAL; the engine validates before copying, so weights are intact.
 pub async fn load<I: Send + 'static, O: Send + 'static>(
     engine: &Engine<I, O>,
     req: LoadCheckpointRequest,
+    check_here: bool,
     work: impl FnOnce(PathBuf) -> I,
 ) -> Result<Response<LoadCheckpointResponse>, Status> {
     let path = PathBuf::from(req.path);
-    if !path.join("config.json").exists() {
+    if check_here && !path.join("config.json").exists() {
         return Err(invalid(
             "path",
             format!("{} is not a checkpoint directory", path.display()),

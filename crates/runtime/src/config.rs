@@ -46,9 +46,15 @@ pub struct ServerConfig {
     /// `rrlhf-<service>` (e.g. `rrlhf-reward`).
     pub service_name: Option<String>,
     /// Data-parallel placement: this process's rank, the group size, the rendezvous store.
+    /// Actor and critic ranks (world_size > 1) train as one c10d group whose TCPStore rank 0
+    /// hosts at `store_addr` (`HOST:PORT`); reference and reward replicas ignore the store.
     pub rank: u32,
     pub world_size: u32,
     pub store_addr: Option<String>,
+    /// `gloo` or `nccl`; unset: NCCL on CUDA devices, Gloo otherwise (as torch.distributed).
+    pub dist_backend: Option<String>,
+    /// How long the group's rendezvous and each collective wait for the slowest rank.
+    pub dist_timeout_secs: f64,
 }
 
 impl Default for ServerConfig {
@@ -69,11 +75,17 @@ impl Default for ServerConfig {
             rank: 0,
             world_size: 1,
             store_addr: None,
+            dist_backend: None,
+            dist_timeout_secs: 600.0,
         }
     }
 }
 
 impl ServerConfig {
+    pub fn dist_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs_f64(self.dist_timeout_secs)
+    }
+
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |field: &str, message: String| {
             Err(ConfigError::Invalid {
@@ -137,6 +149,20 @@ impl ServerConfig {
             return bad(
                 "service_name",
                 "must not be empty (leave it unset for the default)".into(),
+            );
+        }
+        if let Some(b) = &self.dist_backend
+            && !matches!(b.as_str(), "gloo" | "nccl")
+        {
+            return bad(
+                "dist_backend",
+                format!("must be \"gloo\" or \"nccl\", got {b:?}"),
+            );
+        }
+        if !(self.dist_timeout_secs.is_finite() && self.dist_timeout_secs > 0.0) {
+            return bad(
+                "dist_timeout_secs",
+                format!("must be > 0, got {}", self.dist_timeout_secs),
             );
         }
         if self.world_size == 0 || self.rank >= self.world_size {

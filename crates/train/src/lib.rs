@@ -1,6 +1,9 @@
 //! `rrlhf-train`: offline training jobs — supervised fine-tuning ([`sft`]), the two reward-model
-//! stages ([`rm`]) and reward-model evaluation and calibration ([`rm_eval`]).
+//! stages ([`rm`]) and reward-model evaluation and calibration ([`rm_eval`]) — and the
+//! pieces the actor and critic services train with: AdamW ([`optim`]) and data-parallel
+//! updates over c10d ([`data_parallel`]).
 
+pub mod data_parallel;
 pub mod error;
 pub mod optim;
 pub mod progress;

@@ -41,12 +41,7 @@ impl AdamW {
     /// Fresh moments for every trainable variable; the learning rate is given to each
     /// [`Self::step`].
     pub fn new(vs: &nn::VarStore, weight_decay: f64) -> Result<Self> {
-        let mut vars: Vec<(String, Tensor)> = vs
-            .variables()
-            .into_iter()
-            .filter(|(_, t)| t.requires_grad())
-            .collect();
-        vars.sort_by(|a, b| a.0.cmp(&b.0));
+        let vars = trainable_by_name(vs);
         let zeros = |vars: &[(String, Tensor)]| -> Result<Vec<Tensor>> {
             vars.iter().map(|(_, t)| Ok(t.f_zeros_like()?)).collect()
         };
@@ -67,6 +62,14 @@ impl AdamW {
     /// Backpropagates `loss`, clips the global gradient norm to `max_norm` (if > 0), steps at
     /// `lr`, and returns the norm before clipping.
     pub fn step(&mut self, loss: &Tensor, lr: f64, max_norm: f64) -> Result<f64> {
+        self.backward(loss, false)?;
+        self.apply(lr, max_norm)
+    }
+
+    /// Zeroes the gradients and backpropagates `loss`. With `define_all`, a variable `loss`
+    /// does not reach gets a zero gradient instead of none, so data-parallel ranks all hold the
+    /// same list of gradients to reduce (a rank may have no samples in a mini-batch).
+    pub fn backward(&mut self, loss: &Tensor, define_all: bool) -> Result<()> {
         for (_, v) in &self.vars {
             let mut g = v.grad();
             if g.defined() {
@@ -74,6 +77,56 @@ impl AdamW {
             }
         }
         loss.f_backward()?;
+        if define_all {
+            let missing: Vec<&Tensor> = self
+                .vars
+                .iter()
+                .map(|(_, v)| v)
+                .filter(|v| !v.grad().defined())
+                .collect();
+            if let Some(first) = missing.first() {
+                let mut zero = first.f_sum(Kind::Float)?.f_mul_scalar(0.0)?;
+                for v in &missing[1..] {
+                    zero = zero.f_add(&v.f_sum(Kind::Float)?.f_mul_scalar(0.0)?)?;
+                }
+                zero.f_backward()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The variables' current gradients (shallow handles: reducing them in place changes what
+    /// [`Self::apply`] uses); undefined ones are skipped.
+    pub fn gradients(&self) -> Vec<Tensor> {
+        self.vars
+            .iter()
+            .map(|(_, v)| v.grad())
+            .filter(|g| g.defined())
+            .collect()
+    }
+
+    /// The optimized variables, in the optimizer's (name) order.
+    pub fn variables(&self) -> Vec<Tensor> {
+        self.vars.iter().map(|(_, v)| v.shallow_clone()).collect()
+    }
+
+    /// Moments (first then second, in variable order) and the step count: the state ranks
+    /// must share.
+    pub fn moments(&self) -> Vec<Tensor> {
+        self.exp_avg
+            .iter()
+            .chain(&self.exp_avg_sq)
+            .map(Tensor::shallow_clone)
+            .collect()
+    }
+
+    pub fn set_steps(&mut self, steps: i64) {
+        self.step = steps;
+    }
+
+    /// Clips the gradients [`Self::backward`] left to `max_norm` (if > 0), steps at `lr`, and
+    /// returns the norm before clipping.
+    pub fn apply(&mut self, lr: f64, max_norm: f64) -> Result<f64> {
         let norm = self.grad_norm()?;
         let clip = if max_norm > 0.0 && norm > max_norm {
             max_norm / (norm + 1e-6)
@@ -173,6 +226,17 @@ impl AdamW {
         self.step = step;
         Ok(())
     }
+}
+
+/// Every trainable variable of `vs`, sorted by name (the order ranks and saved states share).
+pub fn trainable_by_name(vs: &nn::VarStore) -> Vec<(String, Tensor)> {
+    let mut vars: Vec<(String, Tensor)> = vs
+        .variables()
+        .into_iter()
+        .filter(|(_, t)| t.requires_grad())
+        .collect();
+    vars.sort_by(|a, b| a.0.cmp(&b.0));
+    vars
 }
 
 /// File name of the optimizer state inside a service checkpoint directory (beside the HF

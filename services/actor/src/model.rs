@@ -1,6 +1,8 @@
 //! The policy on its engine thread: a causal LM, its tokenizer (for decoded text), its AdamW
 //! state, and the work the engine runs in arrival order (consecutive `LogProbs` items share one
-//! forward pass; a `Generate` streams each finished sample through its channel at once).
+//! forward pass; a `Generate` streams each finished sample through its channel at once). With
+//! several ranks, training, checkpoint loads and start-up go in step with the other ranks
+//! (`rrlhf_train::data_parallel`).
 
 use std::cell::RefCell;
 use std::path::{Path, PathBuf};
@@ -10,8 +12,8 @@ use rrlhf_model::causal_lm::shifted_logprobs;
 use rrlhf_model::generate::{FinishReason, Generation};
 use rrlhf_model::losses::{entropy, ppo_policy_loss};
 use rrlhf_model::{CausalLm, ModelError, Placement, SamplingParams, TextTokenizer};
+use rrlhf_train::data_parallel::{self, DataParallel, MinibatchLoss, UpdatePlan};
 use rrlhf_train::optim::{self, AdamW};
-use rrlhf_train::sampler::Order;
 use tch::{Kind, Tensor};
 use tokio::sync::mpsc::UnboundedSender;
 
@@ -61,6 +63,8 @@ pub struct PpoStats {
     pub entropy: f64,
     pub updates: usize,
     pub grad_norm_mean: f64,
+    /// `data_parallel::checksum` of the weights after the update.
+    pub param_checksum: f64,
 }
 
 #[derive(Debug)]
@@ -68,6 +72,8 @@ pub enum Work {
     Generate(GenerateJob),
     LogProbs(Pair),
     Train(Box<PpoJob>),
+    /// A `Train` this rank rejected: the other ranks must hear so instead of waiting for it.
+    TrainRejected,
     Save(PathBuf),
     Load(PathBuf),
 }
@@ -77,6 +83,7 @@ pub enum Done {
     Generated(usize),
     LogProbs(Vec<f32>),
     Trained(PpoStats),
+    Rejected,
     Saved,
     Loaded,
 }
@@ -86,17 +93,33 @@ pub struct Policy {
     pub tokenizer: Option<TextTokenizer>,
     optimizer: RefCell<Option<AdamW>>,
     weight_decay: f64,
+    /// The other ranks training this policy, when there are any.
+    dp: Option<DataParallel>,
+}
+
+fn dp_error(e: rrlhf_train::TrainError) -> ModelError {
+    ModelError::InvalidInput(e.to_string())
 }
 
 impl Policy {
-    pub fn load(dir: &Path, placement: Placement, weight_decay: f64) -> Result<Self, ModelError> {
+    /// Loads the policy; with `dp`, then takes rank 0's weights so all ranks start equal.
+    pub fn load(
+        dir: &Path,
+        placement: Placement,
+        weight_decay: f64,
+        dp: Option<DataParallel>,
+    ) -> Result<Self, ModelError> {
         let model = CausalLm::from_dir(dir, placement)?;
         let tokenizer = TextTokenizer::load(dir).ok();
+        if let Some(dp) = &dp {
+            dp.broadcast_parameters(&model.vs).map_err(dp_error)?;
+        }
         Ok(Self {
             model,
             tokenizer,
             optimizer: RefCell::new(None),
             weight_decay,
+            dp,
         })
     }
 
@@ -157,75 +180,85 @@ impl Policy {
     pub fn train(&self, job: &PpoJob) -> Result<PpoStats, ModelError> {
         let mut slot = self.optimizer.borrow_mut();
         let opt = optim::get_or_init(&mut slot, &self.model.vs, self.weight_decay)?;
-        let n = job.pairs.len();
-        let mb = if job.minibatch_size == 0 {
-            n
-        } else {
-            job.minibatch_size.min(n)
+        let plan = UpdatePlan {
+            samples: job.pairs.len(),
+            minibatch_size: job.minibatch_size,
+            epochs: job.epochs,
+            seed: job.seed,
+            lr: job.lr,
+            max_grad_norm: job.max_grad_norm,
         };
-        let mut order = Order::new(n, job.seed);
-        let mut acc = Vec::new();
-        for _ in 0..job.epochs.max(1) {
-            for _ in 0..n.div_ceil(mb) {
-                let idx: Vec<usize> = (0..mb).map(|_| order.next()).collect();
-                let seqs: Vec<Vec<i64>> = idx
-                    .iter()
-                    .map(|&i| {
-                        job.pairs[i]
-                            .0
-                            .iter()
-                            .chain(&job.pairs[i].1)
-                            .copied()
-                            .collect()
-                    })
-                    .collect();
-                let batch = Batch::pad(&seqs, self.pad_id(), PadSide::Right, self.model.device())?;
-                let logits = self.model.batch_logits(&batch);
-                let logp = shifted_logprobs(&logits, &batch.ids);
-                let width = logp.size()[1] as usize;
-                let mut old = vec![0f32; idx.len() * width];
-                let mut adv = vec![0f32; idx.len() * width];
-                let mut mask = vec![0f32; idx.len() * width];
-                for (r, &i) in idx.iter().enumerate() {
-                    let start = job.pairs[i].0.len() - 1;
-                    for t in 0..job.pairs[i].1.len() {
-                        let k = r * width + start + t;
-                        old[k] = job.old_logprobs[i][t];
-                        adv[k] = job.advantages[i][t];
-                        mask[k] = 1.0;
-                    }
-                }
-                let shape = [idx.len() as i64, width as i64];
-                let to = |v: &[f32]| Tensor::from_slice(v).view(shape).to_device(logp.device());
-                let mask_t = to(&mask);
-                let pl = ppo_policy_loss(&logp, &to(&old), &to(&adv), &mask_t, job.clip_eps);
-                let ent = entropy(&logits.narrow(1, 0, width as i64), &mask_t);
-                let loss = &pl.loss - &ent * job.entropy_coef;
-                let norm = opt
-                    .step(&loss, job.lr, job.max_grad_norm)
-                    .map_err(|e| ModelError::InvalidInput(e.to_string()))?;
-                let v = |t: &Tensor| t.to_kind(Kind::Double).double_value(&[]);
-                acc.push((
-                    v(&pl.loss),
-                    v(&pl.clip_fraction),
-                    v(&pl.approx_kl),
-                    v(&ent.detach()),
-                    norm,
-                ));
-            }
-        }
-        let mean = |f: fn(&(f64, f64, f64, f64, f64)) -> f64| {
-            acc.iter().map(f).sum::<f64>() / acc.len().max(1) as f64
+        let acc = data_parallel::run_updates(opt, self.dp.as_ref(), &plan, |idx| {
+            let loss = self.minibatch_loss(job, idx)?;
+            Ok(loss)
+        })
+        .map_err(dp_error)?;
+        let mean = |f: fn(&(f64, f64, f64, f64)) -> f64| {
+            acc.iter().map(|(s, _)| f(s)).sum::<f64>() / acc.len().max(1) as f64
         };
         Ok(PpoStats {
-            loss_first: acc[0].0,
-            loss_last: acc.last().expect("at least one update").0,
+            loss_first: acc.first().map_or(0.0, |a| a.0.0),
+            loss_last: acc.last().map_or(0.0, |a| a.0.0),
             loss_mean: mean(|a| a.0),
             clip_fraction: mean(|a| a.1),
             approx_kl: mean(|a| a.2),
             entropy: mean(|a| a.3),
             updates: acc.len(),
-            grad_norm_mean: mean(|a| a.4),
+            grad_norm_mean: acc.iter().map(|a| a.1).sum::<f64>() / acc.len().max(1) as f64,
+            param_checksum: data_parallel::checksum(&self.model.vs),
+        })
+    }
+
+    /// The loss of the samples `idx`, with (loss, clip fraction, approx KL, entropy) to report.
+    fn minibatch_loss(
+        &self,
+        job: &PpoJob,
+        idx: &[usize],
+    ) -> rrlhf_train::Result<MinibatchLoss<(f64, f64, f64, f64)>> {
+        let seqs: Vec<Vec<i64>> = idx
+            .iter()
+            .map(|&i| {
+                job.pairs[i]
+                    .0
+                    .iter()
+                    .chain(&job.pairs[i].1)
+                    .copied()
+                    .collect()
+            })
+            .collect();
+        let batch = Batch::pad(&seqs, self.pad_id(), PadSide::Right, self.model.device())?;
+        let logits = self.model.batch_logits(&batch);
+        let logp = shifted_logprobs(&logits, &batch.ids);
+        let width = logp.size()[1] as usize;
+        let mut old = vec![0f32; idx.len() * width];
+        let mut adv = vec![0f32; idx.len() * width];
+        let mut mask = vec![0f32; idx.len() * width];
+        for (r, &i) in idx.iter().enumerate() {
+            let start = job.pairs[i].0.len() - 1;
+            for t in 0..job.pairs[i].1.len() {
+                let k = r * width + start + t;
+                old[k] = job.old_logprobs[i][t];
+                adv[k] = job.advantages[i][t];
+                mask[k] = 1.0;
+            }
+        }
+        let shape = [idx.len() as i64, width as i64];
+        let to = |v: &[f32]| Tensor::from_slice(v).view(shape).to_device(logp.device());
+        let mask_t = to(&mask);
+        let pl = ppo_policy_loss(&logp, &to(&old), &to(&adv), &mask_t, job.clip_eps);
+        let ent = entropy(&logits.narrow(1, 0, width as i64), &mask_t);
+        let loss = &pl.loss - &ent * job.entropy_coef;
+        let v = |t: &Tensor| t.to_kind(Kind::Double).double_value(&[]);
+        let stats = (
+            v(&pl.loss),
+            v(&pl.clip_fraction),
+            v(&pl.approx_kl),
+            v(&ent.detach()),
+        );
+        Ok(MinibatchLoss {
+            loss,
+            tokens: mask.iter().map(|&m| m as f64).sum(),
+            stats,
         })
     }
 
@@ -246,6 +279,13 @@ impl Policy {
                 }
                 Work::Generate(job) => out.push(Done::Generated(self.generate(job)?)),
                 Work::Train(job) => out.push(Done::Trained(self.train(job)?)),
+                Work::TrainRejected => {
+                    if let Some(dp) = &self.dp {
+                        // Tells the other ranks, which then fail their part instead of waiting.
+                        let _ = dp.agree(false, &[0.0]);
+                    }
+                    out.push(Done::Rejected);
+                }
                 Work::Save(dir) => {
                     let tok = self.tokenizer.clone();
                     rrlhf_model::fsio::write_dir_atomic(dir, |tmp| {
@@ -256,14 +296,11 @@ impl Policy {
                     out.push(Done::Saved);
                 }
                 Work::Load(dir) => {
-                    rrlhf_model::checkpoint::load_strict(
+                    data_parallel::load_checkpoint(
+                        self.dp.as_ref(),
                         &self.model.vs,
-                        dir,
                         self.model.cfg.tie_word_embeddings,
-                    )?;
-                    optim::restore_from_checkpoint(
                         &mut self.optimizer.borrow_mut(),
-                        &self.model.vs,
                         self.weight_decay,
                         dir,
                     )?;

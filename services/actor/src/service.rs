@@ -19,6 +19,7 @@ use rrlhf_proto::common::v1::{
 use rrlhf_runtime::engine::{Engine, EngineError, LoadError};
 use rrlhf_runtime::validate::{invalid, token_pair};
 use rrlhf_runtime::{checkpoint_rpc, server};
+use rrlhf_train::data_parallel::DataParallel;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
@@ -50,8 +51,18 @@ impl ActorServer {
                 let placement = Placement::parse(&load_cfg.engine.device, &load_cfg.engine.dtype)
                     .map_err(err)?;
                 rrlhf_model::device::set_threads(load_cfg.engine.threads);
-                let policy =
-                    Policy::load(&load_cfg.model, placement, load_cfg.weight_decay).map_err(err)?;
+                let srv = &load_cfg.server;
+                let dp = DataParallel::for_service(
+                    srv.rank,
+                    srv.world_size,
+                    srv.store_addr.as_deref(),
+                    srv.dist_backend.as_deref(),
+                    placement.device,
+                    srv.dist_timeout(),
+                )
+                .map_err(|e| LoadError(format!("data-parallel group: {e}")))?;
+                let policy = Policy::load(&load_cfg.model, placement, load_cfg.weight_decay, dp)
+                    .map_err(err)?;
                 policy
                     .logprobs(&[(vec![0], vec![0])])
                     .map_err(|e| LoadError(format!("warm-up: {e}")))?;
@@ -137,6 +148,86 @@ impl ActorServer {
             ));
         }
         Ok(p.prompt_ids.clone())
+    }
+
+    /// A `Train` request checked field by field (INVALID_ARGUMENT naming the first bad one).
+    fn train_job(&self, req: TrainRequest) -> Result<PpoJob, Status> {
+        // A data-parallel rank may get no samples (it still takes part in every update).
+        if req.samples.is_empty() && self.cfg.server.world_size <= 1 {
+            return Err(invalid("samples", "at least one sample is required"));
+        }
+        for (name, value, ok) in [
+            ("lr", req.lr, req.lr.is_finite() && req.lr > 0.0),
+            (
+                "clip_eps",
+                req.clip_eps,
+                req.clip_eps.is_finite() && req.clip_eps > 0.0,
+            ),
+            (
+                "entropy_coef",
+                req.entropy_coef,
+                req.entropy_coef.is_finite() && req.entropy_coef >= 0.0,
+            ),
+            (
+                "max_grad_norm",
+                req.max_grad_norm,
+                req.max_grad_norm.is_finite() && req.max_grad_norm >= 0.0,
+            ),
+        ] {
+            if !ok {
+                return Err(invalid(name, format!("out of range: {value}")));
+            }
+        }
+        let mut job = PpoJob {
+            pairs: vec![],
+            old_logprobs: vec![],
+            advantages: vec![],
+            minibatch_size: req.minibatch_size as usize,
+            epochs: req.epochs.max(1) as usize,
+            lr: req.lr as f64,
+            clip_eps: req.clip_eps as f64,
+            entropy_coef: req.entropy_coef as f64,
+            max_grad_norm: req.max_grad_norm as f64,
+            seed: req.seed,
+        };
+        for (i, s) in req.samples.iter().enumerate() {
+            let seq = s
+                .sequence
+                .as_ref()
+                .ok_or_else(|| invalid(format!("samples[{i}].sequence"), "is required"))?;
+            let pair = token_pair(
+                &format!("samples[{i}].sequence"),
+                &seq.prompt_ids,
+                &seq.response_ids,
+                self.vocab_size,
+                self.cfg.max_length,
+            )?;
+            for (name, v) in [
+                ("old_logprobs", &s.old_logprobs),
+                ("advantages", &s.advantages),
+            ] {
+                if v.len() != pair.1.len() {
+                    return Err(invalid(
+                        format!("samples[{i}].{name}"),
+                        format!(
+                            "has {} values for {} response tokens",
+                            v.len(),
+                            pair.1.len()
+                        ),
+                    ));
+                }
+                if let Some(x) = v.iter().find(|x| !x.is_finite()) {
+                    return Err(invalid(
+                        format!("samples[{i}].{name}"),
+                        format!("{x} is not finite"),
+                    ));
+                }
+            }
+            job.pairs.push(pair);
+            job.old_logprobs.push(s.old_logprobs.clone());
+            job.advantages.push(s.advantages.clone());
+        }
+        Ok(job)
     }
 
     fn sampling(&self, req: &GenerateRequest) -> Result<SamplingParams, Status> {
@@ -302,81 +393,16 @@ impl ActorService for ActorServer {
         &self,
         request: Request<TrainRequest>,
     ) -> Result<Response<TrainResponse>, Status> {
-        let req = request.into_inner();
-        if req.samples.is_empty() {
-            return Err(invalid("samples", "at least one sample is required"));
-        }
-        for (name, value, ok) in [
-            ("lr", req.lr, req.lr.is_finite() && req.lr > 0.0),
-            (
-                "clip_eps",
-                req.clip_eps,
-                req.clip_eps.is_finite() && req.clip_eps > 0.0,
-            ),
-            (
-                "entropy_coef",
-                req.entropy_coef,
-                req.entropy_coef.is_finite() && req.entropy_coef >= 0.0,
-            ),
-            (
-                "max_grad_norm",
-                req.max_grad_norm,
-                req.max_grad_norm.is_finite() && req.max_grad_norm >= 0.0,
-            ),
-        ] {
-            if !ok {
-                return Err(invalid(name, format!("out of range: {value}")));
+        let job = match self.train_job(request.into_inner()) {
+            Ok(job) => job,
+            Err(status) => {
+                if self.cfg.server.world_size > 1 {
+                    // The other ranks are waiting for this one's part of the update.
+                    let _ = self.engine.submit(vec![Work::TrainRejected]).await;
+                }
+                return Err(status);
             }
-        }
-        let mut job = PpoJob {
-            pairs: vec![],
-            old_logprobs: vec![],
-            advantages: vec![],
-            minibatch_size: req.minibatch_size as usize,
-            epochs: req.epochs.max(1) as usize,
-            lr: req.lr as f64,
-            clip_eps: req.clip_eps as f64,
-            entropy_coef: req.entropy_coef as f64,
-            max_grad_norm: req.max_grad_norm as f64,
-            seed: req.seed,
         };
-        for (i, s) in req.samples.iter().enumerate() {
-            let seq = s
-                .sequence
-                .as_ref()
-                .ok_or_else(|| invalid(format!("samples[{i}].sequence"), "is required"))?;
-            let pair = token_pair(
-                &format!("samples[{i}].sequence"),
-                &seq.prompt_ids,
-                &seq.response_ids,
-                self.vocab_size,
-                self.cfg.max_length,
-            )?;
-            for (name, v) in [
-                ("old_logprobs", &s.old_logprobs),
-                ("advantages", &s.advantages),
-            ] {
-                if v.len() != pair.1.len() {
-                    return Err(invalid(
-                        format!("samples[{i}].{name}"),
-                        format!(
-                            "has {} values for {} response tokens",
-                            v.len(),
-                            pair.1.len()
-                        ),
-                    ));
-                }
-                if let Some(x) = v.iter().find(|x| !x.is_finite()) {
-                    return Err(invalid(
-                        format!("samples[{i}].{name}"),
-                        format!("{x} is not finite"),
-                    ));
-                }
-            }
-            job.pairs.push(pair);
-            job.old_logprobs.push(s.old_logprobs.clone());
-            job.advantages.push(s.advantages.clone());
-        }
         match self
             .engine
             .submit(vec![Work::Train(Box::new(job))])
@@ -392,6 +418,7 @@ impl ActorService for ActorServer {
                 entropy: s.entropy as f32,
                 updates: s.updates as u32,
                 grad_norm_mean: s.grad_norm_mean as f32,
+                param_checksum: s.param_checksum,
             })),
             other => Err(Status::internal(format!(
                 "unexpected engine result {other:?}"
@@ -410,7 +437,9 @@ impl ActorService for ActorServer {
         &self,
         request: Request<LoadCheckpointRequest>,
     ) -> Result<Response<LoadCheckpointResponse>, Status> {
-        checkpoint_rpc::load(&self.engine, request.into_inner(), Work::Load).await
+        // With several ranks the engines check the path together (rank 0 must read it).
+        let check_here = self.cfg.server.world_size <= 1;
+        checkpoint_rpc::load(&self.engine, request.into_inner(), check_here, Work::Load).await
     }
 
     async fn info(&self, _request: Request<InfoRequest>) -> Result<Response<InfoResponse>, Status> {

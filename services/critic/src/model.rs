@@ -1,6 +1,7 @@
 //! The critic on its engine thread: a single-scalar-head reward-model layout read at every
 //! token, its AdamW state, and the work items the engine runs in arrival order (consecutive
-//! `Values` items share one forward pass).
+//! `Values` items share one forward pass). With several ranks, training, checkpoint loads and
+//! start-up go in step with the other ranks (`rrlhf_train::data_parallel`).
 
 use std::cell::RefCell;
 use std::path::{Path, PathBuf};
@@ -9,8 +10,8 @@ use rrlhf_model::batch::{Batch, PadSide, rows_f32};
 use rrlhf_model::losses::value_loss;
 use rrlhf_model::reward_model::{RewardKind, RewardModel};
 use rrlhf_model::{ModelError, Placement};
+use rrlhf_train::data_parallel::{self, DataParallel, MinibatchLoss, UpdatePlan};
 use rrlhf_train::optim::{self, AdamW};
-use rrlhf_train::sampler::Order;
 use tch::{Kind, Tensor};
 
 pub type Pair = (Vec<i64>, Vec<i64>);
@@ -36,12 +37,16 @@ pub struct TrainStats {
     pub loss_mean: f64,
     pub updates: usize,
     pub grad_norm_mean: f64,
+    /// `data_parallel::checksum` of the weights after the update.
+    pub param_checksum: f64,
 }
 
 #[derive(Debug)]
 pub enum Work {
     Values(Pair),
     Train(Box<TrainJob>),
+    /// A `Train` this rank rejected: the other ranks must hear so instead of waiting for it.
+    TrainRejected,
     Save(PathBuf),
     Load(PathBuf),
 }
@@ -50,6 +55,7 @@ pub enum Work {
 pub enum Done {
     Values(Vec<f32>),
     Trained(TrainStats),
+    Rejected,
     Saved,
     Loaded,
 }
@@ -58,11 +64,23 @@ pub struct Critic {
     model: RewardModel,
     optimizer: RefCell<Option<AdamW>>,
     weight_decay: f64,
+    /// The other ranks training this critic, when there are any.
+    dp: Option<DataParallel>,
+}
+
+fn dp_error(e: rrlhf_train::TrainError) -> ModelError {
+    ModelError::InvalidInput(e.to_string())
 }
 
 impl Critic {
-    /// Loads a stage-1 reward model (or a saved critic) as the critic.
-    pub fn load(dir: &Path, placement: Placement, weight_decay: f64) -> Result<Self, ModelError> {
+    /// Loads a stage-1 reward model (or a saved critic) as the critic; with `dp`, then takes
+    /// rank 0's weights so all ranks start equal.
+    pub fn load(
+        dir: &Path,
+        placement: Placement,
+        weight_decay: f64,
+        dp: Option<DataParallel>,
+    ) -> Result<Self, ModelError> {
         let model = RewardModel::from_dir(dir, placement)?;
         if model.meta.kind != RewardKind::BradleyTerry {
             return Err(ModelError::InvalidInput(format!(
@@ -71,10 +89,14 @@ impl Critic {
                 model.meta.kind
             )));
         }
+        if let Some(dp) = &dp {
+            dp.broadcast_parameters(&model.vs).map_err(dp_error)?;
+        }
         Ok(Self {
             model,
             optimizer: RefCell::new(None),
             weight_decay,
+            dp,
         })
     }
 
@@ -109,51 +131,63 @@ impl Critic {
     pub fn train(&self, job: &TrainJob) -> Result<TrainStats, ModelError> {
         let mut slot = self.optimizer.borrow_mut();
         let opt = optim::get_or_init(&mut slot, &self.model.vs, self.weight_decay)?;
-        let n = job.pairs.len();
-        let mb = if job.minibatch_size == 0 {
-            n
-        } else {
-            job.minibatch_size.min(n)
+        let plan = UpdatePlan {
+            samples: job.pairs.len(),
+            minibatch_size: job.minibatch_size,
+            epochs: job.epochs,
+            seed: job.seed,
+            lr: job.lr,
+            max_grad_norm: job.max_grad_norm,
         };
-        let mut order = Order::new(n, job.seed);
-        let (mut losses, mut norms) = (Vec::new(), Vec::new());
-        for _ in 0..job.epochs.max(1) {
-            for _ in 0..n.div_ceil(mb) {
-                let idx: Vec<usize> = (0..mb).map(|_| order.next()).collect();
-                let pairs: Vec<Pair> = idx.iter().map(|&i| job.pairs[i].clone()).collect();
-                let (values, spans) = self.forward(&pairs)?;
-                let width = values.size()[1];
-                // Targets laid out like `values`, with a mask over each response span.
-                let rows = idx.len();
-                let mut old = vec![0f32; rows * width as usize];
-                let mut ret = vec![0f32; rows * width as usize];
-                let mut mask = vec![0f32; rows * width as usize];
-                for (r, (&i, &(start, len))) in idx.iter().zip(&spans).enumerate() {
-                    for t in 0..len {
-                        let k = r * width as usize + start + t;
-                        old[k] = job.old_values[i][t];
-                        ret[k] = job.returns[i][t];
-                        mask[k] = 1.0;
-                    }
-                }
-                let device = values.device();
-                let shape = [rows as i64, width];
-                let to = |v: &[f32]| Tensor::from_slice(v).view(shape).to_device(device);
-                let loss = value_loss(&values, &to(&old), &to(&ret), &to(&mask), job.value_clip);
-                let norm = opt
-                    .step(&loss, job.lr, job.max_grad_norm)
-                    .map_err(|e| ModelError::InvalidInput(e.to_string()))?;
-                losses.push(loss.to_kind(Kind::Double).double_value(&[]));
-                norms.push(norm);
+        let done = data_parallel::run_updates(opt, self.dp.as_ref(), &plan, |idx| {
+            Ok(self.minibatch_loss(job, idx)?)
+        })
+        .map_err(dp_error)?;
+        let mean = |v: &mut dyn Iterator<Item = f64>| {
+            let (sum, n) = v.fold((0.0, 0usize), |(s, n), x| (s + x, n + 1));
+            sum / n.max(1) as f64
+        };
+        Ok(TrainStats {
+            loss_first: done.first().map_or(0.0, |d| d.0),
+            loss_last: done.last().map_or(0.0, |d| d.0),
+            loss_mean: mean(&mut done.iter().map(|d| d.0)),
+            updates: done.len(),
+            grad_norm_mean: mean(&mut done.iter().map(|d| d.1)),
+            param_checksum: data_parallel::checksum(&self.model.vs),
+        })
+    }
+
+    /// The clipped value loss of the samples `idx` (and its value, to report).
+    fn minibatch_loss(
+        &self,
+        job: &TrainJob,
+        idx: &[usize],
+    ) -> Result<MinibatchLoss<f64>, ModelError> {
+        let pairs: Vec<Pair> = idx.iter().map(|&i| job.pairs[i].clone()).collect();
+        let (values, spans) = self.forward(&pairs)?;
+        let width = values.size()[1];
+        // Targets laid out like `values`, with a mask over each response span.
+        let rows = idx.len();
+        let mut old = vec![0f32; rows * width as usize];
+        let mut ret = vec![0f32; rows * width as usize];
+        let mut mask = vec![0f32; rows * width as usize];
+        for (r, (&i, &(start, len))) in idx.iter().zip(&spans).enumerate() {
+            for t in 0..len {
+                let k = r * width as usize + start + t;
+                old[k] = job.old_values[i][t];
+                ret[k] = job.returns[i][t];
+                mask[k] = 1.0;
             }
         }
-        let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
-        Ok(TrainStats {
-            loss_first: losses[0],
-            loss_last: *losses.last().expect("at least one update"),
-            loss_mean: mean(&losses),
-            updates: losses.len(),
-            grad_norm_mean: mean(&norms),
+        let device = values.device();
+        let shape = [rows as i64, width];
+        let to = |v: &[f32]| Tensor::from_slice(v).view(shape).to_device(device);
+        let loss = value_loss(&values, &to(&old), &to(&ret), &to(&mask), job.value_clip);
+        let stats = loss.to_kind(Kind::Double).double_value(&[]);
+        Ok(MinibatchLoss {
+            loss,
+            tokens: mask.iter().map(|&m| m as f64).sum(),
+            stats,
         })
     }
 
@@ -166,16 +200,14 @@ impl Critic {
     }
 
     /// Copies a saved checkpoint's weights into the live model (same shapes, strict names) and
-    /// restores the optimizer state saved with them.
+    /// restores the optimizer state saved with them. With several ranks, rank 0 reads `dir`
+    /// (the others read it too when they can see it) and all then take rank 0's state.
     pub fn load_weights(&self, dir: &Path) -> Result<(), ModelError> {
-        rrlhf_model::checkpoint::load_strict(
+        data_parallel::load_checkpoint(
+            self.dp.as_ref(),
             &self.model.vs,
-            dir,
             self.model.cfg.tie_word_embeddings,
-        )?;
-        optim::restore_from_checkpoint(
             &mut self.optimizer.borrow_mut(),
-            &self.model.vs,
             self.weight_decay,
             dir,
         )
@@ -197,6 +229,13 @@ impl Critic {
                     continue;
                 }
                 Work::Train(job) => out.push(Done::Trained(self.train(job)?)),
+                Work::TrainRejected => {
+                    if let Some(dp) = &self.dp {
+                        // Tells the other ranks, which then fail their part instead of waiting.
+                        let _ = dp.agree(false, &[0.0]);
+                    }
+                    out.push(Done::Rejected);
+                }
                 Work::Save(dir) => {
                     self.save(dir)?;
                     out.push(Done::Saved);

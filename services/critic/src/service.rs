@@ -17,6 +17,7 @@ use rrlhf_proto::critic::v1::{
 use rrlhf_runtime::engine::{Engine, LoadError};
 use rrlhf_runtime::validate::{invalid, token_pair};
 use rrlhf_runtime::{checkpoint_rpc, server};
+use rrlhf_train::data_parallel::DataParallel;
 use tonic::{Request, Response, Status};
 
 use crate::config::CriticServiceConfig;
@@ -40,8 +41,18 @@ impl CriticServer {
                 let placement = Placement::parse(&load_cfg.engine.device, &load_cfg.engine.dtype)
                     .map_err(err)?;
                 rrlhf_model::device::set_threads(load_cfg.engine.threads);
-                let critic =
-                    Critic::load(&load_cfg.model, placement, load_cfg.weight_decay).map_err(err)?;
+                let srv = &load_cfg.server;
+                let dp = DataParallel::for_service(
+                    srv.rank,
+                    srv.world_size,
+                    srv.store_addr.as_deref(),
+                    srv.dist_backend.as_deref(),
+                    placement.device,
+                    srv.dist_timeout(),
+                )
+                .map_err(|e| LoadError(format!("data-parallel group: {e}")))?;
+                let critic = Critic::load(&load_cfg.model, placement, load_cfg.weight_decay, dp)
+                    .map_err(err)?;
                 critic
                     .values(&[(vec![0], vec![0])])
                     .map_err(|e| LoadError(format!("warm-up: {e}")))?;
@@ -72,7 +83,8 @@ impl CriticServer {
     }
 
     fn train_job(&self, req: &TrainRequest) -> Result<TrainJob, Status> {
-        if req.samples.is_empty() {
+        // A data-parallel rank may get no samples (it still takes part in every update).
+        if req.samples.is_empty() && self.cfg.server.world_size <= 1 {
             return Err(invalid("samples", "at least one sample is required"));
         }
         if !(req.lr.is_finite() && req.lr > 0.0) {
@@ -176,7 +188,16 @@ impl CriticService for CriticServer {
         &self,
         request: Request<TrainRequest>,
     ) -> Result<Response<TrainResponse>, Status> {
-        let job = self.train_job(&request.into_inner())?;
+        let job = match self.train_job(&request.into_inner()) {
+            Ok(job) => job,
+            Err(status) => {
+                if self.cfg.server.world_size > 1 {
+                    // The other ranks are waiting for this one's part of the update.
+                    let _ = self.one(Work::TrainRejected).await;
+                }
+                return Err(status);
+            }
+        };
         match self.one(Work::Train(Box::new(job))).await? {
             Done::Trained(s) => Ok(Response::new(TrainResponse {
                 loss_first: s.loss_first as f32,
@@ -184,6 +205,7 @@ impl CriticService for CriticServer {
                 loss_mean: s.loss_mean as f32,
                 updates: s.updates as u32,
                 grad_norm_mean: s.grad_norm_mean as f32,
+                param_checksum: s.param_checksum,
             })),
             other => Err(Status::internal(format!(
                 "unexpected engine result {other:?}"
@@ -202,7 +224,9 @@ impl CriticService for CriticServer {
         &self,
         request: Request<LoadCheckpointRequest>,
     ) -> Result<Response<LoadCheckpointResponse>, Status> {
-        checkpoint_rpc::load(&self.engine, request.into_inner(), Work::Load).await
+        // With several ranks the engines check the path together (rank 0 must read it).
+        let check_here = self.cfg.server.world_size <= 1;
+        checkpoint_rpc::load(&self.engine, request.into_inner(), check_here, Work::Load).await
     }
 
     async fn info(&self, _request: Request<InfoRequest>) -> Result<Response<InfoResponse>, Status> {

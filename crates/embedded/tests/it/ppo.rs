@@ -55,12 +55,14 @@ async fn ppo_steps_apply_the_robust_objective() {
     cluster.stop().await;
 }
 
-/// Two ranks of actor and critic each train on half of every batch; two reference and reward
-/// replicas share the scoring. (Ranks do not average gradients yet: each moves on its shard.)
+/// PPO steps with a 2-rank actor and a 2-rank critic (c10d over Gloo on loopback): each rank
+/// trains on half of every batch and they average gradients, so both ranks of each hold the
+/// same weights after every step (checksum spread 0, equal log-probs); the checkpoint rank 0
+/// saved loads back into both ranks. Two reference and reward replicas share the scoring.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ranks_get_shards_and_replicas_share_the_work() {
+async fn data_parallel_ranks_train_in_step() {
     use rrlhf_proto::actor::v1::actor_service_client::ActorServiceClient;
-    use rrlhf_proto::common::v1::{LogProbsRequest, Sequence};
+    use rrlhf_proto::common::v1::{LoadCheckpointRequest, LogProbsRequest, Sequence};
 
     let out = tempfile::tempdir().unwrap();
     let cluster = rrlhf_embedded::Cluster::with_replicas(
@@ -72,30 +74,74 @@ async fn ranks_get_shards_and_replicas_share_the_work() {
     .unwrap();
     let endpoints = cluster.endpoints(None);
     assert_eq!(endpoints.actor.len(), 2);
+    assert_eq!(endpoints.critic.len(), 2);
     assert_eq!(endpoints.reward.len(), 2);
     let mut cfg = config(&cluster, out.path(), "ranks", 2);
     cfg.endpoints = endpoints.clone();
     run_to_the_end(cfg).await;
-    assert_eq!(metrics_of(out.path(), "ranks").len(), 2);
+    let m = metrics_of(out.path(), "ranks");
+    assert_eq!(m.len(), 2);
+    for s in &m {
+        let t = &s.train;
+        assert!(t.actor_checksum.is_finite() && t.actor_checksum != 0.0);
+        assert_eq!(t.actor_checksum_spread, 0.0, "actor ranks drifted: {t:?}");
+        assert_eq!(t.critic_checksum_spread, 0.0, "critic ranks drifted: {t:?}");
+    }
+    assert_ne!(
+        m[0].train.actor_checksum, m[1].train.actor_checksum,
+        "the ranks trained"
+    );
 
-    // Both actor ranks trained (on different shards): both moved away from the SFT weights.
     let seq = Sequence {
         id: "probe".into(),
         prompt_ids: vec![1, 2, 3],
         response_ids: vec![4, 5],
     };
-    let mut lps = Vec::new();
-    for url in &endpoints.actor {
-        let mut c = ActorServiceClient::connect(url.clone()).await.unwrap();
-        let r = c
-            .log_probs(LogProbsRequest {
-                sequences: vec![seq.clone()],
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        lps.push(r.results[0].logprobs.clone());
-    }
-    assert_ne!(lps[0], lps[1], "each rank trained on its own shard");
+    let probe = || async {
+        let mut lps = Vec::new();
+        for url in &endpoints.actor {
+            let mut c = ActorServiceClient::connect(url.clone()).await.unwrap();
+            let r = c
+                .log_probs(LogProbsRequest {
+                    sequences: vec![seq.clone()],
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            lps.push(r.results[0].logprobs.clone());
+        }
+        lps
+    };
+    let trained = probe().await;
+    assert_eq!(trained[0], trained[1], "both ranks hold the same weights");
+
+    // Loading the SFT weights (a directory only rank 0 needs to read) resets both ranks.
+    let load = |url: String, path: String| async move {
+        let mut c = ActorServiceClient::connect(url).await.unwrap();
+        c.load_checkpoint(LoadCheckpointRequest { path }).await
+    };
+    let sft = crate::fixture::models().dirs.policy.display().to_string();
+    let (a, b) = tokio::join!(
+        load(endpoints.actor[0].clone(), sft.clone()),
+        load(
+            endpoints.actor[1].clone(),
+            "/nonexistent/on/this/rank".into()
+        ),
+    );
+    a.unwrap();
+    b.unwrap();
+    let reset = probe().await;
+    assert_eq!(reset[0], reset[1]);
+    assert_ne!(reset[0], trained[0], "the SFT weights are back");
+
+    // A path rank 0 cannot read fails on every rank, and leaves both usable and equal.
+    let (a, b) = tokio::join!(
+        load(endpoints.actor[0].clone(), "/nonexistent".into()),
+        load(endpoints.actor[1].clone(), "/nonexistent".into()),
+    );
+    assert_eq!(a.unwrap_err().code(), tonic::Code::InvalidArgument);
+    let b = b.unwrap_err();
+    assert!(b.message().contains("another data-parallel rank"), "{b:?}");
+    assert_eq!(probe().await, reset);
     cluster.stop().await;
 }

@@ -1,0 +1,330 @@
+//! Data-parallel training of one model by several ranks (the actor's and the critic's), over a
+//! c10d process group from `rrlhf-dist`.
+//!
+//! Each rank trains on its own shard of a batch. The ranks first agree on how many optimizer
+//! updates the call takes (the largest shard decides; a rank out of samples contributes zero
+//! gradients), then, every update, weigh their token-mean loss by their share of the update's
+//! tokens and sum the gradients across ranks. The result is the gradient of the token mean
+//! over the whole update, so N ranks on N shards take the update one rank would take on the
+//! whole batch, and every rank applies the same update to the same weights. Weights (and the
+//! AdamW state) are broadcast from rank 0 when a rank starts and after a checkpoint load.
+
+use std::cell::RefCell;
+
+use rrlhf_dist::{DistError, GroupConfig, ProcessGroup, ReduceOp};
+use tch::{Kind, Tensor, nn};
+
+use crate::error::{Result, TrainError};
+use crate::optim::AdamW;
+use crate::sampler::Order;
+
+/// A rank's membership in its model's data-parallel group. After a failed collective the
+/// group's state is unknown (ranks may be at different calls), so every later call fails fast
+/// with the first error: the ranks must be restarted together.
+pub struct DataParallel {
+    group: ProcessGroup,
+    failure: RefCell<Option<String>>,
+}
+
+impl std::fmt::Debug for DataParallel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DataParallel")
+            .field("group", &self.group)
+            .finish()
+    }
+}
+
+impl DataParallel {
+    /// The group a training service's rank joins: none for a single rank; else the store at
+    /// `store` (required), with `backend` or the device's default.
+    pub fn for_service(
+        rank: u32,
+        world_size: u32,
+        store: Option<&str>,
+        backend: Option<&str>,
+        device: tch::Device,
+        timeout: std::time::Duration,
+    ) -> Result<Option<Self>> {
+        if world_size <= 1 {
+            return Ok(None);
+        }
+        let store = store.ok_or_else(|| {
+            TrainError::Invalid(format!(
+                "server.store_addr: required with world_size {world_size} (HOST:PORT of rank 0's \
+                 TCPStore)"
+            ))
+        })?;
+        let backend = match backend {
+            Some(b) => b.parse().map_err(dist_error)?,
+            None => rrlhf_dist::Backend::for_device(device),
+        };
+        Self::join(&GroupConfig {
+            backend,
+            store: store.to_owned(),
+            rank: rank as usize,
+            world_size: world_size as usize,
+            timeout,
+        })
+        .map(Some)
+    }
+
+    /// Joins the group (blocks until every rank has joined, up to the configured timeout).
+    pub fn join(cfg: &GroupConfig) -> Result<Self> {
+        let group = ProcessGroup::new(cfg).map_err(dist_error)?;
+        Ok(Self {
+            group,
+            failure: RefCell::new(None),
+        })
+    }
+
+    pub fn rank(&self) -> usize {
+        self.group.rank()
+    }
+
+    pub fn world_size(&self) -> usize {
+        self.group.world_size()
+    }
+
+    /// Runs one collective, or refuses when an earlier one failed.
+    fn collective(&self, f: impl FnOnce(&ProcessGroup) -> Result<(), DistError>) -> Result<()> {
+        if let Some(first) = self.failure.borrow().as_ref() {
+            return Err(TrainError::Invalid(format!(
+                "the data-parallel group failed earlier ({first}); restart all {} ranks",
+                self.world_size()
+            )));
+        }
+        f(&self.group).map_err(|e| {
+            let message = e.to_string();
+            *self.failure.borrow_mut() = Some(message.clone());
+            TrainError::Invalid(format!("rank {}: {message}", self.rank()))
+        })
+    }
+
+    fn reduce(&self, values: &[f64], op: ReduceOp) -> Result<Vec<f64>> {
+        let t = Tensor::from_slice(values);
+        self.collective(|g| g.all_reduce(&[t.shallow_clone()], op))?;
+        Ok(Vec::<f64>::try_from(&t)?)
+    }
+
+    /// Every rank says whether it can take part and proposes `counts`; all ranks learn the
+    /// largest counts, or an error on every rank when any rank could not take part (it then
+    /// reports its own reason to its caller).
+    pub fn agree(&self, ok: bool, counts: &[f64]) -> Result<Vec<f64>> {
+        let mut values = vec![if ok { 0.0 } else { 1.0 }];
+        values.extend_from_slice(counts);
+        let agreed = self.reduce(&values, ReduceOp::Max)?;
+        if agreed[0] > 0.0 {
+            return Err(TrainError::Invalid(if ok {
+                "another data-parallel rank rejected its part of this call; see that rank's error"
+                    .into()
+            } else {
+                "this rank rejected its part of the call".into()
+            }));
+        }
+        Ok(agreed[1..].to_vec())
+    }
+
+    /// Element-wise sums of `values` over the ranks.
+    pub fn sum(&self, values: &[f64]) -> Result<Vec<f64>> {
+        self.reduce(values, ReduceOp::Sum)
+    }
+
+    /// Overwrites `tensors` with rank 0's.
+    pub fn broadcast(&self, tensors: &[Tensor]) -> Result<()> {
+        if tensors.is_empty() {
+            return Ok(());
+        }
+        let _guard = tch::no_grad_guard();
+        self.collective(|g| g.broadcast(tensors, 0))
+    }
+
+    /// Makes every trainable weight of `vs` equal to rank 0's.
+    pub fn broadcast_parameters(&self, vs: &nn::VarStore) -> Result<()> {
+        self.broadcast(&trainable(vs))
+    }
+
+    /// Makes the optimizer state equal to rank 0's: absent on every rank when rank 0 has none,
+    /// else rank 0's moments and step count (ranks without one create it first).
+    pub fn broadcast_optimizer(
+        &self,
+        slot: &mut Option<AdamW>,
+        vs: &nn::VarStore,
+        weight_decay: f64,
+    ) -> Result<()> {
+        let steps = slot.as_ref().map_or(-1.0, |o| o.steps() as f64);
+        let t = Tensor::from_slice(&[steps]);
+        self.broadcast(&[t.shallow_clone()])?;
+        let steps = t.double_value(&[0]);
+        if steps < 0.0 {
+            *slot = None;
+            return Ok(());
+        }
+        let opt = match slot {
+            Some(o) => o,
+            None => slot.insert(AdamW::new(vs, weight_decay)?),
+        };
+        self.broadcast(&opt.moments())?;
+        opt.set_steps(steps as i64);
+        Ok(())
+    }
+
+    /// Sums every gradient of `opt` over the ranks, in place.
+    pub fn sum_gradients(&self, opt: &AdamW) -> Result<()> {
+        let grads = opt.gradients();
+        if grads.is_empty() {
+            return Ok(());
+        }
+        self.collective(|g| g.all_reduce(&grads, ReduceOp::Sum))
+    }
+}
+
+fn dist_error(e: DistError) -> TrainError {
+    TrainError::Invalid(e.to_string())
+}
+
+fn trainable(vs: &nn::VarStore) -> Vec<Tensor> {
+    crate::optim::trainable_by_name(vs)
+        .into_iter()
+        .map(|(_, t)| t)
+        .collect()
+}
+
+/// Loads the checkpoint at `dir` into a training service's model (`vs`) and optimizer `slot`.
+/// Alone: validated, then copied (a bad checkpoint changes nothing). In a group: rank 0 reads
+/// `dir` (the others read it too when they can see it), the ranks agree that every read
+/// succeeded, and all then take rank 0's weights and optimizer state.
+pub fn load_checkpoint(
+    dp: Option<&DataParallel>,
+    vs: &nn::VarStore,
+    tie_word_embeddings: bool,
+    slot: &mut Option<AdamW>,
+    weight_decay: f64,
+    dir: &std::path::Path,
+) -> Result<(), rrlhf_model::ModelError> {
+    let read = |slot: &mut Option<AdamW>| {
+        rrlhf_model::checkpoint::load_strict(vs, dir, tie_word_embeddings)?;
+        crate::optim::restore_from_checkpoint(slot, vs, weight_decay, dir)
+    };
+    let Some(dp) = dp else {
+        return read(slot);
+    };
+    let local = if dp.rank() == 0 || dir.join("config.json").exists() {
+        read(slot)
+    } else {
+        Ok(())
+    };
+    // Every rank joins the agreement; a rank that failed reports its own error.
+    let agreed = dp.agree(local.is_ok(), &[]);
+    local?;
+    let dp_error = |e: TrainError| rrlhf_model::ModelError::InvalidInput(e.to_string());
+    agreed.map_err(dp_error)?;
+    dp.broadcast_parameters(vs).map_err(dp_error)?;
+    dp.broadcast_optimizer(slot, vs, weight_decay)
+        .map_err(dp_error)
+}
+
+/// Σ w + Σ w² over the trainable weights, in f64: equal on ranks that hold equal weights, and
+/// different after almost any drift. Reported with every training call.
+pub fn checksum(vs: &nn::VarStore) -> f64 {
+    let _guard = tch::no_grad_guard();
+    trainable(vs)
+        .iter()
+        .map(|t| {
+            let t = t.to_kind(Kind::Double);
+            t.sum(Kind::Double).double_value(&[]) + t.square().sum(Kind::Double).double_value(&[])
+        })
+        .sum()
+}
+
+/// How one training call walks its samples.
+#[derive(Debug, Clone, Copy)]
+pub struct UpdatePlan {
+    /// Samples on this rank.
+    pub samples: usize,
+    /// Samples per update on this rank (0: all of them).
+    pub minibatch_size: usize,
+    pub epochs: usize,
+    pub seed: u64,
+    pub lr: f64,
+    pub max_grad_norm: f64,
+}
+
+/// What one update's loss function returns: the loss (a mean over `tokens` tokens) and
+/// whatever the caller wants reported about it.
+pub struct MinibatchLoss<S> {
+    pub loss: Tensor,
+    pub tokens: f64,
+    pub stats: S,
+}
+
+/// Runs `epochs × ⌈samples / minibatch⌉` AdamW updates over seeded mini-batches of sample
+/// indices, each loss built by `loss_of`; with `dp`, in step with the other ranks as the module
+/// describes. Returns each local update's stats and the gradient norm it saw.
+pub fn run_updates<S>(
+    opt: &mut AdamW,
+    dp: Option<&DataParallel>,
+    plan: &UpdatePlan,
+    mut loss_of: impl FnMut(&[usize]) -> Result<MinibatchLoss<S>>,
+) -> Result<Vec<(S, f64)>> {
+    let n = plan.samples;
+    let mb = if plan.minibatch_size == 0 {
+        n
+    } else {
+        plan.minibatch_size.min(n)
+    };
+    let local = if n == 0 {
+        0
+    } else {
+        plan.epochs.max(1) * n.div_ceil(mb)
+    };
+    let total = match dp {
+        Some(dp) => dp.agree(true, &[local as f64])?[0] as usize,
+        None => local,
+    };
+    let mut order = Order::new(n.max(1), plan.seed);
+    let mut out = Vec::with_capacity(local);
+    for update in 0..total {
+        let idx: Vec<usize> = if update < local {
+            (0..mb).map(|_| order.next()).collect()
+        } else {
+            Vec::new()
+        };
+        let step = if idx.is_empty() {
+            None
+        } else {
+            Some(loss_of(&idx)?)
+        };
+        let Some(dp) = dp else {
+            let step = step.expect("a single rank has samples in each of its updates");
+            let norm = opt.step(&step.loss, plan.lr, plan.max_grad_norm)?;
+            out.push((step.stats, norm));
+            continue;
+        };
+        let tokens = step.as_ref().map_or(0.0, |s| s.tokens);
+        let all_tokens = dp.sum(&[tokens])?[0];
+        let weight = if all_tokens > 0.0 {
+            tokens / all_tokens
+        } else {
+            0.0
+        };
+        let weighted = match &step {
+            Some(s) => s.loss.f_mul_scalar(weight)?,
+            // No samples here: a zero loss, so this rank still sends (zero) gradients.
+            None => match opt.variables().first() {
+                Some(v) => v.f_sum(Kind::Float)?.f_mul_scalar(0.0)?,
+                None => {
+                    return Err(TrainError::Invalid(
+                        "the model has no trainable weights".into(),
+                    ));
+                }
+            },
+        };
+        opt.backward(&weighted, true)?;
+        dp.sum_gradients(opt)?;
+        let norm = opt.apply(plan.lr, plan.max_grad_norm)?;
+        if let Some(s) = step {
+            out.push((s.stats, norm));
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,238 @@
+//! Two Gloo ranks in two processes (loopback TCPStore) train the policy on a shared PPO batch
+//! split unevenly between them (5 and 3 samples of different lengths, so the ranks hold
+//! different token counts), for three epochs with gradient clipping and an entropy bonus. Both
+//! must end with identical weights, equal (within 1e-5) to one rank training on the whole batch.
+//! Then the ranks train once more with mini-batches of 2 while rank 1 has no samples at all
+//! (rank 0 takes 3 updates, rank 1 joins each with zero gradients): still identical.
+//!
+//! A `harness = false` test: without `RRLHF_TEST_RANK` it builds the model, trains the single
+//! rank in-process, starts itself twice as the two ranks, and compares the saved weights.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use rrlhf_actor_service::model::{Policy, PpoJob};
+use rrlhf_dist::{Backend, GroupConfig};
+use rrlhf_model::{Arch, CausalLm, ModelConfig, Placement, SizePreset};
+use rrlhf_train::data_parallel::DataParallel;
+use tch::Tensor;
+
+const SAMPLES: usize = 8;
+/// Rank 0 trains on the first `SPLIT` samples, rank 1 on the rest.
+const SPLIT: usize = 5;
+
+fn main() {
+    tch::set_num_threads(1);
+    match std::env::var("RRLHF_TEST_RANK") {
+        Ok(rank) => {
+            let var = |k: &str| std::env::var(k).unwrap_or_else(|_| panic!("{k} is set"));
+            rank_main(
+                rank.parse().expect("rank"),
+                &var("RRLHF_TEST_STORE"),
+                Path::new(&var("RRLHF_TEST_MODEL")),
+                Path::new(&var("RRLHF_TEST_OUT")),
+            )
+        }
+        Err(_) => compare_one_rank_with_two(),
+    }
+}
+
+/// A deterministic PPO batch for a vocabulary of `vocab` tokens (same on every process).
+fn job(policy: &Policy, vocab: i64) -> PpoJob {
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let mut pairs = Vec::new();
+    for i in 0..SAMPLES {
+        let prompt: Vec<i64> = (0..2 + i % 3)
+            .map(|_| (next() % vocab as u64) as i64)
+            .collect();
+        let response: Vec<i64> = (0..1 + (i * 5) % 7)
+            .map(|_| (next() % vocab as u64) as i64)
+            .collect();
+        pairs.push((prompt, response));
+    }
+    // Old log-probs near the current ones, so some ratios fall outside the clip range.
+    let current = policy.logprobs(&pairs).expect("log-probs");
+    let old_logprobs = current
+        .iter()
+        .map(|row| {
+            row.iter()
+                .map(|lp| lp + ((next() % 1000) as f32 / 1000.0 - 0.5) * 0.6)
+                .collect()
+        })
+        .collect();
+    let advantages = pairs
+        .iter()
+        .map(|(_, r)| {
+            r.iter()
+                .map(|_| (next() % 2000) as f32 / 1000.0 - 1.0)
+                .collect()
+        })
+        .collect();
+    PpoJob {
+        pairs,
+        old_logprobs,
+        advantages,
+        minibatch_size: 0,
+        epochs: 3,
+        lr: 1e-3,
+        clip_eps: 0.2,
+        entropy_coef: 0.01,
+        max_grad_norm: 0.5,
+        seed: 7,
+    }
+}
+
+fn shard(job: &PpoJob, range: std::ops::Range<usize>) -> PpoJob {
+    PpoJob {
+        pairs: job.pairs[range.clone()].to_vec(),
+        old_logprobs: job.old_logprobs[range.clone()].to_vec(),
+        advantages: job.advantages[range].to_vec(),
+        ..job.clone()
+    }
+}
+
+fn train_and_save(dp: Option<DataParallel>, rank: usize, model: &Path, out: &Path) {
+    let policy = Policy::load(model, Placement::default(), 0.01, dp).expect("load the policy");
+    let full = full_job_of(&policy);
+    let mine = match rank {
+        0 if std::env::var("RRLHF_TEST_RANK").is_err() => full,
+        0 => shard(&full, 0..SPLIT),
+        _ => shard(&full, SPLIT..SAMPLES),
+    };
+    let stats = policy.train(&mine).expect("train");
+    assert_eq!(stats.updates, 3, "one update per epoch");
+    policy.model.save(out).expect("save");
+    if std::env::var("RRLHF_TEST_RANK").is_ok() {
+        let uneven = PpoJob {
+            minibatch_size: 2,
+            epochs: 1,
+            ..shard(
+                &full_job_of(&policy),
+                if rank == 0 { 0..SPLIT } else { 0..0 },
+            )
+        };
+        let stats = policy.train(&uneven).expect("train on uneven shards");
+        assert_eq!(stats.updates, if rank == 0 { 3 } else { 0 });
+        policy
+            .model
+            .save(&out.with_extension("uneven"))
+            .expect("save");
+    }
+}
+
+fn full_job_of(policy: &Policy) -> PpoJob {
+    job(policy, policy.model.cfg.vocab_size)
+}
+
+fn rank_main(rank: usize, store: &str, model: &Path, out: &Path) {
+    let dp = DataParallel::join(&GroupConfig {
+        backend: Backend::Gloo,
+        store: store.into(),
+        rank,
+        world_size: 2,
+        timeout: Duration::from_secs(60),
+    })
+    .expect("join the group");
+    train_and_save(Some(dp), rank, model, out);
+}
+
+fn weights(dir: &Path) -> Vec<(String, Tensor)> {
+    let mut w = Tensor::read_safetensors(dir.join("model.safetensors")).expect("saved weights");
+    w.sort_by(|a, b| a.0.cmp(&b.0));
+    w
+}
+
+fn compare_one_rank_with_two() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let model = root.path().join("policy");
+    tch::manual_seed(11);
+    let preset = SizePreset::by_name("tiny").expect("tiny preset");
+    let cfg = ModelConfig::new_random(Arch::Llama, &preset, 96, None, 1, Some(0), 64);
+    CausalLm::new(cfg, Placement::default())
+        .expect("model")
+        .save(&model)
+        .expect("save the model");
+
+    let single = root.path().join("single");
+    train_and_save(None, 0, &model, &single);
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let exe = std::env::current_exe().expect("test binary");
+    let outs: Vec<PathBuf> = (0..2)
+        .map(|r| root.path().join(format!("rank{r}")))
+        .collect();
+    let mut children: Vec<_> = outs
+        .iter()
+        .enumerate()
+        .map(|(rank, out)| {
+            Command::new(&exe)
+                .env("RRLHF_TEST_RANK", rank.to_string())
+                .env("RRLHF_TEST_STORE", format!("127.0.0.1:{port}"))
+                .env("RRLHF_TEST_MODEL", &model)
+                .env("RRLHF_TEST_OUT", out)
+                .spawn()
+                .expect("start a rank")
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(180);
+    for (rank, child) in children.iter_mut().enumerate() {
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                assert!(status.success(), "rank {rank} failed: {status}");
+                break;
+            }
+            assert!(Instant::now() < deadline, "rank {rank} did not finish");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    let (start, one, r0, r1) = (
+        weights(&model),
+        weights(&single),
+        weights(&outs[0]),
+        weights(&outs[1]),
+    );
+    assert_eq!(one.len(), r0.len());
+    let mut largest = 0f64;
+    let mut moved = 0f64;
+    for ((((name, s), (_, a)), (_, b)), (_, w0)) in one.iter().zip(&r0).zip(&r1).zip(&start) {
+        assert!(a.equal(b), "{name}: the two ranks differ");
+        largest = largest.max((a - s).abs().max().double_value(&[]));
+        moved = moved.max((s - w0).abs().max().double_value(&[]));
+    }
+    assert!(
+        moved > 1e-3,
+        "training changed the weights (largest change {moved})"
+    );
+    assert!(
+        largest < 1e-5,
+        "two ranks differ from one rank on the whole batch by up to {largest}"
+    );
+    let uneven: Vec<_> = outs
+        .iter()
+        .map(|o| weights(&o.with_extension("uneven")))
+        .collect();
+    for ((name, a), ((_, b), (_, before))) in uneven[0].iter().zip(uneven[1].iter().zip(&r0)) {
+        assert!(
+            a.equal(b),
+            "{name}: the ranks differ after the uneven update"
+        );
+        assert!(
+            !a.equal(before) || name.contains("norm"),
+            "{name} did not move"
+        );
+    }
+    println!(
+        "data parallel: 2 ranks identical; max |2 ranks − 1 rank| = {largest:.2e} (weights moved up to {moved:.2e})"
+    );
+}
