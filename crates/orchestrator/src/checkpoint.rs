@@ -14,7 +14,7 @@ use rrlhf_proto::common::v1::{LoadCheckpointRequest, SaveCheckpointRequest};
 use serde::{Deserialize, Serialize};
 use tonic::Status;
 
-use crate::clients::{Services, retry};
+use crate::clients::{Pool, Services, retry};
 use crate::config::{OrchestratorConfig, RetrySettings};
 use crate::prompts::Cursor;
 
@@ -144,23 +144,60 @@ pub async fn restore_services(
     dir: &Path,
 ) -> Result<(), Status> {
     let abs = std::path::absolute(dir).map_err(|e| Status::internal(e.to_string()))?;
-    for rank in 0..services.actor.len() {
-        let path = abs.join("actor").display().to_string();
-        retry(retry_cfg, "actor LoadCheckpoint", || {
-            let mut c = services.actor.rank(rank);
-            let path = path.clone();
-            async move { c.load_checkpoint(LoadCheckpointRequest { path }).await }
-        })
-        .await?;
+    let path = |svc: &str| abs.join(svc).display().to_string();
+    tokio::try_join!(
+        load_all_ranks(
+            &services.actor,
+            retry_cfg,
+            "actor LoadCheckpoint",
+            path("actor"),
+            |mut c, path| async move {
+                c.load_checkpoint(LoadCheckpointRequest { path })
+                    .await
+                    .map(drop)
+            },
+        ),
+        load_all_ranks(
+            &services.critic,
+            retry_cfg,
+            "critic LoadCheckpoint",
+            path("critic"),
+            |mut c, path| async move {
+                c.load_checkpoint(LoadCheckpointRequest { path })
+                    .await
+                    .map(drop)
+            },
+        ),
+    )?;
+    Ok(())
+}
+
+/// Sends `path` to every rank of `pool` at once: the ranks of a data-parallel group load
+/// together (rank 0 reads, all agree, then rank 0's state is broadcast), so a rank waiting for
+/// the next one's call would stall the group. A lone rank's transient failures are retried;
+/// a group's are not (one rank repeating its part would not match the others).
+async fn load_all_ranks<C, F, Fut>(
+    pool: &Pool<C>,
+    retry_cfg: &RetrySettings,
+    what: &'static str,
+    path: String,
+    call: F,
+) -> Result<(), Status>
+where
+    C: Clone + Send + Sync + 'static,
+    F: Fn(C, String) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), Status>> + Send,
+{
+    if pool.len() == 1 {
+        return retry(retry_cfg, what, || call(pool.rank(0), path.clone())).await;
     }
-    for rank in 0..services.critic.len() {
-        let path = abs.join("critic").display().to_string();
-        retry(retry_cfg, "critic LoadCheckpoint", || {
-            let mut c = services.critic.rank(rank);
-            let path = path.clone();
-            async move { c.load_checkpoint(LoadCheckpointRequest { path }).await }
-        })
-        .await?;
+    let mut tasks = tokio::task::JoinSet::new();
+    for rank in 0..pool.len() {
+        let (client, call, path) = (pool.rank(rank), call.clone(), path.clone());
+        tasks.spawn(async move { call(client, path).await });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.map_err(|e| Status::internal(format!("{what} task: {e}")))??;
     }
     Ok(())
 }

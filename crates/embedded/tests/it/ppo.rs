@@ -92,6 +92,29 @@ async fn data_parallel_ranks_train_in_step() {
         "the ranks trained"
     );
 
+    // Resuming loads the step-2 checkpoint into both ranks of each group at once, and a third
+    // step follows in step.
+    let mut more = config(&cluster, out.path(), "ranks", 3);
+    more.endpoints = endpoints.clone();
+    let run = rrlhf_orchestrator::run::spawn_run(
+        more,
+        rrlhf_orchestrator::run::RunOptions {
+            resume: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        run.finished().await,
+        rrlhf_orchestrator::run::RunStatus::Finished,
+        "{:?}",
+        run.info().error
+    );
+    let m = metrics_of(out.path(), "ranks");
+    assert_eq!(m.iter().map(|s| s.step).collect::<Vec<_>>(), vec![1, 2, 3]);
+    assert_eq!(m[2].train.actor_checksum_spread, 0.0);
+    assert_eq!(m[2].train.critic_checksum_spread, 0.0);
+
     let seq = Sequence {
         id: "probe".into(),
         prompt_ids: vec![1, 2, 3],
