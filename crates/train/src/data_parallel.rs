@@ -259,7 +259,9 @@ pub struct MinibatchLoss<S> {
 
 /// Runs `epochs × ⌈samples / minibatch⌉` AdamW updates over seeded mini-batches of sample
 /// indices, each loss built by `loss_of`; with `dp`, in step with the other ranks as the module
-/// describes. Returns each local update's stats and the gradient norm it saw.
+/// describes. Returns each local update's stats and the gradient norm it saw. When one rank's
+/// loss fails, every rank stops at that update with an error (the weights have then taken the
+/// updates before it, on every rank alike).
 pub fn run_updates<S>(
     opt: &mut AdamW,
     dp: Option<&DataParallel>,
@@ -290,18 +292,32 @@ pub fn run_updates<S>(
             Vec::new()
         };
         let step = if idx.is_empty() {
-            None
+            Ok(None)
         } else {
-            Some(loss_of(&idx)?)
+            loss_of(&idx).map(Some)
         };
         let Some(dp) = dp else {
-            let step = step.expect("a single rank has samples in each of its updates");
+            let step = step?.expect("a single rank has samples in each of its updates");
             let norm = opt.step(&step.loss, plan.lr, plan.max_grad_norm)?;
             out.push((step.stats, norm));
             continue;
         };
-        let tokens = step.as_ref().map_or(0.0, |s| s.tokens);
-        let all_tokens = dp.sum(&[tokens])?[0];
+        // The token count travels with a failure flag: a rank whose loss failed (bad input,
+        // out of memory) makes every rank stop here instead of waiting for its gradients.
+        let (tokens, failed) = match &step {
+            Ok(s) => (s.as_ref().map_or(0.0, |s| s.tokens), 0.0),
+            Err(_) => (0.0, 1.0),
+        };
+        let totals = dp.sum(&[tokens, failed])?;
+        let step = step?;
+        if totals[1] > 0.0 {
+            return Err(TrainError::Invalid(format!(
+                "another data-parallel rank could not compute its loss in update {} of {total}; \
+                 see that rank's error",
+                update + 1
+            )));
+        }
+        let all_tokens = totals[0];
         let weight = if all_tokens > 0.0 {
             tokens / all_tokens
         } else {
