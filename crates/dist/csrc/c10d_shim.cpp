@@ -4,8 +4,9 @@
 // adapts types and turns C++ exceptions into error strings (Rust owns and frees them).
 //
 // Tensors arrive as `at::Tensor*` (tch's C tensor handle). A list of tensors is packed into
-// one flat buffer per call, reduced or broadcast once, and unpacked in place: Gloo's
-// `allreduce(vector)` would otherwise treat the list as copies of one tensor on several devices.
+// flat buffers of at most kBucketBytes each (one collective per bucket) and unpacked in place:
+// Gloo's `allreduce(vector)` would otherwise treat the list as copies of one tensor on several
+// devices, and one buffer for a whole 8B model would cost another copy of its gradients.
 
 #include <cstdlib>
 #include <cstring>
@@ -25,6 +26,11 @@
 
 namespace {
 
+constexpr int64_t kBucketBytes = 64 << 20;
+
+// Returned when even a message cannot be allocated; never freed.
+char kOutOfMemory[] = "c10d shim: out of memory while reporting an error";
+
 struct Group {
   c10::intrusive_ptr<c10d::Store> store;
   c10::intrusive_ptr<c10d::Backend> backend;
@@ -34,9 +40,10 @@ struct Group {
 char* copy_message(const char* text) {
   size_t n = std::strlen(text);
   char* out = static_cast<char*>(std::malloc(n + 1));
-  if (out != nullptr) {
-    std::memcpy(out, text, n + 1);
+  if (out == nullptr) {
+    return kOutOfMemory;
   }
+  std::memcpy(out, text, n + 1);
   return out;
 }
 
@@ -93,6 +100,28 @@ void unpack(const at::Tensor& buffer, std::vector<at::Tensor>& list) {
   }
 }
 
+// Runs `collective` on consecutive buckets of `list`: each bucket is packed into one flat
+// buffer, handed to `collective`, and unpacked in place. Every rank holds the same list, so
+// every rank forms the same buckets and issues the same collectives.
+template <typename F>
+void bucketed(std::vector<at::Tensor>& list, F&& collective) {
+  size_t start = 0;
+  while (start < list.size()) {
+    size_t end = start;
+    int64_t bytes = 0;
+    do {
+      bytes += list[end].numel() * list[end].element_size();
+      ++end;
+    } while (end < list.size() &&
+             bytes + list[end].numel() * list[end].element_size() <= kBucketBytes);
+    std::vector<at::Tensor> bucket(list.begin() + start, list.begin() + end);
+    std::vector<at::Tensor> buffer{pack(bucket)};
+    collective(buffer);
+    unpack(buffer[0], bucket);
+    start = end;
+  }
+}
+
 c10d::ReduceOp reduce_op(int op) {
   switch (op) {
     case 0:
@@ -111,7 +140,11 @@ c10d::ReduceOp reduce_op(int op) {
 
 extern "C" {
 
-void rrlhf_c10d_free_message(char* message) { std::free(message); }
+void rrlhf_c10d_free_message(char* message) {
+  if (message != kOutOfMemory) {
+    std::free(message);
+  }
+}
 
 int rrlhf_c10d_has_nccl() {
 #ifdef RRLHF_WITH_NCCL
@@ -165,14 +198,14 @@ char* rrlhf_c10d_all_reduce(void* handle, const void* const* tensors, size_t n, 
   return guarded([&] {
     auto* group = static_cast<Group*>(handle);
     auto list = gather_list(tensors, n);
-    std::vector<at::Tensor> buffer{pack(list)};
     c10d::AllreduceOptions options;
     options.reduceOp = reduce_op(op);
-    group->backend->allreduce(buffer, options)->wait();
-    if (op == 1) {
-      buffer[0].div_(group->world_size);
-    }
-    unpack(buffer[0], list);
+    bucketed(list, [&](std::vector<at::Tensor>& buffer) {
+      group->backend->allreduce(buffer, options)->wait();
+      if (op == 1) {
+        buffer[0].div_(group->world_size);
+      }
+    });
   });
 }
 
@@ -180,11 +213,11 @@ char* rrlhf_c10d_broadcast(void* handle, const void* const* tensors, size_t n, i
   return guarded([&] {
     auto* group = static_cast<Group*>(handle);
     auto list = gather_list(tensors, n);
-    std::vector<at::Tensor> buffer{pack(list)};
     c10d::BroadcastOptions options;
     options.rootRank = root;
-    group->backend->broadcast(buffer, options)->wait();
-    unpack(buffer[0], list);
+    bucketed(list, [&](std::vector<at::Tensor>& buffer) {
+      group->backend->broadcast(buffer, options)->wait();
+    });
   });
 }
 

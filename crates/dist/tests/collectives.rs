@@ -131,6 +131,17 @@ fn rank_main(rank: usize, store: &str) {
     group.broadcast(&[e.shallow_clone()], 1).expect("broadcast");
     assert_eq!(values(&e), vec![7.0, 2.0]);
 
+    // A list over the 64 MiB bucket size travels in several buckets, each reduced correctly.
+    let big: Vec<Tensor> = (0..3)
+        .map(|i| Tensor::full([6 << 20], r + i as f64, (Kind::Float, tch::Device::Cpu)))
+        .collect();
+    group.all_reduce(&big, ReduceOp::Sum).expect("bucketed sum");
+    for (i, t) in big.iter().enumerate() {
+        let expected = 1.0 + 2.0 * i as f64;
+        assert_eq!(t.min().double_value(&[]), expected);
+        assert_eq!(t.max().double_value(&[]), expected);
+    }
+
     // Gradients of a leaf can be reduced in place like any tensor.
     let w = Tensor::from_slice(&[1.0f32, 2.0]).set_requires_grad(true);
     (&w * (r + 1.0)).sum(Kind::Float).backward();

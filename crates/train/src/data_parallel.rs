@@ -8,11 +8,15 @@
 //! over the whole update, so N ranks on N shards take the update one rank would take on the
 //! whole batch, and every rank applies the same update to the same weights. Weights (and the
 //! AdamW state) are broadcast from rank 0 when a rank starts and after a checkpoint load.
+//!
+//! Every exit path issues the same collectives on every rank: a rank that cannot do its part
+//! (bad request, failed loss or backward, no optimizer) still joins the next agreement with a
+//! failure flag, so the others fail that call too instead of waiting for the timeout.
 
 use std::cell::RefCell;
 
 use rrlhf_dist::{DistError, GroupConfig, ProcessGroup, ReduceOp};
-use tch::{Kind, Tensor, nn};
+use tch::{Device, Kind, Tensor, nn};
 
 use crate::error::{Result, TrainError};
 use crate::optim::AdamW;
@@ -23,6 +27,8 @@ use crate::sampler::Order;
 /// with the first error: the ranks must be restarted together.
 pub struct DataParallel {
     group: ProcessGroup,
+    /// Where control values (counts, flags) live: NCCL reduces CUDA tensors only.
+    device: Device,
     failure: RefCell<Option<String>>,
 }
 
@@ -58,21 +64,26 @@ impl DataParallel {
             Some(b) => b.parse().map_err(dist_error)?,
             None => rrlhf_dist::Backend::for_device(device),
         };
-        Self::join(&GroupConfig {
-            backend,
-            store: store.to_owned(),
-            rank: rank as usize,
-            world_size: world_size as usize,
-            timeout,
-        })
+        Self::join(
+            &GroupConfig {
+                backend,
+                store: store.to_owned(),
+                rank: rank as usize,
+                world_size: world_size as usize,
+                timeout,
+            },
+            device,
+        )
         .map(Some)
     }
 
-    /// Joins the group (blocks until every rank has joined, up to the configured timeout).
-    pub fn join(cfg: &GroupConfig) -> Result<Self> {
+    /// Joins the group (blocks until every rank has joined, up to the configured timeout) for
+    /// a model on `device`.
+    pub fn join(cfg: &GroupConfig, device: Device) -> Result<Self> {
         let group = ProcessGroup::new(cfg).map_err(dist_error)?;
         Ok(Self {
             group,
+            device,
             failure: RefCell::new(None),
         })
     }
@@ -101,9 +112,21 @@ impl DataParallel {
     }
 
     fn reduce(&self, values: &[f64], op: ReduceOp) -> Result<Vec<f64>> {
-        let t = Tensor::from_slice(values);
+        let t = Tensor::from_slice(values).to_device(self.device);
         self.collective(|g| g.all_reduce(&[t.shallow_clone()], op))?;
-        Ok(Vec::<f64>::try_from(&t)?)
+        Ok(Vec::<f64>::try_from(&t.to_device(Device::Cpu))?)
+    }
+
+    /// Whether any rank (this one included) reports `failed`.
+    pub fn any_failed(&self, failed: bool) -> Result<bool> {
+        Ok(self.reduce(&[if failed { 1.0 } else { 0.0 }], ReduceOp::Max)?[0] > 0.0)
+    }
+
+    /// Whether every rank passed the same `values`.
+    fn same_everywhere(&self, values: &[f64]) -> Result<bool> {
+        let max = self.reduce(values, ReduceOp::Max)?;
+        let min = self.reduce(values, ReduceOp::Min)?;
+        Ok(max == min)
     }
 
     /// Every rank says whether it can take part and proposes `counts`; all ranks learn the
@@ -138,9 +161,20 @@ impl DataParallel {
         self.collective(|g| g.broadcast(tensors, 0))
     }
 
-    /// Makes every trainable weight of `vs` equal to rank 0's.
+    /// Makes every trainable weight of `vs` equal to rank 0's, after checking that every rank
+    /// holds the same layout (names, shapes, dtype): a broadcast between different models would
+    /// fail on sizes at best, and scramble weights when only the totals match.
     pub fn broadcast_parameters(&self, vs: &nn::VarStore) -> Result<()> {
-        self.broadcast(&trainable(vs))
+        let vars = crate::optim::trainable_by_name(vs);
+        if !self.same_everywhere(&layout_fingerprint(&vars))? {
+            return Err(TrainError::Invalid(format!(
+                "the {} data-parallel ranks hold models of different layouts (names, shapes or \
+                 dtype); start every rank from the same model",
+                self.world_size()
+            )));
+        }
+        let tensors: Vec<Tensor> = vars.into_iter().map(|(_, t)| t).collect();
+        self.broadcast(&tensors)
     }
 
     /// Makes the optimizer state equal to rank 0's: absent on every rank when rank 0 has none,
@@ -152,29 +186,45 @@ impl DataParallel {
         weight_decay: f64,
     ) -> Result<()> {
         let steps = slot.as_ref().map_or(-1.0, |o| o.steps() as f64);
-        let t = Tensor::from_slice(&[steps]);
+        let t = Tensor::from_slice(&[steps]).to_device(self.device);
         self.broadcast(&[t.shallow_clone()])?;
-        let steps = t.double_value(&[0]);
+        let steps = t.to_device(Device::Cpu).double_value(&[0]);
         if steps < 0.0 {
             *slot = None;
             return Ok(());
         }
-        let opt = match slot {
-            Some(o) => o,
-            None => slot.insert(AdamW::new(vs, weight_decay)?),
+        // A rank that cannot create its optimizer says so before the moments travel.
+        let created = match slot {
+            Some(_) => Ok(()),
+            None => AdamW::new(vs, weight_decay).map(|o| {
+                *slot = Some(o);
+            }),
         };
+        if self.any_failed(created.is_err())? {
+            created?;
+            return Err(TrainError::Invalid(
+                "another data-parallel rank could not create its optimizer".into(),
+            ));
+        }
+        let opt = slot.as_mut().expect("created above");
         self.broadcast(&opt.moments())?;
         opt.set_steps(steps as i64);
         Ok(())
     }
 
-    /// Sums every gradient of `opt` over the ranks, in place.
-    pub fn sum_gradients(&self, opt: &AdamW) -> Result<()> {
-        let grads = opt.gradients();
-        if grads.is_empty() {
-            return Ok(());
-        }
-        self.collective(|g| g.all_reduce(&grads, ReduceOp::Sum))
+    /// Sums every gradient of `opt` over the ranks, in place, together with this rank's
+    /// `failed` flag; returns whether any rank failed (its gradients then mean nothing).
+    pub fn sum_gradients(&self, opt: &AdamW, failed: bool) -> Result<bool> {
+        let mut grads = opt.gradients();
+        let like = grads
+            .first()
+            .ok_or_else(|| TrainError::Invalid("no gradients to reduce".into()))?;
+        let flag = Tensor::from_slice(&[if failed { 1.0f32 } else { 0.0 }])
+            .to_kind(like.kind())
+            .to_device(like.device());
+        grads.push(flag.shallow_clone());
+        self.collective(|g| g.all_reduce(&grads, ReduceOp::Sum))?;
+        Ok(flag.to_device(Device::Cpu).double_value(&[0]) > 0.0)
     }
 }
 
@@ -182,17 +232,39 @@ fn dist_error(e: DistError) -> TrainError {
     TrainError::Invalid(e.to_string())
 }
 
-fn trainable(vs: &nn::VarStore) -> Vec<Tensor> {
-    crate::optim::trainable_by_name(vs)
-        .into_iter()
-        .map(|(_, t)| t)
-        .collect()
+/// Number of tensors, of elements, and a hash of names, shapes and dtypes (below 2^52, so it
+/// survives the trip through an f64 reduction).
+fn layout_fingerprint(vars: &[(String, Tensor)]) -> [f64; 3] {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    let mut elements = 0i64;
+    for (name, t) in vars {
+        name.hash(&mut h);
+        t.size().hash(&mut h);
+        format!("{:?}", t.kind()).hash(&mut h);
+        elements += t.numel() as i64;
+    }
+    [
+        vars.len() as f64,
+        elements as f64,
+        (h.finish() >> 12) as f64,
+    ]
+}
+
+/// Tells the other ranks that this one cannot take part in the training call they are in
+/// (it was rejected before any update), so they fail it instead of waiting.
+pub fn abstain(dp: Option<&DataParallel>) {
+    if let Some(dp) = dp {
+        // The first collective of `run_updates`: an agreement on one count.
+        let _ = dp.agree(false, &[0.0]);
+    }
 }
 
 /// Loads the checkpoint at `dir` into a training service's model (`vs`) and optimizer `slot`.
 /// Alone: validated, then copied (a bad checkpoint changes nothing). In a group: rank 0 reads
-/// `dir` (the others read it too when they can see it), the ranks agree that every read
-/// succeeded, and all then take rank 0's weights and optimizer state.
+/// `dir` (the others never need to see it), the ranks learn whether it succeeded, and — either
+/// way — all then take rank 0's weights and optimizer state, so a load that failed half-way on
+/// rank 0 still leaves every rank equal. The call fails on every rank when rank 0's read did.
 pub fn load_checkpoint(
     dp: Option<&DataParallel>,
     vs: &nn::VarStore,
@@ -208,32 +280,36 @@ pub fn load_checkpoint(
     let Some(dp) = dp else {
         return read(slot);
     };
-    let local = if dp.rank() == 0 || dir.join("config.json").exists() {
-        read(slot)
-    } else {
-        Ok(())
-    };
-    // Every rank joins the agreement; a rank that failed reports its own error.
-    let agreed = dp.agree(local.is_ok(), &[]);
-    local?;
+    let local = if dp.rank() == 0 { read(slot) } else { Ok(()) };
     let dp_error = |e: TrainError| rrlhf_model::ModelError::InvalidInput(e.to_string());
-    agreed.map_err(dp_error)?;
+    let failed = dp.any_failed(local.is_err()).map_err(dp_error)?;
     dp.broadcast_parameters(vs).map_err(dp_error)?;
     dp.broadcast_optimizer(slot, vs, weight_decay)
-        .map_err(dp_error)
+        .map_err(dp_error)?;
+    local?;
+    if failed {
+        return Err(rrlhf_model::ModelError::InvalidInput(format!(
+            "rank 0 could not load {}; see its error (this rank keeps rank 0's weights)",
+            dir.display()
+        )));
+    }
+    Ok(())
 }
 
 /// Σ w + Σ w² over the trainable weights, in f64: equal on ranks that hold equal weights, and
 /// different after almost any drift. Reported with every training call.
+/// Read in chunks of 1 Mi elements, so it never holds more than one chunk in f64.
 pub fn checksum(vs: &nn::VarStore) -> f64 {
     let _guard = tch::no_grad_guard();
-    trainable(vs)
-        .iter()
-        .map(|t| {
-            let t = t.to_kind(Kind::Double);
-            t.sum(Kind::Double).double_value(&[]) + t.square().sum(Kind::Double).double_value(&[])
-        })
-        .sum()
+    let mut total = 0.0;
+    for (_, t) in crate::optim::trainable_by_name(vs) {
+        for chunk in t.reshape([-1]).split(1 << 20, 0) {
+            let c = chunk.to_kind(Kind::Double);
+            total += c.sum(Kind::Double).double_value(&[])
+                + c.square().sum(Kind::Double).double_value(&[]);
+        }
+    }
+    total
 }
 
 /// How one training call walks its samples.
@@ -294,7 +370,11 @@ pub fn run_updates<S>(
         let step = if idx.is_empty() {
             Ok(None)
         } else {
-            loss_of(&idx).map(Some)
+            // A panicking libtorch call (tch's non-`f_` operations) becomes this rank's error,
+            // so it still joins the agreement below.
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| loss_of(&idx)))
+                .unwrap_or_else(|panic| Err(TrainError::Invalid(panic_message(&*panic))))
+                .map(Some)
         };
         let Some(dp) = dp else {
             let step = step?.expect("a single rank has samples in each of its updates");
@@ -326,21 +406,45 @@ pub fn run_updates<S>(
         let weighted = match &step {
             Some(s) => s.loss.f_mul_scalar(weight)?,
             // No samples here: a zero loss, so this rank still sends (zero) gradients.
-            None => match opt.variables().first() {
-                Some(v) => v.f_sum(Kind::Float)?.f_mul_scalar(0.0)?,
-                None => {
-                    return Err(TrainError::Invalid(
-                        "the model has no trainable weights".into(),
-                    ));
-                }
-            },
+            None => zero_loss(opt)?,
         };
-        opt.backward(&weighted, true)?;
-        dp.sum_gradients(opt)?;
+        let backward = opt.backward(&weighted, true);
+        if backward.is_err() {
+            // Complete (zero) gradients, so this rank's message matches the others'.
+            opt.backward(&zero_loss(opt)?, true)?;
+        }
+        let others_failed = dp.sum_gradients(opt, backward.is_err())?;
+        backward?;
+        if others_failed {
+            return Err(TrainError::Invalid(format!(
+                "another data-parallel rank failed its backward pass in update {} of {total}; \
+                 see that rank's error",
+                update + 1
+            )));
+        }
         let norm = opt.apply(plan.lr, plan.max_grad_norm)?;
         if let Some(s) = step {
             out.push((s.stats, norm));
         }
     }
     Ok(out)
+}
+
+/// A loss of 0 that reaches the first weight (its backward gives defined, zero gradients).
+fn zero_loss(opt: &AdamW) -> Result<Tensor> {
+    match opt.variables().first() {
+        Some(v) => Ok(v.f_sum(Kind::Float)?.f_mul_scalar(0.0)?),
+        None => Err(TrainError::Invalid(
+            "the model has no trainable weights".into(),
+        )),
+    }
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    let text = panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or("a panic without a message");
+    format!("computing the loss panicked: {text}")
 }

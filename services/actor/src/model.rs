@@ -179,7 +179,8 @@ impl Policy {
     /// PPO's clipped surrogate (minus the entropy bonus) over mini-batches × epochs.
     pub fn train(&self, job: &PpoJob) -> Result<PpoStats, ModelError> {
         let mut slot = self.optimizer.borrow_mut();
-        let opt = optim::get_or_init(&mut slot, &self.model.vs, self.weight_decay)?;
+        let opt = optim::get_or_init(&mut slot, &self.model.vs, self.weight_decay)
+            .inspect_err(|_| data_parallel::abstain(self.dp.as_ref()))?;
         let plan = UpdatePlan {
             samples: job.pairs.len(),
             minibatch_size: job.minibatch_size,
@@ -280,10 +281,7 @@ impl Policy {
                 Work::Generate(job) => out.push(Done::Generated(self.generate(job)?)),
                 Work::Train(job) => out.push(Done::Trained(self.train(job)?)),
                 Work::TrainRejected => {
-                    if let Some(dp) = &self.dp {
-                        // Tells the other ranks, which then fail their part instead of waiting.
-                        let _ = dp.agree(false, &[0.0]);
-                    }
+                    data_parallel::abstain(self.dp.as_ref());
                     out.push(Done::Rejected);
                 }
                 Work::Save(dir) => {

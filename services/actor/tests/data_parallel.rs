@@ -132,13 +132,16 @@ fn full_job_of(policy: &Policy) -> PpoJob {
 }
 
 fn rank_main(rank: usize, store: &str, model: &Path, out: &Path) {
-    let dp = DataParallel::join(&GroupConfig {
-        backend: Backend::Gloo,
-        store: store.into(),
-        rank,
-        world_size: 2,
-        timeout: Duration::from_secs(60),
-    })
+    let dp = DataParallel::join(
+        &GroupConfig {
+            backend: Backend::Gloo,
+            store: store.into(),
+            rank,
+            world_size: 2,
+            timeout: Duration::from_secs(60),
+        },
+        tch::Device::Cpu,
+    )
     .expect("join the group");
     train_and_save(Some(dp), rank, model, out);
 }

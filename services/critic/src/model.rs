@@ -130,7 +130,8 @@ impl Critic {
     /// Mini-batch × epoch updates with the clipped value loss.
     pub fn train(&self, job: &TrainJob) -> Result<TrainStats, ModelError> {
         let mut slot = self.optimizer.borrow_mut();
-        let opt = optim::get_or_init(&mut slot, &self.model.vs, self.weight_decay)?;
+        let opt = optim::get_or_init(&mut slot, &self.model.vs, self.weight_decay)
+            .inspect_err(|_| data_parallel::abstain(self.dp.as_ref()))?;
         let plan = UpdatePlan {
             samples: job.pairs.len(),
             minibatch_size: job.minibatch_size,
@@ -230,10 +231,7 @@ impl Critic {
                 }
                 Work::Train(job) => out.push(Done::Trained(self.train(job)?)),
                 Work::TrainRejected => {
-                    if let Some(dp) = &self.dp {
-                        // Tells the other ranks, which then fail their part instead of waiting.
-                        let _ = dp.agree(false, &[0.0]);
-                    }
+                    data_parallel::abstain(self.dp.as_ref());
                     out.push(Done::Rejected);
                 }
                 Work::Save(dir) => {
