@@ -1,6 +1,6 @@
 //! `rrlhf-allreduce-bench`: one rank of a Gloo all-reduce benchmark through `rrlhf-dist`. It
-//! all-reduces (sum) the gradient list of a Llama-shaped model — one packed c10d call per
-//! list, as data-parallel training does every update — and prints, on rank 0, one JSON object
+//! all-reduces (sum) the gradient list of a Llama-shaped model — packed into c10d calls of
+//! at most 64 MiB each, as data-parallel training does every update — and prints, on rank 0, one JSON object
 //! with the median seconds per call. `bench/allreduce_peer.py` starts two of these and two
 //! `torch.distributed` ranks doing the same, and reports the ratio.
 
