@@ -134,3 +134,33 @@ fn unknown_values_are_rejected() {
         .unwrap();
     fails_naming(out, &["tokenizer"]);
 }
+
+/// A data-parallel rank without its group's store, or with an unknown backend, is refused at
+/// start with the setting named (before any rendezvous could hang).
+#[test]
+fn data_parallel_settings_are_named() {
+    let f = fixture();
+    let serve = |env: &[(&str, &str)]| {
+        rrlhf()
+            .args(["serve", "actor", "--addr", "127.0.0.1:0", "--model"])
+            .arg(&f.model)
+            .envs(env.iter().copied())
+            .output()
+            .unwrap()
+    };
+    let out = serve(&[("RRLHF__SERVER__WORLD_SIZE", "2")]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("server.store_addr"), "{stderr}");
+    let out = serve(&[
+        ("RRLHF__SERVER__WORLD_SIZE", "2"),
+        ("RRLHF__SERVER__STORE_ADDR", "127.0.0.1:1"),
+        ("RRLHF__SERVER__DIST_BACKEND", "mpi"),
+    ]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("server.dist_backend") && stderr.contains("mpi"),
+        "{stderr}"
+    );
+}
