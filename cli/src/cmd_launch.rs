@@ -25,6 +25,9 @@ pub struct LaunchArgs {
     /// plan names no nodes).
     #[arg(long)]
     node: Option<String>,
+    /// Validate the plan, print this node's processes, and start nothing.
+    #[arg(long)]
+    check: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -100,7 +103,53 @@ fn load(path: &PathBuf) -> Result<Plan> {
             );
         }
     }
+    check_groups(&plan.process)?;
     Ok(plan)
+}
+
+/// The actor's and the critic's ranks each form one data-parallel group: every rank of it must
+/// be in the plan exactly once, with the same world size and store (which a group of more than
+/// one rank needs).
+fn check_groups(processes: &[Process]) -> Result<()> {
+    for service in ["actor", "critic"] {
+        let ranks: Vec<&Process> = processes.iter().filter(|p| p.service == service).collect();
+        let Some(first) = ranks.first() else {
+            continue;
+        };
+        for p in &ranks {
+            if (p.world_size, &p.store) != (first.world_size, &first.store) {
+                bail!(
+                    "{service} ranks disagree: {} has world_size {} and store {:?}, {} has {} and {:?}",
+                    first.name,
+                    first.world_size,
+                    first.store,
+                    p.name,
+                    p.world_size,
+                    p.store
+                );
+            }
+        }
+        if first.world_size > 1 && first.store.is_none() {
+            bail!(
+                "{}.store: {service} ranks with world_size {} need the group's store (HOST:PORT of rank 0)",
+                first.name,
+                first.world_size
+            );
+        }
+        let mut seen = vec![false; first.world_size as usize];
+        for p in &ranks {
+            if std::mem::replace(&mut seen[p.rank as usize], true) {
+                bail!("{}.rank: {service} rank {} appears twice", p.name, p.rank);
+            }
+        }
+        if let Some(missing) = seen.iter().position(|s| !s) {
+            bail!(
+                "{service}: rank {missing} of {} is in no process of the plan",
+                first.world_size
+            );
+        }
+    }
+    Ok(())
 }
 
 struct Running {
@@ -182,6 +231,27 @@ pub fn run(a: LaunchArgs) -> Result<()> {
         "--node: the plan has no process for node {:?}",
         a.node
     );
+    if a.check {
+        for p in &mine {
+            println!(
+                "launch --check: {} = serve {} rank {}/{} on {} at {}{}",
+                p.name,
+                p.service,
+                p.rank,
+                p.world_size,
+                p.device.as_deref().unwrap_or("the config's device"),
+                p.addr,
+                p.store
+                    .as_ref()
+                    .map_or(String::new(), |s| format!(" (store {s})"))
+            );
+        }
+        println!(
+            "launch --check: plan valid, {} processes on this node",
+            mine.len()
+        );
+        return Ok(());
+    }
     let exe = std::env::current_exe()?;
     let grace = Duration::from_secs_f64(plan.shutdown_grace_secs);
     let rt = tokio::runtime::Runtime::new()?;

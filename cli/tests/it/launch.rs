@@ -99,3 +99,67 @@ fn bad_plans_and_failed_children_are_named() {
         "broken exited before listening",
     );
 }
+
+/// The actor's and critic's ranks must form whole groups: one world size and store for all,
+/// a store when there are several ranks, each rank exactly once.
+#[test]
+fn plans_with_broken_groups_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let rank = |name: &str, rank: u32, world: u32, store: &str| {
+        format!(
+            "[[process]]\nname = \"{name}\"\nservice = \"critic\"\naddr = \"127.0.0.1:0\"\nrank = {rank}\nworld_size = {world}\n{store}\n"
+        )
+    };
+    for (body, needle) in [
+        (
+            rank("c0", 0, 2, "") + &rank("c1", 1, 2, ""),
+            "c0.store: critic ranks with world_size 2 need the group's store",
+        ),
+        (
+            rank("c0", 0, 2, "store = \"h:1\"") + &rank("c1", 1, 2, "store = \"h:2\""),
+            "critic ranks disagree",
+        ),
+        (
+            rank("c0", 0, 2, "store = \"h:1\"") + &rank("c1", 0, 2, "store = \"h:1\""),
+            "c1.rank: critic rank 0 appears twice",
+        ),
+        (
+            rank("c0", 0, 3, "store = \"h:1\"") + &rank("c2", 2, 3, "store = \"h:1\""),
+            "critic: rank 1 of 3 is in no process",
+        ),
+    ] {
+        let path = plan(dir.path(), &body);
+        let out = rrlhf()
+            .args(["launch", "--check", "--plan"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(needle), "{needle}: {stderr}");
+    }
+}
+
+/// The shipped single-node plan is valid and places 8 processes.
+#[test]
+fn the_single_node_plan_checks() {
+    let plan = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../deploy/plans/single-node-8gpu.toml"
+    );
+    let out = rrlhf()
+        .args(["launch", "--check", "--plan", plan])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("plan valid, 8 processes"), "{stdout}");
+    assert!(
+        stdout.contains("actor-2 = serve actor rank 2/3"),
+        "{stdout}"
+    );
+}
