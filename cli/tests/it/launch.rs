@@ -69,20 +69,26 @@ fn launch_starts_supervises_and_stops_a_nodes_ranks() {
     }
 }
 
-/// Runs `rrlhf launch` on a one-process plan and asserts it fails with `needle` on stderr.
-fn launch_fails(dir: &std::path::Path, process: &str, needle: &str) {
-    let path = plan(
-        dir,
-        &format!("[[process]]\n{process}\naddr = \"127.0.0.1:0\"\n"),
-    );
+/// Runs `rrlhf launch <flags> --plan` on the plan `body` and asserts it fails with `needle` on
+/// stderr.
+fn plan_fails(dir: &std::path::Path, flags: &[&str], body: &str, needle: &str) {
+    let path = plan(dir, body);
     let out = rrlhf()
-        .args(["launch", "--plan"])
+        .arg("launch")
+        .args(flags)
+        .arg("--plan")
         .arg(&path)
         .output()
         .unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains(needle), "{stderr}");
+    assert!(stderr.contains(needle), "{needle}: {stderr}");
+}
+
+/// Runs `rrlhf launch` on a one-process plan and asserts it fails with `needle` on stderr.
+fn launch_fails(dir: &std::path::Path, process: &str, needle: &str) {
+    let body = format!("[[process]]\n{process}\naddr = \"127.0.0.1:0\"\n");
+    plan_fails(dir, &[], &body, needle);
 }
 
 #[test]
@@ -128,15 +134,7 @@ fn plans_with_broken_groups_are_named() {
             "critic: rank 1 of 3 is in no process",
         ),
     ] {
-        let path = plan(dir.path(), &body);
-        let out = rrlhf()
-            .args(["launch", "--check", "--plan"])
-            .arg(&path)
-            .output()
-            .unwrap();
-        assert!(!out.status.success());
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(stderr.contains(needle), "{needle}: {stderr}");
+        plan_fails(dir.path(), &["--check"], &body, needle);
     }
 }
 

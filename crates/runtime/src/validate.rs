@@ -39,6 +39,21 @@ pub fn token_pair(
     Ok((prompt.to_vec(), response.to_vec()))
 }
 
+/// Checks per-token training targets (log-probs, advantages, values, returns): one finite value
+/// per response token.
+pub fn per_token(field: &str, values: &[f32], tokens: usize) -> Result<(), Status> {
+    if values.len() != tokens {
+        return Err(invalid(
+            field,
+            format!("has {} values for {tokens} response tokens", values.len()),
+        ));
+    }
+    if let Some(x) = values.iter().find(|x| !x.is_finite()) {
+        return Err(invalid(field, format!("{x} is not finite")));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -61,6 +76,21 @@ mod tests {
                 .unwrap_err()
                 .message()
                 .starts_with("s[2]: 10 tokens")
+        );
+    }
+
+    #[test]
+    fn per_token_targets_match_the_response() {
+        assert!(per_token("s[0].returns", &[1.0, 2.0], 2).is_ok());
+        assert_eq!(
+            per_token("s[0].returns", &[1.0], 2).unwrap_err().message(),
+            "s[0].returns: has 1 values for 2 response tokens"
+        );
+        assert_eq!(
+            per_token("s[1].advantages", &[f32::NAN], 1)
+                .unwrap_err()
+                .message(),
+            "s[1].advantages: NaN is not finite"
         );
     }
 }

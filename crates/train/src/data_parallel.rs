@@ -122,11 +122,17 @@ impl DataParallel {
         Ok(self.reduce(&[if failed { 1.0 } else { 0.0 }], ReduceOp::Max)?[0] > 0.0)
     }
 
-    /// Whether every rank passed the same `values`.
+    /// Whether every rank passed the same `values`: one max-reduction of `values` and their
+    /// negatives gives the largest and (negated) the smallest of each.
     fn same_everywhere(&self, values: &[f64]) -> Result<bool> {
-        let max = self.reduce(values, ReduceOp::Max)?;
-        let min = self.reduce(values, ReduceOp::Min)?;
-        Ok(max == min)
+        let both: Vec<f64> = values
+            .iter()
+            .copied()
+            .chain(values.iter().map(|v| -v))
+            .collect();
+        let reduced = self.reduce(&both, ReduceOp::Max)?;
+        let (max, neg_min) = reduced.split_at(values.len());
+        Ok(max.iter().zip(neg_min).all(|(hi, neg_lo)| *hi == -neg_lo))
     }
 
     /// Every rank says whether it can take part and proposes `counts`; all ranks learn the
@@ -251,6 +257,25 @@ fn layout_fingerprint(vars: &[(String, Tensor)]) -> [f64; 3] {
     ]
 }
 
+/// A training service's `Train`: the optimizer in `slot` (created with fresh moments on first
+/// use, and kept across calls), then [`run_updates`] over `samples` samples. A rank that cannot
+/// create its optimizer still tells the others.
+pub fn train<S>(
+    slot: &mut Option<AdamW>,
+    vs: &nn::VarStore,
+    weight_decay: f64,
+    dp: Option<&DataParallel>,
+    samples: usize,
+    plan: &UpdatePlan,
+    loss_of: impl FnMut(&[usize]) -> Result<MinibatchLoss<S>>,
+) -> Result<Vec<(S, f64)>> {
+    if slot.is_none() {
+        *slot = Some(AdamW::new(vs, weight_decay).inspect_err(|_| abstain(dp))?);
+    }
+    let opt = slot.as_mut().expect("created above");
+    run_updates(opt, dp, samples, plan, loss_of)
+}
+
 /// Tells the other ranks that this one cannot take part in the training call they are in
 /// (it was rejected before any update), so they fail it instead of waiting.
 pub fn abstain(dp: Option<&DataParallel>) {
@@ -281,11 +306,9 @@ pub fn load_checkpoint(
         return read(slot);
     };
     let local = if dp.rank() == 0 { read(slot) } else { Ok(()) };
-    let dp_error = |e: TrainError| rrlhf_model::ModelError::InvalidInput(e.to_string());
-    let failed = dp.any_failed(local.is_err()).map_err(dp_error)?;
-    dp.broadcast_parameters(vs).map_err(dp_error)?;
-    dp.broadcast_optimizer(slot, vs, weight_decay)
-        .map_err(dp_error)?;
+    let failed = dp.any_failed(local.is_err())?;
+    dp.broadcast_parameters(vs)?;
+    dp.broadcast_optimizer(slot, vs, weight_decay)?;
     local?;
     if failed {
         return Err(rrlhf_model::ModelError::InvalidInput(format!(
@@ -312,11 +335,9 @@ pub fn checksum(vs: &nn::VarStore) -> f64 {
     total
 }
 
-/// How one training call walks its samples.
-#[derive(Debug, Clone, Copy)]
+/// How one training call walks its samples (the settings of a `Train` request).
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct UpdatePlan {
-    /// Samples on this rank.
-    pub samples: usize,
     /// Samples per update on this rank (0: all of them).
     pub minibatch_size: usize,
     pub epochs: usize,
@@ -341,10 +362,11 @@ pub struct MinibatchLoss<S> {
 pub fn run_updates<S>(
     opt: &mut AdamW,
     dp: Option<&DataParallel>,
+    samples: usize,
     plan: &UpdatePlan,
     mut loss_of: impl FnMut(&[usize]) -> Result<MinibatchLoss<S>>,
 ) -> Result<Vec<(S, f64)>> {
-    let n = plan.samples;
+    let n = samples;
     let mb = if plan.minibatch_size == 0 {
         n
     } else {

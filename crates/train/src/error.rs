@@ -19,3 +19,14 @@ pub enum TrainError {
 }
 
 pub type Result<T, E = TrainError> = std::result::Result<T, E>;
+
+/// The services report training failures as model errors (which they map to gRPC statuses): a
+/// model error stays itself, anything else is invalid input of the call.
+impl From<TrainError> for rrlhf_model::ModelError {
+    fn from(e: TrainError) -> Self {
+        match e {
+            TrainError::Model(m) => m,
+            other => rrlhf_model::ModelError::InvalidInput(other.to_string()),
+        }
+    }
+}

@@ -249,21 +249,6 @@ pub fn save_into_checkpoint(opt: Option<&AdamW>, dir: &Path) -> Result<(), Model
         .map_err(|e| checkpoint_error(dir, e))
 }
 
-/// The optimizer in `slot`, created with fresh moments on first use (services keep theirs across
-/// `Train` calls).
-pub fn get_or_init<'a>(
-    slot: &'a mut Option<AdamW>,
-    vs: &nn::VarStore,
-    weight_decay: f64,
-) -> Result<&'a mut AdamW, ModelError> {
-    if slot.is_none() {
-        *slot = Some(
-            AdamW::new(vs, weight_decay).map_err(|e| ModelError::InvalidInput(e.to_string()))?,
-        );
-    }
-    Ok(slot.as_mut().expect("just set"))
-}
-
 /// After a checkpoint's weights were loaded from `dir`: restores the optimizer state saved with
 /// them, or forgets the current moments when the checkpoint has none (they belonged to other
 /// weights).

@@ -58,7 +58,6 @@ fn train_rank(
     dp.broadcast_parameters(&vs).expect("broadcast");
     let mut opt = AdamW::new(&vs, 0.0).expect("optimizer");
     let plan = UpdatePlan {
-        samples,
         minibatch_size: 1,
         epochs: 1,
         seed: 5,
@@ -66,7 +65,7 @@ fn train_rank(
         max_grad_norm: 0.0,
     };
     let mut calls = 0;
-    let result = run_updates(&mut opt, Some(&dp), &plan, |idx| {
+    let result = run_updates(&mut opt, Some(&dp), samples, &plan, |idx| {
         calls += 1;
         match fault {
             Some(Fault::Error(at)) if at == calls - 1 => {

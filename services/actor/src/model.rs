@@ -44,13 +44,10 @@ pub struct PpoJob {
     pub pairs: Vec<Pair>,
     pub old_logprobs: Vec<Vec<f32>>,
     pub advantages: Vec<Vec<f32>>,
-    pub minibatch_size: usize,
-    pub epochs: usize,
-    pub lr: f64,
     pub clip_eps: f64,
     pub entropy_coef: f64,
-    pub max_grad_norm: f64,
-    pub seed: u64,
+    /// Mini-batches, epochs, learning rate, clipping, seed.
+    pub plan: UpdatePlan,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
@@ -97,10 +94,6 @@ pub struct Policy {
     dp: Option<DataParallel>,
 }
 
-fn dp_error(e: rrlhf_train::TrainError) -> ModelError {
-    ModelError::InvalidInput(e.to_string())
-}
-
 impl Policy {
     /// Loads the policy; with `dp`, then takes rank 0's weights so all ranks start equal.
     pub fn load(
@@ -112,7 +105,7 @@ impl Policy {
         let model = CausalLm::from_dir(dir, placement)?;
         let tokenizer = TextTokenizer::load(dir).ok();
         if let Some(dp) = &dp {
-            dp.broadcast_parameters(&model.vs).map_err(dp_error)?;
+            dp.broadcast_parameters(&model.vs)?;
         }
         Ok(Self {
             model,
@@ -178,22 +171,15 @@ impl Policy {
 
     /// PPO's clipped surrogate (minus the entropy bonus) over mini-batches × epochs.
     pub fn train(&self, job: &PpoJob) -> Result<PpoStats, ModelError> {
-        let mut slot = self.optimizer.borrow_mut();
-        let opt = optim::get_or_init(&mut slot, &self.model.vs, self.weight_decay)
-            .inspect_err(|_| data_parallel::abstain(self.dp.as_ref()))?;
-        let plan = UpdatePlan {
-            samples: job.pairs.len(),
-            minibatch_size: job.minibatch_size,
-            epochs: job.epochs,
-            seed: job.seed,
-            lr: job.lr,
-            max_grad_norm: job.max_grad_norm,
-        };
-        let acc = data_parallel::run_updates(opt, self.dp.as_ref(), &plan, |idx| {
-            let loss = self.minibatch_loss(job, idx)?;
-            Ok(loss)
-        })
-        .map_err(dp_error)?;
+        let acc = data_parallel::train(
+            &mut self.optimizer.borrow_mut(),
+            &self.model.vs,
+            self.weight_decay,
+            self.dp.as_ref(),
+            job.pairs.len(),
+            &job.plan,
+            |idx| self.minibatch_loss(job, idx),
+        )?;
         let mean = |f: fn(&(f64, f64, f64, f64)) -> f64| {
             acc.iter().map(|(s, _)| f(s)).sum::<f64>() / acc.len().max(1) as f64
         };

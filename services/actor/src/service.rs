@@ -17,9 +17,9 @@ use rrlhf_proto::common::v1::{
     SaveCheckpointRequest, SaveCheckpointResponse, TokenLogProbs,
 };
 use rrlhf_runtime::engine::{Engine, EngineError, LoadError};
-use rrlhf_runtime::validate::{invalid, token_pair};
+use rrlhf_runtime::validate::{invalid, per_token, token_pair};
 use rrlhf_runtime::{checkpoint_rpc, server};
-use rrlhf_train::data_parallel::DataParallel;
+use rrlhf_train::data_parallel::{DataParallel, UpdatePlan};
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
@@ -182,13 +182,15 @@ impl ActorServer {
             pairs: vec![],
             old_logprobs: vec![],
             advantages: vec![],
-            minibatch_size: req.minibatch_size as usize,
-            epochs: req.epochs.max(1) as usize,
-            lr: req.lr as f64,
             clip_eps: req.clip_eps as f64,
             entropy_coef: req.entropy_coef as f64,
-            max_grad_norm: req.max_grad_norm as f64,
-            seed: req.seed,
+            plan: UpdatePlan {
+                minibatch_size: req.minibatch_size as usize,
+                epochs: req.epochs.max(1) as usize,
+                lr: req.lr as f64,
+                max_grad_norm: req.max_grad_norm as f64,
+                seed: req.seed,
+            },
         };
         for (i, s) in req.samples.iter().enumerate() {
             let seq = s
@@ -206,22 +208,7 @@ impl ActorServer {
                 ("old_logprobs", &s.old_logprobs),
                 ("advantages", &s.advantages),
             ] {
-                if v.len() != pair.1.len() {
-                    return Err(invalid(
-                        format!("samples[{i}].{name}"),
-                        format!(
-                            "has {} values for {} response tokens",
-                            v.len(),
-                            pair.1.len()
-                        ),
-                    ));
-                }
-                if let Some(x) = v.iter().find(|x| !x.is_finite()) {
-                    return Err(invalid(
-                        format!("samples[{i}].{name}"),
-                        format!("{x} is not finite"),
-                    ));
-                }
+                per_token(&format!("samples[{i}].{name}"), v, pair.1.len())?;
             }
             job.pairs.push(pair);
             job.old_logprobs.push(s.old_logprobs.clone());

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use rrlhf_actor_service::model::{Policy, PpoJob};
 use rrlhf_dist::{Backend, GroupConfig};
 use rrlhf_model::{Arch, CausalLm, ModelConfig, Placement, SizePreset};
-use rrlhf_train::data_parallel::DataParallel;
+use rrlhf_train::data_parallel::{DataParallel, UpdatePlan};
 use tch::Tensor;
 
 const SAMPLES: usize = 8;
@@ -79,13 +79,15 @@ fn job(policy: &Policy, vocab: i64) -> PpoJob {
         pairs,
         old_logprobs,
         advantages,
-        minibatch_size: 0,
-        epochs: 3,
-        lr: 1e-3,
         clip_eps: 0.2,
         entropy_coef: 0.01,
-        max_grad_norm: 0.5,
-        seed: 7,
+        plan: UpdatePlan {
+            minibatch_size: 0,
+            epochs: 3,
+            lr: 1e-3,
+            max_grad_norm: 0.5,
+            seed: 7,
+        },
     }
 }
 
@@ -110,14 +112,12 @@ fn train_and_save(dp: Option<DataParallel>, rank: usize, model: &Path, out: &Pat
     assert_eq!(stats.updates, 3, "one update per epoch");
     policy.model.save(out).expect("save");
     if std::env::var("RRLHF_TEST_RANK").is_ok() {
-        let uneven = PpoJob {
-            minibatch_size: 2,
-            epochs: 1,
-            ..shard(
-                &full_job_of(&policy),
-                if rank == 0 { 0..SPLIT } else { 0..0 },
-            )
-        };
+        let mut uneven = shard(
+            &full_job_of(&policy),
+            if rank == 0 { 0..SPLIT } else { 0..0 },
+        );
+        uneven.plan.minibatch_size = 2;
+        uneven.plan.epochs = 1;
         let stats = policy.train(&uneven).expect("train on uneven shards");
         assert_eq!(stats.updates, if rank == 0 { 3 } else { 0 });
         policy

@@ -22,12 +22,9 @@ pub struct TrainJob {
     pub pairs: Vec<Pair>,
     pub old_values: Vec<Vec<f32>>,
     pub returns: Vec<Vec<f32>>,
-    pub minibatch_size: usize,
-    pub epochs: usize,
-    pub lr: f64,
     pub value_clip: Option<f64>,
-    pub max_grad_norm: f64,
-    pub seed: u64,
+    /// Mini-batches, epochs, learning rate, clipping, seed.
+    pub plan: UpdatePlan,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -68,10 +65,6 @@ pub struct Critic {
     dp: Option<DataParallel>,
 }
 
-fn dp_error(e: rrlhf_train::TrainError) -> ModelError {
-    ModelError::InvalidInput(e.to_string())
-}
-
 impl Critic {
     /// Loads a stage-1 reward model (or a saved critic) as the critic; with `dp`, then takes
     /// rank 0's weights so all ranks start equal.
@@ -90,7 +83,7 @@ impl Critic {
             )));
         }
         if let Some(dp) = &dp {
-            dp.broadcast_parameters(&model.vs).map_err(dp_error)?;
+            dp.broadcast_parameters(&model.vs)?;
         }
         Ok(Self {
             model,
@@ -129,21 +122,15 @@ impl Critic {
 
     /// Mini-batch × epoch updates with the clipped value loss.
     pub fn train(&self, job: &TrainJob) -> Result<TrainStats, ModelError> {
-        let mut slot = self.optimizer.borrow_mut();
-        let opt = optim::get_or_init(&mut slot, &self.model.vs, self.weight_decay)
-            .inspect_err(|_| data_parallel::abstain(self.dp.as_ref()))?;
-        let plan = UpdatePlan {
-            samples: job.pairs.len(),
-            minibatch_size: job.minibatch_size,
-            epochs: job.epochs,
-            seed: job.seed,
-            lr: job.lr,
-            max_grad_norm: job.max_grad_norm,
-        };
-        let done = data_parallel::run_updates(opt, self.dp.as_ref(), &plan, |idx| {
-            Ok(self.minibatch_loss(job, idx)?)
-        })
-        .map_err(dp_error)?;
+        let done = data_parallel::train(
+            &mut self.optimizer.borrow_mut(),
+            &self.model.vs,
+            self.weight_decay,
+            self.dp.as_ref(),
+            job.pairs.len(),
+            &job.plan,
+            |idx| self.minibatch_loss(job, idx),
+        )?;
         let mean = |v: &mut dyn Iterator<Item = f64>| {
             let (sum, n) = v.fold((0.0, 0usize), |(s, n), x| (s + x, n + 1));
             sum / n.max(1) as f64
@@ -163,7 +150,7 @@ impl Critic {
         &self,
         job: &TrainJob,
         idx: &[usize],
-    ) -> Result<MinibatchLoss<f64>, ModelError> {
+    ) -> rrlhf_train::Result<MinibatchLoss<f64>> {
         let pairs: Vec<Pair> = idx.iter().map(|&i| job.pairs[i].clone()).collect();
         let (values, spans) = self.forward(&pairs)?;
         let width = values.size()[1];

@@ -15,9 +15,9 @@ use rrlhf_proto::critic::v1::{
     ValuesResponse,
 };
 use rrlhf_runtime::engine::{Engine, LoadError};
-use rrlhf_runtime::validate::{invalid, token_pair};
+use rrlhf_runtime::validate::{invalid, per_token, token_pair};
 use rrlhf_runtime::{checkpoint_rpc, server};
-use rrlhf_train::data_parallel::DataParallel;
+use rrlhf_train::data_parallel::{DataParallel, UpdatePlan};
 use tonic::{Request, Response, Status};
 
 use crate::config::CriticServiceConfig;
@@ -106,12 +106,14 @@ impl CriticServer {
             pairs: vec![],
             old_values: vec![],
             returns: vec![],
-            minibatch_size: req.minibatch_size as usize,
-            epochs: req.epochs.max(1) as usize,
-            lr: req.lr as f64,
             value_clip: (req.value_clip > 0.0).then_some(req.value_clip as f64),
-            max_grad_norm: req.max_grad_norm as f64,
-            seed: req.seed,
+            plan: UpdatePlan {
+                minibatch_size: req.minibatch_size as usize,
+                epochs: req.epochs.max(1) as usize,
+                lr: req.lr as f64,
+                max_grad_norm: req.max_grad_norm as f64,
+                seed: req.seed,
+            },
         };
         for (i, s) in req.samples.iter().enumerate() {
             let seq = s
@@ -120,22 +122,7 @@ impl CriticServer {
                 .ok_or_else(|| invalid(format!("samples[{i}].sequence"), "is required"))?;
             let pair = self.pair(&format!("samples[{i}].sequence"), seq)?;
             for (name, v) in [("old_values", &s.old_values), ("returns", &s.returns)] {
-                if v.len() != pair.1.len() {
-                    return Err(invalid(
-                        format!("samples[{i}].{name}"),
-                        format!(
-                            "has {} values for {} response tokens",
-                            v.len(),
-                            pair.1.len()
-                        ),
-                    ));
-                }
-                if let Some(x) = v.iter().find(|x| !x.is_finite()) {
-                    return Err(invalid(
-                        format!("samples[{i}].{name}"),
-                        format!("{x} is not finite"),
-                    ));
-                }
+                per_token(&format!("samples[{i}].{name}"), v, pair.1.len())?;
             }
             job.pairs.push(pair);
             job.old_values.push(s.old_values.clone());
