@@ -257,25 +257,6 @@ fn layout_fingerprint(vars: &[(String, Tensor)]) -> [f64; 3] {
     ]
 }
 
-/// A training service's `Train`: the optimizer in `slot` (created with fresh moments on first
-/// use, and kept across calls), then [`run_updates`] over `samples` samples. A rank that cannot
-/// create its optimizer still tells the others.
-pub fn train<S>(
-    slot: &mut Option<AdamW>,
-    vs: &nn::VarStore,
-    weight_decay: f64,
-    dp: Option<&DataParallel>,
-    samples: usize,
-    plan: &UpdatePlan,
-    loss_of: impl FnMut(&[usize]) -> Result<MinibatchLoss<S>>,
-) -> Result<Vec<(S, f64)>> {
-    if slot.is_none() {
-        *slot = Some(AdamW::new(vs, weight_decay).inspect_err(|_| abstain(dp))?);
-    }
-    let opt = slot.as_mut().expect("created above");
-    run_updates(opt, dp, samples, plan, loss_of)
-}
-
 /// Tells the other ranks that this one cannot take part in the training call they are in
 /// (it was rejected before any update), so they fail it instead of waiting.
 pub fn abstain(dp: Option<&DataParallel>) {
@@ -283,40 +264,6 @@ pub fn abstain(dp: Option<&DataParallel>) {
         // The first collective of `run_updates`: an agreement on one count.
         let _ = dp.agree(false, &[0.0]);
     }
-}
-
-/// Loads the checkpoint at `dir` into a training service's model (`vs`) and optimizer `slot`.
-/// Alone: validated, then copied (a bad checkpoint changes nothing). In a group: rank 0 reads
-/// `dir` (the others never need to see it), the ranks learn whether it succeeded, and — either
-/// way — all then take rank 0's weights and optimizer state, so a load that failed half-way on
-/// rank 0 still leaves every rank equal. The call fails on every rank when rank 0's read did.
-pub fn load_checkpoint(
-    dp: Option<&DataParallel>,
-    vs: &nn::VarStore,
-    tie_word_embeddings: bool,
-    slot: &mut Option<AdamW>,
-    weight_decay: f64,
-    dir: &std::path::Path,
-) -> Result<(), rrlhf_model::ModelError> {
-    let read = |slot: &mut Option<AdamW>| {
-        rrlhf_model::checkpoint::load_strict(vs, dir, tie_word_embeddings)?;
-        crate::optim::restore_from_checkpoint(slot, vs, weight_decay, dir)
-    };
-    let Some(dp) = dp else {
-        return read(slot);
-    };
-    let local = if dp.rank() == 0 { read(slot) } else { Ok(()) };
-    let failed = dp.any_failed(local.is_err())?;
-    dp.broadcast_parameters(vs)?;
-    dp.broadcast_optimizer(slot, vs, weight_decay)?;
-    local?;
-    if failed {
-        return Err(rrlhf_model::ModelError::InvalidInput(format!(
-            "rank 0 could not load {}; see its error (this rank keeps rank 0's weights)",
-            dir.display()
-        )));
-    }
-    Ok(())
 }
 
 /// Σ w + Σ w² over the trainable weights, in f64: equal on ranks that hold equal weights, and

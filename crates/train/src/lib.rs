@@ -1,7 +1,8 @@
 //! `rrlhf-train`: offline training jobs — supervised fine-tuning ([`sft`]), the two reward-model
 //! stages ([`rm`]) and reward-model evaluation and calibration ([`rm_eval`]) — and the
-//! pieces the actor and critic services train with: AdamW ([`optim`]) and data-parallel
-//! updates over c10d ([`data_parallel`]).
+//! pieces the actor and critic services train with: AdamW ([`optim`]), data-parallel
+//! updates over c10d ([`data_parallel`]) and the state that ties them to a model
+//! ([`train_state`]).
 
 pub mod data_parallel;
 pub mod error;
@@ -12,5 +13,6 @@ pub mod rm_eval;
 pub mod sampler;
 pub mod schedule;
 pub mod sft;
+pub mod train_state;
 
 pub use error::{Result, TrainError};

@@ -4,7 +4,6 @@
 //! several ranks, training, checkpoint loads and start-up go in step with the other ranks
 //! (`rrlhf_train::data_parallel`).
 
-use std::cell::RefCell;
 use std::path::{Path, PathBuf};
 
 use rrlhf_model::batch::{Batch, PadSide};
@@ -13,7 +12,7 @@ use rrlhf_model::generate::{FinishReason, Generation};
 use rrlhf_model::losses::{entropy, ppo_policy_loss};
 use rrlhf_model::{CausalLm, ModelError, Placement, SamplingParams, TextTokenizer};
 use rrlhf_train::data_parallel::{self, DataParallel, MinibatchLoss, UpdatePlan};
-use rrlhf_train::optim::{self, AdamW};
+use rrlhf_train::train_state::TrainState;
 use tch::{Kind, Tensor};
 use tokio::sync::mpsc::UnboundedSender;
 
@@ -88,10 +87,8 @@ pub enum Done {
 pub struct Policy {
     pub model: CausalLm,
     pub tokenizer: Option<TextTokenizer>,
-    optimizer: RefCell<Option<AdamW>>,
-    weight_decay: f64,
-    /// The other ranks training this policy, when there are any.
-    dp: Option<DataParallel>,
+    /// AdamW state and, with several ranks, the data-parallel group.
+    training: TrainState,
 }
 
 impl Policy {
@@ -104,15 +101,11 @@ impl Policy {
     ) -> Result<Self, ModelError> {
         let model = CausalLm::from_dir(dir, placement)?;
         let tokenizer = TextTokenizer::load(dir).ok();
-        if let Some(dp) = &dp {
-            dp.broadcast_parameters(&model.vs)?;
-        }
+        let training = TrainState::new(&model.vs, weight_decay, dp)?;
         Ok(Self {
             model,
             tokenizer,
-            optimizer: RefCell::new(None),
-            weight_decay,
-            dp,
+            training,
         })
     }
 
@@ -171,15 +164,11 @@ impl Policy {
 
     /// PPO's clipped surrogate (minus the entropy bonus) over mini-batches × epochs.
     pub fn train(&self, job: &PpoJob) -> Result<PpoStats, ModelError> {
-        let acc = data_parallel::train(
-            &mut self.optimizer.borrow_mut(),
-            &self.model.vs,
-            self.weight_decay,
-            self.dp.as_ref(),
-            job.pairs.len(),
-            &job.plan,
-            |idx| self.minibatch_loss(job, idx),
-        )?;
+        let acc = self
+            .training
+            .train(&self.model.vs, job.pairs.len(), &job.plan, |idx| {
+                self.minibatch_loss(job, idx)
+            })?;
         let mean = |f: fn(&(f64, f64, f64, f64)) -> f64| {
             acc.iter().map(|(s, _)| f(s)).sum::<f64>() / acc.len().max(1) as f64
         };
@@ -267,27 +256,21 @@ impl Policy {
                 Work::Generate(job) => out.push(Done::Generated(self.generate(job)?)),
                 Work::Train(job) => out.push(Done::Trained(self.train(job)?)),
                 Work::TrainRejected => {
-                    data_parallel::abstain(self.dp.as_ref());
+                    self.training.reject();
                     out.push(Done::Rejected);
                 }
                 Work::Save(dir) => {
                     let tok = self.tokenizer.clone();
                     rrlhf_model::fsio::write_dir_atomic(dir, |tmp| {
                         self.model.save(tmp)?;
-                        optim::save_into_checkpoint(self.optimizer.borrow().as_ref(), tmp)?;
+                        self.training.save_into(tmp)?;
                         tok.as_ref().map_or(Ok(()), |t| t.save_to(tmp))
                     })?;
                     out.push(Done::Saved);
                 }
                 Work::Load(dir) => {
-                    data_parallel::load_checkpoint(
-                        self.dp.as_ref(),
-                        &self.model.vs,
-                        self.model.cfg.tie_word_embeddings,
-                        &mut self.optimizer.borrow_mut(),
-                        self.weight_decay,
-                        dir,
-                    )?;
+                    self.training
+                        .load(&self.model.vs, self.model.cfg.tie_word_embeddings, dir)?;
                     out.push(Done::Loaded);
                 }
             }

@@ -3,7 +3,6 @@
 //! `Values` items share one forward pass). With several ranks, training, checkpoint loads and
 //! start-up go in step with the other ranks (`rrlhf_train::data_parallel`).
 
-use std::cell::RefCell;
 use std::path::{Path, PathBuf};
 
 use rrlhf_model::batch::{Batch, PadSide, rows_f32};
@@ -11,7 +10,7 @@ use rrlhf_model::losses::value_loss;
 use rrlhf_model::reward_model::{RewardKind, RewardModel};
 use rrlhf_model::{ModelError, Placement};
 use rrlhf_train::data_parallel::{self, DataParallel, MinibatchLoss, UpdatePlan};
-use rrlhf_train::optim::{self, AdamW};
+use rrlhf_train::train_state::TrainState;
 use tch::{Kind, Tensor};
 
 pub type Pair = (Vec<i64>, Vec<i64>);
@@ -59,10 +58,8 @@ pub enum Done {
 
 pub struct Critic {
     model: RewardModel,
-    optimizer: RefCell<Option<AdamW>>,
-    weight_decay: f64,
-    /// The other ranks training this critic, when there are any.
-    dp: Option<DataParallel>,
+    /// AdamW state and, with several ranks, the data-parallel group.
+    training: TrainState,
 }
 
 impl Critic {
@@ -82,15 +79,8 @@ impl Critic {
                 model.meta.kind
             )));
         }
-        if let Some(dp) = &dp {
-            dp.broadcast_parameters(&model.vs)?;
-        }
-        Ok(Self {
-            model,
-            optimizer: RefCell::new(None),
-            weight_decay,
-            dp,
-        })
+        let training = TrainState::new(&model.vs, weight_decay, dp)?;
+        Ok(Self { model, training })
     }
 
     pub fn vocab_size(&self) -> i64 {
@@ -122,15 +112,11 @@ impl Critic {
 
     /// Mini-batch × epoch updates with the clipped value loss.
     pub fn train(&self, job: &TrainJob) -> Result<TrainStats, ModelError> {
-        let done = data_parallel::train(
-            &mut self.optimizer.borrow_mut(),
-            &self.model.vs,
-            self.weight_decay,
-            self.dp.as_ref(),
-            job.pairs.len(),
-            &job.plan,
-            |idx| self.minibatch_loss(job, idx),
-        )?;
+        let done = self
+            .training
+            .train(&self.model.vs, job.pairs.len(), &job.plan, |idx| {
+                self.minibatch_loss(job, idx)
+            })?;
         let mean = |v: &mut dyn Iterator<Item = f64>| {
             let (sum, n) = v.fold((0.0, 0usize), |(s, n), x| (s + x, n + 1));
             sum / n.max(1) as f64
@@ -183,22 +169,16 @@ impl Critic {
     pub fn save(&self, dir: &Path) -> Result<(), ModelError> {
         rrlhf_model::fsio::write_dir_atomic(dir, |tmp| {
             self.model.save(tmp)?;
-            optim::save_into_checkpoint(self.optimizer.borrow().as_ref(), tmp)
+            self.training.save_into(tmp)
         })
     }
 
     /// Copies a saved checkpoint's weights into the live model (same shapes, strict names) and
     /// restores the optimizer state saved with them. With several ranks, rank 0 reads `dir`
-    /// (the others read it too when they can see it) and all then take rank 0's state.
+    /// and all ranks then take rank 0's state.
     pub fn load_weights(&self, dir: &Path) -> Result<(), ModelError> {
-        data_parallel::load_checkpoint(
-            self.dp.as_ref(),
-            &self.model.vs,
-            self.model.cfg.tie_word_embeddings,
-            &mut self.optimizer.borrow_mut(),
-            self.weight_decay,
-            dir,
-        )
+        self.training
+            .load(&self.model.vs, self.model.cfg.tie_word_embeddings, dir)
     }
 
     /// Runs a merged batch of work in arrival order.
@@ -218,7 +198,7 @@ impl Critic {
                 }
                 Work::Train(job) => out.push(Done::Trained(self.train(job)?)),
                 Work::TrainRejected => {
-                    data_parallel::abstain(self.dp.as_ref());
+                    self.training.reject();
                     out.push(Done::Rejected);
                 }
                 Work::Save(dir) => {
