@@ -94,9 +94,9 @@ fn main() -> Result<()> {
         let mut cfg = RewardServiceConfig {
             model: a.model.clone(),
             max_length: a.max_len,
-            overlong: "truncate".into(),
             ..Default::default()
         };
+        cfg.service.overlong = rrlhf_reward_service::Overlong::Truncate;
         cfg.server.addr = "127.0.0.1:0".into();
         cfg.engine.threads = a.threads;
         cfg.engine.batch_max_sequences = a.batch;

@@ -7,13 +7,14 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::{Args, Subcommand};
 use rrlhf_model::TextTokenizer;
 use rrlhf_orchestrator::OrchestratorConfig;
 use rrlhf_orchestrator::config::{PromptSettings, PromptSource};
 use rrlhf_overopt::tables::{self, Curve, Point};
 use rrlhf_overopt::{annotator, gold};
+use rrlhf_robust::Strategy;
 use serde_json::json;
 
 use crate::args::RuntimeArgs;
@@ -57,7 +58,7 @@ pub struct OveroptArgs {
         value_delimiter = ',',
         default_value = "nominal,tradeoff:0.8,tradeoff:0.6,tradeoff:0.4,tradeoff:0.2,min,mean,max,random,random_min,constant"
     )]
-    conditions: Vec<String>,
+    conditions: Vec<Strategy>,
     /// Seeds per condition (paired: a seed's conditions share prompts and sampling seeds).
     #[arg(long, default_value_t = 3)]
     seeds: u64,
@@ -103,15 +104,11 @@ fn overopt(a: &OveroptArgs) -> Result<()> {
         a.early_step >= 1 && a.early_step <= a.steps,
         "--early-step: must be in 1..=--steps"
     );
-    for c in &a.conditions {
-        c.parse::<rrlhf_robust::Strategy>()
-            .with_context(|| format!("--conditions: `{c}`"))?;
-    }
     std::fs::create_dir_all(&a.out)?;
     let proxy = build_proxy(a)?;
     let mut curves = Vec::new();
     for seed in 0..a.seeds {
-        for condition in &a.conditions {
+        for &condition in &a.conditions {
             eprintln!("[ppo] {condition}, seed {seed}");
             curves.push(ppo_run(a, &proxy, condition, seed)?);
         }
@@ -223,8 +220,8 @@ fn build_proxy(a: &OveroptArgs) -> Result<Proxy> {
 
 /// One PPO run of `condition` and `seed` through freshly started services; resumed if a
 /// previous invocation left it unfinished, reused if finished.
-fn ppo_run(a: &OveroptArgs, proxy: &Proxy, condition: &str, seed: u64) -> Result<Curve> {
-    let id = format!("{}-s{seed}", condition.replace(':', "_"));
+fn ppo_run(a: &OveroptArgs, proxy: &Proxy, condition: Strategy, seed: u64) -> Result<Curve> {
+    let id = format!("{}-s{seed}", condition.to_string().replace(':', "_"));
     let runs = a.out.join("runs");
     let metrics_path = runs.join(&id).join("metrics.jsonl");
     let done = rrlhf_orchestrator::metrics::read_all(&metrics_path)?;
@@ -242,7 +239,7 @@ fn ppo_run(a: &OveroptArgs, proxy: &Proxy, condition: &str, seed: u64) -> Result
             path: Some(a.data.clone()),
             max_chars: 400,
         };
-        cfg.objective.strategy = condition.to_owned();
+        cfg.objective.strategy = condition;
         cfg.sampling.max_new_tokens = a.max_new_tokens;
         cfg.ppo.actor.lr = a.actor_lr;
         cfg.ppo.critic.lr = 5e-4;
@@ -269,7 +266,7 @@ fn ppo_run(a: &OveroptArgs, proxy: &Proxy, condition: &str, seed: u64) -> Result
         })
         .collect();
     Ok(Curve {
-        condition: condition.to_owned(),
+        condition: condition.to_string(),
         seed,
         points,
     })

@@ -9,6 +9,7 @@ use clap::Args;
 use rrlhf_orchestrator::OrchestratorConfig;
 use rrlhf_orchestrator::rest::{Api, serve};
 use rrlhf_orchestrator::run::{RunOptions, RunStatus, spawn_run};
+use rrlhf_robust::Strategy;
 use serde_json::{Map, Value, json};
 
 #[derive(Args, Debug)]
@@ -24,7 +25,7 @@ pub struct OrchestrateArgs {
     steps: Option<usize>,
     /// Aggregation strategy, e.g. `tradeoff:0.4` (overrides `objective.strategy`).
     #[arg(long)]
-    strategy: Option<String>,
+    strategy: Option<Strategy>,
     /// Continue the run from its latest checkpoint.
     #[arg(long)]
     resume: bool,
@@ -86,8 +87,7 @@ pub fn run(a: OrchestrateArgs) -> Result<()> {
                 print_progress: true,
                 gold: None,
             },
-        )
-        .map_err(anyhow::Error::msg)?;
+        )?;
         api.adopt(handle.clone());
         let status = handle.finished().await;
         let info = handle.info();

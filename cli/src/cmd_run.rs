@@ -26,7 +26,7 @@ use rrlhf_model::scoring::{Overlong, RewardScorer};
 use rrlhf_orchestrator::OrchestratorConfig;
 use rrlhf_orchestrator::config::{PromptSettings, PromptSource};
 use rrlhf_orchestrator::metrics::StepMetrics;
-use rrlhf_robust::{Strategy, UncertaintySet};
+use rrlhf_robust::{Lambda, Strategy, UncertaintySet};
 
 #[derive(Args, Debug)]
 pub struct RunArgs {
@@ -59,9 +59,10 @@ pub struct RunArgs {
     /// BRME heads K.
     #[arg(long, default_value_t = 5)]
     heads: i64,
-    /// λ of the robust objective used to score the sample replies.
-    #[arg(long, default_value_t = 0.4)]
-    lambda: f32,
+    /// λ ∈ [0, 1] of the robust objective `tradeoff:λ` (PPO, unless --config sets the
+    /// objective, and the scores of the sample replies).
+    #[arg(long, default_value = "0.4")]
+    lambda: Lambda,
     /// Held-out prompts to answer at the end.
     #[arg(long, default_value_t = 3)]
     samples: usize,
@@ -374,7 +375,7 @@ fn ppo(a: &RunArgs, sft_dir: &Path, rm1_dir: &Path, brme_dir: &Path) -> Result<P
             path: Some(a.data.clone()),
             max_chars: 400,
         };
-        cfg.objective.strategy = Strategy::Tradeoff { lambda: a.lambda }.to_string();
+        cfg.objective.strategy = Strategy::Tradeoff { lambda: a.lambda };
         cfg.sampling.max_new_tokens = a.max_new_tokens;
         cfg.run.checkpoint_every = 4;
         // Tiny models move slowly at LLM learning rates; these are sized for the default.

@@ -4,10 +4,14 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
+use rrlhf_actor_service::ActorServer;
+use rrlhf_critic_service::CriticServer;
 use rrlhf_proto::reward::v1::reward_service_client::RewardServiceClient;
 use rrlhf_proto::reward::v1::{Sample, ScoreRequest};
-use rrlhf_reward_service::RewardServiceConfig;
-use rrlhf_runtime::load_config;
+use rrlhf_reference_service::ReferenceServer;
+use rrlhf_reward_service::RewardServer;
+use rrlhf_runtime::ModelService;
+use rrlhf_runtime::service::{self, Config};
 use serde_json::{Map, Value, json};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig};
 
@@ -25,7 +29,8 @@ pub enum ServeCommand {
 
 #[derive(Args, Debug)]
 pub struct ServeArgs {
-    /// TOML config file (sections as in `RewardServiceConfig`; flags override it).
+    /// TOML config file (`[server]`, `[engine]`, `model`, `max_length` and the service's own
+    /// settings; flags override it).
     #[arg(long)]
     config: Option<PathBuf>,
     /// Model directory (a reward model for `reward`, the SFT model for `reference`, a stage-1
@@ -80,88 +85,33 @@ impl ServeArgs {
     }
 }
 
-type Served = (
-    std::net::SocketAddr,
-    tokio::task::JoinHandle<Result<(), rrlhf_runtime::server::ServeError>>,
-);
-type StartResult = Result<Served, Box<dyn std::error::Error + Send + Sync>>;
-
-/// Loads a service's config (file → env → flags), validates it, and serves until SIGTERM/SIGINT.
-fn serve<C, F, Fut>(
-    name: &str,
-    a: &ServeArgs,
-    validate: impl Fn(&C) -> Result<(), rrlhf_runtime::ConfigError>,
-    server: impl Fn(&C) -> &rrlhf_runtime::ServerConfig,
-    start: F,
-) -> Result<()>
-where
-    C: serde::de::DeserializeOwned + serde::Serialize + Default,
-    F: FnOnce(C) -> Fut,
-    Fut: std::future::Future<Output = StartResult>,
-{
-    let cfg: C = load_config(a.config.as_deref(), &a.overrides())?;
-    validate(&cfg)?;
+/// Loads service `S`'s config (file → env → flags), validates it, and serves until
+/// SIGTERM/SIGINT.
+fn serve<S: ModelService>(a: &ServeArgs) -> Result<()> {
+    let cfg = Config::<S>::load(a.config.as_deref(), &a.overrides())?;
+    cfg.validate()?;
     let rt = tokio::runtime::Runtime::new()?;
     // Inside the runtime: the OTLP exporter's channel lives on it. Declared after `rt`, the
     // guard drops first, flushing queued spans while the runtime can still send them.
     let _telemetry = {
         let _rt = rt.enter();
-        rrlhf_runtime::telemetry::init(server(&cfg), &format!("rrlhf-{name}"))?
+        rrlhf_runtime::telemetry::init(&cfg.server, &format!("rrlhf-{}", S::NAME))?
     };
     rt.block_on(async {
-        let (addr, task) = start(cfg).await.map_err(|e| anyhow::anyhow!("{e}"))?;
-        eprintln!("{name} service listening on {addr}");
-        task.await?.map_err(|e| anyhow::anyhow!("{e}"))
+        let running = service::start::<S>(cfg, rrlhf_runtime::server::termination_signal())
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        eprintln!("{} service listening on {}", S::NAME, running.addr);
+        running.task.await?.map_err(|e| anyhow::anyhow!("{e}"))
     })
 }
 
 pub fn run(cmd: ServeCommand) -> Result<()> {
-    let signal = rrlhf_runtime::server::termination_signal;
     match cmd {
-        ServeCommand::Reward(a) => serve(
-            "reward",
-            &a,
-            RewardServiceConfig::validate,
-            |c| &c.server,
-            |cfg| async move {
-                rrlhf_reward_service::start(cfg, signal())
-                    .await
-                    .map(|r| (r.addr, r.task))
-            },
-        ),
-        ServeCommand::Reference(a) => serve(
-            "reference",
-            &a,
-            rrlhf_reference_service::ReferenceServiceConfig::validate,
-            |c| &c.server,
-            |cfg| async move {
-                rrlhf_reference_service::start(cfg, signal())
-                    .await
-                    .map(|r| (r.addr, r.task))
-            },
-        ),
-        ServeCommand::Actor(a) => serve(
-            "actor",
-            &a,
-            rrlhf_actor_service::ActorServiceConfig::validate,
-            |c| &c.server,
-            |cfg| async move {
-                rrlhf_actor_service::start(cfg, signal())
-                    .await
-                    .map(|r| (r.addr, r.task))
-            },
-        ),
-        ServeCommand::Critic(a) => serve(
-            "critic",
-            &a,
-            rrlhf_critic_service::CriticServiceConfig::validate,
-            |c| &c.server,
-            |cfg| async move {
-                rrlhf_critic_service::start(cfg, signal())
-                    .await
-                    .map(|r| (r.addr, r.task))
-            },
-        ),
+        ServeCommand::Reward(a) => serve::<RewardServer>(&a),
+        ServeCommand::Reference(a) => serve::<ReferenceServer>(&a),
+        ServeCommand::Actor(a) => serve::<ActorServer>(&a),
+        ServeCommand::Critic(a) => serve::<CriticServer>(&a),
     }
 }
 

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::Args;
+use rrlhf_robust::Lambda;
 use rrlhf_toy::bandit::PpoSettings;
 use rrlhf_toy::experiment::ToyConfig;
 use rrlhf_toy::reward::RmArch;
@@ -32,7 +33,7 @@ pub struct ToyArgs {
     no_standardize: bool,
     /// λ values of the robust conditions (λ = 1, standard RLHF, always runs).
     #[arg(long, value_delimiter = ',', default_value = "0,0.2,0.4,0.6,0.8")]
-    lambdas: Vec<f32>,
+    lambdas: Vec<Lambda>,
     /// PPO iterations.
     #[arg(long, default_value_t = 100)]
     ppo_iters: usize,

@@ -48,8 +48,7 @@ pub fn run(
                 print_progress: true,
                 gold,
             },
-        )
-        .map_err(anyhow::Error::msg)?;
+        )?;
         if let Some(addr) = rest {
             let api = rrlhf_orchestrator::rest::Api::new(OrchestratorConfig::default());
             api.adopt(run.clone());

@@ -80,6 +80,13 @@ impl Default for Placement {
 }
 
 impl Placement {
+    /// Where a service's engine puts its model (`[engine]` `device`, `dtype`), after setting
+    /// libtorch's intra-op `threads` (0: leave libtorch's default, one per core).
+    pub fn for_engine(device: &str, dtype: &str, threads: usize) -> Result<Self> {
+        set_threads(threads);
+        Self::parse(device, dtype)
+    }
+
     pub fn parse(device: &str, dtype: &str) -> Result<Self> {
         Ok(Self {
             device: parse_device(device)?,

@@ -7,15 +7,22 @@
 //! `random` (a standard normal per sample) and `constant` (0) are the paper's stochastic-case
 //! controls, and `random_min` the robust objective in that case (every head N(0, 1), then the
 //! minimum over the K heads: the "minimum random rewards" of Fig. 4b).
+//!
+//! A [`Strategy`] is valid once built: λ is a [`Lambda`], and c is checked by
+//! [`Strategy::from_name`]. Configs and REST bodies hold the text form (`"tradeoff:0.4"`), which
+//! (de)serialises straight into a `Strategy`; the reward service's request fields (a name plus
+//! optional λ and c) go through [`Strategy::from_name`]. Both share one set of checks.
 
 use std::fmt;
 use std::str::FromStr;
 
-use serde::{Serialize, Serializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::rng::Rng;
-use crate::summary::{HeadOutputs, SampleSummary, summarize_rewards};
+use crate::lambda::Lambda;
 use crate::{Result, RobustError};
+
+// Where they lived before `aggregate` had its own module; users still import them from here.
+pub use crate::aggregate::{Aggregated, aggregate};
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Strategy {
@@ -24,27 +31,138 @@ pub enum Strategy {
     Max,
     Mean,
     Median,
-    Tradeoff { lambda: f32 },
-    BatchWorstHead { lambda: f32 },
+    Tradeoff { lambda: Lambda },
+    BatchWorstHead { lambda: Lambda },
     Uwo { c: f32 },
     Random,
     RandomMin,
     Constant,
 }
 
+/// A strategy without its parameter: what a request or config names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StrategyName {
+    Nominal,
+    Min,
+    Max,
+    Mean,
+    Median,
+    Tradeoff,
+    BatchWorstHead,
+    Uwo,
+    Random,
+    RandomMin,
+    Constant,
+}
+
+impl StrategyName {
+    pub const ALL: [Self; 11] = [
+        Self::Nominal,
+        Self::Min,
+        Self::Max,
+        Self::Mean,
+        Self::Median,
+        Self::Tradeoff,
+        Self::BatchWorstHead,
+        Self::Uwo,
+        Self::Random,
+        Self::RandomMin,
+        Self::Constant,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Nominal => "nominal",
+            Self::Min => "min",
+            Self::Max => "max",
+            Self::Mean => "mean",
+            Self::Median => "median",
+            Self::Tradeoff => "tradeoff",
+            Self::BatchWorstHead => "batch_worst_head",
+            Self::Uwo => "uwo",
+            Self::Random => "random",
+            Self::RandomMin => "random_min",
+            Self::Constant => "constant",
+        }
+    }
+
+    /// Whether the strategy is parameterised by λ (and needs one).
+    pub fn takes_lambda(self) -> bool {
+        matches!(self, Self::Tradeoff | Self::BatchWorstHead)
+    }
+
+    /// Whether the strategy is parameterised by c (and needs one).
+    pub fn takes_c(self) -> bool {
+        self == Self::Uwo
+    }
+}
+
+impl FromStr for StrategyName {
+    type Err = RobustError;
+
+    /// A bare name, case-insensitive: `tradeoff`, `random_min`, …
+    fn from_str(s: &str) -> Result<Self> {
+        let text = s.trim().to_ascii_lowercase();
+        Self::ALL
+            .into_iter()
+            .find(|n| n.as_str() == text)
+            .ok_or_else(|| RobustError::UnknownStrategy(s.trim().into()))
+    }
+}
+
+impl fmt::Display for StrategyName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 impl Strategy {
-    /// Checks the parameter ranges: λ ∈ [0, 1], c ≥ 0, both finite.
+    /// The strategy `name` with its parameter: λ for `tradeoff` and `batch_worst_head`, c ≥ 0
+    /// for `uwo`, nothing for the others. A missing parameter, or one the strategy does not
+    /// take, is an error.
+    pub fn from_name(name: StrategyName, lambda: Option<Lambda>, c: Option<f32>) -> Result<Self> {
+        if lambda.is_some() && !name.takes_lambda() {
+            return Err(no_lambda(name));
+        }
+        if c.is_some() && !name.takes_c() {
+            return Err(RobustError::UnexpectedParameter {
+                strategy: name,
+                param: "c",
+                takes_it: "uwo",
+            });
+        }
+        let missing = |param, example| RobustError::MissingParameter {
+            strategy: name,
+            param,
+            example,
+        };
+        let strategy = match name {
+            StrategyName::Nominal => Self::Nominal,
+            StrategyName::Min => Self::Min,
+            StrategyName::Max => Self::Max,
+            StrategyName::Mean => Self::Mean,
+            StrategyName::Median => Self::Median,
+            StrategyName::Random => Self::Random,
+            StrategyName::RandomMin => Self::RandomMin,
+            StrategyName::Constant => Self::Constant,
+            StrategyName::Tradeoff => Self::Tradeoff {
+                lambda: lambda.ok_or_else(|| missing("λ", "0.4"))?,
+            },
+            StrategyName::BatchWorstHead => Self::BatchWorstHead {
+                lambda: lambda.ok_or_else(|| missing("λ", "0.4"))?,
+            },
+            StrategyName::Uwo => Self::Uwo {
+                c: c.ok_or_else(|| missing("c", "0.5"))?,
+            },
+        };
+        strategy.validate()
+    }
+
+    /// Checks c of `uwo` (finite, ≥ 0): the one parameter the type does not guarantee, since
+    /// `Uwo { c }` can be written directly.
     pub fn validate(self) -> Result<Self> {
         match self {
-            Self::Tradeoff { lambda } | Self::BatchWorstHead { lambda }
-                if !(0.0..=1.0).contains(&lambda) =>
-            {
-                Err(RobustError::BadParameter {
-                    name: "λ",
-                    expected: "in [0, 1]",
-                    value: lambda.to_string(),
-                })
-            }
             Self::Uwo { c } if !(c.is_finite() && c >= 0.0) => Err(RobustError::BadParameter {
                 name: "c",
                 expected: "finite and ≥ 0",
@@ -54,9 +172,50 @@ impl Strategy {
         }
     }
 
+    pub fn name(self) -> StrategyName {
+        match self {
+            Self::Nominal => StrategyName::Nominal,
+            Self::Min => StrategyName::Min,
+            Self::Max => StrategyName::Max,
+            Self::Mean => StrategyName::Mean,
+            Self::Median => StrategyName::Median,
+            Self::Tradeoff { .. } => StrategyName::Tradeoff,
+            Self::BatchWorstHead { .. } => StrategyName::BatchWorstHead,
+            Self::Uwo { .. } => StrategyName::Uwo,
+            Self::Random => StrategyName::Random,
+            Self::RandomMin => StrategyName::RandomMin,
+            Self::Constant => StrategyName::Constant,
+        }
+    }
+
+    /// λ, for the strategies that have one.
+    pub fn lambda(self) -> Option<Lambda> {
+        match self {
+            Self::Tradeoff { lambda } | Self::BatchWorstHead { lambda } => Some(lambda),
+            _ => None,
+        }
+    }
+
+    /// The same strategy with λ replaced; an error for a strategy without λ.
+    pub fn with_lambda(self, lambda: Lambda) -> Result<Self> {
+        match self {
+            Self::Tradeoff { .. } => Ok(Self::Tradeoff { lambda }),
+            Self::BatchWorstHead { .. } => Ok(Self::BatchWorstHead { lambda }),
+            other => Err(no_lambda(other.name())),
+        }
+    }
+
     /// Whether a sample's reward depends on the other samples of its batch.
     pub fn is_batch_level(self) -> bool {
         matches!(self, Self::BatchWorstHead { .. })
+    }
+}
+
+fn no_lambda(name: StrategyName) -> RobustError {
+    RobustError::UnexpectedParameter {
+        strategy: name,
+        param: "λ",
+        takes_it: "tradeoff or batch_worst_head",
     }
 }
 
@@ -66,83 +225,67 @@ impl FromStr for Strategy {
     /// `nominal`, `min`, `max`, `mean`, `median`, `random`, `random_min`, `constant`, `tradeoff:λ`,
     /// `batch_worst_head:λ`, `uwo:c` (also with `=` instead of `:`).
     fn from_str(s: &str) -> Result<Self> {
-        let text = s.trim().to_ascii_lowercase();
+        let text = s.trim();
         let (name, param) = match text.split_once([':', '=']) {
-            Some((n, p)) => (n.trim(), Some(p.trim())),
-            None => (text.as_str(), None),
+            Some((n, p)) => (n, Some(p.trim())),
+            None => (text, None),
         };
-        let number = |pname: &'static str| -> Result<f32> {
-            let p = param.ok_or(RobustError::BadParameter {
-                name: pname,
-                expected: "given, as in `tradeoff:0.4`",
-                value: "nothing".into(),
-            })?;
-            p.parse::<f32>().map_err(|_| RobustError::BadParameter {
-                name: pname,
-                expected: "a number",
-                value: p.into(),
-            })
-        };
-        let strategy = match name {
-            "nominal" => Self::Nominal,
-            "min" => Self::Min,
-            "max" => Self::Max,
-            "mean" => Self::Mean,
-            "median" => Self::Median,
-            "random" => Self::Random,
-            "random_min" => Self::RandomMin,
-            "constant" => Self::Constant,
-            "tradeoff" => Self::Tradeoff {
-                lambda: number("λ")?,
-            },
-            "batch_worst_head" => Self::BatchWorstHead {
-                lambda: number("λ")?,
-            },
-            "uwo" => Self::Uwo { c: number("c")? },
-            _ => return Err(RobustError::UnknownStrategy(s.to_string())),
-        };
-        if param.is_some()
-            && !matches!(
-                strategy,
-                Self::Tradeoff { .. } | Self::BatchWorstHead { .. } | Self::Uwo { .. }
-            )
-        {
-            return Err(RobustError::BadParameter {
-                name: "strategy",
-                expected: "without a parameter",
-                value: s.into(),
-            });
+        let name: StrategyName = name
+            .parse()
+            .map_err(|_| RobustError::UnknownStrategy(text.into()))?;
+        let (mut lambda, mut c) = (None, None);
+        match param {
+            None => {}
+            Some(p) if name.takes_lambda() => lambda = Some(p.parse::<Lambda>()?),
+            Some(p) if name.takes_c() => {
+                c = Some(p.parse::<f32>().map_err(|_| RobustError::BadParameter {
+                    name: "c",
+                    expected: "a number",
+                    value: p.into(),
+                })?)
+            }
+            Some(_) => {
+                return Err(RobustError::UnexpectedParameter {
+                    strategy: name,
+                    param: "parameter",
+                    takes_it: "tradeoff, batch_worst_head or uwo",
+                });
+            }
         }
-        strategy.validate()
+        Self::from_name(name, lambda, c)
     }
 }
 
 impl fmt::Display for Strategy {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::Nominal => write!(f, "nominal"),
-            Self::Min => write!(f, "min"),
-            Self::Max => write!(f, "max"),
-            Self::Mean => write!(f, "mean"),
-            Self::Median => write!(f, "median"),
-            Self::Random => write!(f, "random"),
-            Self::RandomMin => write!(f, "random_min"),
-            Self::Constant => write!(f, "constant"),
-            Self::Tradeoff { lambda } => write!(f, "tradeoff:{lambda}"),
-            Self::BatchWorstHead { lambda } => write!(f, "batch_worst_head:{lambda}"),
-            Self::Uwo { c } => write!(f, "uwo:{c}"),
+            Self::Tradeoff { lambda } | Self::BatchWorstHead { lambda } => {
+                write!(f, "{}:{lambda}", self.name())
+            }
+            Self::Uwo { c } => write!(f, "{}:{c}", self.name()),
+            other => write!(f, "{}", other.name()),
         }
     }
 }
 
+/// The text form, `"tradeoff:0.4"`: what configs, metrics and the REST API hold.
 impl Serialize for Strategy {
     fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
         s.collect_str(self)
     }
 }
 
+impl<'de> Deserialize<'de> for Strategy {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
 /// What the K head rewards of a sample are.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum UncertaintySet {
     /// Each head's μ (the default).
     #[default]
@@ -151,163 +294,33 @@ pub enum UncertaintySet {
     Sampled,
 }
 
-/// A sample's summary and its aggregated reward.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
-pub struct Aggregated {
-    #[serde(flatten)]
-    pub summary: SampleSummary,
-    pub reward: f32,
-}
+impl FromStr for UncertaintySet {
+    type Err = RobustError;
 
-/// Aggregates every sample of a batch. `seed` drives `random` and the sampled uncertainty set.
-pub fn aggregate(
-    samples: &[HeadOutputs],
-    strategy: Strategy,
-    set: UncertaintySet,
-    seed: u64,
-) -> Result<Vec<Aggregated>> {
-    let strategy = strategy.validate()?;
-    let k = samples.first().map_or(0, HeadOutputs::heads);
-    for (i, s) in samples.iter().enumerate() {
-        s.validate(i)?;
-        if s.heads() != k {
-            return Err(RobustError::BadSample {
-                index: i,
-                message: format!("{} heads, sample 0 has {k}", s.heads()),
-            });
+    fn from_str(s: &str) -> Result<Self> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "mean" => Ok(Self::Mean),
+            "sampled" => Ok(Self::Sampled),
+            _ => Err(RobustError::UnknownUncertaintySet(s.trim().into())),
         }
     }
-    let mut rng = Rng::new(seed);
-    let rewards: Vec<Vec<f32>> = samples
-        .iter()
-        .map(|s| match set {
-            UncertaintySet::Mean => s.mu.clone(),
-            UncertaintySet::Sampled => {
-                s.mu.iter()
-                    .zip(&s.sigma)
-                    .map(|(m, sd)| m + rng.normal() as f32 * sd)
-                    .collect()
-            }
+}
+
+impl fmt::Display for UncertaintySet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Mean => "mean",
+            Self::Sampled => "sampled",
         })
-        .collect();
-    let summaries: Vec<SampleSummary> = samples
-        .iter()
-        .zip(&rewards)
-        .map(|(s, r)| summarize_rewards(&s.sigma, r))
-        .collect();
-    // eq. (6): the head with the lowest expected return over this batch.
-    let worst_head = (0..k)
-        .map(|h| (h, rewards.iter().map(|r| r[h] as f64).sum::<f64>()))
-        .min_by(|a, b| a.1.total_cmp(&b.1))
-        .map_or(0, |(h, _)| h);
-    Ok(summaries
-        .into_iter()
-        .zip(&rewards)
-        .map(|(sum, r)| {
-            let reward = match strategy {
-                Strategy::Nominal => sum.nominal,
-                Strategy::Min => sum.min,
-                Strategy::Max => sum.max,
-                Strategy::Mean => sum.mean,
-                Strategy::Median => sum.median,
-                Strategy::Tradeoff { lambda } => lambda * sum.nominal + (1.0 - lambda) * sum.min,
-                Strategy::BatchWorstHead { lambda } => {
-                    lambda * sum.nominal + (1.0 - lambda) * r[worst_head]
-                }
-                Strategy::Uwo { c } => sum.mean - c * sum.variance,
-                Strategy::Random => rng.normal() as f32,
-                Strategy::RandomMin => (0..k)
-                    .map(|_| rng.normal() as f32)
-                    .fold(f32::INFINITY, f32::min),
-                Strategy::Constant => 0.0,
-            };
-            Aggregated {
-                summary: sum,
-                reward,
-            }
-        })
-        .collect())
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use proptest::prelude::{prop, prop_assert, prop_assert_eq, proptest};
-    use proptest::strategy::Strategy as _;
 
-    fn sample() -> impl proptest::strategy::Strategy<Value = HeadOutputs> {
-        (1usize..7).prop_flat_map(|k| {
-            (
-                prop::collection::vec(-10f32..10.0, k),
-                prop::collection::vec(0.01f32..5.0, k),
-            )
-                .prop_map(|(mu, sigma)| HeadOutputs { mu, sigma })
-        })
-    }
-
-    fn batch() -> impl proptest::strategy::Strategy<Value = Vec<HeadOutputs>> {
-        (1usize..6, 1usize..9).prop_flat_map(|(k, n)| {
-            prop::collection::vec(
-                (
-                    prop::collection::vec(-10f32..10.0, k),
-                    prop::collection::vec(0.01f32..5.0, k),
-                )
-                    .prop_map(|(mu, sigma)| HeadOutputs { mu, sigma }),
-                n,
-            )
-        })
-    }
-
-    proptest! {
-        #[test]
-        fn nominal_is_the_mu_of_the_smallest_sigma(s in sample()) {
-            let a = aggregate(std::slice::from_ref(&s), Strategy::Nominal, UncertaintySet::Mean, 0).unwrap()[0];
-            let min_sigma = s.sigma.iter().cloned().fold(f32::INFINITY, f32::min);
-            prop_assert_eq!(s.sigma[a.summary.nominal_head], min_sigma);
-            prop_assert_eq!(a.reward, s.mu[a.summary.nominal_head]);
-            prop_assert!(s.sigma[..a.summary.nominal_head].iter().all(|&x| x > min_sigma), "lowest index on ties");
-        }
-
-        #[test]
-        fn order_statistics_hold(s in sample(), lambda in 0f32..=1.0) {
-            let one = std::slice::from_ref(&s);
-            let get = |st| aggregate(one, st, UncertaintySet::Mean, 0).unwrap()[0].reward;
-            let (min, max, mean, median, nominal) = (get(Strategy::Min), get(Strategy::Max), get(Strategy::Mean), get(Strategy::Median), get(Strategy::Nominal));
-            prop_assert!(min <= median && median <= max && min <= mean + 1e-4 && mean <= max + 1e-4);
-            let t = get(Strategy::Tradeoff { lambda });
-            prop_assert!(min - 1e-4 <= t && t <= nominal + 1e-4);
-            let (t1, t0) = (get(Strategy::Tradeoff { lambda: 1.0 }), get(Strategy::Tradeoff { lambda: 0.0 }));
-            let (u0, u1) = (get(Strategy::Uwo { c: 0.0 }), get(Strategy::Uwo { c: 1.0 }));
-            prop_assert!((t1 - nominal).abs() < 1e-6 && (t0 - min).abs() < 1e-6);
-            prop_assert!(u0 == mean && u1 <= mean);
-            prop_assert_eq!(get(Strategy::Constant), 0.0);
-        }
-
-        #[test]
-        fn per_sample_strategies_do_not_depend_on_the_batch(b in batch(), lambda in 0f32..=1.0) {
-            for st in [Strategy::Nominal, Strategy::Min, Strategy::Max, Strategy::Mean, Strategy::Median, Strategy::Tradeoff { lambda }, Strategy::Uwo { c: 0.5 }] {
-                let all = aggregate(&b, st, UncertaintySet::Mean, 0).unwrap();
-                for (i, s) in b.iter().enumerate() {
-                    let alone = aggregate(std::slice::from_ref(s), st, UncertaintySet::Mean, 0).unwrap()[0];
-                    prop_assert_eq!(all[i], alone);
-                }
-            }
-        }
-
-        #[test]
-        fn batch_worst_head_uses_the_head_with_lowest_batch_mean(b in batch(), lambda in 0f32..=1.0) {
-            let out = aggregate(&b, Strategy::BatchWorstHead { lambda }, UncertaintySet::Mean, 0).unwrap();
-            let k = b[0].heads();
-            let means: Vec<f64> = (0..k).map(|h| b.iter().map(|s| s.mu[h] as f64).sum::<f64>()).collect();
-            let worst = (0..k).min_by(|&x, &y| means[x].total_cmp(&means[y])).unwrap();
-            for (s, a) in b.iter().zip(&out) {
-                prop_assert!((a.reward - (lambda * a.summary.nominal + (1.0 - lambda) * s.mu[worst])).abs() < 1e-5);
-            }
-            // Its batch mean is never above that of the per-sample tradeoff's worst case… and
-            // with λ = 1 it is the nominal reward.
-            let nominal = aggregate(&b, Strategy::BatchWorstHead { lambda: 1.0 }, UncertaintySet::Mean, 0).unwrap();
-            prop_assert!(nominal.iter().all(|a| a.reward == a.summary.nominal));
-        }
+    fn lambda(l: f32) -> Lambda {
+        Lambda::new(l).unwrap()
     }
 
     #[test]
@@ -327,10 +340,13 @@ mod tests {
         ] {
             let s: Strategy = text.parse().unwrap();
             assert_eq!(s.to_string(), text);
+            assert_eq!(s.name().as_str(), text.split(':').next().unwrap());
         }
         assert_eq!(
             "Tradeoff=0.4".parse::<Strategy>().unwrap(),
-            Strategy::Tradeoff { lambda: 0.4 }
+            Strategy::Tradeoff {
+                lambda: lambda(0.4)
+            }
         );
         assert!(matches!(
             "tradeoff:1.5".parse::<Strategy>(),
@@ -338,11 +354,11 @@ mod tests {
         ));
         assert!(matches!(
             "tradeoff:nan".parse::<Strategy>(),
-            Err(RobustError::BadParameter { .. })
+            Err(RobustError::BadParameter { name: "λ", .. })
         ));
         assert!(matches!(
             "tradeoff".parse::<Strategy>(),
-            Err(RobustError::BadParameter { .. })
+            Err(RobustError::MissingParameter { param: "λ", .. })
         ));
         assert!(matches!(
             "uwo:-1".parse::<Strategy>(),
@@ -350,7 +366,7 @@ mod tests {
         ));
         assert!(matches!(
             "min:3".parse::<Strategy>(),
-            Err(RobustError::BadParameter { .. })
+            Err(RobustError::UnexpectedParameter { .. })
         ));
         assert!(matches!(
             "best".parse::<Strategy>(),
@@ -359,79 +375,89 @@ mod tests {
     }
 
     #[test]
-    fn bad_samples_are_named() {
-        let good = HeadOutputs {
-            mu: vec![1.0, 2.0],
-            sigma: vec![0.1, 0.2],
-        };
-        let ragged = HeadOutputs {
-            mu: vec![1.0],
-            sigma: vec![0.1],
-        };
-        let err = aggregate(
-            &[good.clone(), ragged],
-            Strategy::Min,
-            UncertaintySet::Mean,
-            0,
-        )
-        .unwrap_err();
-        assert!(err.to_string().contains("sample 1"), "{err}");
-        let nan = HeadOutputs {
-            mu: vec![f32::NAN, 1.0],
-            sigma: vec![0.1, 0.2],
-        };
-        assert!(aggregate(&[nan], Strategy::Min, UncertaintySet::Mean, 0).is_err());
-        let neg = HeadOutputs {
-            mu: vec![1.0, 1.0],
-            sigma: vec![-0.1, 0.2],
-        };
-        assert!(aggregate(&[neg], Strategy::Min, UncertaintySet::Mean, 0).is_err());
+    fn from_name_wants_exactly_the_parameter_of_the_strategy() {
+        use StrategyName as N;
+        assert_eq!(
+            Strategy::from_name(N::Tradeoff, Some(lambda(0.3)), None).unwrap(),
+            Strategy::Tradeoff {
+                lambda: lambda(0.3)
+            }
+        );
+        assert_eq!(
+            Strategy::from_name(N::Uwo, None, Some(2.0)).unwrap(),
+            Strategy::Uwo { c: 2.0 }
+        );
+        assert_eq!(
+            Strategy::from_name(N::Min, None, None).unwrap(),
+            Strategy::Min
+        );
+        let err = |r: Result<Strategy>| r.unwrap_err().to_string();
+        assert_eq!(
+            err(Strategy::from_name(N::BatchWorstHead, None, None)),
+            "strategy `batch_worst_head` needs λ, as in `batch_worst_head:0.4`"
+        );
+        assert_eq!(
+            err(Strategy::from_name(N::Min, Some(lambda(0.5)), None)),
+            "strategy `min` has no λ (use tradeoff or batch_worst_head)"
+        );
         assert!(
-            aggregate(&[], Strategy::Min, UncertaintySet::Mean, 0)
-                .unwrap()
-                .is_empty()
+            err(Strategy::from_name(
+                N::Tradeoff,
+                Some(lambda(0.5)),
+                Some(1.0)
+            ))
+            .contains("c")
+        );
+        assert!(err(Strategy::from_name(N::Uwo, None, Some(f32::NAN))).contains("c must be"));
+        for name in StrategyName::ALL {
+            assert_eq!(name.to_string().parse::<StrategyName>().unwrap(), name);
+            let json = serde_json::to_string(&name).unwrap();
+            assert_eq!(json, format!("\"{name}\""));
+        }
+    }
+
+    #[test]
+    fn with_lambda_replaces_lambda_only_where_there_is_one() {
+        let t = Strategy::Tradeoff {
+            lambda: lambda(0.4),
+        };
+        assert_eq!(
+            t.with_lambda(lambda(0.8)).unwrap().to_string(),
+            "tradeoff:0.8"
+        );
+        assert_eq!(t.lambda(), Some(lambda(0.4)));
+        assert_eq!(
+            Strategy::Uwo { c: 1.0 }
+                .with_lambda(lambda(0.8))
+                .unwrap_err()
+                .to_string(),
+            "strategy `uwo` has no λ (use tradeoff or batch_worst_head)"
         );
     }
 
     #[test]
-    fn sampled_set_and_random_are_seeded() {
-        let b = vec![
-            HeadOutputs {
-                mu: vec![0.0, 1.0, 2.0],
-                sigma: vec![1.0, 0.5, 0.1]
-            };
-            4
-        ];
-        let a1 = aggregate(&b, Strategy::Mean, UncertaintySet::Sampled, 3).unwrap();
-        let a2 = aggregate(&b, Strategy::Mean, UncertaintySet::Sampled, 3).unwrap();
-        let a3 = aggregate(&b, Strategy::Mean, UncertaintySet::Sampled, 4).unwrap();
-        assert_eq!(a1, a2);
-        assert_ne!(a1, a3);
-        assert_ne!(a1[0].reward, a1[1].reward, "each sample draws its own ε");
-        let r = aggregate(&b, Strategy::Random, UncertaintySet::Mean, 9).unwrap();
-        assert_ne!(r[0].reward, r[1].reward);
-        // The minimum of K = 3 standard normals: seeded, and lower than one draw on average.
-        let wide = vec![b[0].clone(); 2000];
-        let mean = |s| {
-            let a = aggregate(&wide, s, UncertaintySet::Mean, 5).unwrap();
-            a.iter().map(|x| x.reward as f64).sum::<f64>() / a.len() as f64
-        };
-        assert!(
-            mean(Strategy::RandomMin) < mean(Strategy::Random) - 0.5,
-            "E[min of 3] ≈ −0.85"
-        );
+    fn serde_uses_the_text_forms() {
+        let s: Strategy = serde_json::from_str("\"batch_worst_head:0.6\"").unwrap();
         assert_eq!(
-            aggregate(&b, Strategy::RandomMin, UncertaintySet::Mean, 9).unwrap(),
-            aggregate(&b, Strategy::RandomMin, UncertaintySet::Mean, 9).unwrap()
+            serde_json::to_string(&s).unwrap(),
+            "\"batch_worst_head:0.6\""
         );
-        // σ = 0 makes the sampled set equal to the means.
-        let sharp = vec![HeadOutputs {
-            mu: vec![0.5, 1.5],
-            sigma: vec![0.0, 0.0],
-        }];
+        let err = serde_json::from_str::<Strategy>("\"tradeoff:2\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("λ must be in [0, 1]"), "{err}");
+        assert!(serde_json::from_str::<Strategy>("0.4").is_err());
+        let set: UncertaintySet = serde_json::from_str("\"sampled\"").unwrap();
+        assert_eq!(set, UncertaintySet::Sampled);
+        assert_eq!(serde_json::to_string(&set).unwrap(), "\"sampled\"");
+        assert!(serde_json::from_str::<UncertaintySet>("\"worst\"").is_err());
         assert_eq!(
-            aggregate(&sharp, Strategy::Mean, UncertaintySet::Sampled, 1).unwrap()[0].reward,
-            1.0
+            " Mean ".parse::<UncertaintySet>().unwrap(),
+            UncertaintySet::Mean
         );
+        assert!(matches!(
+            "worst".parse::<UncertaintySet>(),
+            Err(RobustError::UnknownUncertaintySet(_))
+        ));
     }
 }

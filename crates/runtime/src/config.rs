@@ -16,6 +16,15 @@ pub enum ConfigError {
     Invalid { field: String, message: String },
 }
 
+/// (rank, world size, rendezvous store, backend, collective timeout) of a data-parallel rank.
+pub type GroupPlace<'a> = (
+    u32,
+    u32,
+    Option<&'a str>,
+    Option<&'a str>,
+    std::time::Duration,
+);
+
 /// The `[server]` section shared by every gRPC service.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -84,6 +93,18 @@ impl Default for ServerConfig {
 impl ServerConfig {
     pub fn dist_timeout(&self) -> std::time::Duration {
         std::time::Duration::from_secs_f64(self.dist_timeout_secs)
+    }
+
+    /// This process's place in its data-parallel group, as
+    /// `rrlhf_train::data_parallel::DataParallel::for_service` takes it.
+    pub fn group(&self) -> GroupPlace<'_> {
+        (
+            self.rank,
+            self.world_size,
+            self.store_addr.as_deref(),
+            self.dist_backend.as_deref(),
+            self.dist_timeout(),
+        )
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -248,12 +269,14 @@ impl EngineConfig {
         Ok(())
     }
 
-    pub fn batch(&self) -> crate::engine::BatchConfig {
+    /// The batching of this section, with what the engine does after a panic.
+    pub fn batch(&self, on_panic: crate::engine::PanicPolicy) -> crate::engine::BatchConfig {
         crate::engine::BatchConfig {
             max_items: self.batch_max_sequences,
             max_cost: self.batch_max_tokens,
             max_wait: std::time::Duration::from_millis(self.batch_wait_ms),
             queue_capacity: self.queue_capacity,
+            on_panic,
         }
     }
 }
@@ -277,17 +300,42 @@ where
     }
     fig = fig.merge(Env::prefixed("RRLHF__").split("__").lowercase(true));
     fig = fig.merge(Serialized::defaults(flags));
-    fig.extract().map_err(|e| {
-        let field = e.path.join(".");
-        if field.is_empty() {
-            ConfigError::Load(e.to_string())
-        } else {
-            ConfigError::Invalid {
-                field,
-                message: e.kind.to_string(),
-            }
+    let cfg: T = fig.extract().map_err(figment_error)?;
+    reject_unknown_keys(&fig, &cfg)?;
+    Ok(cfg)
+}
+
+fn figment_error(e: figment::Error) -> ConfigError {
+    let field = e.path.join(".");
+    if field.is_empty() {
+        ConfigError::Load(e.to_string())
+    } else {
+        ConfigError::Invalid {
+            field,
+            message: e.kind.to_string(),
         }
-    })
+    }
+}
+
+/// A top-level key that `cfg` did not take. Sections reject unknown keys themselves
+/// (`deny_unknown_fields`), but serde cannot do so for a struct that flattens another one —
+/// the shape of every model service's config — so the top level is checked here: whatever
+/// was given must come back when the loaded value is written out again.
+fn reject_unknown_keys<T: Serialize>(given: &Figment, cfg: &T) -> Result<(), ConfigError> {
+    let given: figment::value::Dict = given.extract().map_err(figment_error)?;
+    let known: figment::value::Dict = Figment::from(Serialized::defaults(cfg))
+        .extract()
+        .map_err(figment_error)?;
+    match given.keys().find(|k| !known.contains_key(*k)) {
+        None => Ok(()),
+        Some(key) => Err(ConfigError::Invalid {
+            field: key.clone(),
+            message: format!(
+                "is an unknown field; expected one of {}",
+                known.keys().cloned().collect::<Vec<_>>().join(", ")
+            ),
+        }),
+    }
 }
 
 #[cfg(test)]

@@ -3,13 +3,22 @@
 //! requests that arrive while the thread is busy are merged into one batch — up to
 //! `max_items` items or `max_cost` cost units (e.g. padded tokens), waiting at most `max_wait`
 //! for company after the first request — and the results are handed back per request.
+//!
+//! A panic while running a batch (a libtorch error surfacing as a Rust panic, a bug) is caught:
+//! every request of that batch gets [`EngineError::Panicked`] (INTERNAL, with the panic's
+//! message), and [`PanicPolicy`] decides what happens next. A frozen model cannot be left
+//! half-changed by a failed forward pass, so it keeps serving; a model that was half-way through
+//! an optimizer step may be, so its engine stops: later calls get UNAVAILABLE and
+//! [`Engine::stopped`] fires, which the server turns into health NOT_SERVING so the supervisor
+//! (Kubernetes, `rrlhf launch`) restarts the process from its last checkpoint.
 
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
 use std::time::{Duration, Instant};
 
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 
 /// How requests are merged.
 #[derive(Debug, Clone, Copy)]
@@ -19,6 +28,18 @@ pub struct BatchConfig {
     pub max_wait: Duration,
     /// Requests that may wait; beyond it submissions fail with [`EngineError::Busy`].
     pub queue_capacity: usize,
+    /// What the engine does after a batch panicked.
+    pub on_panic: PanicPolicy,
+}
+
+/// What an engine does after a batch panicked (its requests always get INTERNAL).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PanicPolicy {
+    /// The model is read-only (reward, reference): the same worker takes the next batch.
+    KeepServing,
+    /// The model may be half-updated (actor, critic): the engine stops, health turns
+    /// NOT_SERVING, and later calls are UNAVAILABLE until the process is restarted.
+    Stop,
 }
 
 /// Counters describing the batching, for metrics and tests.
@@ -30,6 +51,8 @@ pub struct EngineStats {
     pub items: AtomicU64,
     /// Most requests merged into one batch so far.
     pub max_requests_per_batch: AtomicU64,
+    /// Batches that panicked.
+    pub panics: AtomicU64,
 }
 
 #[derive(Debug, Clone, thiserror::Error, PartialEq)]
@@ -41,6 +64,9 @@ pub enum EngineError {
     /// The batch failed; the message comes from the model.
     #[error("{0}")]
     Failed(String),
+    /// Running the batch panicked; the message is the panic's.
+    #[error("the model engine panicked: {0}")]
+    Panicked(String),
 }
 
 /// Runs one merged batch: one output per input item, or a message saying why not.
@@ -48,7 +74,7 @@ type RunBatch<M, I, O> = dyn Fn(&M, &[I]) -> Result<Vec<O>, String>;
 
 struct Job<I, O> {
     items: Vec<I>,
-    reply: oneshot::Sender<Result<Vec<O>, String>>,
+    reply: oneshot::Sender<Result<Vec<O>, EngineError>>,
 }
 
 /// The async side's handle: cheap to clone, safe to share.
@@ -56,6 +82,8 @@ pub struct Engine<I, O> {
     tx: SyncSender<Job<I, O>>,
     capacity: usize,
     pub stats: Arc<EngineStats>,
+    /// Turns `true` when the engine thread has stopped serving.
+    stopped: watch::Receiver<bool>,
 }
 
 impl<I, O> Clone for Engine<I, O> {
@@ -64,6 +92,7 @@ impl<I, O> Clone for Engine<I, O> {
             tx: self.tx.clone(),
             capacity: self.capacity,
             stats: self.stats.clone(),
+            stopped: self.stopped.clone(),
         }
     }
 }
@@ -95,20 +124,28 @@ impl<I: Send + 'static, O: Send + 'static> Engine<I, O> {
     {
         let (tx, rx) = sync_channel::<Job<I, O>>(cfg.queue_capacity);
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<R, E>>();
+        let (stopped_tx, stopped) = watch::channel(false);
         let stats = Arc::new(EngineStats::default());
         let thread_stats = stats.clone();
         let thread_name = name.to_string();
         std::thread::Builder::new()
             .name(thread_name.clone())
-            .spawn(move || match load() {
-                Ok((model, report)) => {
-                    let _ = ready_tx.send(Ok(report));
-                    serve(&model, rx, cfg, &thread_stats, &run, &cost, &thread_name);
-                    tracing::info!(engine = thread_name, "engine stopped");
+            .spawn(move || {
+                match catch_unwind(AssertUnwindSafe(load)) {
+                    Ok(Ok((model, report))) => {
+                        let _ = ready_tx.send(Ok(report));
+                        serve(&model, rx, cfg, &thread_stats, &run, &cost, &thread_name);
+                        tracing::info!(engine = thread_name, "engine stopped");
+                    }
+                    Ok(Err(e)) => {
+                        let _ = ready_tx.send(Err(e));
+                    }
+                    Err(panic) => {
+                        let msg = panic_message(panic.as_ref());
+                        let _ = ready_tx.send(Err(E::from(EngineError::Panicked(msg))));
+                    }
                 }
-                Err(e) => {
-                    let _ = ready_tx.send(Err(e));
-                }
+                let _ = stopped_tx.send(true);
             })
             .map_err(|_| E::from(EngineError::Down))?;
         let report = ready_rx.recv().map_err(|_| E::from(EngineError::Down))??;
@@ -117,9 +154,19 @@ impl<I: Send + 'static, O: Send + 'static> Engine<I, O> {
                 tx,
                 capacity: cfg.queue_capacity,
                 stats,
+                stopped,
             },
             report,
         ))
+    }
+
+    /// Resolves once the engine thread has stopped serving (after a panic under
+    /// [`PanicPolicy::Stop`], or when every handle is gone).
+    pub fn stopped(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut rx = self.stopped.clone();
+        async move {
+            let _ = rx.wait_for(|&stopped| stopped).await;
+        }
     }
 
     /// Runs `items` (possibly merged with other requests' items); fails fast when the queue
@@ -131,10 +178,7 @@ impl<I: Send + 'static, O: Send + 'static> Engine<I, O> {
             Err(TrySendError::Full(_)) => return Err(EngineError::Busy(self.capacity)),
             Err(TrySendError::Disconnected(_)) => return Err(EngineError::Down),
         }
-        match rx.await {
-            Ok(result) => result.map_err(EngineError::Failed),
-            Err(_) => Err(EngineError::Down),
-        }
+        rx.await.unwrap_or(Err(EngineError::Down))
     }
 }
 
@@ -184,7 +228,15 @@ fn serve<M, I, O>(
             all.extend(job.items);
             replies.push(job.reply);
         }
-        let result = run(model, &all);
+        let (result, panicked) = match catch_unwind(AssertUnwindSafe(|| run(model, &all))) {
+            Ok(r) => (r.map_err(EngineError::Failed), false),
+            Err(panic) => {
+                let msg = panic_message(panic.as_ref());
+                tracing::error!(engine = name, panic = %msg, "a batch panicked");
+                stats.panics.fetch_add(1, Ordering::Relaxed);
+                (Err(EngineError::Panicked(msg)), true)
+            }
+        };
         stats.batches.fetch_add(1, Ordering::Relaxed);
         stats
             .requests
@@ -207,20 +259,37 @@ fn serve<M, I, O>(
                 }
             }
             Ok(outputs) => {
-                let msg = format!(
+                let e = EngineError::Failed(format!(
                     "the model returned {} outputs for {} inputs",
                     outputs.len(),
                     all.len()
-                );
+                ));
                 replies
                     .into_iter()
-                    .for_each(|r| drop(r.send(Err(msg.clone()))));
+                    .for_each(|r| drop(r.send(Err(e.clone()))));
             }
-            Err(msg) => replies
+            Err(e) => replies
                 .into_iter()
-                .for_each(|r| drop(r.send(Err(msg.clone())))),
+                .for_each(|r| drop(r.send(Err(e.clone())))),
+        }
+        if panicked && cfg.on_panic == PanicPolicy::Stop {
+            tracing::error!(
+                engine = name,
+                "stopping the engine: its model may be half-updated"
+            );
+            // Requests already queued get UNAVAILABLE when `rx` drops with them.
+            return;
         }
     }
+}
+
+/// The text of a panic payload (`panic!("…")` carries a `&str` or a `String`).
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".into())
 }
 
 #[cfg(test)]
@@ -242,6 +311,7 @@ mod tests {
             max_cost: 1 << 20,
             max_wait: Duration::from_millis(wait_ms),
             queue_capacity: 64,
+            on_panic: PanicPolicy::KeepServing,
         }
     }
 
@@ -295,6 +365,69 @@ mod tests {
         .unwrap_err();
         assert_eq!(err, LoadError(EngineError::Failed("no weights".into())));
     }
+
+    /// A batch that panics on a negative item: (the engine under `policy`, a request that panics).
+    fn panicking(policy: PanicPolicy) -> Engine<i64, i64> {
+        let cfg = BatchConfig {
+            on_panic: policy,
+            ..cfg(0)
+        };
+        let (engine, ()) = Engine::<i64, i64>::spawn(
+            "t",
+            cfg,
+            || Ok::<_, LoadError>(((), ())),
+            |_, xs| {
+                assert!(xs.iter().all(|&x| x >= 0), "injected panic on {xs:?}");
+                Ok(xs.to_vec())
+            },
+            |_| 1,
+        )
+        .unwrap();
+        engine
+    }
+
+    #[tokio::test]
+    async fn a_panic_is_internal_and_a_read_only_engine_keeps_serving() {
+        let engine = panicking(PanicPolicy::KeepServing);
+        let err = engine.submit(vec![-1]).await.unwrap_err();
+        assert!(
+            matches!(&err, EngineError::Panicked(m) if m.contains("injected panic on [-1]")),
+            "{err:?}"
+        );
+        let status = tonic::Status::from(err);
+        assert_eq!(status.code(), tonic::Code::Internal);
+        assert!(status.message().contains("injected panic"), "{status:?}");
+        assert_eq!(engine.submit(vec![2, 3]).await.unwrap(), vec![2, 3]);
+        assert_eq!(engine.stats.panics.load(Ordering::Relaxed), 1);
+        let not_yet = tokio::time::timeout(Duration::from_millis(50), engine.stopped()).await;
+        assert!(not_yet.is_err(), "a read-only engine does not stop");
+    }
+
+    #[tokio::test]
+    async fn a_panic_stops_a_training_engine() {
+        let engine = panicking(PanicPolicy::Stop);
+        assert!(matches!(
+            engine.submit(vec![-1]).await,
+            Err(EngineError::Panicked(_))
+        ));
+        tokio::time::timeout(Duration::from_secs(5), engine.stopped())
+            .await
+            .expect("the engine reports that it stopped");
+        assert_eq!(engine.submit(vec![1]).await, Err(EngineError::Down));
+    }
+
+    #[test]
+    fn a_panic_while_loading_is_a_load_error() {
+        let err = Engine::<i64, i64>::spawn(
+            "t",
+            cfg(0),
+            || -> Result<((), ()), LoadError> { panic!("no device") },
+            |_, xs| Ok(xs.to_vec()),
+            |_| 1,
+        )
+        .unwrap_err();
+        assert_eq!(err, LoadError(EngineError::Panicked("no device".into())));
+    }
 }
 
 impl From<EngineError> for tonic::Status {
@@ -305,6 +438,7 @@ impl From<EngineError> for tonic::Status {
             EngineError::Busy(_) => tonic::Status::resource_exhausted(e.to_string()),
             EngineError::Down => tonic::Status::unavailable(e.to_string()),
             EngineError::Failed(msg) => tonic::Status::internal(format!("model error: {msg}")),
+            EngineError::Panicked(_) => tonic::Status::internal(e.to_string()),
         }
     }
 }
@@ -313,6 +447,13 @@ impl From<EngineError> for tonic::Status {
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct LoadError(pub String);
+
+impl LoadError {
+    /// A loading failure with `e`'s message (the model's, the tokenizer's, …).
+    pub fn of(e: impl std::fmt::Display) -> Self {
+        Self(e.to_string())
+    }
+}
 
 impl From<EngineError> for LoadError {
     fn from(e: EngineError) -> Self {

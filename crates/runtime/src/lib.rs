@@ -10,16 +10,22 @@
 //! - [`server`]: the gRPC server around a service: `grpc.health.v1` (NOT_SERVING until the
 //!   service says it can work), reflection, optional TLS and bearer-token auth, a message-size
 //!   limit, a concurrency limit answered with RESOURCE_EXHAUSTED, and graceful shutdown.
+//! - [`engine`]: the model thread every service runs its model on (dynamic batching, panic
+//!   isolation).
+//! - [`service`]: the skeleton of the four model services — one config shape, the
+//!   [`service::ModelService`] trait and its [`service::start`].
 
 pub mod auth;
-pub mod checkpoint_rpc;
 pub mod config;
 pub mod engine;
 pub mod limit;
 pub mod metrics;
 pub mod server;
+pub mod service;
 pub mod telemetry;
 pub mod trace_context;
+pub mod training_rpc;
 pub mod validate;
 
-pub use config::{ConfigError, EngineConfig, ServerConfig, load_config};
+pub use config::{ConfigError, EngineConfig, GroupPlace, ServerConfig, load_config};
+pub use service::{ModelService, ModelServiceConfig, ServiceSettings};

@@ -134,14 +134,7 @@ pub async fn serve(
         _ = shutdown => {}
     }
     tracing::info!("shutting down: NOT_SERVING, draining in-flight calls");
-    for name in service_names {
-        health_reporter
-            .set_service_status(*name, ServingStatus::NotServing)
-            .await;
-    }
-    health_reporter
-        .set_service_status("", ServingStatus::NotServing)
-        .await;
+    set_not_serving(&health_reporter, service_names).await;
     let _ = stop_tx.send(());
     match tokio::time::timeout(
         Duration::from_secs_f64(cfg.shutdown_grace_secs),
@@ -162,14 +155,19 @@ pub async fn serve(
 
 /// Marks `service_names` and the server as SERVING.
 pub async fn set_serving(reporter: &HealthReporter, service_names: &[&str]) {
+    set_status(reporter, service_names, ServingStatus::Serving).await;
+}
+
+/// Marks `service_names` and the server as NOT_SERVING.
+pub async fn set_not_serving(reporter: &HealthReporter, service_names: &[&str]) {
+    set_status(reporter, service_names, ServingStatus::NotServing).await;
+}
+
+async fn set_status(reporter: &HealthReporter, service_names: &[&str], status: ServingStatus) {
     for name in service_names {
-        reporter
-            .set_service_status(*name, ServingStatus::Serving)
-            .await;
+        reporter.set_service_status(*name, status).await;
     }
-    reporter
-        .set_service_status("", ServingStatus::Serving)
-        .await;
+    reporter.set_service_status("", status).await;
 }
 
 /// A service being served: where, and the task that ends when the server has shut down.
@@ -182,10 +180,12 @@ pub struct Launched {
 }
 
 /// Binds `cfg.addr`, wraps `service` (a generated `*Server`, with the model already loaded and
-/// warm) in bearer auth, marks it SERVING and serves it until `shutdown` resolves.
+/// warm) in bearer auth, marks it SERVING and serves it until `shutdown` resolves. When
+/// `engine_stopped` resolves first, health turns NOT_SERVING: calls would only get UNAVAILABLE.
 pub async fn launch<S>(
     cfg: &ServerConfig,
     service: S,
+    engine_stopped: impl Future<Output = ()> + Send + 'static,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<Launched, ServeError>
 where
@@ -212,6 +212,15 @@ where
     );
     let routes = Routes::new(api);
     set_serving(&reporter, &[S::NAME]).await;
+    let engine_reporter = reporter.clone();
+    tokio::spawn(async move {
+        engine_stopped.await;
+        tracing::warn!(
+            service = S::NAME,
+            "the model engine has stopped: health is NOT_SERVING"
+        );
+        set_not_serving(&engine_reporter, &[S::NAME]).await;
+    });
     // The metrics endpoint stops with the gRPC server.
     let (metrics_stop, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
     let metrics_addr = match &cfg.metrics_addr {
@@ -257,39 +266,4 @@ pub struct Running<E> {
     pub metrics_addr: Option<SocketAddr>,
     pub engine: E,
     pub task: tokio::task::JoinHandle<Result<(), ServeError>>,
-}
-
-/// What every service's `start` does: load the model off the async runtime (it blocks for
-/// seconds and runs a warm-up pass), wrap the loaded service in its generated server with the
-/// configured message-size limit (`api`), and [`launch`] it. `engine` picks the handle to keep.
-pub async fn load_and_launch<T, E, L, S>(
-    cfg: &ServerConfig,
-    load: impl FnOnce() -> Result<T, L> + Send + 'static,
-    engine: impl FnOnce(&T) -> E,
-    api: impl FnOnce(T, usize) -> S,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<Running<E>, Box<dyn std::error::Error + Send + Sync>>
-where
-    T: Send + 'static,
-    L: std::error::Error + Send + Sync + 'static,
-    S: tonic::server::NamedService
-        + tower::Service<
-            http::Request<tonic::body::Body>,
-            Response = http::Response<tonic::body::Body>,
-            Error = std::convert::Infallible,
-        > + Clone
-        + Send
-        + Sync
-        + 'static,
-    S::Future: Send + 'static,
-{
-    let svc = tokio::task::spawn_blocking(load).await??;
-    let engine = engine(&svc);
-    let launched = launch(cfg, api(svc, cfg.max_message_bytes), shutdown).await?;
-    Ok(Running {
-        addr: launched.addr,
-        metrics_addr: launched.metrics_addr,
-        engine,
-        task: launched.task,
-    })
 }

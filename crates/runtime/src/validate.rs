@@ -94,3 +94,8 @@ mod tests {
         );
     }
 }
+
+/// An engine result that does not answer the work it was given: a bug, so INTERNAL.
+pub fn unexpected(done: impl std::fmt::Debug) -> Status {
+    Status::internal(format!("unexpected engine result {done:?}"))
+}

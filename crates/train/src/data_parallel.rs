@@ -41,15 +41,18 @@ impl std::fmt::Debug for DataParallel {
 }
 
 impl DataParallel {
-    /// The group a training service's rank joins: none for a single rank; else the store at
-    /// `store` (required), with `backend` or the device's default.
+    /// The group a training service's rank joins, from its place (rank, world size, store,
+    /// backend, timeout — `rrlhf_runtime::ServerConfig::group`): none for a single rank; else
+    /// the store (required), with the backend or the device's default.
     pub fn for_service(
-        rank: u32,
-        world_size: u32,
-        store: Option<&str>,
-        backend: Option<&str>,
+        (rank, world_size, store, backend, timeout): (
+            u32,
+            u32,
+            Option<&str>,
+            Option<&str>,
+            std::time::Duration,
+        ),
         device: tch::Device,
-        timeout: std::time::Duration,
     ) -> Result<Option<Self>> {
         if world_size <= 1 {
             return Ok(None);

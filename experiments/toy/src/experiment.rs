@@ -3,7 +3,7 @@
 
 use rrlhf_robust::rng::Rng;
 use rrlhf_robust::stats::{mean_se, sign_test};
-use rrlhf_robust::{HeadOutputs, Strategy, UncertaintySet, aggregate};
+use rrlhf_robust::{HeadOutputs, Lambda, Strategy, UncertaintySet, aggregate};
 use serde::{Deserialize, Serialize};
 
 use crate::N;
@@ -25,7 +25,7 @@ pub struct ToyConfig {
     /// Put every RM on one scale (zero mean, unit std over the 64 cells) before aggregating.
     pub standardize: bool,
     /// λ of the robust conditions `λ·nominal + (1−λ)·min`; λ = 1 (standard RLHF) is always run.
-    pub lambdas: Vec<f32>,
+    pub lambdas: Vec<Lambda>,
     pub ppo: PpoSettings,
 }
 
@@ -41,7 +41,9 @@ impl Default for ToyConfig {
             rm_steps: 300,
             rm_lr: 1e-2,
             standardize: true,
-            lambdas: vec![0.0, 0.2, 0.4, 0.6, 0.8],
+            lambdas: [0.0, 0.2, 0.4, 0.6, 0.8]
+                .map(|l| Lambda::new(l).expect("in [0, 1]"))
+                .to_vec(),
             ppo: PpoSettings::default(),
         }
     }
@@ -55,12 +57,6 @@ impl ToyConfig {
             "pairs_per_prompt: must be in 1..={}",
             N - 1
         );
-        for &l in &self.lambdas {
-            anyhow::ensure!(
-                l.is_finite() && (0.0..=1.0).contains(&l),
-                "lambdas: {l} is outside [0, 1]"
-            );
-        }
         anyhow::ensure!(
             self.rm_steps >= 1 && self.ppo.iterations >= 1,
             "rm_steps and iterations must be ≥ 1"
@@ -72,9 +68,9 @@ impl ToyConfig {
     pub fn conditions(&self) -> Vec<(String, Strategy)> {
         let mut c = vec![("standard (λ=1)".to_owned(), Strategy::Nominal)];
         let mut ls = self.lambdas.clone();
-        ls.sort_by(|a, b| b.total_cmp(a));
+        ls.sort_by(|a, b| b.get().total_cmp(&a.get()));
         ls.dedup();
-        for l in ls.into_iter().filter(|&l| l < 1.0) {
+        for l in ls.into_iter().filter(|l| l.get() < 1.0) {
             c.push((format!("robust λ={l}"), Strategy::Tradeoff { lambda: l }));
         }
         c.push(("mean of RMs".to_owned(), Strategy::Mean));

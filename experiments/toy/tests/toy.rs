@@ -1,6 +1,7 @@
 //! A reduced toy run (few seeds, short training): the outputs' shape and invariants — never the
 //! experiment's conclusions.
 
+use rrlhf_robust::Lambda;
 use rrlhf_toy::bandit::PpoSettings;
 use rrlhf_toy::experiment::ToyConfig;
 use rrlhf_toy::reward::RmArch;
@@ -11,7 +12,7 @@ fn small(arch: RmArch) -> ToyConfig {
         first_seed: 11,
         rm_arch: arch,
         rm_steps: 40,
-        lambdas: vec![0.4, 0.0],
+        lambdas: vec![Lambda::new(0.4).unwrap(), Lambda::new(0.0).unwrap()],
         ppo: PpoSettings {
             iterations: 6,
             samples_per_prompt: 8,
@@ -90,15 +91,14 @@ fn reduced_run_has_the_right_shape_and_is_reproducible() {
 
 #[test]
 fn bad_settings_are_named() {
+    // A λ outside [0, 1] is refused as the settings are read.
+    let mut json = serde_json::to_value(small(RmArch::PerPrompt)).unwrap();
+    json["lambdas"] = serde_json::json!([0.4, 1.5]);
+    let err = serde_json::from_value::<ToyConfig>(json)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("λ must be in [0, 1]"), "{err}");
     let mut cfg = small(RmArch::PerPrompt);
-    cfg.lambdas = vec![1.5];
-    assert!(
-        rrlhf_toy::run(&cfg, |_| {})
-            .unwrap_err()
-            .to_string()
-            .contains("lambdas")
-    );
-    cfg.lambdas = vec![0.4];
     cfg.pairs_per_prompt = 8;
     assert!(
         rrlhf_toy::run(&cfg, |_| {})

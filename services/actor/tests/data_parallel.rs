@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use rrlhf_actor_service::model::{Policy, PpoJob};
+use rrlhf_actor_service::engine::{Policy, PpoJob};
 use rrlhf_dist::{Backend, GroupConfig};
 use rrlhf_model::{Arch, CausalLm, ModelConfig, Placement, SizePreset};
 use rrlhf_train::data_parallel::{DataParallel, UpdatePlan};
@@ -108,7 +108,7 @@ fn train_and_save(dp: Option<DataParallel>, rank: usize, model: &Path, out: &Pat
         0 => shard(&full, 0..SPLIT),
         _ => shard(&full, SPLIT..SAMPLES),
     };
-    let stats = policy.train(&mine).expect("train");
+    let stats = policy.ppo_update(&mine).expect("train");
     assert_eq!(stats.updates, 3, "one update per epoch");
     policy.model.save(out).expect("save");
     if std::env::var("RRLHF_TEST_RANK").is_ok() {
@@ -118,7 +118,7 @@ fn train_and_save(dp: Option<DataParallel>, rank: usize, model: &Path, out: &Pat
         );
         uneven.plan.minibatch_size = 2;
         uneven.plan.epochs = 1;
-        let stats = policy.train(&uneven).expect("train on uneven shards");
+        let stats = policy.ppo_update(&uneven).expect("train on uneven shards");
         assert_eq!(stats.updates, if rank == 0 { 3 } else { 0 });
         policy
             .model

@@ -1,55 +1,46 @@
-//! The tonic implementation of `rrlhf.reference.v1.ReferenceService`. Requests are validated
-//! here (INVALID_ARGUMENT naming the field) so a merged model batch never fails for one bad
-//! sequence; the engine thread owns the frozen model.
+//! The tonic implementation of `rrlhf.reference.v1.ReferenceService` and the reference's
+//! [`ModelService`]: requests are validated ([`crate::convert`]); the engine thread owns the
+//! frozen model.
 
 use std::sync::Arc;
 
-use rrlhf_model::{CausalLm, Placement};
-use rrlhf_proto::common::v1::{LogProbsRequest, LogProbsResponse, RankInfo, TokenLogProbs};
+use rrlhf_model::CausalLm;
+use rrlhf_proto::common::v1::{LogProbsRequest, LogProbsResponse, TokenLogProbs};
 use rrlhf_proto::reference::v1::reference_service_server::{
     ReferenceService, ReferenceServiceServer,
 };
 use rrlhf_proto::reference::v1::{InfoRequest, InfoResponse};
-use rrlhf_runtime::engine::{Engine, LoadError};
+use rrlhf_runtime::engine::{Engine, LoadError, PanicPolicy};
 use rrlhf_runtime::server;
-use rrlhf_runtime::validate::{invalid, token_pair};
+use rrlhf_runtime::service::{self, ModelService};
 use tonic::{Request, Response, Status};
 
-use crate::config::ReferenceServiceConfig;
-
-type Pair = (Vec<i64>, Vec<i64>);
+use crate::config::{ReferenceServiceConfig, ReferenceSettings};
+use crate::engine::{self, Pair};
 
 #[derive(Clone, Debug)]
 pub struct ReferenceServer {
     pub engine: Engine<Pair, Vec<f32>>,
-    vocab_size: i64,
-    cfg: Arc<ReferenceServiceConfig>,
+    pub(crate) vocab_size: i64,
+    pub(crate) cfg: Arc<ReferenceServiceConfig>,
 }
 
-impl ReferenceServer {
-    /// Loads the frozen model on its engine thread and runs a warm-up pass.
-    pub fn load(cfg: ReferenceServiceConfig) -> Result<Self, LoadError> {
+impl ModelService for ReferenceServer {
+    const NAME: &'static str = "reference";
+    /// A frozen model cannot be left half-changed.
+    const ON_PANIC: PanicPolicy = PanicPolicy::KeepServing;
+    type Settings = ReferenceSettings;
+    type Engine = Engine<Pair, Vec<f32>>;
+    type Api = ReferenceServiceServer<Self>;
+
+    fn load(cfg: ReferenceServiceConfig) -> Result<Self, LoadError> {
         let load_cfg = cfg.clone();
         let (engine, vocab_size) = Engine::spawn(
-            "reference-engine",
-            cfg.engine.batch(),
-            move || -> Result<(CausalLm, i64), LoadError> {
-                let err = |e: rrlhf_model::ModelError| LoadError(e.to_string());
-                let placement = Placement::parse(&load_cfg.engine.device, &load_cfg.engine.dtype)
-                    .map_err(err)?;
-                rrlhf_model::device::set_threads(load_cfg.engine.threads);
-                let mut model = CausalLm::from_dir(&load_cfg.model, placement).map_err(err)?;
-                model.vs.freeze();
-                let _guard = tch::no_grad_guard();
-                model
-                    .response_logprobs(&[(vec![0], vec![0])])
-                    .map_err(|e| LoadError(format!("warm-up: {e}")))?;
-                let vocab = model.cfg.vocab_size;
-                Ok((model, vocab))
-            },
+            &format!("{}-engine", Self::NAME),
+            cfg.engine.batch(Self::ON_PANIC),
+            move || engine::load(&load_cfg),
             |model: &CausalLm, pairs: &[Pair]| {
-                let _guard = tch::no_grad_guard();
-                model.response_logprobs(pairs).map_err(|e| e.to_string())
+                engine::logprobs(model, pairs).map_err(|e| e.to_string())
             },
             |(p, r): &Pair| p.len() + r.len(),
         )?;
@@ -60,23 +51,18 @@ impl ReferenceServer {
         })
     }
 
-    fn validate(&self, req: &LogProbsRequest) -> Result<Vec<Pair>, Status> {
-        if req.sequences.is_empty() {
-            return Err(invalid("sequences", "at least one sequence is required"));
-        }
-        req.sequences
-            .iter()
-            .enumerate()
-            .map(|(i, s)| {
-                token_pair(
-                    &format!("sequences[{i}]"),
-                    &s.prompt_ids,
-                    &s.response_ids,
-                    self.vocab_size,
-                    self.cfg.max_length,
-                )
-            })
-            .collect()
+    fn engine(&self) -> Self::Engine {
+        self.engine.clone()
+    }
+
+    fn engine_stopped(&self) -> impl Future<Output = ()> + Send + 'static {
+        self.engine.stopped()
+    }
+
+    fn api(self, limit: usize) -> Self::Api {
+        ReferenceServiceServer::new(self)
+            .max_decoding_message_size(limit)
+            .max_encoding_message_size(limit)
     }
 }
 
@@ -87,7 +73,7 @@ impl ReferenceService for ReferenceServer {
         request: Request<LogProbsRequest>,
     ) -> Result<Response<LogProbsResponse>, Status> {
         let req = request.into_inner();
-        let pairs = self.validate(&req)?;
+        let pairs = self.pairs(&req)?;
         let rows = self.engine.submit(pairs).await?;
         let results = req
             .sequences
@@ -109,11 +95,7 @@ impl ReferenceService for ReferenceServer {
             } else {
                 String::new()
             },
-            rank: Some(RankInfo {
-                rank: self.cfg.server.rank,
-                world_size: self.cfg.server.world_size,
-                device: self.cfg.engine.device.clone(),
-            }),
+            rank: Some(self.cfg.rank_info()),
         }))
     }
 }
@@ -124,20 +106,7 @@ pub type Running = server::Running<Engine<Pair, Vec<f32>>>;
 /// Loads the frozen model, binds `cfg.server.addr`, and serves until `shutdown` resolves.
 pub async fn start(
     cfg: ReferenceServiceConfig,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> Result<Running, Box<dyn std::error::Error + Send + Sync>> {
-    cfg.validate()?;
-    let load_cfg = cfg.clone();
-    server::load_and_launch(
-        &cfg.server,
-        move || ReferenceServer::load(load_cfg),
-        |svc| svc.engine.clone(),
-        |svc, limit| {
-            ReferenceServiceServer::new(svc)
-                .max_decoding_message_size(limit)
-                .max_encoding_message_size(limit)
-        },
-        shutdown,
-    )
-    .await
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<Running, service::StartError> {
+    service::start::<ReferenceServer>(cfg, shutdown).await
 }

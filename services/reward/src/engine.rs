@@ -9,7 +9,7 @@ use rrlhf_model::reward_model::{RewardMeta, RewardModel};
 use rrlhf_model::scoring::{Overlong, RewardScorer};
 use rrlhf_model::{Placement, TextTokenizer};
 use rrlhf_robust::HeadOutputs;
-use rrlhf_runtime::engine::Engine;
+use rrlhf_runtime::engine::{Engine, PanicPolicy};
 
 use crate::config::RewardServiceConfig;
 use crate::error::ServiceError;
@@ -38,8 +38,11 @@ impl EngineHandle {
 
 /// Loads the model and tokenizer on the engine thread, runs a warm-up pass, and returns once the
 /// engine can serve (or with the loading error).
-pub fn spawn(cfg: &RewardServiceConfig) -> Result<(EngineHandle, TextTokenizer), ServiceError> {
-    let batch = cfg.engine.batch();
+pub fn spawn(
+    cfg: &RewardServiceConfig,
+    on_panic: PanicPolicy,
+) -> Result<(EngineHandle, TextTokenizer), ServiceError> {
+    let batch = cfg.engine.batch(on_panic);
     let load_cfg = cfg.clone();
     let (engine, (info, tokenizer)) = Engine::spawn(
         "reward-engine",
@@ -69,8 +72,8 @@ pub fn spawn(cfg: &RewardServiceConfig) -> Result<(EngineHandle, TextTokenizer),
 }
 
 fn load(cfg: &RewardServiceConfig) -> Result<RewardScorer, ServiceError> {
-    let placement = Placement::parse(&cfg.engine.device, &cfg.engine.dtype)?;
-    rrlhf_model::device::set_threads(cfg.engine.threads);
+    let e = &cfg.engine;
+    let placement = Placement::for_engine(&e.device, &e.dtype, e.threads)?;
     let model = RewardModel::from_dir(&cfg.model, placement)?;
     let tokenizer = TextTokenizer::load(Path::new(&cfg.model))?;
     if tokenizer.vocab_size() as i64 > model.cfg.vocab_size {
@@ -79,10 +82,9 @@ fn load(cfg: &RewardServiceConfig) -> Result<RewardScorer, ServiceError> {
             "the tokenizer has more tokens than the model's vocabulary",
         ));
     }
-    let overlong = if cfg.overlong == "truncate" {
-        Overlong::Truncate
-    } else {
-        Overlong::Reject
+    let overlong = match cfg.service.overlong {
+        crate::config::Overlong::Truncate => Overlong::Truncate,
+        crate::config::Overlong::Reject => Overlong::Reject,
     };
     let scorer = RewardScorer {
         model,

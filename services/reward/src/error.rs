@@ -20,6 +20,9 @@ pub enum ServiceError {
     /// The model failed while running a batch.
     #[error("model error: {0}")]
     Engine(String),
+    /// Running the batch panicked.
+    #[error("the model engine panicked: {0}")]
+    Panicked(String),
 }
 
 impl From<EngineError> for ServiceError {
@@ -28,6 +31,7 @@ impl From<EngineError> for ServiceError {
             EngineError::Busy(n) => Self::Busy(n),
             EngineError::Down => Self::EngineDown,
             EngineError::Failed(msg) => Self::Engine(msg),
+            EngineError::Panicked(msg) => Self::Panicked(msg),
         }
     }
 }
@@ -48,7 +52,9 @@ impl From<ServiceError> for Status {
             ServiceError::InvalidArgument { .. } => Status::invalid_argument(msg),
             ServiceError::Busy(_) => Status::resource_exhausted(msg),
             ServiceError::EngineDown => Status::unavailable(msg),
-            ServiceError::Model(_) | ServiceError::Engine(_) => Status::internal(msg),
+            ServiceError::Model(_) | ServiceError::Engine(_) | ServiceError::Panicked(_) => {
+                Status::internal(msg)
+            }
         }
     }
 }

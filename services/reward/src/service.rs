@@ -1,36 +1,44 @@
-//! The tonic implementation of `rrlhf.reward.v1.RewardService`: validates and tokenises
-//! requests, hands token ids to the engine, and aggregates the head outputs with the requested
-//! strategy. Every bad request is INVALID_ARGUMENT naming the field; the service keeps serving.
+//! The tonic implementation of `rrlhf.reward.v1.RewardService` and the reward service's
+//! [`ModelService`]: requests are validated and tokenised ([`crate::convert`]), token ids go to
+//! the engine, and the head outputs are aggregated with the requested strategy. Every bad
+//! request is INVALID_ARGUMENT naming the field; the service keeps serving.
 
 use std::pin::Pin;
 
 use rrlhf_model::TextTokenizer;
-use rrlhf_proto::common::v1::{Calibration, RankInfo};
+use rrlhf_proto::common::v1::Calibration;
 use rrlhf_proto::reward::v1::reward_service_server::{RewardService, RewardServiceServer};
-use rrlhf_proto::reward::v1::{
-    HeadReward, InfoRequest, InfoResponse, Sample, SampleScore, ScoreRequest, ScoreResponse,
-    UncertaintySet as ProtoSet,
-};
-use rrlhf_robust::{HeadOutputs, Strategy, UncertaintySet, aggregate};
+use rrlhf_proto::reward::v1::{InfoRequest, InfoResponse, ScoreRequest, ScoreResponse};
+use rrlhf_robust::aggregate;
+use rrlhf_runtime::engine::{LoadError, PanicPolicy};
 use rrlhf_runtime::server;
+use rrlhf_runtime::service::{self, ModelService};
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::config::RewardServiceConfig;
+use crate::config::{RewardServiceConfig, RewardSettings};
+use crate::convert::{to_proto, uncertainty_set};
 use crate::engine::{self, EngineHandle};
 use crate::error::ServiceError;
 
 #[derive(Clone, Debug)]
 pub struct RewardServer {
     pub engine: EngineHandle,
-    tokenizer: TextTokenizer,
-    cfg: RewardServiceConfig,
+    pub(crate) tokenizer: TextTokenizer,
+    pub(crate) cfg: RewardServiceConfig,
 }
 
-impl RewardServer {
+impl ModelService for RewardServer {
+    const NAME: &'static str = "reward";
+    /// A frozen model cannot be left half-changed.
+    const ON_PANIC: PanicPolicy = PanicPolicy::KeepServing;
+    type Settings = RewardSettings;
+    type Engine = EngineHandle;
+    type Api = RewardServiceServer<Self>;
+
     /// Loads the model (blocking until the warm-up pass has run).
-    pub fn load(cfg: RewardServiceConfig) -> Result<Self, ServiceError> {
-        let (engine, tokenizer) = engine::spawn(&cfg)?;
+    fn load(cfg: RewardServiceConfig) -> Result<Self, LoadError> {
+        let (engine, tokenizer) = engine::spawn(&cfg, Self::ON_PANIC).map_err(LoadError::of)?;
         Ok(Self {
             engine,
             tokenizer,
@@ -38,96 +46,26 @@ impl RewardServer {
         })
     }
 
-    /// The strategy a request asks for, with defaults from the config.
-    fn strategy(&self, req: &ScoreRequest) -> Result<Strategy, ServiceError> {
-        if let Some(l) = req.lambda.filter(|l| !(0.0..=1.0).contains(l)) {
-            return Err(ServiceError::invalid(
-                "lambda",
-                format!("must be in [0, 1], got {l}"),
-            ));
-        }
-        if let Some(c) = req.uwo_c.filter(|c| !(c.is_finite() && *c >= 0.0)) {
-            return Err(ServiceError::invalid(
-                "uwo_c",
-                format!("must be finite and ≥ 0, got {c}"),
-            ));
-        }
-        let name = if req.strategy.trim().is_empty() {
-            self.cfg.default_strategy.as_str()
-        } else {
-            req.strategy.trim()
-        };
-        let spelled = match name {
-            "tradeoff" | "batch_worst_head" => {
-                format!("{name}:{}", req.lambda.unwrap_or(self.cfg.default_lambda))
-            }
-            "uwo" => format!("uwo:{}", req.uwo_c.unwrap_or(self.cfg.default_uwo_c)),
-            other => other.to_string(),
-        };
-        let strategy: Strategy = spelled.parse().map_err(|e: rrlhf_robust::RobustError| {
-            ServiceError::invalid("strategy", e.to_string())
-        })?;
-        let takes_lambda = matches!(
-            strategy,
-            Strategy::Tradeoff { .. } | Strategy::BatchWorstHead { .. }
-        );
-        if req.lambda.is_some() && !takes_lambda {
-            return Err(ServiceError::invalid(
-                "lambda",
-                format!("strategy `{strategy}` takes no λ"),
-            ));
-        }
-        Ok(strategy)
+    fn engine(&self) -> Self::Engine {
+        self.engine.clone()
     }
 
-    /// Token ids of every sample, validated.
-    fn encode(&self, samples: &[Sample]) -> Result<Vec<Vec<i64>>, ServiceError> {
-        if samples.is_empty() {
-            return Err(ServiceError::invalid(
-                "samples",
-                "at least one sample is required",
-            ));
-        }
-        let vocab = self.engine.info.vocab_size;
-        let max = self.cfg.max_length;
-        samples
-            .iter()
-            .enumerate()
-            .map(|(i, s)| {
-                if !s.token_ids.is_empty() {
-                    if let Some(t) = s.token_ids.iter().find(|&&t| t < 0 || t >= vocab) {
-                        return Err(ServiceError::invalid(format!("samples[{i}].token_ids"), format!("id {t} is outside [0, {vocab})")));
-                    }
-                    if s.token_ids.len() > max {
-                        return Err(ServiceError::invalid(format!("samples[{i}].token_ids"), format!("{} tokens exceed max_length {max}", s.token_ids.len())));
-                    }
-                    return Ok(s.token_ids.clone());
-                }
-                if s.response.trim().is_empty() {
-                    return Err(ServiceError::invalid(format!("samples[{i}].response"), "must not be empty"));
-                }
-                let (ids, full) = self.tokenizer.encode_pair(&s.prompt, &s.response, max)?;
-                if full > max && self.cfg.overlong == "reject" {
-                    return Err(ServiceError::invalid(format!("samples[{i}]"), format!("{full} tokens exceed max_length {max} (the server rejects longer samples)")));
-                }
-                Ok(ids)
-            })
-            .collect()
+    fn engine_stopped(&self) -> impl Future<Output = ()> + Send + 'static {
+        self.engine.engine.stopped()
     }
 
+    fn api(self, limit: usize) -> Self::Api {
+        RewardServiceServer::new(self)
+            .max_decoding_message_size(limit)
+            .max_encoding_message_size(limit)
+    }
+}
+
+impl RewardServer {
     /// Validates, scores and aggregates one request.
     pub async fn score_request(&self, req: ScoreRequest) -> Result<ScoreResponse, ServiceError> {
         let strategy = self.strategy(&req)?;
-        let set = match ProtoSet::try_from(req.uncertainty_set) {
-            Ok(ProtoSet::Unspecified | ProtoSet::Mean) => UncertaintySet::Mean,
-            Ok(ProtoSet::Sampled) => UncertaintySet::Sampled,
-            Err(_) => {
-                return Err(ServiceError::invalid(
-                    "uncertainty_set",
-                    format!("unknown value {}", req.uncertainty_set),
-                ));
-            }
-        };
+        let set = uncertainty_set(req.uncertainty_set)?;
         let ids = self.encode(&req.samples)?;
         let lengths: Vec<usize> = ids.iter().map(Vec::len).collect();
         let heads = self.engine.score(ids).await?;
@@ -145,33 +83,6 @@ impl RewardServer {
             scores,
             strategy: strategy.to_string(),
         })
-    }
-}
-
-fn to_proto(
-    id: &str,
-    h: HeadOutputs,
-    a: rrlhf_robust::strategy::Aggregated,
-    num_tokens: usize,
-) -> SampleScore {
-    let s = a.summary;
-    SampleScore {
-        id: id.to_string(),
-        heads: h
-            .mu
-            .iter()
-            .zip(&h.sigma)
-            .map(|(&mu, &sigma)| HeadReward { mu, sigma })
-            .collect(),
-        nominal_head: s.nominal_head as u32,
-        nominal: s.nominal,
-        min: s.min,
-        max: s.max,
-        mean: s.mean,
-        median: s.median,
-        variance: s.variance,
-        reward: a.reward,
-        num_tokens: num_tokens as u32,
     }
 }
 
@@ -221,7 +132,7 @@ impl RewardService for RewardServer {
             kind: serde_kind(meta),
             heads: meta.heads as u32,
             max_length: self.cfg.max_length as u32,
-            overlong: self.cfg.overlong.clone(),
+            overlong: self.cfg.service.overlong.as_str().into(),
             tokenizer: self.tokenizer.path().display().to_string(),
             model_id: info.model_id.clone(),
             default_strategy: self
@@ -234,11 +145,7 @@ impl RewardService for RewardServer {
                 count: c.count as u64,
                 reference: c.reference.clone().unwrap_or_default(),
             }),
-            rank: Some(RankInfo {
-                rank: self.cfg.server.rank,
-                world_size: self.cfg.server.world_size,
-                device: self.cfg.engine.device.clone(),
-            }),
+            rank: Some(self.cfg.rank_info()),
             vocab_size: info.vocab_size as u32,
         }))
     }
@@ -258,20 +165,7 @@ pub type Running = server::Running<EngineHandle>;
 /// `cfg.server.addr`, and serves until `shutdown` resolves.
 pub async fn start(
     cfg: RewardServiceConfig,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> Result<Running, Box<dyn std::error::Error + Send + Sync>> {
-    cfg.validate()?;
-    let load_cfg = cfg.clone();
-    server::load_and_launch(
-        &cfg.server,
-        move || RewardServer::load(load_cfg),
-        |svc| svc.engine.clone(),
-        |svc, limit| {
-            RewardServiceServer::new(svc)
-                .max_decoding_message_size(limit)
-                .max_encoding_message_size(limit)
-        },
-        shutdown,
-    )
-    .await
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<Running, service::StartError> {
+    service::start::<RewardServer>(cfg, shutdown).await
 }

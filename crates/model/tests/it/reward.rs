@@ -59,7 +59,9 @@ fn scores_do_not_depend_on_batch_composition() {
     let batched = scorer
         .score(
             &samples(),
-            Strategy::Tradeoff { lambda: 0.4 },
+            Strategy::Tradeoff {
+                lambda: rrlhf_robust::Lambda::new(0.4).unwrap(),
+            },
             UncertaintySet::Mean,
             0,
         )
@@ -68,7 +70,9 @@ fn scores_do_not_depend_on_batch_composition() {
     let alone = scorer
         .score(
             &samples(),
-            Strategy::Tradeoff { lambda: 0.4 },
+            Strategy::Tradeoff {
+                lambda: rrlhf_robust::Lambda::new(0.4).unwrap(),
+            },
             UncertaintySet::Mean,
             0,
         )

@@ -3,9 +3,8 @@
 
 use std::sync::atomic::Ordering;
 
-use rrlhf_actor_service::ActorServiceConfig;
-use rrlhf_model::tokenizer::train_bpe;
-use rrlhf_model::{Arch, CausalLm, ModelConfig, Placement, SizePreset};
+use rrlhf_actor_service::{ActorServer, ActorServiceConfig};
+use rrlhf_model::TextTokenizer;
 use rrlhf_proto::actor::v1::actor_service_client::ActorServiceClient;
 use rrlhf_proto::actor::v1::{
     GenerateRequest, GeneratedSample, Prompt, SamplingParams, TrainRequest, TrainSample,
@@ -13,11 +12,11 @@ use rrlhf_proto::actor::v1::{
 use rrlhf_proto::common::v1::{
     LoadCheckpointRequest, LogProbsRequest, SaveCheckpointRequest, Sequence,
 };
+use rrlhf_testkit::models::models;
+use rrlhf_testkit::serve::spawn;
 use tonic::Code;
 use tonic::transport::Channel;
-use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
-use tonic_health::pb::health_client::HealthClient;
 
 fn prompt(id: &str, ids: &[i64]) -> Prompt {
     Prompt {
@@ -65,58 +64,20 @@ async fn logprobs(c: &mut ActorServiceClient<Channel>, seqs: &[Sequence]) -> Vec
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn actor_streams_scores_trains_and_checkpoints() {
-    tch::set_num_threads(1);
+    let policy = &models().policy;
     let root = tempfile::tempdir().unwrap();
-    let dir = root.path().join("policy");
-    let texts =
-        (0..100).map(|i| format!("Human: question number {i}?\n\nAssistant: a reply, number {i}."));
-    let tok = train_bpe(texts, 300, &dir).unwrap();
-    let preset = SizePreset::by_name("tiny").unwrap();
-    let cfg = ModelConfig::new_random(
-        Arch::Llama,
-        &preset,
-        tok.vocab_size() as i64,
-        None,
-        tok.eos_id,
-        Some(tok.pad_id),
-        512,
-    );
-    CausalLm::new(cfg, Placement::default())
-        .unwrap()
-        .save(&dir)
-        .unwrap();
-
-    let mut cfg = ActorServiceConfig {
-        model: dir.clone(),
+    let tok = TextTokenizer::load(policy).unwrap();
+    let served = spawn::<ActorServer>(ActorServiceConfig {
+        model: policy.clone(),
         max_length: 512,
         ..Default::default()
-    };
-    cfg.server.addr = "127.0.0.1:0".into();
-    cfg.engine.threads = 1;
-    let (stop_tx, stopped) = tokio::sync::oneshot::channel::<()>();
-    let running = rrlhf_actor_service::start(cfg, async {
-        let _ = stopped.await;
     })
-    .await
-    .unwrap();
-    let mut c = ActorServiceClient::connect(format!("http://{}", running.addr))
-        .await
-        .unwrap();
-    let channel = Channel::from_shared(format!("http://{}", running.addr))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let health = HealthClient::new(channel)
-        .check(HealthCheckRequest {
-            service: "rrlhf.actor.v1.ActorService".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    .await;
+    let running = &served.running;
+    let mut c = ActorServiceClient::connect(served.url()).await.unwrap();
     assert_eq!(
-        health.status,
-        ServingStatus::Serving as i32,
+        served.health("rrlhf.actor.v1.ActorService").await,
+        ServingStatus::Serving,
         "SERVING once loaded and warm"
     );
 
@@ -360,6 +321,5 @@ async fn actor_streams_scores_trains_and_checkpoints() {
             .starts_with("clip_eps")
     );
 
-    stop_tx.send(()).unwrap();
-    running.task.await.unwrap().unwrap();
+    served.stop().await;
 }

@@ -1,17 +1,15 @@
 //! End-to-end tests of the critic service on 127.0.0.1:0 with a real tiny stage-1 checkpoint:
 //! values, training lowers the value loss, save → load restores identical outputs, bad input.
 
-use rrlhf_critic_service::CriticServiceConfig;
-use rrlhf_model::reward_model::{RewardMeta, RewardModel};
-use rrlhf_model::{Arch, CausalLm, ModelConfig, Placement, SizePreset};
+use rrlhf_critic_service::{CriticServer, CriticServiceConfig};
+use rrlhf_model::TextTokenizer;
 use rrlhf_proto::common::v1::{LoadCheckpointRequest, SaveCheckpointRequest, Sequence};
 use rrlhf_proto::critic::v1::critic_service_client::CriticServiceClient;
 use rrlhf_proto::critic::v1::{InfoRequest, TrainRequest, TrainSample, ValuesRequest};
+use rrlhf_testkit::models::models;
+use rrlhf_testkit::serve::spawn;
 use tonic::Code;
-use tonic::transport::Channel;
-use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
-use tonic_health::pb::health_client::HealthClient;
 
 fn seq(id: &str, prompt: &[i64], response: &[i64]) -> Sequence {
     Sequence {
@@ -71,62 +69,23 @@ async fn values(c: &mut CriticServiceClient<tonic::transport::Channel>) -> Vec<V
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn critic_values_train_save_and_load() {
-    tch::set_num_threads(1);
+    let m = models();
     let root = tempfile::tempdir().unwrap();
-    let base = root.path().join("base");
-    let preset = SizePreset::by_name("tiny").unwrap();
-    let cfg = ModelConfig::new_random(Arch::Llama, &preset, 64, None, 1, Some(0), 128);
-    CausalLm::new(cfg, Placement::default())
-        .unwrap()
-        .save(&base)
-        .unwrap();
-    let rm_dir = root.path().join("rm");
-    RewardModel::from_base(&base, RewardMeta::bradley_terry(None), Placement::default())
-        .unwrap()
-        .save(&rm_dir)
-        .unwrap();
-
-    let mut cfg = CriticServiceConfig {
-        model: rm_dir.clone(),
+    let served = spawn::<CriticServer>(CriticServiceConfig {
+        model: m.stage1.clone(),
         max_length: 32,
         ..Default::default()
-    };
-    cfg.server.addr = "127.0.0.1:0".into();
-    cfg.engine.threads = 1;
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let running = rrlhf_critic_service::start(cfg, async {
-        let _ = stopped.await;
     })
-    .await
-    .unwrap();
-    let mut c = CriticServiceClient::connect(format!("http://{}", running.addr))
-        .await
-        .unwrap();
-    let channel = Channel::from_shared(format!("http://{}", running.addr))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let health = HealthClient::new(channel)
-        .check(HealthCheckRequest {
-            service: "rrlhf.critic.v1.CriticService".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    .await;
+    let mut c = CriticServiceClient::connect(served.url()).await.unwrap();
     assert_eq!(
-        health.status,
-        ServingStatus::Serving as i32,
+        served.health("rrlhf.critic.v1.CriticService").await,
+        ServingStatus::Serving,
         "SERVING once loaded and warm"
     );
-    assert_eq!(
-        c.info(InfoRequest {})
-            .await
-            .unwrap()
-            .into_inner()
-            .vocab_size,
-        64
-    );
+    let vocab = TextTokenizer::load(&m.stage1).unwrap().vocab_size() as i64;
+    let info = c.info(InfoRequest {}).await.unwrap().into_inner();
+    assert_eq!((info.vocab_size as i64, info.max_length), (vocab, 32));
 
     let before = values(&mut c).await;
     for (v, s) in before.iter().zip(sequences()) {
@@ -208,7 +167,7 @@ async fn critic_values_train_save_and_load() {
     }
     let err = c
         .values(ValuesRequest {
-            sequences: vec![seq("x", &[1], &[64])],
+            sequences: vec![seq("x", &[1], &[vocab])],
         })
         .await
         .unwrap_err();
@@ -224,16 +183,16 @@ async fn critic_values_train_save_and_load() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
-    // A checkpoint of another shape is refused without harming the live model.
+    // A checkpoint of another layout (the policy: an LM head, no score head) is refused
+    // without harming the live model.
     let err = c
         .load_checkpoint(LoadCheckpointRequest {
-            path: base.display().to_string(),
+            path: m.policy.display().to_string(),
         })
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
     assert_eq!(values(&mut c).await, saved);
 
-    stop.send(()).unwrap();
-    running.task.await.unwrap().unwrap();
+    served.stop().await;
 }

@@ -1,14 +1,14 @@
 //! End-to-end tests of the reference service on 127.0.0.1:0 with a real tiny checkpoint.
 
-use rrlhf_model::{Arch, CausalLm, ModelConfig, Placement, SizePreset};
+use rrlhf_model::Arch;
 use rrlhf_proto::common::v1::{LogProbsRequest, Sequence};
 use rrlhf_proto::reference::v1::InfoRequest;
 use rrlhf_proto::reference::v1::reference_service_client::ReferenceServiceClient;
-use rrlhf_reference_service::ReferenceServiceConfig;
+use rrlhf_reference_service::{ReferenceServer, ReferenceServiceConfig};
+use rrlhf_testkit::models::causal_lm;
+use rrlhf_testkit::serve::spawn;
 use tonic::Code;
-use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
-use tonic_health::pb::health_client::HealthClient;
 
 fn seq(id: &str, prompt: &[i64], response: &[i64]) -> Sequence {
     Sequence {
@@ -22,38 +22,18 @@ fn seq(id: &str, prompt: &[i64], response: &[i64]) -> Sequence {
 async fn log_probs_match_the_model_and_bad_input_is_named() {
     tch::set_num_threads(1);
     let dir = tempfile::tempdir().unwrap();
-    let preset = SizePreset::by_name("tiny").unwrap();
-    let cfg = ModelConfig::new_random(Arch::Qwen2, &preset, 97, None, 1, Some(0), 128);
-    let model = CausalLm::new(cfg, Placement::default()).unwrap();
-    model.save(dir.path()).unwrap();
-
-    let mut cfg = ReferenceServiceConfig {
+    let model = causal_lm(dir.path(), Arch::Qwen2, 97);
+    let served = spawn::<ReferenceServer>(ReferenceServiceConfig {
         model: dir.path().to_path_buf(),
         max_length: 32,
         ..Default::default()
-    };
-    cfg.server.addr = "127.0.0.1:0".into();
-    cfg.engine.threads = 1;
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let running = rrlhf_reference_service::start(cfg, async {
-        let _ = stop_rx.await;
     })
-    .await
-    .unwrap();
-    let url = format!("http://{}", running.addr);
-    let channel = tonic::transport::Channel::from_shared(url.clone())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let health = HealthClient::new(channel)
-        .check(HealthCheckRequest {
-            service: "rrlhf.reference.v1.ReferenceService".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(health.status, ServingStatus::Serving as i32);
+    .await;
+    assert_eq!(
+        served.health("rrlhf.reference.v1.ReferenceService").await,
+        ServingStatus::Serving
+    );
+    let url = served.url();
 
     let mut c = ReferenceServiceClient::connect(url).await.unwrap();
     let info = c.info(InfoRequest {}).await.unwrap().into_inner();
@@ -149,6 +129,5 @@ async fn log_probs_match_the_model_and_bad_input_is_named() {
         1
     );
 
-    stop_tx.send(()).unwrap();
-    running.task.await.unwrap().unwrap();
+    served.stop().await;
 }

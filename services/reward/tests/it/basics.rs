@@ -92,7 +92,7 @@ async fn serves_health_reflection_info_and_scores() {
     let one = c.score(req).await.unwrap().into_inner();
     assert_eq!(one.scores[0].reward, one.scores[0].nominal);
     let n = one.scores[0].num_tokens as usize;
-    let tok = rrlhf_model::TextTokenizer::load(&crate::fixture::model().dir).unwrap();
+    let tok = rrlhf_model::TextTokenizer::load(&rrlhf_testkit::models::models().brme).unwrap();
     let ids = tok
         .encode_pair(&samples[0].prompt, &samples[0].response, 64)
         .unwrap()
@@ -219,7 +219,7 @@ async fn bad_requests_are_invalid_argument_naming_the_field_and_the_service_surv
 
     // Truncation instead of rejection when configured.
     let mut cfg = config();
-    cfg.overlong = "truncate".into();
+    cfg.service.overlong = rrlhf_reward_service::Overlong::Truncate;
     let (running, _stop2) = start(cfg).await;
     let mut c = client(&running).await;
     let long = Sample {

@@ -1,0 +1,259 @@
+//! The skeleton of every model service (actor, critic, reference, reward): one config shape,
+//! one way to load, start and serve, so that `rrlhf serve` and the embedded cluster treat the
+//! four alike.
+//!
+//! - [`ModelServiceConfig`]: `[server]`, `[engine]`, `model`, `max_length` — what every model
+//!   service has — plus the service's own [`ServiceSettings`] at the top level beside them
+//!   (e.g. the actor's `weight_decay`, the reward service's `overlong`).
+//! - [`ModelService`]: what a service implements — its name, its settings, how it loads its
+//!   model onto an engine thread, what happens when that engine panics, and its tonic server.
+//! - [`start`]: validate, load off the async runtime, serve with health/auth/limits, and turn
+//!   health NOT_SERVING if the engine stops (see [`crate::engine::PanicPolicy`]).
+
+use std::fmt::Debug;
+use std::future::Future;
+use std::marker::PhantomData;
+use std::path::{Path, PathBuf};
+
+use rrlhf_proto::common::v1::RankInfo;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::config::{ConfigError, EngineConfig, ServerConfig, load_config};
+use crate::engine::{LoadError, PanicPolicy};
+use crate::server::{self, Running};
+
+/// A service's own settings, read from the top level of its config beside the shared ones.
+pub trait ServiceSettings:
+    Debug + Clone + PartialEq + Default + Serialize + DeserializeOwned + Send + Sync + 'static
+{
+    /// The port the service listens on unless told otherwise.
+    const DEFAULT_PORT: u16;
+    /// The longest sample, in tokens, unless told otherwise.
+    const DEFAULT_MAX_LENGTH: usize = 2048;
+
+    /// Checks the settings; the error names the field.
+    fn validate(&self) -> Result<(), ConfigError> {
+        Ok(())
+    }
+}
+
+/// A service's default port, as a type: the settings types below take it as a parameter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Port<const N: u16>;
+
+/// What [`Port`] says.
+pub trait DefaultPort: Debug + Clone + PartialEq + Default + Send + Sync + 'static {
+    const PORT: u16;
+}
+
+impl<const N: u16> DefaultPort for Port<N> {
+    const PORT: u16 = N;
+}
+
+/// The settings of a training service (actor, critic) listening on port `P` by default.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, bound(serialize = "", deserialize = "P: DefaultPort"))]
+pub struct TrainerSettings<P> {
+    /// AdamW weight decay.
+    pub weight_decay: f64,
+    #[serde(skip)]
+    pub port: PhantomData<P>,
+}
+
+impl<P> Default for TrainerSettings<P> {
+    fn default() -> Self {
+        Self {
+            weight_decay: 0.0,
+            port: PhantomData,
+        }
+    }
+}
+
+impl<P: DefaultPort> ServiceSettings for TrainerSettings<P> {
+    const DEFAULT_PORT: u16 = P::PORT;
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let wd = self.weight_decay;
+        if wd.is_finite() && wd >= 0.0 {
+            Ok(())
+        } else {
+            Err(invalid_setting(
+                "weight_decay",
+                format!("must be ≥ 0, got {wd}"),
+            ))
+        }
+    }
+}
+
+/// The settings of a service that has none of its own, listening on port `P` by default.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(bound(serialize = "", deserialize = "P: DefaultPort"))]
+pub struct NoSettings<P> {
+    #[serde(skip)]
+    pub port: PhantomData<P>,
+}
+
+impl<P> Default for NoSettings<P> {
+    fn default() -> Self {
+        Self { port: PhantomData }
+    }
+}
+
+impl<P: DefaultPort> ServiceSettings for NoSettings<P> {
+    const DEFAULT_PORT: u16 = P::PORT;
+}
+
+/// The config of a model service: the shared sections and fields, and the service's own.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, bound(deserialize = "X: ServiceSettings"))]
+pub struct ModelServiceConfig<X> {
+    pub server: ServerConfig,
+    pub engine: EngineConfig,
+    /// The model directory the service loads (Hugging Face layout, with its tokenizer).
+    pub model: PathBuf,
+    /// Longest prompt + response, in tokens.
+    pub max_length: usize,
+    /// The service's own settings (flattened: they sit at the top level of the file).
+    #[serde(flatten)]
+    pub service: X,
+}
+
+impl<X: ServiceSettings> Default for ModelServiceConfig<X> {
+    fn default() -> Self {
+        Self {
+            server: ServerConfig {
+                addr: format!("127.0.0.1:{}", X::DEFAULT_PORT),
+                ..ServerConfig::default()
+            },
+            engine: EngineConfig::default(),
+            model: PathBuf::new(),
+            max_length: X::DEFAULT_MAX_LENGTH,
+            service: X::default(),
+        }
+    }
+}
+
+impl<X: ServiceSettings> ModelServiceConfig<X> {
+    /// Defaults → TOML `file` → `RRLHF__…` environment → `flags` (see [`load_config`]).
+    pub fn load(file: Option<&Path>, flags: &impl Serialize) -> Result<Self, ConfigError> {
+        load_config(file, flags)
+    }
+
+    /// Checks every field; the error names the first bad one.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.server.validate()?;
+        self.engine.validate()?;
+        let bad = |field: &str, message: String| {
+            Err(ConfigError::Invalid {
+                field: field.into(),
+                message,
+            })
+        };
+        if self.model.as_os_str().is_empty() {
+            return bad("model", "is required (a model directory)".into());
+        }
+        if !self.model.join("config.json").exists() {
+            return bad(
+                "model",
+                format!(
+                    "{} is not a model directory (no config.json)",
+                    self.model.display()
+                ),
+            );
+        }
+        if self.max_length < 2 {
+            return bad(
+                "max_length",
+                format!("must be ≥ 2, got {}", self.max_length),
+            );
+        }
+        self.service.validate()
+    }
+
+    /// Whether this process is one rank of a data-parallel group of several.
+    pub fn is_grouped(&self) -> bool {
+        self.server.world_size > 1
+    }
+
+    /// Where this process runs, for `Info` answers.
+    pub fn rank_info(&self) -> RankInfo {
+        RankInfo {
+            rank: self.server.rank,
+            world_size: self.server.world_size,
+            device: self.engine.device.clone(),
+        }
+    }
+}
+
+/// A validation error for a service's own setting `field`.
+pub fn invalid_setting(field: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+/// A model service: what [`start`], `rrlhf serve` and the embedded cluster need to know.
+pub trait ModelService: Clone + Send + Sync + Sized + 'static {
+    /// `actor`, `critic`, `reference` or `reward` (the `rrlhf serve` subcommand).
+    const NAME: &'static str;
+    /// What the engine does after a batch panicked: read-only models keep serving, training
+    /// ones stop (their weights may be half-updated).
+    const ON_PANIC: PanicPolicy;
+    type Settings: ServiceSettings;
+    /// The engine handle kept by [`Running`] (tests read its batching statistics).
+    type Engine: Debug + Clone + Send + Sync + 'static;
+    /// The generated tonic server wrapping the service.
+    type Api: tonic::server::NamedService
+        + tower::Service<
+            http::Request<tonic::body::Body>,
+            Response = http::Response<tonic::body::Body>,
+            Error = std::convert::Infallible,
+            Future: Send + 'static,
+        > + Clone
+        + Send
+        + Sync
+        + 'static;
+
+    /// Loads the model on its engine thread and runs a warm-up pass (blocking).
+    fn load(cfg: ModelServiceConfig<Self::Settings>) -> Result<Self, LoadError>;
+    fn engine(&self) -> Self::Engine;
+    /// Resolves when the engine thread has stopped serving.
+    fn engine_stopped(&self) -> impl Future<Output = ()> + Send + 'static;
+    /// The tonic server, with `max_message_bytes` as its message-size limit both ways.
+    fn api(self, max_message_bytes: usize) -> Self::Api;
+}
+
+/// The config type of service `S`.
+pub type Config<S> = ModelServiceConfig<<S as ModelService>::Settings>;
+
+/// Why a service did not start.
+pub type StartError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Validates `cfg`, loads the model off the async runtime (it blocks for seconds and runs a
+/// warm-up pass), binds `cfg.server.addr` and serves until `shutdown` resolves. Health turns
+/// SERVING once the model is warm, and NOT_SERVING if the engine stops.
+pub async fn start<S: ModelService>(
+    cfg: Config<S>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<Running<S::Engine>, StartError> {
+    cfg.validate()?;
+    let server_cfg = cfg.server.clone();
+    let svc = tokio::task::spawn_blocking(move || S::load(cfg)).await??;
+    let engine = svc.engine();
+    let stopped = svc.engine_stopped();
+    let launched = server::launch(
+        &server_cfg,
+        svc.api(server_cfg.max_message_bytes),
+        stopped,
+        shutdown,
+    )
+    .await?;
+    Ok(Running {
+        addr: launched.addr,
+        metrics_addr: launched.metrics_addr,
+        engine,
+        task: launched.task,
+    })
+}

@@ -1,0 +1,165 @@
+//! What every training service (actor, critic) shares: the training work its engine runs
+//! besides its forward passes ([`TrainWork`] → [`TrainDone`], dispatched once by
+//! [`Trainable::run_training`]) and the RPCs that send it — `Train`'s engine call,
+//! `SaveCheckpoint` and `LoadCheckpoint` — with the same validation and error mapping, whatever
+//! the service's job and statistics types.
+
+use std::path::{Path, PathBuf};
+
+use rrlhf_proto::common::v1::{
+    LoadCheckpointRequest, LoadCheckpointResponse, SaveCheckpointRequest, SaveCheckpointResponse,
+};
+use tonic::{Response, Status};
+
+use crate::engine::{Engine, EngineError};
+use crate::validate::{invalid, unexpected};
+
+/// Training work for a model whose update job is `J`.
+#[derive(Debug)]
+pub enum TrainWork<J> {
+    Train(Box<J>),
+    /// A `Train` this rank rejected: the other ranks must hear so instead of waiting for it.
+    Rejected,
+    Save(PathBuf),
+    Load(PathBuf),
+}
+
+/// What training work produced; `S` is an update's statistics.
+#[derive(Debug)]
+pub enum TrainDone<S> {
+    Trained(S),
+    Rejected,
+    Saved,
+    Loaded,
+}
+
+/// A model a service trains: its update, its checkpoints, and what it does when its part of
+/// an update was rejected.
+pub trait Trainable {
+    type Job;
+    type Stats;
+    type Error;
+
+    fn train(&self, job: &Self::Job) -> Result<Self::Stats, Self::Error>;
+    /// This rank takes no part in the update (its request was invalid): tell the other ranks.
+    fn reject(&self);
+    /// Writes weights, optimizer state and whatever the model needs to reload (atomically).
+    fn save(&self, dir: &Path) -> Result<(), Self::Error>;
+    /// Restores weights and optimizer state saved by [`Trainable::save`].
+    fn load(&self, dir: &Path) -> Result<(), Self::Error>;
+
+    /// Runs one item of training work.
+    fn run_training(
+        &self,
+        work: &TrainWork<Self::Job>,
+    ) -> Result<TrainDone<Self::Stats>, Self::Error> {
+        Ok(match work {
+            TrainWork::Train(job) => TrainDone::Trained(self.train(job)?),
+            TrainWork::Rejected => {
+                self.reject();
+                TrainDone::Rejected
+            }
+            TrainWork::Save(dir) => {
+                self.save(dir)?;
+                TrainDone::Saved
+            }
+            TrainWork::Load(dir) => {
+                self.load(dir)?;
+                TrainDone::Loaded
+            }
+        })
+    }
+}
+
+/// An engine output that may be the answer to training work.
+pub trait TrainOutput<S>: std::fmt::Debug + Sized {
+    /// The training answer, or `self` back when the output is of another kind.
+    fn into_training(self) -> Result<TrainDone<S>, Self>;
+}
+
+/// Runs a `Train` job the service validated (`job`). A rank of a data-parallel group
+/// (`grouped`) whose request was invalid first tells its engine: the other ranks are waiting
+/// for this one's part of the update and must hear that there is none.
+pub async fn train<J, S, I, O>(
+    engine: &Engine<I, O>,
+    job: Result<J, Status>,
+    grouped: bool,
+) -> Result<S, Status>
+where
+    I: From<TrainWork<J>> + Send + 'static,
+    O: TrainOutput<S> + Send + 'static,
+{
+    let job = match job {
+        Ok(job) => job,
+        Err(status) => {
+            if grouped {
+                let _ = engine.submit(vec![TrainWork::Rejected.into()]).await;
+            }
+            return Err(status);
+        }
+    };
+    let done = engine
+        .submit(vec![TrainWork::Train(Box::new(job)).into()])
+        .await?
+        .pop()
+        .ok_or_else(|| Status::internal("the engine returned no result"))?;
+    match done.into_training() {
+        Ok(TrainDone::Trained(stats)) => Ok(stats),
+        Ok(other) => Err(unexpected(other_kind(&other))),
+        Err(other) => Err(unexpected(other)),
+    }
+}
+
+fn other_kind<S>(done: &TrainDone<S>) -> &'static str {
+    match done {
+        TrainDone::Trained(_) => "Trained",
+        TrainDone::Rejected => "Rejected",
+        TrainDone::Saved => "Saved",
+        TrainDone::Loaded => "Loaded",
+    }
+}
+
+/// Validates the target and runs the engine's checkpoint save.
+pub async fn save<J, I, O>(
+    engine: &Engine<I, O>,
+    req: SaveCheckpointRequest,
+) -> Result<Response<SaveCheckpointResponse>, Status>
+where
+    I: From<TrainWork<J>> + Send + 'static,
+    O: Send + 'static,
+{
+    if req.path.trim().is_empty() {
+        return Err(invalid("path", "must not be empty"));
+    }
+    let work = TrainWork::<J>::Save(PathBuf::from(&req.path));
+    engine.submit(vec![work.into()]).await?;
+    Ok(Response::new(SaveCheckpointResponse { path: req.path }))
+}
+
+/// Checks that `path` is a model directory — unless the service is one rank of a group
+/// (`grouped`): then the engines check it together, since only rank 0 must be able to read it
+/// — and runs the engine's checkpoint load. A checkpoint the model rejects (other shapes or
+/// names) is the caller's mistake, so it is INVALID_ARGUMENT, not INTERNAL; the engine
+/// validates before copying, so the weights are intact.
+pub async fn load<J, I, O>(
+    engine: &Engine<I, O>,
+    req: LoadCheckpointRequest,
+    grouped: bool,
+) -> Result<Response<LoadCheckpointResponse>, Status>
+where
+    I: From<TrainWork<J>> + Send + 'static,
+    O: Send + 'static,
+{
+    let path = PathBuf::from(req.path);
+    if !grouped && !path.join("config.json").exists() {
+        return Err(invalid(
+            "path",
+            format!("{} is not a checkpoint directory", path.display()),
+        ));
+    }
+    match engine.submit(vec![TrainWork::<J>::Load(path).into()]).await {
+        Ok(_) => Ok(Response::new(LoadCheckpointResponse {})),
+        Err(EngineError::Failed(msg)) => Err(invalid("path", msg)),
+        Err(e) => Err(e.into()),
+    }
+}

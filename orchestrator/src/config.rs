@@ -1,0 +1,473 @@
+//! Orchestrator configuration: where the services are, the run, the prompts, sampling, the
+//! robust objective and PPO. Loaded like every rrlhf config (defaults → TOML → `RRLHF__…` env →
+//! flags, see `rrlhf_runtime::load_config`); the REST API accepts the same shape as JSON.
+
+use std::path::PathBuf;
+
+use rrlhf_ppo::{KlController, KlEstimator};
+use rrlhf_robust::{Lambda, Strategy, UncertaintySet};
+use rrlhf_runtime::ConfigError;
+use serde::{Deserialize, Serialize};
+
+use crate::error::OrchestratorError;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct OrchestratorConfig {
+    pub endpoints: Endpoints,
+    pub run: RunSettings,
+    pub prompts: PromptSettings,
+    pub sampling: Sampling,
+    pub objective: Objective,
+    pub ppo: PpoSettings,
+    pub retry: RetrySettings,
+    pub rest: RestSettings,
+    pub telemetry: TelemetrySettings,
+}
+
+/// Logging and tracing of the orchestrator process (the services have theirs in `[server]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TelemetrySettings {
+    pub log_json: bool,
+    pub log_filter: String,
+    /// OTLP/gRPC collector for spans (one trace per PPO step, joined by the services' spans).
+    pub otlp_endpoint: Option<String>,
+    pub service_name: Option<String>,
+}
+
+impl Default for TelemetrySettings {
+    fn default() -> Self {
+        Self {
+            log_json: false,
+            log_filter: "info".into(),
+            otlp_endpoint: None,
+            service_name: None,
+        }
+    }
+}
+
+impl TelemetrySettings {
+    /// The settings in the shape `rrlhf_runtime::telemetry::init` takes; errors name
+    /// `telemetry.*`.
+    pub fn as_server_config(&self) -> Result<rrlhf_runtime::ServerConfig, ConfigError> {
+        let cfg = rrlhf_runtime::ServerConfig {
+            log_json: self.log_json,
+            log_filter: self.log_filter.clone(),
+            otlp_endpoint: self.otlp_endpoint.clone(),
+            service_name: self.service_name.clone(),
+            ..rrlhf_runtime::ServerConfig::default()
+        };
+        cfg.validate().map_err(|e| match e {
+            ConfigError::Invalid { field, message } => ConfigError::Invalid {
+                field: field.replacen("server.", "telemetry.", 1),
+                message,
+            },
+            other => other,
+        })?;
+        Ok(cfg)
+    }
+}
+
+/// gRPC endpoints (`http://host:port`) of every service; several per service are ranks
+/// (actor, critic: each gets a shard of the batch) or replicas (reference, reward).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Endpoints {
+    pub actor: Vec<String>,
+    pub critic: Vec<String>,
+    pub reference: Vec<String>,
+    pub reward: Vec<String>,
+    /// Sent as `authorization: Bearer …` to every service.
+    pub auth_token: Option<String>,
+}
+
+impl Default for Endpoints {
+    fn default() -> Self {
+        let one = |port: u16| vec![format!("http://127.0.0.1:{port}")];
+        Self {
+            // The services' own default ports.
+            actor: one(50091),
+            critic: one(50081),
+            reference: one(50071),
+            reward: one(50061),
+            auth_token: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RunSettings {
+    /// Run id; `runs/<id>/` holds its files. Empty: derived from the start time.
+    pub id: String,
+    /// Parent directory of run directories.
+    pub out_dir: PathBuf,
+    /// PPO steps (one experience batch each).
+    pub steps: usize,
+    /// Samples per experience batch (the paper's 128).
+    pub batch_size: usize,
+    pub seed: u64,
+    /// Checkpoint every N steps (0: only at the end and on demand).
+    pub checkpoint_every: usize,
+    /// Checkpoints kept; older ones are deleted once a newer one is complete.
+    pub keep_checkpoints: usize,
+}
+
+impl Default for RunSettings {
+    fn default() -> Self {
+        Self {
+            id: String::new(),
+            out_dir: "runs".into(),
+            steps: 20,
+            batch_size: 128,
+            seed: 0,
+            checkpoint_every: 10,
+            keep_checkpoints: 3,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PromptSource {
+    /// HH-RLHF JSONL(.gz): the dialogue up to the last `Assistant:` of `chosen`.
+    Hh,
+    /// Generic JSONL with a `prompt` field.
+    Jsonl,
+    /// Built-in templated questions (no file needed).
+    Synthetic,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PromptSettings {
+    pub source: PromptSource,
+    /// Data file for `hh` and `jsonl`.
+    pub path: Option<PathBuf>,
+    /// Prompts longer than this many characters are skipped (0: no limit).
+    pub max_chars: usize,
+}
+
+impl Default for PromptSettings {
+    fn default() -> Self {
+        Self {
+            source: PromptSource::Synthetic,
+            path: None,
+            max_chars: 0,
+        }
+    }
+}
+
+/// Sampling of the rollouts. PPO wants samples from π itself: temperature 1, no top-k/top-p.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Sampling {
+    pub temperature: f32,
+    pub top_k: u32,
+    pub top_p: f32,
+    pub max_new_tokens: u32,
+}
+
+impl Default for Sampling {
+    fn default() -> Self {
+        Self {
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 1.0,
+            max_new_tokens: 48,
+        }
+    }
+}
+
+impl Sampling {
+    /// Whether the generation logprobs are the policy's own (so no recomputation is needed).
+    pub fn is_plain(&self) -> bool {
+        self.temperature == 1.0 && self.top_k == 0 && (self.top_p == 0.0 || self.top_p >= 1.0)
+    }
+}
+
+/// The robust objective: how the K head rewards of a sample become its PPO reward. Both are
+/// written as text (`strategy = "tradeoff:0.4"`, `uncertainty_set = "mean"`) and checked as they
+/// are read, so a run never meets a bad one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Objective {
+    /// `nominal`, `min`, `max`, `mean`, `median`, `tradeoff:λ`, `batch_worst_head:λ`, `uwo:c`,
+    /// `random`, `random_min`, `constant`.
+    pub strategy: Strategy,
+    /// `mean` (head μ) or `sampled` (μ + ε·σ).
+    pub uncertainty_set: UncertaintySet,
+}
+
+impl Default for Objective {
+    fn default() -> Self {
+        Self {
+            strategy: Strategy::Tradeoff {
+                lambda: Lambda::new(0.4).expect("0.4 is in [0, 1]"),
+            },
+            uncertainty_set: UncertaintySet::Mean,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PpoSettings {
+    pub kl: KlController,
+    pub kl_estimator: KlEstimator,
+    pub gamma: f64,
+    pub lambda_gae: f64,
+    pub whiten_advantages: bool,
+    /// Clip the aggregated sequence reward into ±this (after normalisation, if any).
+    pub reward_clip: Option<f32>,
+    /// Normalise sequence rewards with running statistics over every batch so far.
+    pub normalize_reward: bool,
+    pub actor: TrainSettings,
+    pub critic: TrainSettings,
+}
+
+impl Default for PpoSettings {
+    fn default() -> Self {
+        Self {
+            kl: KlController::Fixed { beta: 0.05 },
+            kl_estimator: KlEstimator::K1,
+            gamma: 1.0,
+            lambda_gae: 0.95,
+            whiten_advantages: true,
+            reward_clip: None,
+            normalize_reward: false,
+            actor: TrainSettings {
+                lr: 1e-5,
+                ..TrainSettings::default()
+            },
+            critic: TrainSettings {
+                lr: 1e-5,
+                ..TrainSettings::default()
+            },
+        }
+    }
+}
+
+/// The update one service runs on its shard of a batch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainSettings {
+    pub lr: f32,
+    pub epochs: u32,
+    pub minibatch_size: u32,
+    /// PPO ratio clip ε (actor) or value clip (critic).
+    pub clip: f32,
+    pub entropy_coef: f32,
+    pub max_grad_norm: f32,
+}
+
+impl Default for TrainSettings {
+    fn default() -> Self {
+        Self {
+            lr: 1e-5,
+            epochs: 1,
+            minibatch_size: 32,
+            clip: 0.2,
+            entropy_coef: 0.0,
+            max_grad_norm: 1.0,
+        }
+    }
+}
+
+/// Backoff for a service that is UNAVAILABLE: the step waits and continues when it returns.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetrySettings {
+    pub initial_ms: u64,
+    pub max_ms: u64,
+    /// Give up (the run fails with the reason) after this long without success.
+    pub give_up_secs: u64,
+}
+
+impl Default for RetrySettings {
+    fn default() -> Self {
+        Self {
+            initial_ms: 100,
+            max_ms: 5_000,
+            give_up_secs: 600,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RestSettings {
+    /// Where the REST control API listens (`rrlhf orchestrate`); none: no API.
+    pub addr: Option<String>,
+    /// Require `authorization: Bearer …` on every route but /healthz and /readyz.
+    pub auth_token: Option<String>,
+}
+
+impl Default for RestSettings {
+    fn default() -> Self {
+        Self {
+            addr: Some("127.0.0.1:8080".into()),
+            auth_token: None,
+        }
+    }
+}
+
+fn invalid(field: &str, message: impl ToString) -> OrchestratorError {
+    OrchestratorError::invalid(field, message)
+}
+
+impl OrchestratorConfig {
+    /// Checks every value a run depends on; the error names the field. (The objective needs no
+    /// check here: it cannot be read in invalid.)
+    pub fn validate(&self) -> Result<(), OrchestratorError> {
+        for (name, list) in [
+            ("endpoints.actor", &self.endpoints.actor),
+            ("endpoints.critic", &self.endpoints.critic),
+            ("endpoints.reference", &self.endpoints.reference),
+            ("endpoints.reward", &self.endpoints.reward),
+        ] {
+            if list.is_empty() {
+                return Err(invalid(name, "at least one endpoint is required"));
+            }
+            if let Some(bad) = list
+                .iter()
+                .find(|e| !(e.starts_with("http://") || e.starts_with("https://")))
+            {
+                return Err(invalid(name, format!("`{bad}` is not an http(s):// URL")));
+            }
+        }
+        if self.run.steps == 0 {
+            return Err(invalid("run.steps", "must be ≥ 1"));
+        }
+        if self.run.batch_size == 0 {
+            return Err(invalid("run.batch_size", "must be ≥ 1"));
+        }
+        if self.run.keep_checkpoints == 0 {
+            return Err(invalid("run.keep_checkpoints", "must be ≥ 1"));
+        }
+        if !self
+            .run
+            .id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            || self.run.id.starts_with('.')
+        {
+            return Err(invalid(
+                "run.id",
+                "only letters, digits, `-`, `_` and `.` (not leading)",
+            ));
+        }
+        if self.prompts.source != PromptSource::Synthetic && self.prompts.path.is_none() {
+            return Err(invalid("prompts.path", "required for hh and jsonl prompts"));
+        }
+        if !(self.sampling.temperature.is_finite() && self.sampling.temperature > 0.0) {
+            return Err(invalid(
+                "sampling.temperature",
+                "must be > 0 for PPO rollouts",
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.sampling.top_p) {
+            return Err(invalid("sampling.top_p", "must be in [0, 1]"));
+        }
+        if self.sampling.max_new_tokens == 0 {
+            return Err(invalid("sampling.max_new_tokens", "must be ≥ 1"));
+        }
+        self.ppo.kl.validate().map_err(|e| invalid("ppo.kl", e))?;
+        for (name, v) in [
+            ("ppo.gamma", self.ppo.gamma),
+            ("ppo.lambda_gae", self.ppo.lambda_gae),
+        ] {
+            if !(v.is_finite() && (0.0..=1.0).contains(&v)) {
+                return Err(invalid(name, format!("must be in [0, 1], got {v}")));
+            }
+        }
+        if let Some(c) = self.ppo.reward_clip
+            && !(c.is_finite() && c > 0.0)
+        {
+            return Err(invalid("ppo.reward_clip", format!("must be > 0, got {c}")));
+        }
+        for (name, t) in [
+            ("ppo.actor", &self.ppo.actor),
+            ("ppo.critic", &self.ppo.critic),
+        ] {
+            if !(t.lr.is_finite() && t.lr > 0.0) {
+                return Err(invalid(
+                    &format!("{name}.lr"),
+                    format!("must be > 0, got {}", t.lr),
+                ));
+            }
+            if t.epochs == 0 {
+                return Err(invalid(&format!("{name}.epochs"), "must be ≥ 1"));
+            }
+        }
+        if self.retry.initial_ms == 0 || self.retry.max_ms < self.retry.initial_ms {
+            return Err(invalid("retry", "need 0 < initial_ms ≤ max_ms"));
+        }
+        self.telemetry.as_server_config()?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(toml: &str) -> Result<OrchestratorConfig, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("o.toml");
+        std::fs::write(&path, toml).unwrap();
+        rrlhf_runtime::load_config(Some(&path), &serde_json::json!({}))
+    }
+
+    #[test]
+    fn the_objective_is_read_as_text_and_checked_on_the_way_in() {
+        let cfg = load(
+            "[objective]\nstrategy = \"batch_worst_head:0.6\"\nuncertainty_set = \"sampled\"\n",
+        )
+        .unwrap();
+        assert_eq!(cfg.objective.strategy.to_string(), "batch_worst_head:0.6");
+        assert_eq!(cfg.objective.uncertainty_set, UncertaintySet::Sampled);
+        // It is written back in the same form (config.json, state.json, the REST API).
+        let json = serde_json::to_value(&cfg.objective).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"strategy": "batch_worst_head:0.6", "uncertainty_set": "sampled"})
+        );
+        for (toml, needle) in [
+            (
+                "[objective]\nstrategy = \"tradeoff:1.5\"\n",
+                "λ must be in [0, 1]",
+            ),
+            ("[objective]\nstrategy = \"bogus\"\n", "unknown strategy"),
+            ("[objective]\nuncertainty_set = \"worst\"\n", "worst"),
+        ] {
+            let err = load(toml).unwrap_err().to_string();
+            assert!(err.contains("objective."), "{toml}: {err}");
+            assert!(err.contains(needle), "{toml}: {err}");
+        }
+        assert_eq!(
+            OrchestratorConfig::default().objective.strategy.to_string(),
+            "tradeoff:0.4"
+        );
+    }
+
+    #[test]
+    fn validation_errors_name_the_field() {
+        let mut cfg = OrchestratorConfig::default();
+        cfg.run.steps = 0;
+        let err = cfg.validate().unwrap_err();
+        assert!(
+            matches!(&err, OrchestratorError::Invalid { field, .. } if field == "run.steps"),
+            "{err}"
+        );
+        let mut cfg = OrchestratorConfig::default();
+        cfg.telemetry.otlp_endpoint = Some("nowhere".into());
+        assert!(
+            cfg.validate()
+                .unwrap_err()
+                .to_string()
+                .starts_with("telemetry.otlp_endpoint")
+        );
+    }
+}

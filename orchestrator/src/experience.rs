@@ -1,0 +1,446 @@
+//! The experience of one step: the actor's `Generate` streams (one per actor rank, each with
+//! its shard of the prompts) deliver samples as they finish; each one is immediately fanned out
+//! to the reward service's `ScoreStream`, the reference's `LogProbs` and the critic's `Values`
+//! (and the actor's `LogProbs` when the sampling was not plain), concurrently, so scoring
+//! overlaps generation. Every call survives a service restart: transient failures are retried
+//! with backoff, a broken score stream is reopened and the unanswered samples resent.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Instant;
+
+use rrlhf_proto::actor::v1::{GenerateRequest, GeneratedSample, Prompt, SamplingParams};
+use rrlhf_proto::common::v1::{LogProbsRequest, Sequence};
+use rrlhf_proto::critic::v1::ValuesRequest;
+use rrlhf_proto::reward::v1::{Sample, SampleScore, ScoreRequest};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tonic::Status;
+use tracing::Instrument;
+
+use crate::clients::{Backoff, Services, is_transient, retry};
+use crate::config::{RetrySettings, Sampling};
+use crate::error::{OrchestratorError, Result};
+
+/// One scored sample with everything PPO needs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rollout {
+    pub prompt: String,
+    pub prompt_ids: Vec<i64>,
+    pub response_ids: Vec<i64>,
+    pub response_text: String,
+    pub finish_reason: String,
+    /// log π_old of each response token (the behaviour policy).
+    pub logprobs: Vec<f32>,
+    /// log π₀ of each response token (the frozen reference).
+    pub ref_logprobs: Vec<f32>,
+    /// V(s_t) before each response token.
+    pub values: Vec<f32>,
+    /// Every BRME head's μ and σ.
+    pub heads_mu: Vec<f32>,
+    pub heads_sigma: Vec<f32>,
+}
+
+/// Wall-clock split of the experience phase.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Timings {
+    /// Until the last sample was generated.
+    pub generate_secs: f64,
+    /// From the last generated sample until the last score/value/log-prob arrived.
+    pub score_tail_secs: f64,
+    pub generated_tokens: usize,
+}
+
+/// What a step needs to know to collect its experience.
+#[derive(Debug, Clone)]
+pub struct Request<'a> {
+    pub prompts: &'a [String],
+    pub sampling: &'a Sampling,
+    pub seed: u64,
+    /// The actor's EOS id, appended when a sample's ids are sent to the reward service.
+    pub eos_id: i64,
+    /// Prefix of sample ids (unique per step).
+    pub id_prefix: String,
+}
+
+struct Arrived {
+    index: usize,
+    sample: GeneratedSample,
+}
+
+/// Generates, scores and evaluates one sample per prompt; the result is in prompt order.
+pub async fn collect(
+    services: &Services,
+    retry_cfg: &RetrySettings,
+    req: Request<'_>,
+) -> Result<(Vec<Rollout>, Timings)> {
+    let n = req.prompts.len();
+    let started = Instant::now();
+    let (arrive_tx, mut arrive_rx) = mpsc::unbounded_channel::<Arrived>();
+    let ranks = services.actor.len();
+    let shard = n.div_ceil(ranks);
+    let mut generators = JoinSet::new();
+    for rank in 0..ranks {
+        let range = (rank * shard).min(n)..((rank + 1) * shard).min(n);
+        if range.is_empty() {
+            continue;
+        }
+        let prompts: Vec<(usize, String)> =
+            range.clone().map(|i| (i, req.prompts[i].clone())).collect();
+        let client = services.actor.rank(rank);
+        let tx = arrive_tx.clone();
+        let sampling = req.sampling.clone();
+        let seed = req.seed.wrapping_add(rank as u64);
+        let retry_cfg = retry_cfg.clone();
+        generators.spawn(
+            async move { generate_shard(client, &retry_cfg, prompts, &sampling, seed, tx).await }
+                .in_current_span(),
+        );
+    }
+    drop(arrive_tx);
+
+    let (score_tx, score_rx) = mpsc::unbounded_channel::<Sample>();
+    let scorer = {
+        let services = services.clone();
+        let retry_cfg = retry_cfg.clone();
+        tokio::spawn(
+            async move { score_stream(&services, &retry_cfg, score_rx).await }.in_current_span(),
+        )
+    };
+
+    let mut arrived: Vec<Option<GeneratedSample>> = vec![None; n];
+    let mut enrich = JoinSet::new();
+    let mut generated_tokens = 0;
+    while let Some(Arrived { index, sample }) = arrive_rx.recv().await {
+        generated_tokens += sample.token_ids.len();
+        let id = format!("{}{index}", req.id_prefix);
+        let seq = Sequence {
+            id: id.clone(),
+            prompt_ids: sample.prompt_ids.clone(),
+            response_ids: sample.token_ids.clone(),
+        };
+        let _ = score_tx.send(reward_sample(&id, &req.prompts[index], &sample, req.eos_id));
+        let services = services.clone();
+        let retry_cfg = retry_cfg.clone();
+        let recompute = !req.sampling.is_plain();
+        enrich.spawn(
+            async move {
+                let r = enrich_one(&services, &retry_cfg, seq, recompute).await;
+                (index, r)
+            }
+            .in_current_span(),
+        );
+        arrived[index] = Some(sample);
+    }
+    drop(score_tx);
+    let task = |what| move |error| OrchestratorError::Task { what, error };
+    while let Some(r) = generators.join_next().await {
+        r.map_err(task("generation"))??;
+    }
+    let generate_secs = started.elapsed().as_secs_f64();
+
+    let mut extras: Vec<Option<Extras>> = vec![None; n];
+    while let Some(r) = enrich.join_next().await {
+        let (index, r) = r.map_err(task("evaluation"))?;
+        extras[index] = Some(r?);
+    }
+    let mut scores = scorer.await.map_err(task("scoring"))??;
+    let score_tail_secs = started.elapsed().as_secs_f64() - generate_secs;
+
+    let mut out = Vec::with_capacity(n);
+    for (index, (sample, extra)) in arrived.into_iter().zip(extras).enumerate() {
+        let id = format!("{}{index}", req.id_prefix);
+        let sample = sample.ok_or_else(|| {
+            OrchestratorError::bad_response(
+                "actor Generate",
+                format!("no sample for prompt {index}"),
+            )
+        })?;
+        let extra = extra.ok_or_else(|| {
+            OrchestratorError::bad_response("evaluation", format!("sample {id} was not evaluated"))
+        })?;
+        let score = scores.remove(&id).ok_or_else(|| {
+            OrchestratorError::bad_response(
+                "reward ScoreStream",
+                format!("sample {id} was not scored"),
+            )
+        })?;
+        let logprobs = extra.policy_logprobs.unwrap_or(sample.logprobs);
+        let check = |call: &str, what: &str, len: usize| {
+            if len == sample.token_ids.len() {
+                Ok(())
+            } else {
+                Err(OrchestratorError::bad_response(
+                    call,
+                    format!(
+                        "sample {id}: {len} {what} for {} response tokens",
+                        sample.token_ids.len()
+                    ),
+                ))
+            }
+        };
+        check("actor", "policy logprobs", logprobs.len())?;
+        check(
+            "reference LogProbs",
+            "reference logprobs",
+            extra.ref_logprobs.len(),
+        )?;
+        check("critic Values", "values", extra.values.len())?;
+        out.push(Rollout {
+            prompt: req.prompts[index].clone(),
+            prompt_ids: sample.prompt_ids,
+            response_ids: sample.token_ids,
+            response_text: sample.text,
+            finish_reason: sample.finish_reason,
+            logprobs,
+            ref_logprobs: extra.ref_logprobs,
+            values: extra.values,
+            heads_mu: score.heads.iter().map(|h| h.mu).collect(),
+            heads_sigma: score.heads.iter().map(|h| h.sigma).collect(),
+        });
+    }
+    Ok((
+        out,
+        Timings {
+            generate_secs,
+            score_tail_secs,
+            generated_tokens,
+        },
+    ))
+}
+
+/// The reward service's view of a sample: its texts, or (for a response that decodes to
+/// nothing, e.g. an immediate EOS) its ids, which the service would otherwise reject.
+fn reward_sample(id: &str, prompt: &str, s: &GeneratedSample, eos_id: i64) -> Sample {
+    if s.text.trim().is_empty() {
+        let mut ids: Vec<i64> = s.prompt_ids.iter().chain(&s.token_ids).copied().collect();
+        if s.token_ids.last() != Some(&eos_id) {
+            ids.push(eos_id);
+        }
+        Sample {
+            id: id.into(),
+            token_ids: ids,
+            ..Default::default()
+        }
+    } else {
+        Sample {
+            id: id.into(),
+            prompt: prompt.into(),
+            response: s.text.clone(),
+            token_ids: vec![],
+        }
+    }
+}
+
+/// One actor rank's share: streams its samples out as they finish; when the stream breaks,
+/// asks again for the prompts that have not come back yet.
+async fn generate_shard(
+    client: rrlhf_proto::actor::v1::actor_service_client::ActorServiceClient<crate::clients::Svc>,
+    retry_cfg: &RetrySettings,
+    prompts: Vec<(usize, String)>,
+    sampling: &Sampling,
+    seed: u64,
+    out: mpsc::UnboundedSender<Arrived>,
+) -> Result<()> {
+    let mut missing: BTreeMap<usize, String> = prompts.into_iter().collect();
+    let mut backoff = Backoff::new(retry_cfg);
+    while !missing.is_empty() {
+        let order: Vec<usize> = missing.keys().copied().collect();
+        let request = GenerateRequest {
+            prompts: order
+                .iter()
+                .map(|i| Prompt {
+                    id: i.to_string(),
+                    prompt_ids: vec![],
+                    text: missing[i].clone(),
+                })
+                .collect(),
+            sampling: Some(SamplingParams {
+                temperature: sampling.temperature,
+                top_k: sampling.top_k,
+                top_p: sampling.top_p,
+                max_new_tokens: sampling.max_new_tokens,
+                stop_ids: vec![],
+                seed: Some(seed.wrapping_add(backoff.attempts as u64)),
+            }),
+            samples_per_prompt: 1,
+        };
+        let mut c = client.clone();
+        let result = async {
+            let mut stream = c.generate(request).await?.into_inner();
+            while let Some(sample) = stream.message().await? {
+                let index = order[sample.prompt_index as usize];
+                missing.remove(&index);
+                let _ = out.send(Arrived { index, sample });
+            }
+            Ok::<(), Status>(())
+        }
+        .await;
+        match result {
+            Ok(()) if missing.is_empty() => return Ok(()),
+            Ok(()) => {
+                backoff
+                    .wait("actor Generate", Status::unavailable("stream ended early"))
+                    .await?
+            }
+            Err(e) if is_transient(&e) => backoff.wait("actor Generate", e).await?,
+            Err(e) => return Err(OrchestratorError::rpc("actor Generate", e)),
+        }
+    }
+    Ok(())
+}
+
+#[derive(Debug, Clone)]
+struct Extras {
+    ref_logprobs: Vec<f32>,
+    values: Vec<f32>,
+    policy_logprobs: Option<Vec<f32>>,
+}
+
+/// Reference log-probs, critic values (and the policy's own log-probs when asked) of one
+/// sample, concurrently.
+async fn enrich_one(
+    services: &Services,
+    retry_cfg: &RetrySettings,
+    seq: Sequence,
+    recompute_policy: bool,
+) -> Result<Extras> {
+    let reference = retry(retry_cfg, "reference LogProbs", || {
+        let mut c = services.reference.any();
+        let req = LogProbsRequest {
+            sequences: vec![seq.clone()],
+        };
+        async move { c.log_probs(req).await }
+    });
+    let critic = retry(retry_cfg, "critic Values", || {
+        let mut c = services.critic.any();
+        let req = ValuesRequest {
+            sequences: vec![seq.clone()],
+        };
+        async move { c.values(req).await }
+    });
+    let policy = async {
+        if !recompute_policy {
+            return Ok(None);
+        }
+        let r = retry(retry_cfg, "actor LogProbs", || {
+            let mut c = services.actor.any();
+            let req = LogProbsRequest {
+                sequences: vec![seq.clone()],
+            };
+            async move { c.log_probs(req).await }
+        })
+        .await?;
+        Ok::<_, OrchestratorError>(
+            r.into_inner()
+                .results
+                .into_iter()
+                .next()
+                .map(|r| r.logprobs),
+        )
+    };
+    let (reference, critic, policy) = tokio::try_join!(reference, critic, policy)?;
+    let first = |what: &str, found: Option<Vec<f32>>| {
+        found.ok_or_else(|| {
+            OrchestratorError::bad_response(what, format!("empty response for {}", seq.id))
+        })
+    };
+    Ok(Extras {
+        ref_logprobs: first(
+            "reference LogProbs",
+            reference
+                .into_inner()
+                .results
+                .into_iter()
+                .next()
+                .map(|r| r.logprobs),
+        )?,
+        values: first(
+            "critic Values",
+            critic
+                .into_inner()
+                .results
+                .into_iter()
+                .next()
+                .map(|r| r.values),
+        )?,
+        policy_logprobs: policy,
+    })
+}
+
+/// Scores samples as they come through one `ScoreStream`; when the stream breaks it is opened
+/// again (round-robin over replicas) and the samples still unanswered are sent again.
+async fn score_stream(
+    services: &Services,
+    retry_cfg: &RetrySettings,
+    mut incoming: mpsc::UnboundedReceiver<Sample>,
+) -> Result<HashMap<String, SampleScore>> {
+    let mut pending: BTreeMap<String, Sample> = BTreeMap::new();
+    let mut done: HashMap<String, SampleScore> = HashMap::new();
+    let mut incoming_open = true;
+    let mut backoff = Backoff::new(retry_cfg);
+    let request = |s: &Sample| ScoreRequest {
+        samples: vec![s.clone()],
+        strategy: "nominal".into(),
+        ..Default::default()
+    };
+    loop {
+        if !incoming_open && pending.is_empty() {
+            return Ok(done);
+        }
+        let (tx, rx) = mpsc::unbounded_channel::<ScoreRequest>();
+        for s in pending.values() {
+            let _ = tx.send(request(s));
+        }
+        let mut client = services.reward.any();
+        let mut tx = Some(tx);
+        let mut responses = match client
+            .score_stream(tokio_stream::wrappers::UnboundedReceiverStream::new(rx))
+            .await
+        {
+            Ok(r) => r.into_inner(),
+            Err(e) if is_transient(&e) => {
+                backoff.wait("reward ScoreStream", e).await?;
+                continue;
+            }
+            Err(e) => return Err(OrchestratorError::rpc("reward ScoreStream", e)),
+        };
+        let broken: Status = loop {
+            if !incoming_open && pending.is_empty() {
+                return Ok(done);
+            }
+            tokio::select! {
+                next = incoming.recv(), if incoming_open => match next {
+                    Some(s) => {
+                        if let Some(t) = &tx {
+                            let _ = t.send(request(&s));
+                        }
+                        pending.insert(s.id.clone(), s);
+                    }
+                    None => {
+                        incoming_open = false;
+                        // Nothing more to send: closing our half lets the server finish.
+                        if pending.is_empty() {
+                            tx = None;
+                        }
+                    }
+                },
+                message = responses.message() => match message {
+                    Ok(Some(resp)) => {
+                        for score in resp.scores {
+                            pending.remove(&score.id);
+                            done.insert(score.id.clone(), score);
+                        }
+                    }
+                    Ok(None) => break Status::unavailable("score stream ended early"),
+                    Err(e) => break e,
+                },
+            }
+        };
+        drop(tx);
+        if is_transient(&broken) {
+            backoff.wait("reward ScoreStream", broken).await?;
+        } else {
+            return Err(OrchestratorError::rpc("reward ScoreStream", broken));
+        }
+    }
+}

@@ -1,0 +1,36 @@
+//! `rrlhf-orchestrator`: drives reward-robust PPO across the four rrlhf services.
+//!
+//! One step: prompts → the actor's `Generate` stream; each sample, as it arrives, goes to the
+//! reward service's `ScoreStream`, the reference's `LogProbs` and the critic's `Values`
+//! concurrently; the assembled batch gets the robust objective ([`rrlhf_robust`]), the KL
+//! penalty, GAE and whitening ([`rrlhf_ppo`]); then actor and critic `Train` on their shards.
+//!
+//! - [`config`]: the run's configuration, validated with field names.
+//! - [`error`]: the one error type, [`OrchestratorError`].
+//! - [`clients`]: gRPC clients with bearer auth, round-robin replicas and retry with backoff.
+//! - [`prompts`]: prompt sources and the resumable, seeded data cursor.
+//! - [`experience`]: the streamed rollout and its fan-out.
+//! - [`step`]: robust rewards, PPO math and the training calls of one step.
+//! - [`metrics`]: per-step metrics (JSONL, Prometheus).
+//! - [`checkpoint`]: atomic run checkpoints (services + orchestrator state) and resume.
+//! - [`lock`]: one orchestrator per run directory.
+//! - [`run`]: the run lifecycle (created → running ⇄ paused → finished | stopped | failed).
+//! - [`rest`]: the REST control API (axum) with its OpenAPI document.
+//! - [`report`]: plots and the short report written at the end of a run.
+
+pub mod checkpoint;
+pub mod clients;
+pub mod config;
+pub mod error;
+pub mod experience;
+pub mod lock;
+pub mod metrics;
+pub mod prompts;
+pub mod report;
+pub mod rest;
+pub mod run;
+pub mod step;
+
+pub use config::OrchestratorConfig;
+pub use error::OrchestratorError;
+pub use run::{Control, RunHandle, RunStatus, spawn_run};

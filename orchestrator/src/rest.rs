@@ -1,0 +1,305 @@
+//! The REST control API (axum). Runs are created from the orchestrator's configuration with a
+//! JSON body of overrides in the same shape; a bad body or value is a 4xx whose message names
+//! the field. Every failure is an [`OrchestratorError`], answered as `{"error": "…"}` with the
+//! status code of its kind (see its `IntoResponse`). The OpenAPI document is served at
+//! `/v1/openapi.json`.
+//!
+//! | route | what |
+//! |---|---|
+//! | `POST /v1/runs[?resume=true]` | start a run (body: config overrides) |
+//! | `GET /v1/runs`, `GET /v1/runs/{id}` | list, inspect |
+//! | `POST /v1/runs/{id}/pause\|resume\|stop\|checkpoint` | control |
+//! | `PATCH /v1/runs/{id}` | `{"lambda", "strategy", "beta"}` from the next step |
+//! | `GET /metrics`, `/healthz`, `/readyz` | Prometheus text, liveness, readiness |
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::config::OrchestratorConfig;
+use crate::error::{OrchestratorError, Result};
+use crate::run::{Control, Patch, RunHandle, RunOptions, spawn_run};
+
+/// The OpenAPI 3.1 document of this API.
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+#[derive(Debug)]
+pub struct Api {
+    /// Defaults every created run starts from.
+    pub base: OrchestratorConfig,
+    pub runs: Mutex<BTreeMap<String, RunHandle>>,
+    pub token: Option<String>,
+    pub print_progress: bool,
+}
+
+impl Api {
+    pub fn new(base: OrchestratorConfig) -> Arc<Self> {
+        Arc::new(Self {
+            token: base.rest.auth_token.clone(),
+            base,
+            runs: Mutex::new(BTreeMap::new()),
+            print_progress: false,
+        })
+    }
+
+    /// Registers a run started elsewhere (e.g. by the CLI) so the API can control it.
+    pub fn adopt(&self, run: RunHandle) {
+        self.runs
+            .lock()
+            .expect("runs lock")
+            .insert(run.id.clone(), run);
+    }
+}
+
+/// The HTTP status of an error: what the caller did wrong (4xx), or which side failed (5xx).
+fn status_of(e: &OrchestratorError) -> StatusCode {
+    use OrchestratorError as E;
+    match e {
+        E::Invalid { .. } | E::Body { .. } => StatusCode::BAD_REQUEST,
+        E::Unauthorized => StatusCode::UNAUTHORIZED,
+        E::NoRun { .. } | E::UnknownAction { .. } => StatusCode::NOT_FOUND,
+        E::Ended { .. }
+        | E::NotPaused
+        | E::AlreadyExists { .. }
+        | E::Active { .. }
+        | E::Locked { .. } => StatusCode::CONFLICT,
+        // A service that is down or busy may come back; one that refused or answered nonsense
+        // will not by itself.
+        E::Rpc { .. } if e.is_retryable() => StatusCode::SERVICE_UNAVAILABLE,
+        E::Rpc { .. } | E::BadResponse { .. } => StatusCode::BAD_GATEWAY,
+        E::Step { error, .. } => status_of(error),
+        E::Io { .. }
+        | E::Prompts(_)
+        | E::Objective(_)
+        | E::Ppo(_)
+        | E::Report(_)
+        | E::Task { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+/// `{"error": "..."}` with the status code of the error's kind.
+impl IntoResponse for OrchestratorError {
+    fn into_response(self) -> Response {
+        let body = json!({ "error": self.to_string() });
+        (status_of(&self), axum::Json(body)).into_response()
+    }
+}
+
+pub fn router(api: Arc<Api>) -> Router {
+    let protected = Router::new()
+        .route("/v1/runs", post(create_run).get(list_runs))
+        .route("/v1/runs/{id}", get(get_run).patch(patch_run))
+        .route("/v1/runs/{id}/{action}", post(control_run))
+        .route("/v1/openapi.json", get(openapi))
+        .route("/metrics", get(prometheus))
+        .route_layer(middleware::from_fn_with_state(api.clone(), require_token));
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(|| async { "ready" }))
+        .merge(protected)
+        .with_state(api)
+}
+
+async fn require_token(State(api): State<Arc<Api>>, req: Request, next: Next) -> Response {
+    if let Some(token) = &api.token {
+        let given = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        if given != Some(format!("Bearer {token}").as_str()) {
+            return OrchestratorError::Unauthorized.into_response();
+        }
+    }
+    next.run(req).await
+}
+
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+}
+
+async fn prometheus() -> String {
+    rrlhf_runtime::metrics::handle().render()
+}
+
+/// Parses a JSON body, naming the offending field on error.
+fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T> {
+    let mut de = serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        // Only a value of the wrong shape has a field to name; broken JSON has none.
+        let path = match e.inner().classify() {
+            serde_json::error::Category::Data => e.path().to_string(),
+            _ => String::new(),
+        };
+        OrchestratorError::Body {
+            path,
+            error: e.into_inner(),
+        }
+    })
+}
+
+/// `overrides` laid over `base`, object by object.
+fn merge(base: &mut Value, overrides: Value) {
+    match (base, overrides) {
+        (Value::Object(b), Value::Object(o)) => {
+            for (k, v) in o {
+                merge(b.entry(k).or_insert(Value::Null), v);
+            }
+        }
+        (b, o) => *b = o,
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct CreateQuery {
+    #[serde(default)]
+    resume: bool,
+}
+
+async fn create_run(
+    State(api): State<Arc<Api>>,
+    Query(q): Query<CreateQuery>,
+    body: Bytes,
+) -> Result<Response> {
+    let overrides: Value = if body.iter().all(u8::is_ascii_whitespace) {
+        json!({})
+    } else {
+        parse(&body)?
+    };
+    if !overrides.is_object() {
+        return Err(OrchestratorError::invalid(
+            "body",
+            "must be a JSON object of config overrides",
+        ));
+    }
+    let mut merged = serde_json::to_value(&api.base).expect("the config serialises");
+    merge(&mut merged, overrides);
+    let cfg: OrchestratorConfig = parse(&serde_json::to_vec(&merged).expect("a JSON value"))?;
+    cfg.validate()?;
+    if !cfg.run.id.is_empty() {
+        let runs = api.runs.lock().expect("runs lock");
+        if runs
+            .get(&cfg.run.id)
+            .is_some_and(|r| !r.info().status.is_terminal())
+        {
+            return Err(OrchestratorError::Active { id: cfg.run.id });
+        }
+    }
+    let run = spawn_run(
+        cfg,
+        RunOptions {
+            resume: q.resume,
+            print_progress: api.print_progress,
+            gold: None,
+        },
+    )?;
+    let info = run.info();
+    api.adopt(run);
+    Ok((StatusCode::CREATED, axum::Json(info)).into_response())
+}
+
+async fn list_runs(State(api): State<Arc<Api>>) -> Response {
+    let runs: Vec<_> = api
+        .runs
+        .lock()
+        .expect("runs lock")
+        .values()
+        .map(RunHandle::info)
+        .collect();
+    axum::Json(json!({ "runs": runs })).into_response()
+}
+
+fn find(api: &Api, id: &str) -> Result<RunHandle> {
+    api.runs
+        .lock()
+        .expect("runs lock")
+        .get(id)
+        .cloned()
+        .ok_or_else(|| OrchestratorError::NoRun { id: id.into() })
+}
+
+/// A run that has ended takes no more commands.
+fn still_going(run: &RunHandle) -> Result<()> {
+    let status = run.info().status;
+    if status.is_terminal() {
+        return Err(OrchestratorError::Ended {
+            id: run.id.clone(),
+            status: Some(status),
+        });
+    }
+    Ok(())
+}
+
+async fn get_run(State(api): State<Arc<Api>>, Path(id): Path<String>) -> Result<Response> {
+    Ok(axum::Json(find(&api, &id)?.info()).into_response())
+}
+
+async fn control_run(
+    State(api): State<Arc<Api>>,
+    Path((id, action)): Path<(String, String)>,
+) -> Result<Response> {
+    let run = find(&api, &id)?;
+    still_going(&run)?;
+    let body = match action.as_str() {
+        "pause" => run.request(Control::Pause).await.map(|()| json!({})),
+        "resume" => run.request(Control::Resume).await.map(|()| json!({})),
+        "stop" => run.request(Control::Stop).await.map(|()| json!({})),
+        "checkpoint" => run
+            .request(Control::Checkpoint)
+            .await
+            .map(|p| json!({ "checkpoint": p })),
+        other => {
+            return Err(OrchestratorError::UnknownAction {
+                action: other.into(),
+            });
+        }
+    }?;
+    let mut out = serde_json::to_value(run.info()).expect("serialisable");
+    merge(&mut out, body);
+    Ok(axum::Json(out).into_response())
+}
+
+async fn patch_run(
+    State(api): State<Arc<Api>>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Response> {
+    let patch: Patch = parse(&body)?;
+    let run = find(&api, &id)?;
+    still_going(&run)?;
+    run.request(|r| Control::Patch(patch, r)).await?;
+    Ok(axum::Json(run.info()).into_response())
+}
+
+/// Serves the API on `addr` until `shutdown` resolves; returns the bound address and the
+/// serving task, which ends with the server's own I/O result.
+pub async fn serve(
+    addr: &str,
+    api: Arc<Api>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(
+    std::net::SocketAddr,
+    tokio::task::JoinHandle<std::io::Result<()>>,
+)> {
+    let binding = |e| OrchestratorError::io(format!("rest.addr: listening on {addr}"), e);
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(binding)?;
+    let local = listener.local_addr().map_err(binding)?;
+    let app = router(api);
+    let task = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+    });
+    Ok((local, task))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,125 @@
+//! The API's answers to bad requests and to commands its runs cannot take, without services: a
+//! run whose services do not answer fails at once, which is enough to see every kind of error
+//! get its status code.
+
+use axum::body::Body;
+use axum::http::Request;
+use tower::ServiceExt;
+
+use super::*;
+use crate::config::{Endpoints, RetrySettings};
+
+async fn call(app: &Router, method: &str, path: &str, body: &str) -> (StatusCode, Value) {
+    let req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(body.to_owned()))
+        .unwrap();
+    let resp = app.clone().oneshot(req).await.unwrap();
+    let status = resp.status();
+    let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
+        .await
+        .unwrap();
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
+}
+
+fn error_of(v: &Value) -> &str {
+    v["error"].as_str().unwrap_or_default()
+}
+
+#[tokio::test]
+async fn every_error_gets_the_status_of_its_kind() {
+    let out = tempfile::tempdir().unwrap();
+    let nowhere = vec!["http://127.0.0.1:1".to_owned()];
+    let mut base = OrchestratorConfig::default();
+    base.run.out_dir = out.path().into();
+    base.endpoints = Endpoints {
+        actor: nowhere.clone(),
+        critic: nowhere.clone(),
+        reference: nowhere.clone(),
+        reward: nowhere,
+        auth_token: None,
+    };
+    // No patience: the first refused connection fails the run.
+    base.retry = RetrySettings {
+        initial_ms: 1,
+        max_ms: 1,
+        give_up_secs: 0,
+    };
+    let app = router(Api::new(base));
+
+    let (code, v) = call(&app, "POST", "/v1/runs", "{not json").await;
+    assert_eq!(code, StatusCode::BAD_REQUEST);
+    assert!(error_of(&v).starts_with("invalid JSON body"), "{v}");
+    let (code, v) = call(&app, "PATCH", "/v1/runs/r", r#"{"lambda": }"#).await;
+    assert_eq!(code, StatusCode::BAD_REQUEST);
+    assert!(error_of(&v).starts_with("invalid JSON body"), "{v}");
+    let (code, v) = call(&app, "POST", "/v1/runs", "[1]").await;
+    assert_eq!(code, StatusCode::BAD_REQUEST, "{v}");
+    let body = r#"{"objective": {"strategy": "tradeoff:1.5"}}"#;
+    let (code, v) = call(&app, "POST", "/v1/runs", body).await;
+    assert_eq!(code, StatusCode::BAD_REQUEST);
+    assert!(
+        error_of(&v).starts_with("objective.strategy: λ must be in [0, 1]"),
+        "{v}"
+    );
+    let (code, v) = call(&app, "POST", "/v1/runs", r#"{"run": {"steps": 0}}"#).await;
+    assert_eq!(code, StatusCode::BAD_REQUEST);
+    assert!(error_of(&v).starts_with("run.steps"), "{v}");
+    let (code, _) = call(&app, "GET", "/v1/runs/nope", "").await;
+    assert_eq!(code, StatusCode::NOT_FOUND);
+
+    let (code, v) = call(&app, "POST", "/v1/runs", r#"{"run": {"id": "r"}}"#).await;
+    assert_eq!(code, StatusCode::CREATED, "{v}");
+    assert_eq!(v["strategy"], "tradeoff:0.4");
+    let (code, _) = call(&app, "POST", "/v1/runs/r/jump", "").await;
+    assert_eq!(code, StatusCode::NOT_FOUND);
+    let v = loop {
+        let (_, v) = call(&app, "GET", "/v1/runs/r", "").await;
+        if v["status"] == "failed" {
+            break v;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    };
+    let error = v["error"].as_str().unwrap();
+    assert!(error.starts_with("actor Info: gave up"), "{v}");
+
+    // A bad body is refused before the run is looked at; a good one conflicts with its end.
+    let (code, v) = call(&app, "PATCH", "/v1/runs/r", r#"{"lambda": 1.5}"#).await;
+    assert_eq!(code, StatusCode::BAD_REQUEST);
+    assert!(
+        error_of(&v).starts_with("lambda: λ must be in [0, 1]"),
+        "{v}"
+    );
+    let (code, v) = call(&app, "PATCH", "/v1/runs/r", r#"{"lambda": 0.5}"#).await;
+    assert_eq!(code, StatusCode::CONFLICT);
+    assert_eq!(error_of(&v), "run `r` has ended (Failed)");
+    let (code, _) = call(&app, "POST", "/v1/runs/r/pause", "").await;
+    assert_eq!(code, StatusCode::CONFLICT);
+}
+
+#[test]
+fn service_failures_are_gateway_errors() {
+    use tonic::Status;
+    let down = OrchestratorError::rpc("actor Train", Status::unavailable("down"));
+    assert_eq!(status_of(&down), StatusCode::SERVICE_UNAVAILABLE);
+    let refused = OrchestratorError::rpc("actor Train", Status::invalid_argument("no"));
+    assert_eq!(status_of(&refused), StatusCode::BAD_GATEWAY);
+    let step = OrchestratorError::Step {
+        step: 2,
+        error: Box::new(refused),
+    };
+    assert_eq!(status_of(&step), StatusCode::BAD_GATEWAY);
+    assert_eq!(
+        status_of(&OrchestratorError::NotPaused),
+        StatusCode::CONFLICT
+    );
+    assert_eq!(
+        status_of(&OrchestratorError::Unauthorized),
+        StatusCode::UNAUTHORIZED
+    );
+}

@@ -1,0 +1,558 @@
+//! A run's lifecycle: created → running ⇄ paused → finished | stopped | failed. The run is one
+//! tokio task that owns its state; the outside (REST API, CLI) talks to it through a
+//! [`RunHandle`]: a control channel (pause, resume, stop, checkpoint, live changes of λ,
+//! strategy and β — applied from the next step) and a shared snapshot of its progress.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use rrlhf_ppo::RewardNorm;
+use rrlhf_proto::actor::v1::InfoRequest;
+use rrlhf_robust::rng::Rng;
+use rrlhf_robust::{Lambda, Strategy};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::Instrument;
+
+use crate::checkpoint::{self, RunState};
+use crate::clients::{Services, retry};
+use crate::config::OrchestratorConfig;
+use crate::error::{OrchestratorError, Result};
+use crate::experience;
+use crate::metrics::{self, StepMetrics};
+use crate::prompts::{self, Cursor, PromptStream};
+use crate::step;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunStatus {
+    Created,
+    Running,
+    Paused,
+    Finished,
+    Stopped,
+    Failed,
+}
+
+impl RunStatus {
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Self::Finished | Self::Stopped | Self::Failed)
+    }
+}
+
+/// Live changes to a running run; every field is optional. λ and the strategy are checked as
+/// the body is read: a bad one never reaches the run.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Patch {
+    /// λ of a `tradeoff` or `batch_worst_head` strategy.
+    pub lambda: Option<Lambda>,
+    /// The text form, e.g. `"min"` or `"tradeoff:0.6"`.
+    pub strategy: Option<Strategy>,
+    /// The KL coefficient β (the controller kind stays).
+    pub beta: Option<f64>,
+}
+
+pub type Reply<T> = oneshot::Sender<Result<T>>;
+
+#[derive(Debug)]
+pub enum Control {
+    Pause(Reply<()>),
+    Resume(Reply<()>),
+    Stop(Reply<()>),
+    Checkpoint(Reply<PathBuf>),
+    Patch(Patch, Reply<()>),
+}
+
+/// What the outside can see of a run.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunInfo {
+    pub id: String,
+    pub status: RunStatus,
+    /// Steps completed.
+    pub step: usize,
+    pub steps: usize,
+    pub dir: PathBuf,
+    pub strategy: Strategy,
+    pub beta: f64,
+    /// Why the run failed, for display.
+    pub error: Option<String>,
+    pub last_checkpoint: Option<PathBuf>,
+    pub last_metrics: Option<StepMetrics>,
+}
+
+#[derive(Debug, Clone)]
+pub struct RunHandle {
+    pub id: String,
+    info: Arc<Mutex<RunInfo>>,
+    control: mpsc::UnboundedSender<Control>,
+    status: watch::Receiver<RunStatus>,
+}
+
+impl RunHandle {
+    pub fn info(&self) -> RunInfo {
+        self.info.lock().expect("run info lock").clone()
+    }
+
+    /// Sends a command and waits for the run's answer.
+    pub async fn request<T>(&self, make: impl FnOnce(Reply<T>) -> Control) -> Result<T> {
+        let ended = || OrchestratorError::Ended {
+            id: self.id.clone(),
+            status: None,
+        };
+        let (tx, rx) = oneshot::channel();
+        self.control.send(make(tx)).map_err(|_| ended())?;
+        rx.await.map_err(|_| ended())?
+    }
+
+    /// Resolves when the run reaches a terminal status, which it returns.
+    pub async fn finished(&self) -> RunStatus {
+        let mut rx = self.status.clone();
+        loop {
+            let s = *rx.borrow_and_update();
+            if s.is_terminal() {
+                return s;
+            }
+            if rx.changed().await.is_err() {
+                return *rx.borrow();
+            }
+        }
+    }
+}
+
+/// A known true reward of (prompt, response text), for testbeds where one exists: its batch
+/// mean is recorded every step beside the proxy rewards (never trained on).
+pub type GoldReward = Arc<dyn Fn(&str, &str) -> f32 + Send + Sync>;
+
+/// How a run starts.
+#[derive(Clone, Default)]
+pub struct RunOptions {
+    /// Continue from the run directory's latest checkpoint (a fresh start when there is none).
+    pub resume: bool,
+    /// Print each step's summary line on stderr.
+    pub print_progress: bool,
+    pub gold: Option<GoldReward>,
+}
+
+impl std::fmt::Debug for RunOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunOptions")
+            .field("resume", &self.resume)
+            .field("print_progress", &self.print_progress)
+            .field("gold", &self.gold.is_some())
+            .finish()
+    }
+}
+
+/// The run directory of `cfg` (its id is derived from the time when empty).
+pub fn run_dir(cfg: &mut OrchestratorConfig) -> PathBuf {
+    if cfg.run.id.is_empty() {
+        let secs = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        cfg.run.id = format!("run-{secs}");
+    }
+    cfg.run.out_dir.join(&cfg.run.id)
+}
+
+/// Validates `cfg` and starts the run as a task.
+pub fn spawn_run(mut cfg: OrchestratorConfig, opts: RunOptions) -> Result<RunHandle> {
+    cfg.validate()?;
+    let dir = run_dir(&mut cfg);
+    if !opts.resume && dir.join("metrics.jsonl").exists() {
+        return Err(OrchestratorError::AlreadyExists {
+            id: cfg.run.id.clone(),
+            dir,
+        });
+    }
+    let services = Services::connect(&cfg.endpoints)?;
+    let lock = crate::lock::RunLock::acquire(&dir)?;
+    let info = Arc::new(Mutex::new(RunInfo {
+        id: cfg.run.id.clone(),
+        status: RunStatus::Created,
+        step: 0,
+        steps: cfg.run.steps,
+        dir: dir.clone(),
+        strategy: cfg.objective.strategy,
+        beta: cfg.ppo.kl.beta(),
+        error: None,
+        last_checkpoint: None,
+        last_metrics: None,
+    }));
+    let (control, rx) = mpsc::unbounded_channel();
+    let (status_tx, status) = watch::channel(RunStatus::Created);
+    let handle = RunHandle {
+        id: cfg.run.id.clone(),
+        info: info.clone(),
+        control,
+        status,
+    };
+    let mut runner = Runner {
+        services,
+        dir,
+        info,
+        status: status_tx,
+        control: rx,
+        opts,
+    };
+    tokio::spawn(async move {
+        let outcome = runner.drive(cfg).await;
+        let status = match outcome {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "run failed");
+                runner.info.lock().expect("run info lock").error = Some(e.to_string());
+                RunStatus::Failed
+            }
+        };
+        // Released before the final status is published, so whoever waits for the end can
+        // resume the run at once.
+        drop(lock);
+        runner.set_status(status);
+    });
+    Ok(handle)
+}
+
+/// Seed of step `step`: distinct per step and reproducible from the run seed alone.
+pub fn step_seed(seed: u64, step: usize) -> u64 {
+    Rng::new(seed ^ (step as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)).next_u64()
+}
+
+struct Runner {
+    services: Services,
+    dir: PathBuf,
+    info: Arc<Mutex<RunInfo>>,
+    status: watch::Sender<RunStatus>,
+    control: mpsc::UnboundedReceiver<Control>,
+    opts: RunOptions,
+}
+
+/// What the control loop tells the step loop.
+enum Next {
+    Continue,
+    Stop,
+}
+
+impl Runner {
+    fn set_status(&self, s: RunStatus) {
+        self.info.lock().expect("run info lock").status = s;
+        let _ = self.status.send(s);
+    }
+
+    async fn drive(&mut self, cfg: OrchestratorConfig) -> Result<RunStatus> {
+        std::fs::create_dir_all(&self.dir)
+            .map_err(|e| OrchestratorError::io(format!("creating {}", self.dir.display()), e))?;
+        let retry_cfg = cfg.retry.clone();
+        let eos_id = retry(&retry_cfg, "actor Info", || {
+            let mut c = self.services.actor.rank(0);
+            async move { c.info(InfoRequest {}).await }
+        })
+        .await?
+        .into_inner()
+        .eos_id;
+        let prompt_texts = prompts::load(&cfg.prompts)?;
+
+        let metrics_path = self.dir.join("metrics.jsonl");
+        let resumed = if self.opts.resume {
+            checkpoint::latest(&self.dir)?
+        } else {
+            None
+        };
+        let mut state = match resumed {
+            Some((ckpt, state)) => {
+                checkpoint::restore_services(&self.services, &retry_cfg, &ckpt).await?;
+                metrics::truncate_after(&metrics_path, state.step)?;
+                tracing::info!(step = state.step, dir = %ckpt.display(), "resumed");
+                self.info.lock().expect("run info lock").last_checkpoint = Some(ckpt);
+                // Steps and live settings come from the checkpoint; the total may be extended.
+                RunState {
+                    config: OrchestratorConfig {
+                        run: crate::config::RunSettings {
+                            steps: cfg.run.steps.max(state.config.run.steps),
+                            ..state.config.run.clone()
+                        },
+                        endpoints: cfg.endpoints.clone(),
+                        rest: cfg.rest.clone(),
+                        ..state.config.clone()
+                    },
+                    ..state
+                }
+            }
+            None => RunState {
+                step: 0,
+                cursor: Cursor::default(),
+                kl: cfg.ppo.kl,
+                reward_norm: RewardNorm::default(),
+                config: cfg.clone(),
+            },
+        };
+        let json = serde_json::to_vec_pretty(&state.config).expect("the config serialises");
+        checkpoint::write_atomic(&self.dir.join("config.json"), &json)
+            .map_err(|e| OrchestratorError::io("writing config.json", e))?;
+        let mut stream = PromptStream::new(prompt_texts, state.config.run.seed, state.cursor);
+        self.sync_info(&state);
+        self.set_status(RunStatus::Running);
+
+        let mut checkpointed_at = None;
+        while state.step < state.config.run.steps {
+            if let Next::Stop = self.handle_control(&mut state, false).await? {
+                if checkpointed_at != Some(state.step) {
+                    self.checkpoint(&state, &mut checkpointed_at).await?;
+                }
+                return Ok(RunStatus::Stopped);
+            }
+            let span =
+                tracing::info_span!("ppo_step", run = %state.config.run.id, step = state.step + 1);
+            let m = self
+                .step(&mut state, &mut stream, eos_id)
+                .instrument(span)
+                .await
+                .map_err(|e| OrchestratorError::Step {
+                    step: state.step + 1,
+                    error: Box::new(e),
+                })?;
+            metrics::append(&metrics_path, &m)?;
+            m.record(&state.config.run.id);
+            if self.opts.print_progress {
+                eprintln!("{}", m.line());
+            }
+            self.info.lock().expect("run info lock").last_metrics = Some(m);
+            self.sync_info(&state);
+            let every = state.config.run.checkpoint_every;
+            if every > 0 && state.step % every == 0 {
+                self.checkpoint(&state, &mut checkpointed_at).await?;
+            }
+        }
+        if checkpointed_at != Some(state.step) {
+            self.checkpoint(&state, &mut checkpointed_at).await?;
+        }
+        let all = metrics::read_all(&metrics_path)?;
+        crate::report::write(&self.dir, &state.config, &all)?;
+        Ok(RunStatus::Finished)
+    }
+
+    fn sync_info(&self, state: &RunState) {
+        let mut info = self.info.lock().expect("run info lock");
+        info.step = state.step;
+        info.steps = state.config.run.steps;
+        info.strategy = state.config.objective.strategy;
+        info.beta = state.kl.beta();
+    }
+
+    async fn checkpoint(&self, state: &RunState, at: &mut Option<usize>) -> Result<PathBuf> {
+        let dir = checkpoint::save(
+            &self.services,
+            &state.config.retry,
+            &self.dir,
+            state,
+            state.config.run.keep_checkpoints,
+        )
+        .await?;
+        *at = Some(state.step);
+        self.info.lock().expect("run info lock").last_checkpoint = Some(dir.clone());
+        Ok(dir)
+    }
+
+    /// Answers every pending command; while paused, waits for commands until resumed.
+    async fn handle_control(&mut self, state: &mut RunState, mut paused: bool) -> Result<Next> {
+        loop {
+            let cmd = if paused {
+                match self.control.recv().await {
+                    Some(c) => c,
+                    // Every handle is gone: nobody can resume the run; stop it cleanly.
+                    None => return Ok(Next::Stop),
+                }
+            } else {
+                match self.control.try_recv() {
+                    Ok(c) => c,
+                    Err(_) => return Ok(Next::Continue),
+                }
+            };
+            match cmd {
+                Control::Pause(reply) => {
+                    paused = true;
+                    self.set_status(RunStatus::Paused);
+                    let _ = reply.send(Ok(()));
+                }
+                Control::Resume(reply) => {
+                    if paused {
+                        paused = false;
+                        self.set_status(RunStatus::Running);
+                        let _ = reply.send(Ok(()));
+                    } else {
+                        let _ = reply.send(Err(OrchestratorError::NotPaused));
+                    }
+                }
+                Control::Stop(reply) => {
+                    let _ = reply.send(Ok(()));
+                    return Ok(Next::Stop);
+                }
+                Control::Checkpoint(reply) => {
+                    let _ = reply.send(self.checkpoint(state, &mut None).await);
+                }
+                Control::Patch(patch, reply) => {
+                    let r = apply_patch(state, &patch);
+                    if r.is_ok() {
+                        self.sync_info(state);
+                    }
+                    let _ = reply.send(r);
+                }
+            }
+        }
+    }
+
+    async fn step(
+        &mut self,
+        state: &mut RunState,
+        stream: &mut PromptStream,
+        eos_id: i64,
+    ) -> Result<StepMetrics> {
+        let started = Instant::now();
+        let cfg = state.config.clone();
+        let seed = step_seed(cfg.run.seed, state.step);
+        let prompts = stream.next_batch(cfg.run.batch_size);
+        let (rollouts, timings) = experience::collect(
+            &self.services,
+            &cfg.retry,
+            experience::Request {
+                prompts: &prompts,
+                sampling: &cfg.sampling,
+                seed,
+                eos_id,
+                id_prefix: format!("s{}-", state.step + 1),
+            },
+        )
+        .await?;
+        let strategy = cfg.objective.strategy;
+        let prepared = step::prepare(
+            &rollouts,
+            strategy,
+            cfg.objective.uncertainty_set,
+            seed,
+            &cfg.ppo,
+            &mut state.kl,
+            &mut state.reward_norm,
+        )?;
+        let (rewards, kl, beta, response_length) = (
+            prepared.rewards.clone(),
+            prepared.kl,
+            prepared.beta,
+            prepared.response_length,
+        );
+        let train_started = Instant::now();
+        let train = step::train(&self.services, &cfg.retry, prepared, &cfg.ppo, seed).await?;
+        let train_secs = train_started.elapsed().as_secs_f64();
+        let gold = self.opts.gold.as_ref().map(|g| {
+            let total: f64 = rollouts
+                .iter()
+                .map(|r| g(&r.prompt, &r.response_text) as f64)
+                .sum();
+            (total / rollouts.len().max(1) as f64) as f32
+        });
+        state.step += 1;
+        state.cursor = stream.cursor;
+        Ok(StepMetrics {
+            step: state.step,
+            strategy,
+            rewards,
+            gold,
+            kl,
+            beta,
+            train,
+            response_length,
+            generate_secs: timings.generate_secs,
+            score_tail_secs: timings.score_tail_secs,
+            train_secs,
+            step_secs: started.elapsed().as_secs_f64(),
+            generated_tokens_per_sec: timings.generated_tokens as f64
+                / timings.generate_secs.max(1e-9),
+        })
+    }
+}
+
+/// Applies a live change to the run's settings; the error names the field. λ and the strategy
+/// are valid already; what is left is whether they fit together, and β.
+pub fn apply_patch(state: &mut RunState, patch: &Patch) -> Result<()> {
+    let mut strategy = patch.strategy.unwrap_or(state.config.objective.strategy);
+    if let Some(l) = patch.lambda {
+        strategy = strategy
+            .with_lambda(l)
+            .map_err(|e| OrchestratorError::invalid("lambda", e))?;
+    }
+    if let Some(b) = patch.beta
+        && !(b.is_finite() && b >= 0.0)
+    {
+        return Err(OrchestratorError::invalid(
+            "beta",
+            format!("must be ≥ 0, got {b}"),
+        ));
+    }
+    // Everything is valid: apply it all at once.
+    state.config.objective.strategy = strategy;
+    if let Some(b) = patch.beta {
+        state.kl.set_beta(b);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state() -> RunState {
+        let config = OrchestratorConfig::default();
+        RunState {
+            step: 0,
+            cursor: Cursor::default(),
+            kl: config.ppo.kl,
+            reward_norm: RewardNorm::default(),
+            config,
+        }
+    }
+
+    fn patch(json: &str) -> std::result::Result<Patch, serde_json::Error> {
+        serde_json::from_str(json)
+    }
+
+    #[test]
+    fn a_patch_is_checked_as_it_is_read() {
+        let p =
+            patch(r#"{"lambda": 0.8, "strategy": "batch_worst_head:0.1", "beta": 0.2}"#).unwrap();
+        assert_eq!(p.lambda.map(Lambda::get), Some(0.8));
+        let err = patch(r#"{"lambda": 1.5}"#).unwrap_err().to_string();
+        assert!(err.contains("λ must be in [0, 1]"), "{err}");
+        assert!(patch(r#"{"strategy": "tradeoff:-1"}"#).is_err());
+        assert!(patch(r#"{"lamda": 0.5}"#).is_err());
+    }
+
+    #[test]
+    fn patches_apply_whole_or_not_at_all() {
+        let mut s = state();
+        apply_patch(&mut s, &patch(r#"{"lambda": 0.8, "beta": 0.2}"#).unwrap()).unwrap();
+        assert_eq!(s.config.objective.strategy.to_string(), "tradeoff:0.8");
+        assert_eq!(s.kl.beta(), 0.2);
+        // λ for a new strategy given in the same patch.
+        let p = patch(r#"{"strategy": "batch_worst_head:0.1", "lambda": 0.3}"#).unwrap();
+        apply_patch(&mut s, &p).unwrap();
+        assert_eq!(
+            s.config.objective.strategy.to_string(),
+            "batch_worst_head:0.3"
+        );
+
+        let before = s.clone();
+        let err = apply_patch(
+            &mut s,
+            &patch(r#"{"strategy": "min", "lambda": 0.5}"#).unwrap(),
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "lambda: strategy `min` has no λ (use tradeoff or batch_worst_head)"
+        );
+        let err =
+            apply_patch(&mut s, &patch(r#"{"lambda": 0.5, "beta": -1}"#).unwrap()).unwrap_err();
+        assert!(matches!(&err, OrchestratorError::Invalid { field, .. } if field == "beta"));
+        assert_eq!(s, before, "a refused patch changes nothing");
+    }
+}

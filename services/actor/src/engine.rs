@@ -1,0 +1,300 @@
+//! The actor's engine: the policy on its engine thread: a causal LM, its tokenizer (for decoded text), its AdamW
+//! state, and the work the engine runs in arrival order (consecutive `LogProbs` items share one
+//! forward pass; a `Generate` streams each finished sample through its channel at once). With
+//! several ranks, training, checkpoint loads and start-up go in step with the other ranks
+//! (`rrlhf_train::data_parallel`).
+
+use std::path::Path;
+
+use rrlhf_model::batch::{Batch, PadSide};
+use rrlhf_model::causal_lm::shifted_logprobs;
+use rrlhf_model::generate::{FinishReason, Generation};
+use rrlhf_model::losses::{entropy, ppo_policy_loss};
+use rrlhf_model::{CausalLm, ModelError, Placement, SamplingParams, TextTokenizer};
+use rrlhf_runtime::training_rpc::{TrainDone, TrainOutput, TrainWork, Trainable};
+use rrlhf_train::data_parallel::{self, DataParallel, MinibatchLoss, UpdatePlan};
+use rrlhf_train::train_state::TrainState;
+use tch::{Kind, Tensor};
+use tokio::sync::mpsc::UnboundedSender;
+
+pub type Pair = (Vec<i64>, Vec<i64>);
+
+/// A finished sample, ready to stream.
+#[derive(Debug, Clone)]
+pub struct Sampled {
+    pub prompt_index: usize,
+    pub sample_index: usize,
+    pub tokens: Vec<i64>,
+    pub text: String,
+    pub logprobs: Vec<f32>,
+    pub finish: FinishReason,
+}
+
+#[derive(Debug)]
+pub struct GenerateJob {
+    pub prompts: Vec<Vec<i64>>,
+    pub samples_per_prompt: usize,
+    pub params: SamplingParams,
+    pub out: UnboundedSender<Sampled>,
+}
+
+/// One PPO policy update, validated by the service.
+#[derive(Debug, Clone)]
+pub struct PpoJob {
+    pub pairs: Vec<Pair>,
+    pub old_logprobs: Vec<Vec<f32>>,
+    pub advantages: Vec<Vec<f32>>,
+    pub clip_eps: f64,
+    pub entropy_coef: f64,
+    /// Mini-batches, epochs, learning rate, clipping, seed.
+    pub plan: UpdatePlan,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct PpoStats {
+    pub loss_first: f64,
+    pub loss_last: f64,
+    pub loss_mean: f64,
+    pub clip_fraction: f64,
+    pub approx_kl: f64,
+    pub entropy: f64,
+    pub updates: usize,
+    pub grad_norm_mean: f64,
+    /// `data_parallel::checksum` of the weights after the update.
+    pub param_checksum: f64,
+}
+
+#[derive(Debug)]
+pub enum Work {
+    Generate(GenerateJob),
+    LogProbs(Pair),
+    Training(TrainWork<PpoJob>),
+}
+
+#[derive(Debug)]
+pub enum Done {
+    Generated(usize),
+    LogProbs(Vec<f32>),
+    Training(TrainDone<PpoStats>),
+}
+
+impl From<TrainWork<PpoJob>> for Work {
+    fn from(w: TrainWork<PpoJob>) -> Self {
+        Self::Training(w)
+    }
+}
+
+impl TrainOutput<PpoStats> for Done {
+    fn into_training(self) -> Result<TrainDone<PpoStats>, Self> {
+        match self {
+            Self::Training(done) => Ok(done),
+            other => Err(other),
+        }
+    }
+}
+
+pub struct Policy {
+    pub model: CausalLm,
+    pub tokenizer: Option<TextTokenizer>,
+    /// AdamW state and, with several ranks, the data-parallel group.
+    training: TrainState,
+}
+
+impl Policy {
+    /// Loads the policy; with `dp`, then takes rank 0's weights so all ranks start equal.
+    pub fn load(
+        dir: &Path,
+        placement: Placement,
+        weight_decay: f64,
+        dp: Option<DataParallel>,
+    ) -> Result<Self, ModelError> {
+        let model = CausalLm::from_dir(dir, placement)?;
+        let tokenizer = TextTokenizer::load(dir).ok();
+        let training = TrainState::new(&model.vs, weight_decay, dp)?;
+        Ok(Self {
+            model,
+            tokenizer,
+            training,
+        })
+    }
+
+    pub fn eos_id(&self) -> i64 {
+        self.tokenizer
+            .as_ref()
+            .map(|t| t.eos_id)
+            .or_else(|| self.model.cfg.eos_token_ids.first().copied())
+            .unwrap_or(0)
+    }
+
+    fn pad_id(&self) -> i64 {
+        self.tokenizer.as_ref().map_or(0, |t| t.pad_id)
+    }
+
+    fn generate(&self, job: &GenerateJob) -> Result<usize, ModelError> {
+        let n = job.samples_per_prompt.max(1);
+        let prompts: Vec<Vec<i64>> = job
+            .prompts
+            .iter()
+            .flat_map(|p| std::iter::repeat_n(p.clone(), n))
+            .collect();
+        let mut sent = 0;
+        rrlhf_model::generate(
+            &self.model,
+            &prompts,
+            self.pad_id(),
+            &job.params,
+            |g: &Generation| {
+                let text = self
+                    .tokenizer
+                    .as_ref()
+                    .and_then(|t| t.decode(&g.tokens).ok())
+                    .unwrap_or_default();
+                let sample = Sampled {
+                    prompt_index: g.index / n,
+                    sample_index: g.index % n,
+                    tokens: g.tokens.clone(),
+                    text,
+                    logprobs: g.logprobs.clone(),
+                    finish: g.finish,
+                };
+                // A caller that hung up stops receiving; generation of the batch still completes.
+                if job.out.send(sample).is_ok() {
+                    sent += 1;
+                }
+            },
+        )?;
+        Ok(sent)
+    }
+
+    pub fn logprobs(&self, pairs: &[Pair]) -> Result<Vec<Vec<f32>>, ModelError> {
+        let _guard = tch::no_grad_guard();
+        self.model.response_logprobs(pairs)
+    }
+
+    /// PPO's clipped surrogate (minus the entropy bonus) over mini-batches × epochs.
+    pub fn ppo_update(&self, job: &PpoJob) -> Result<PpoStats, ModelError> {
+        let acc = self
+            .training
+            .train(&self.model.vs, job.pairs.len(), &job.plan, |idx| {
+                self.minibatch_loss(job, idx)
+            })?;
+        let mean = |f: fn(&(f64, f64, f64, f64)) -> f64| {
+            acc.iter().map(|(s, _)| f(s)).sum::<f64>() / acc.len().max(1) as f64
+        };
+        Ok(PpoStats {
+            loss_first: acc.first().map_or(0.0, |a| a.0.0),
+            loss_last: acc.last().map_or(0.0, |a| a.0.0),
+            loss_mean: mean(|a| a.0),
+            clip_fraction: mean(|a| a.1),
+            approx_kl: mean(|a| a.2),
+            entropy: mean(|a| a.3),
+            updates: acc.len(),
+            grad_norm_mean: acc.iter().map(|a| a.1).sum::<f64>() / acc.len().max(1) as f64,
+            param_checksum: data_parallel::checksum(&self.model.vs),
+        })
+    }
+
+    /// The loss of the samples `idx`, with (loss, clip fraction, approx KL, entropy) to report.
+    fn minibatch_loss(
+        &self,
+        job: &PpoJob,
+        idx: &[usize],
+    ) -> rrlhf_train::Result<MinibatchLoss<(f64, f64, f64, f64)>> {
+        let seqs: Vec<Vec<i64>> = idx
+            .iter()
+            .map(|&i| {
+                job.pairs[i]
+                    .0
+                    .iter()
+                    .chain(&job.pairs[i].1)
+                    .copied()
+                    .collect()
+            })
+            .collect();
+        let batch = Batch::pad(&seqs, self.pad_id(), PadSide::Right, self.model.device())?;
+        let logits = self.model.batch_logits(&batch);
+        let logp = shifted_logprobs(&logits, &batch.ids);
+        let width = logp.size()[1] as usize;
+        let mut old = vec![0f32; idx.len() * width];
+        let mut adv = vec![0f32; idx.len() * width];
+        let mut mask = vec![0f32; idx.len() * width];
+        for (r, &i) in idx.iter().enumerate() {
+            let start = job.pairs[i].0.len() - 1;
+            for t in 0..job.pairs[i].1.len() {
+                let k = r * width + start + t;
+                old[k] = job.old_logprobs[i][t];
+                adv[k] = job.advantages[i][t];
+                mask[k] = 1.0;
+            }
+        }
+        let shape = [idx.len() as i64, width as i64];
+        let to = |v: &[f32]| Tensor::from_slice(v).view(shape).to_device(logp.device());
+        let mask_t = to(&mask);
+        let pl = ppo_policy_loss(&logp, &to(&old), &to(&adv), &mask_t, job.clip_eps);
+        let ent = entropy(&logits.narrow(1, 0, width as i64), &mask_t);
+        let loss = &pl.loss - &ent * job.entropy_coef;
+        let v = |t: &Tensor| t.to_kind(Kind::Double).double_value(&[]);
+        let stats = (
+            v(&pl.loss),
+            v(&pl.clip_fraction),
+            v(&pl.approx_kl),
+            v(&ent.detach()),
+        );
+        Ok(MinibatchLoss {
+            loss,
+            tokens: mask.iter().map(|&m| m as f64).sum(),
+            stats,
+        })
+    }
+
+    /// Runs a merged batch of work in arrival order.
+    pub fn run(&self, work: &[Work]) -> Result<Vec<Done>, ModelError> {
+        let mut out = Vec::with_capacity(work.len());
+        let mut i = 0;
+        while i < work.len() {
+            match &work[i] {
+                Work::LogProbs(_) => {
+                    let mut pairs = Vec::new();
+                    while let Some(Work::LogProbs(p)) = work.get(i) {
+                        pairs.push(p.clone());
+                        i += 1;
+                    }
+                    out.extend(self.logprobs(&pairs)?.into_iter().map(Done::LogProbs));
+                    continue;
+                }
+                Work::Generate(job) => out.push(Done::Generated(self.generate(job)?)),
+                Work::Training(w) => out.push(Done::Training(self.run_training(w)?)),
+            }
+            i += 1;
+        }
+        Ok(out)
+    }
+}
+
+impl Trainable for Policy {
+    type Job = PpoJob;
+    type Stats = PpoStats;
+    type Error = ModelError;
+
+    fn reject(&self) {
+        self.training.reject();
+    }
+
+    fn train(&self, job: &PpoJob) -> Result<PpoStats, ModelError> {
+        self.ppo_update(job)
+    }
+
+    /// Weights, optimizer state and the tokenizer, so the directory serves as a model too.
+    fn save(&self, dir: &Path) -> Result<(), ModelError> {
+        rrlhf_model::fsio::write_dir_atomic(dir, |tmp| {
+            self.model.save(tmp)?;
+            self.training.save_into(tmp)?;
+            self.tokenizer.as_ref().map_or(Ok(()), |t| t.save_to(tmp))
+        })
+    }
+
+    fn load(&self, dir: &Path) -> Result<(), ModelError> {
+        self.training
+            .load(&self.model.vs, self.model.cfg.tie_word_embeddings, dir)
+    }
+}

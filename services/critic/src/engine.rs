@@ -1,0 +1,229 @@
+//! The critic's engine: the critic on its engine thread: a single-scalar-head reward-model layout read at every
+//! token, its AdamW state, and the work items the engine runs in arrival order (consecutive
+//! `Values` items share one forward pass). With several ranks, training, checkpoint loads and
+//! start-up go in step with the other ranks (`rrlhf_train::data_parallel`).
+
+use std::path::Path;
+
+use rrlhf_model::batch::{Batch, PadSide, rows_f32};
+use rrlhf_model::losses::value_loss;
+use rrlhf_model::reward_model::{RewardKind, RewardModel};
+use rrlhf_model::{ModelError, Placement};
+use rrlhf_runtime::training_rpc::{TrainDone, TrainOutput, TrainWork, Trainable};
+use rrlhf_train::data_parallel::{self, DataParallel, MinibatchLoss, UpdatePlan};
+use rrlhf_train::train_state::TrainState;
+use tch::{Kind, Tensor};
+
+pub type Pair = (Vec<i64>, Vec<i64>);
+
+/// One PPO value update, validated by the service.
+#[derive(Debug, Clone)]
+pub struct TrainJob {
+    pub pairs: Vec<Pair>,
+    pub old_values: Vec<Vec<f32>>,
+    pub returns: Vec<Vec<f32>>,
+    pub value_clip: Option<f64>,
+    /// Mini-batches, epochs, learning rate, clipping, seed.
+    pub plan: UpdatePlan,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TrainStats {
+    pub loss_first: f64,
+    pub loss_last: f64,
+    pub loss_mean: f64,
+    pub updates: usize,
+    pub grad_norm_mean: f64,
+    /// `data_parallel::checksum` of the weights after the update.
+    pub param_checksum: f64,
+}
+
+#[derive(Debug)]
+pub enum Work {
+    Values(Pair),
+    Training(TrainWork<TrainJob>),
+}
+
+#[derive(Debug)]
+pub enum Done {
+    Values(Vec<f32>),
+    Training(TrainDone<TrainStats>),
+}
+
+impl From<TrainWork<TrainJob>> for Work {
+    fn from(w: TrainWork<TrainJob>) -> Self {
+        Self::Training(w)
+    }
+}
+
+impl TrainOutput<TrainStats> for Done {
+    fn into_training(self) -> Result<TrainDone<TrainStats>, Self> {
+        match self {
+            Self::Training(done) => Ok(done),
+            other => Err(other),
+        }
+    }
+}
+
+pub struct Critic {
+    model: RewardModel,
+    /// AdamW state and, with several ranks, the data-parallel group.
+    training: TrainState,
+}
+
+impl Critic {
+    /// Loads a stage-1 reward model (or a saved critic) as the critic; with `dp`, then takes
+    /// rank 0's weights so all ranks start equal.
+    pub fn load(
+        dir: &Path,
+        placement: Placement,
+        weight_decay: f64,
+        dp: Option<DataParallel>,
+    ) -> Result<Self, ModelError> {
+        let model = RewardModel::from_dir(dir, placement)?;
+        if model.meta.kind != RewardKind::BradleyTerry {
+            return Err(ModelError::InvalidInput(format!(
+                "{} is a {:?} model; the critic starts from a stage-1 (Bradley–Terry) reward model",
+                dir.display(),
+                model.meta.kind
+            )));
+        }
+        let training = TrainState::new(&model.vs, weight_decay, dp)?;
+        Ok(Self { model, training })
+    }
+
+    pub fn vocab_size(&self) -> i64 {
+        self.model.cfg.vocab_size
+    }
+
+    /// `[B, T]` values of right-padded prompt+response rows, and the pairs' response slices.
+    fn forward(&self, pairs: &[Pair]) -> Result<(Tensor, Vec<(usize, usize)>), ModelError> {
+        let seqs: Vec<Vec<i64>> = pairs
+            .iter()
+            .map(|(p, r)| p.iter().chain(r).copied().collect())
+            .collect();
+        let batch = Batch::pad(&seqs, 0, PadSide::Right, self.model.vs.device())?;
+        let values = self.model.token_values(&batch)?;
+        // The state in which response token t is chosen is read at position p_len − 1 + t.
+        let spans = pairs.iter().map(|(p, r)| (p.len() - 1, r.len())).collect();
+        Ok((values, spans))
+    }
+
+    pub fn values(&self, pairs: &[Pair]) -> Result<Vec<Vec<f32>>, ModelError> {
+        let _guard = tch::no_grad_guard();
+        let (values, spans) = self.forward(pairs)?;
+        Ok(rows_f32(&values)?
+            .into_iter()
+            .zip(spans)
+            .map(|(row, (start, n))| row[start..start + n].to_vec())
+            .collect())
+    }
+
+    /// Mini-batch × epoch updates with the clipped value loss.
+    pub fn value_update(&self, job: &TrainJob) -> Result<TrainStats, ModelError> {
+        let done = self
+            .training
+            .train(&self.model.vs, job.pairs.len(), &job.plan, |idx| {
+                self.minibatch_loss(job, idx)
+            })?;
+        let mean = |v: &mut dyn Iterator<Item = f64>| {
+            let (sum, n) = v.fold((0.0, 0usize), |(s, n), x| (s + x, n + 1));
+            sum / n.max(1) as f64
+        };
+        Ok(TrainStats {
+            loss_first: done.first().map_or(0.0, |d| d.0),
+            loss_last: done.last().map_or(0.0, |d| d.0),
+            loss_mean: mean(&mut done.iter().map(|d| d.0)),
+            updates: done.len(),
+            grad_norm_mean: mean(&mut done.iter().map(|d| d.1)),
+            param_checksum: data_parallel::checksum(&self.model.vs),
+        })
+    }
+
+    /// The clipped value loss of the samples `idx` (and its value, to report).
+    fn minibatch_loss(
+        &self,
+        job: &TrainJob,
+        idx: &[usize],
+    ) -> rrlhf_train::Result<MinibatchLoss<f64>> {
+        let pairs: Vec<Pair> = idx.iter().map(|&i| job.pairs[i].clone()).collect();
+        let (values, spans) = self.forward(&pairs)?;
+        let width = values.size()[1];
+        // Targets laid out like `values`, with a mask over each response span.
+        let rows = idx.len();
+        let mut old = vec![0f32; rows * width as usize];
+        let mut ret = vec![0f32; rows * width as usize];
+        let mut mask = vec![0f32; rows * width as usize];
+        for (r, (&i, &(start, len))) in idx.iter().zip(&spans).enumerate() {
+            for t in 0..len {
+                let k = r * width as usize + start + t;
+                old[k] = job.old_values[i][t];
+                ret[k] = job.returns[i][t];
+                mask[k] = 1.0;
+            }
+        }
+        let device = values.device();
+        let shape = [rows as i64, width];
+        let to = |v: &[f32]| Tensor::from_slice(v).view(shape).to_device(device);
+        let loss = value_loss(&values, &to(&old), &to(&ret), &to(&mask), job.value_clip);
+        let stats = loss.to_kind(Kind::Double).double_value(&[]);
+        Ok(MinibatchLoss {
+            loss,
+            tokens: mask.iter().map(|&m| m as f64).sum(),
+            stats,
+        })
+    }
+
+    /// Runs a merged batch of work in arrival order.
+    pub fn run(&self, work: &[Work]) -> Result<Vec<Done>, ModelError> {
+        let mut out = Vec::with_capacity(work.len());
+        let mut i = 0;
+        while i < work.len() {
+            match &work[i] {
+                Work::Values(_) => {
+                    let mut pairs = Vec::new();
+                    while let Some(Work::Values(p)) = work.get(i) {
+                        pairs.push(p.clone());
+                        i += 1;
+                    }
+                    out.extend(self.values(&pairs)?.into_iter().map(Done::Values));
+                    continue;
+                }
+                Work::Training(w) => out.push(Done::Training(self.run_training(w)?)),
+            }
+            i += 1;
+        }
+        Ok(out)
+    }
+}
+
+impl Trainable for Critic {
+    type Job = TrainJob;
+    type Stats = TrainStats;
+    type Error = ModelError;
+
+    fn reject(&self) {
+        self.training.reject();
+    }
+
+    fn train(&self, job: &TrainJob) -> Result<TrainStats, ModelError> {
+        self.value_update(job)
+    }
+
+    /// Writes the weights and optimizer state to `dir` atomically (the whole directory
+    /// appears at once).
+    fn save(&self, dir: &Path) -> Result<(), ModelError> {
+        rrlhf_model::fsio::write_dir_atomic(dir, |tmp| {
+            self.model.save(tmp)?;
+            self.training.save_into(tmp)
+        })
+    }
+
+    /// Copies a saved checkpoint's weights into the live model (same shapes, strict names) and
+    /// restores the optimizer state saved with them. With several ranks, rank 0 reads `dir`
+    /// and all ranks then take rank 0's state.
+    fn load(&self, dir: &Path) -> Result<(), ModelError> {
+        self.training
+            .load(&self.model.vs, self.model.cfg.tie_word_embeddings, dir)
+    }
+}

@@ -1,0 +1,170 @@
+//! A few PPO steps for `tradeoff` and `min`: the metrics show the robust objective at work.
+
+use rrlhf_testkit::cluster::{cluster, config, metrics_of, run_to_the_end};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ppo_steps_apply_the_robust_objective() {
+    let out = tempfile::tempdir().unwrap();
+    let cluster = cluster().await;
+    for (id, strategy) in [("tradeoff", "tradeoff:0.4"), ("min", "min")] {
+        let mut cfg = config(&cluster, out.path(), id, 2);
+        cfg.objective.strategy = strategy.parse().unwrap();
+        run_to_the_end(cfg).await;
+        let m = metrics_of(out.path(), id);
+        assert_eq!(m.iter().map(|m| m.step).collect::<Vec<_>>(), vec![1, 2]);
+        for s in &m {
+            let r = &s.rewards;
+            let expected = match id {
+                // Linear in each sample, so it holds for the batch means too.
+                "tradeoff" => 0.4 * r.nominal + 0.6 * r.min,
+                _ => r.min,
+            };
+            assert!((r.aggregated - expected).abs() < 1e-5, "{id}: {r:?}");
+            assert!(r.nominal >= r.min && r.max >= r.nominal);
+            assert!(r.head_disagreement > 0.0, "3 spread-out heads disagree");
+            assert!((r.nominal_min_gap - (r.nominal - r.min)).abs() < 1e-5);
+            assert_eq!(r.nominal_head_frequency.len(), 3);
+            assert!((r.nominal_head_frequency.iter().sum::<f32>() - 1.0).abs() < 1e-5);
+            assert!(s.kl.is_finite() && s.train.policy_loss.is_finite());
+            assert!(s.train.value_loss > 0.0 && s.response_length >= 1.0);
+            assert_eq!(s.strategy.to_string(), strategy);
+        }
+        // Training moved the policy away from the reference.
+        assert!(m[1].kl.abs() > 0.0);
+        let dir = out.path().join(id);
+        for f in [
+            "report.md",
+            "config.json",
+            "plots/rewards.png",
+            "plots/kl.png",
+            "plots/length.png",
+        ] {
+            assert!(dir.join(f).exists(), "{f}");
+        }
+        let latest = std::fs::read_to_string(dir.join("checkpoints/latest")).unwrap();
+        let ckpt = dir.join("checkpoints").join(latest.trim());
+        for f in [
+            "state.json",
+            "actor/model.safetensors",
+            "actor/optimizer.safetensors",
+            "critic/model.safetensors",
+        ] {
+            assert!(ckpt.join(f).exists(), "{f}");
+        }
+    }
+    cluster.stop().await;
+}
+
+/// PPO steps with a 2-rank actor and a 2-rank critic (c10d over Gloo on loopback): each rank
+/// trains on half of every batch and they average gradients, so both ranks of each hold the
+/// same weights after every step (checksum spread 0, equal log-probs); the checkpoint rank 0
+/// saved loads back into both ranks. Two reference and reward replicas share the scoring.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_parallel_ranks_train_in_step() {
+    use rrlhf_proto::actor::v1::actor_service_client::ActorServiceClient;
+    use rrlhf_proto::common::v1::{LoadCheckpointRequest, LogProbsRequest, Sequence};
+
+    let out = tempfile::tempdir().unwrap();
+    let cluster = rrlhf_embedded::Cluster::with_replicas(
+        &rrlhf_testkit::cluster::dirs(),
+        &rrlhf_embedded::Options::default(),
+        2,
+    )
+    .await
+    .unwrap();
+    let endpoints = cluster.endpoints(None);
+    assert_eq!(endpoints.actor.len(), 2);
+    assert_eq!(endpoints.critic.len(), 2);
+    assert_eq!(endpoints.reward.len(), 2);
+    let mut cfg = config(&cluster, out.path(), "ranks", 2);
+    cfg.endpoints = endpoints.clone();
+    run_to_the_end(cfg).await;
+    let m = metrics_of(out.path(), "ranks");
+    assert_eq!(m.len(), 2);
+    for s in &m {
+        let t = &s.train;
+        assert!(t.actor_checksum.is_finite() && t.actor_checksum != 0.0);
+        assert_eq!(t.actor_checksum_spread, 0.0, "actor ranks drifted: {t:?}");
+        assert_eq!(t.critic_checksum_spread, 0.0, "critic ranks drifted: {t:?}");
+    }
+    assert_ne!(
+        m[0].train.actor_checksum, m[1].train.actor_checksum,
+        "the ranks trained"
+    );
+
+    // Resuming loads the step-2 checkpoint into both ranks of each group at once, and a third
+    // step follows in step.
+    let mut more = config(&cluster, out.path(), "ranks", 3);
+    more.endpoints = endpoints.clone();
+    let run = rrlhf_orchestrator::run::spawn_run(
+        more,
+        rrlhf_orchestrator::run::RunOptions {
+            resume: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        run.finished().await,
+        rrlhf_orchestrator::run::RunStatus::Finished,
+        "{:?}",
+        run.info().error
+    );
+    let m = metrics_of(out.path(), "ranks");
+    assert_eq!(m.iter().map(|s| s.step).collect::<Vec<_>>(), vec![1, 2, 3]);
+    assert_eq!(m[2].train.actor_checksum_spread, 0.0);
+    assert_eq!(m[2].train.critic_checksum_spread, 0.0);
+
+    let seq = Sequence {
+        id: "probe".into(),
+        prompt_ids: vec![1, 2, 3],
+        response_ids: vec![4, 5],
+    };
+    let probe = || async {
+        let mut lps = Vec::new();
+        for url in &endpoints.actor {
+            let mut c = ActorServiceClient::connect(url.clone()).await.unwrap();
+            let r = c
+                .log_probs(LogProbsRequest {
+                    sequences: vec![seq.clone()],
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            lps.push(r.results[0].logprobs.clone());
+        }
+        lps
+    };
+    let trained = probe().await;
+    assert_eq!(trained[0], trained[1], "both ranks hold the same weights");
+
+    // Loading the SFT weights (a directory only rank 0 needs to read) resets both ranks.
+    let load = |url: String, path: String| async move {
+        let mut c = ActorServiceClient::connect(url).await.unwrap();
+        c.load_checkpoint(LoadCheckpointRequest { path }).await
+    };
+    let sft = rrlhf_testkit::models::models().policy.display().to_string();
+    let (a, b) = tokio::join!(
+        load(endpoints.actor[0].clone(), sft.clone()),
+        load(
+            endpoints.actor[1].clone(),
+            "/nonexistent/on/this/rank".into()
+        ),
+    );
+    a.unwrap();
+    b.unwrap();
+    let reset = probe().await;
+    assert_eq!(reset[0], reset[1]);
+    assert_ne!(reset[0], trained[0], "the SFT weights are back");
+
+    // A path rank 0 cannot read fails on every rank, and leaves both usable and equal.
+    let (a, b) = tokio::join!(
+        load(endpoints.actor[0].clone(), "/nonexistent".into()),
+        load(endpoints.actor[1].clone(), "/nonexistent".into()),
+    );
+    assert_eq!(a.unwrap_err().code(), tonic::Code::InvalidArgument);
+    let b = b.unwrap_err();
+    assert!(b.message().contains("rank 0 could not load"), "{b:?}");
+    assert_eq!(probe().await, reset);
+    cluster.stop().await;
+}

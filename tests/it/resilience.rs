@@ -1,0 +1,131 @@
+//! Faults and resume: a reward service that goes away and comes back costs no step; a run
+//! resumed from its checkpoint on fresh services continues as if never interrupted.
+
+use rrlhf_embedded::{Cluster, Options, reward_config, start_reward};
+use rrlhf_orchestrator::checkpoint;
+use rrlhf_orchestrator::run::{Control, RunOptions, RunStatus, spawn_run};
+use rrlhf_ppo::KlController;
+
+use rrlhf_testkit::cluster::{cluster, config, dirs, metrics_of, run_to_the_end, wait_for};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_reward_service_costs_no_step() {
+    let out = tempfile::tempdir().unwrap();
+    let opts = Options {
+        shutdown_grace_secs: 0.2,
+        ..Options::default()
+    };
+    let cluster = Cluster::start(&dirs(), &opts).await.unwrap();
+    let cfg = config(&cluster, out.path(), "fault", 4);
+    let run = spawn_run(cfg, RunOptions::default()).unwrap();
+    wait_for("step 1", || run.info().step >= 1).await;
+
+    // Stop the reward service mid-run, keep it down a while, restart it on the same port.
+    let Cluster {
+        actor,
+        critic,
+        reference,
+        reward,
+        ..
+    } = cluster;
+    let addr = reward.addr;
+    // Paused between steps while the service goes down, so the outage falls inside a step.
+    run.request(Control::Pause).await.unwrap();
+    reward.stop().await;
+    run.request(Control::Resume).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let info = run.info();
+    assert_eq!(info.status, RunStatus::Running, "{:?}", info.error);
+    assert!(info.step < 4, "the run is waiting for the reward service");
+    let reward = start_reward(reward_config(&dirs().reward, &addr.to_string(), &opts))
+        .await
+        .unwrap();
+
+    assert_eq!(
+        run.finished().await,
+        RunStatus::Finished,
+        "{:?}",
+        run.info().error
+    );
+    let steps: Vec<usize> = metrics_of(out.path(), "fault")
+        .iter()
+        .map(|m| m.step)
+        .collect();
+    assert_eq!(steps, vec![1, 2, 3, 4], "every step exactly once");
+    for s in [actor, critic, reference, reward] {
+        s.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resume_continues_exactly_where_the_checkpoint_left_off() {
+    let out = tempfile::tempdir().unwrap();
+    let adaptive = KlController::Adaptive {
+        beta: 0.1,
+        target: 0.5,
+        horizon: 64.0,
+    };
+
+    // The uninterrupted run: 3 steps.
+    let c1 = cluster().await;
+    let mut cfg = config(&c1, out.path(), "whole", 3);
+    cfg.ppo.kl = adaptive;
+    run_to_the_end(cfg).await;
+    c1.stop().await;
+    let whole = metrics_of(out.path(), "whole");
+
+    // The interrupted one: its process dies after the step-2 checkpoint (the run ends there),
+    // then a new orchestrator on freshly started services resumes it.
+    let c2 = cluster().await;
+    let mut cfg = config(&c2, out.path(), "cut", 2);
+    cfg.ppo.kl = adaptive;
+    run_to_the_end(cfg.clone()).await;
+    c2.stop().await;
+    let (_, state) = checkpoint::latest(&out.path().join("cut"))
+        .unwrap()
+        .unwrap();
+    assert_eq!(state.step, 2);
+    assert_eq!(state.cursor.index, 16, "two batches of 8 prompts consumed");
+    assert_ne!(state.kl.beta(), 0.1, "the adaptive controller moved");
+
+    let c3 = cluster().await;
+    cfg.endpoints = c3.endpoints(None);
+    cfg.run.steps = 3;
+    let run = spawn_run(
+        cfg,
+        RunOptions {
+            resume: true,
+            ..RunOptions::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        run.finished().await,
+        RunStatus::Finished,
+        "{:?}",
+        run.info().error
+    );
+    c3.stop().await;
+    let cut = metrics_of(out.path(), "cut");
+    assert_eq!(
+        cut.iter().map(|m| m.step).collect::<Vec<_>>(),
+        vec![1, 2, 3]
+    );
+    let (a, b) = (&whole[2], &cut[2]);
+    assert_eq!(a.beta, b.beta, "KL controller state restored");
+    let close = |x: f32, y: f32| (x - y).abs() <= 1e-4 * (1.0 + x.abs());
+    assert!(
+        close(a.rewards.aggregated, b.rewards.aggregated),
+        "{a:?}\n{b:?}"
+    );
+    assert!(close(a.kl, b.kl), "{a:?}\n{b:?}");
+    assert!(close(a.response_length, b.response_length));
+    assert!(
+        close(a.train.policy_loss, b.train.policy_loss),
+        "{a:?}\n{b:?}"
+    );
+    assert!(
+        close(a.train.value_loss, b.train.value_loss),
+        "{a:?}\n{b:?}"
+    );
+}

@@ -1,0 +1,14 @@
+//! `rrlhf_testkit`: what rrlhf's tests share, so no test file builds its own fixtures.
+//!
+//! - [`models`]: tiny models built once per test binary in a temporary directory — a policy with
+//!   its tokenizer, a stage-1 reward model (the critic's start), a 3-head BRME with spread-out
+//!   heads — and [`models::causal_lm`] for a test that needs its own architecture or vocabulary.
+//! - [`serve`]: a service started on `127.0.0.1:0` (one libtorch thread), waiting until health
+//!   says SERVING; clients connect to its URL.
+//! - [`cluster`]: all four services in this process, and a quick PPO run against them.
+//!
+//! The end-to-end tests across services live beside this library, in `tests/it/`.
+
+pub mod cluster;
+pub mod models;
+pub mod serve;
