@@ -163,10 +163,7 @@ impl<I: Send + 'static, O: Send + 'static> Engine<I, O> {
     /// Resolves once the engine thread has stopped serving (after a panic under
     /// [`PanicPolicy::Stop`], or when every handle is gone).
     pub fn stopped(&self) -> impl Future<Output = ()> + Send + 'static {
-        let mut rx = self.stopped.clone();
-        async move {
-            let _ = rx.wait_for(|&stopped| stopped).await;
-        }
+        Stoppable::stopped(self)
     }
 
     /// Runs `items` (possibly merged with other requests' items); fails fast when the queue
@@ -279,6 +276,48 @@ fn serve<M, I, O>(
             );
             // Requests already queued get UNAVAILABLE when `rx` drops with them.
             return;
+        }
+    }
+}
+
+/// Runs a merged batch of `work` in arrival order: each maximal run of consecutive items that
+/// `batched` picks (e.g. log-probability requests) shares one call of `batch` — one forward
+/// pass — and every other item runs alone through `single`. One output per item, in order.
+pub fn run_in_arrival_order<W, P: Clone, D, E>(
+    work: &[W],
+    batched: impl Fn(&W) -> Option<&P>,
+    mut batch: impl FnMut(&[P]) -> Result<Vec<D>, E>,
+    mut single: impl FnMut(&W) -> Result<D, E>,
+) -> Result<Vec<D>, E> {
+    let mut out = Vec::with_capacity(work.len());
+    let mut i = 0;
+    while i < work.len() {
+        let mut run = Vec::new();
+        while let Some(p) = work.get(i).and_then(&batched) {
+            run.push(p.clone());
+            i += 1;
+        }
+        if run.is_empty() {
+            out.push(single(&work[i])?);
+            i += 1;
+        } else {
+            out.extend(batch(&run)?);
+        }
+    }
+    Ok(out)
+}
+
+/// An engine handle that can say when its engine thread has stopped.
+pub trait Stoppable {
+    /// Resolves once the engine thread has stopped serving.
+    fn stopped(&self) -> impl Future<Output = ()> + Send + 'static;
+}
+
+impl<I, O> Stoppable for Engine<I, O> {
+    fn stopped(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut rx = self.stopped.clone();
+        async move {
+            let _ = rx.wait_for(|&stopped| stopped).await;
         }
     }
 }
@@ -414,6 +453,24 @@ mod tests {
             .await
             .expect("the engine reports that it stopped");
         assert_eq!(engine.submit(vec![1]).await, Err(EngineError::Down));
+    }
+
+    #[test]
+    fn runs_of_batchable_items_share_one_call() {
+        // Even numbers batch; odd ones run alone. Outputs tag how each item ran.
+        let mut calls = vec![];
+        let out = run_in_arrival_order(
+            &[2, 4, 1, 6, 3, 5, 8],
+            |x: &i64| (x % 2 == 0).then_some(x),
+            |run: &[i64]| {
+                calls.push(run.to_vec());
+                Ok::<_, ()>(run.iter().map(|x| x * 10).collect())
+            },
+            |x| Ok(-x),
+        )
+        .unwrap();
+        assert_eq!(out, vec![20, 40, -1, 60, -3, -5, 80]);
+        assert_eq!(calls, vec![vec![2, 4], vec![6], vec![8]]);
     }
 
     #[test]

@@ -20,7 +20,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{ConfigError, EngineConfig, ServerConfig, load_config};
-use crate::engine::{LoadError, PanicPolicy};
+use crate::engine::{LoadError, PanicPolicy, Stoppable};
 use crate::server::{self, Running};
 
 /// A service's own settings, read from the top level of its config beside the shared ones.
@@ -203,7 +203,7 @@ pub trait ModelService: Clone + Send + Sync + Sized + 'static {
     const ON_PANIC: PanicPolicy;
     type Settings: ServiceSettings;
     /// The engine handle kept by [`Running`] (tests read its batching statistics).
-    type Engine: Debug + Clone + Send + Sync + 'static;
+    type Engine: Stoppable + Debug + Clone + Send + Sync + 'static;
     /// The generated tonic server wrapping the service.
     type Api: tonic::server::NamedService
         + tower::Service<
@@ -219,8 +219,6 @@ pub trait ModelService: Clone + Send + Sync + Sized + 'static {
     /// Loads the model on its engine thread and runs a warm-up pass (blocking).
     fn load(cfg: ModelServiceConfig<Self::Settings>) -> Result<Self, LoadError>;
     fn engine(&self) -> Self::Engine;
-    /// Resolves when the engine thread has stopped serving.
-    fn engine_stopped(&self) -> impl Future<Output = ()> + Send + 'static;
     /// The tonic server, with `max_message_bytes` as its message-size limit both ways.
     fn api(self, max_message_bytes: usize) -> Self::Api;
 }
@@ -242,7 +240,7 @@ pub async fn start<S: ModelService>(
     let server_cfg = cfg.server.clone();
     let svc = tokio::task::spawn_blocking(move || S::load(cfg)).await??;
     let engine = svc.engine();
-    let stopped = svc.engine_stopped();
+    let stopped = engine.stopped();
     let launched = server::launch(
         &server_cfg,
         svc.api(server_cfg.max_message_bytes),
@@ -256,4 +254,98 @@ pub async fn start<S: ModelService>(
         engine,
         task: launched.task,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    type Trainer = TrainerSettings<Port<50091>>;
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment::Jail's closure signature, not ours
+    fn a_service_config_reads_its_own_settings_beside_the_shared_ones() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "actor.toml",
+                "model = \"m\"\nmax_length = 64\nweight_decay = 0.1\n[engine]\ndtype = \"bf16\"\n",
+            )?;
+            let none = serde_json::json!({});
+            let c =
+                ModelServiceConfig::<Trainer>::load(Some(Path::new("actor.toml")), &none).unwrap();
+            assert_eq!(c.service.weight_decay, 0.1);
+            assert_eq!((c.max_length, c.engine.dtype.as_str()), (64, "bf16"));
+            assert_eq!(
+                c.server.addr, "127.0.0.1:50091",
+                "the service's default port"
+            );
+
+            jail.create_file("typo.toml", "model = \"m\"\nweight_decy = 0.1\n")?;
+            let e = ModelServiceConfig::<Trainer>::load(Some(Path::new("typo.toml")), &none)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("`weight_decy` is an unknown field"), "{e}");
+            assert!(
+                e.contains("weight_decay"),
+                "the known fields are listed: {e}"
+            );
+
+            jail.create_file("nested.toml", "[engine]\ndevise = \"cpu\"\n")?;
+            let e = ModelServiceConfig::<NoSettings<Port<1>>>::load(
+                Some(Path::new("nested.toml")),
+                &none,
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(e.contains("devise"), "{e}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn validation_names_the_field() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("config.json"), "{}").unwrap();
+        let ok = ModelServiceConfig::<Trainer> {
+            model: dir.path().to_path_buf(),
+            ..Default::default()
+        };
+        assert!(ok.validate().is_ok());
+        for (cfg, field) in [
+            (
+                ModelServiceConfig::<Trainer> {
+                    model: PathBuf::new(),
+                    ..ok.clone()
+                },
+                "`model`",
+            ),
+            (
+                ModelServiceConfig {
+                    model: dir.path().join("missing"),
+                    ..ok.clone()
+                },
+                "`model`",
+            ),
+            (
+                ModelServiceConfig {
+                    max_length: 1,
+                    ..ok.clone()
+                },
+                "`max_length`",
+            ),
+            (
+                ModelServiceConfig {
+                    service: TrainerSettings {
+                        weight_decay: -1.0,
+                        port: PhantomData,
+                    },
+                    ..ok.clone()
+                },
+                "`weight_decay`",
+            ),
+        ] {
+            let e = cfg.validate().unwrap_err().to_string();
+            assert!(e.contains(field), "{field}: {e}");
+        }
+    }
 }

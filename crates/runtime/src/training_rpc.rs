@@ -77,6 +77,31 @@ pub trait TrainOutput<S>: std::fmt::Debug + Sized {
     fn into_training(self) -> Result<TrainDone<S>, Self>;
 }
 
+/// Ties a training service's engine types to its training work: `$work::Training` holds a
+/// [`TrainWork<$job>`] and `$done::Training` a [`TrainDone<$stats>`]. Writes the two
+/// conversions [`train`], [`save`] and [`load`] need (`From<TrainWork<$job>> for $work` and
+/// [`TrainOutput<$stats>`] for `$done`), which would otherwise be the same ten lines in every
+/// training service.
+#[macro_export]
+macro_rules! training_work {
+    ($work:ident, $done:ident, $job:ty, $stats:ty) => {
+        impl From<$crate::training_rpc::TrainWork<$job>> for $work {
+            fn from(w: $crate::training_rpc::TrainWork<$job>) -> Self {
+                Self::Training(w)
+            }
+        }
+
+        impl $crate::training_rpc::TrainOutput<$stats> for $done {
+            fn into_training(self) -> Result<$crate::training_rpc::TrainDone<$stats>, Self> {
+                match self {
+                    Self::Training(done) => Ok(done),
+                    other => Err(other),
+                }
+            }
+        }
+    };
+}
+
 /// Runs a `Train` job the service validated (`job`). A rank of a data-parallel group
 /// (`grouped`) whose request was invalid first tells its engine: the other ranks are waiting
 /// for this one's part of the update and must hear that there is none.

@@ -2,7 +2,11 @@
 //! INVALID_ARGUMENT with the field path first, e.g. `sequences[2].response_ids: id 70000 is
 //! outside [0, 65536)`.
 
+use rrlhf_proto::common::v1::Sequence;
 use tonic::Status;
+
+/// A prompt/response pair of token ids.
+pub type Pair = (Vec<i64>, Vec<i64>);
 
 /// INVALID_ARGUMENT whose message starts with the field.
 pub fn invalid(field: impl std::fmt::Display, message: impl std::fmt::Display) -> Status {
@@ -54,6 +58,56 @@ pub fn per_token(field: &str, values: &[f32], tokens: usize) -> Result<(), Statu
     Ok(())
 }
 
+/// The pairs of a request's `sequences` (at least one), each checked by [`token_pair`].
+pub fn sequence_pairs(
+    sequences: &[Sequence],
+    vocab: i64,
+    max_len: usize,
+) -> Result<Vec<Pair>, Status> {
+    if sequences.is_empty() {
+        return Err(invalid("sequences", "at least one sequence is required"));
+    }
+    sequences
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let field = format!("sequences[{i}]");
+            token_pair(&field, &s.prompt_ids, &s.response_ids, vocab, max_len)
+        })
+        .collect()
+}
+
+/// A training sample's sequence and its two per-token targets (name, values).
+pub type SampleParts<'a> = (Option<&'a Sequence>, [(&'static str, &'a [f32]); 2]);
+
+/// The pairs of a `Train` request's samples. `parts` gives a sample's sequence (required,
+/// checked by [`token_pair`]) and its two per-token targets (name, values), each checked by
+/// [`per_token`] against the response length; errors name `samples[i]…`.
+pub fn train_samples<T>(
+    samples: &[T],
+    parts: impl for<'a> Fn(&'a T) -> SampleParts<'a>,
+    vocab: i64,
+    max_len: usize,
+) -> Result<Vec<Pair>, Status> {
+    let mut pairs = Vec::with_capacity(samples.len());
+    for (i, sample) in samples.iter().enumerate() {
+        let (sequence, targets) = parts(sample);
+        let field = format!("samples[{i}].sequence");
+        let seq = sequence.ok_or_else(|| invalid(&field, "is required"))?;
+        let pair = token_pair(&field, &seq.prompt_ids, &seq.response_ids, vocab, max_len)?;
+        for (name, values) in targets {
+            per_token(&format!("samples[{i}].{name}"), values, pair.1.len())?;
+        }
+        pairs.push(pair);
+    }
+    Ok(pairs)
+}
+
+/// An engine result that does not answer the work it was given: a bug, so INTERNAL.
+pub fn unexpected(done: impl std::fmt::Debug) -> Status {
+    Status::internal(format!("unexpected engine result {done:?}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -93,9 +147,4 @@ mod tests {
             "s[1].advantages: NaN is not finite"
         );
     }
-}
-
-/// An engine result that does not answer the work it was given: a bug, so INTERNAL.
-pub fn unexpected(done: impl std::fmt::Debug) -> Status {
-    Status::internal(format!("unexpected engine result {done:?}"))
 }

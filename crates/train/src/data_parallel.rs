@@ -296,12 +296,78 @@ pub struct UpdatePlan {
     pub max_grad_norm: f64,
 }
 
+impl UpdatePlan {
+    /// The plan of a `Train` request (fields as the actor and critic protos spell them; at
+    /// least one epoch).
+    pub fn of_request(
+        minibatch_size: u32,
+        epochs: u32,
+        lr: f32,
+        max_grad_norm: f32,
+        seed: u64,
+    ) -> Self {
+        Self {
+            minibatch_size: minibatch_size as usize,
+            epochs: epochs.max(1) as usize,
+            seed,
+            lr: lr as f64,
+            max_grad_norm: max_grad_norm as f64,
+        }
+    }
+}
+
+/// What a `Train` call reports whatever its loss: the loss of its first and last update and
+/// their mean, how many updates ran, their mean gradient norm (before clipping), and the
+/// [`checksum`] of the weights after them.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct UpdateSummary {
+    pub loss_first: f64,
+    pub loss_last: f64,
+    pub loss_mean: f64,
+    pub updates: usize,
+    pub grad_norm_mean: f64,
+    pub param_checksum: f64,
+}
+
+impl UpdateSummary {
+    /// The summary of `done` (each update's reported stats and gradient norm, as
+    /// [`run_updates`] returns them), `loss` reading an update's loss from its stats, for the
+    /// model in `vs`.
+    pub fn of<S>(done: &[(S, f64)], loss: impl Fn(&S) -> f64, vs: &nn::VarStore) -> Self {
+        Self {
+            loss_first: done.first().map_or(0.0, |(s, _)| loss(s)),
+            loss_last: done.last().map_or(0.0, |(s, _)| loss(s)),
+            loss_mean: mean_of(done.iter().map(|(s, _)| loss(s))),
+            updates: done.len(),
+            grad_norm_mean: mean_of(done.iter().map(|(_, g)| *g)),
+            param_checksum: checksum(vs),
+        }
+    }
+}
+
+/// The mean of `values` (0 for none).
+pub fn mean_of(values: impl Iterator<Item = f64>) -> f64 {
+    let (sum, n) = values.fold((0.0, 0usize), |(s, n), x| (s + x, n + 1));
+    sum / n.max(1) as f64
+}
+
 /// What one update's loss function returns: the loss (a mean over `tokens` tokens) and
 /// whatever the caller wants reported about it.
 pub struct MinibatchLoss<S> {
     pub loss: Tensor,
     pub tokens: f64,
     pub stats: S,
+}
+
+impl<S> MinibatchLoss<S> {
+    /// A loss averaged over the tokens where `mask` (laid out like the loss's inputs) is 1.
+    pub fn masked(loss: Tensor, mask: &[f32], stats: S) -> Self {
+        Self {
+            loss,
+            tokens: mask.iter().map(|&m| m as f64).sum(),
+            stats,
+        }
+    }
 }
 
 /// Runs `epochs × ⌈samples / minibatch⌉` AdamW updates over seeded mini-batches of sample

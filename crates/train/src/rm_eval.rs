@@ -80,7 +80,17 @@ pub struct EvalReport {
 }
 
 /// The reward sources compared in a report (strategies over the BRME heads).
-const STRATEGIES: &[&str] = &["nominal", "mean", "min", "max", "median", "tradeoff:0.5"];
+fn strategies() -> [Strategy; 6] {
+    let half = rrlhf_robust::Lambda::new(0.5).expect("0.5 is in [0, 1]");
+    [
+        Strategy::Nominal,
+        Strategy::Mean,
+        Strategy::Min,
+        Strategy::Max,
+        Strategy::Median,
+        Strategy::Tradeoff { lambda: half },
+    ]
+}
 
 fn scorer(dir: &Path, placement: Placement, opts: &EvalOptions) -> Result<RewardScorer> {
     let model = RewardModel::from_dir(dir, placement)?;
@@ -119,11 +129,8 @@ fn score_pairs(
     ))
 }
 
-fn rewards(heads: &[HeadOutputs], strategy: &str) -> Result<Vec<f64>> {
-    let s: Strategy = strategy
-        .parse()
-        .map_err(|e: rrlhf_robust::RobustError| TrainError::Invalid(e.to_string()))?;
-    let agg = aggregate(heads, s, UncertaintySet::Mean, 0)
+fn rewards(heads: &[HeadOutputs], strategy: Strategy) -> Result<Vec<f64>> {
+    let agg = aggregate(heads, strategy, UncertaintySet::Mean, 0)
         .map_err(|e| TrainError::Invalid(e.to_string()))?;
     Ok(agg.iter().map(|a| a.reward as f64).collect())
 }
@@ -198,8 +205,8 @@ pub fn evaluate(
 
     // Reward sources by name → (chosen rewards, rejected rewards).
     let mut sources: BTreeMap<String, (Vec<f64>, Vec<f64>)> = BTreeMap::new();
-    for st in STRATEGIES {
-        sources.insert((*st).to_string(), (rewards(&hc, st)?, rewards(&hr, st)?));
+    for st in strategies() {
+        sources.insert(st.to_string(), (rewards(&hc, st)?, rewards(&hr, st)?));
     }
     for h in 0..meta.heads as usize {
         let pick = |hs: &[HeadOutputs]| hs.iter().map(|x| x.mu[h] as f64).collect::<Vec<_>>();
@@ -226,7 +233,10 @@ pub fn evaluate(
         let (bc, br) = score_pairs(&bs, pairs)?;
         sources.insert(
             "stage1".into(),
-            (rewards(&bc, "nominal")?, rewards(&br, "nominal")?),
+            (
+                rewards(&bc, Strategy::Nominal)?,
+                rewards(&br, Strategy::Nominal)?,
+            ),
         );
     }
 
@@ -426,7 +436,7 @@ pub fn calibrate(
     let s = scorer(dir, placement, opts)?;
     let (hc, hr) = score_pairs(&s, pairs)?;
     let all: Vec<HeadOutputs> = hc.into_iter().chain(hr).collect();
-    let rewards: Vec<f32> = rewards(&all, "nominal")?
+    let rewards: Vec<f32> = rewards(&all, Strategy::Nominal)?
         .iter()
         .map(|&r| r as f32)
         .collect();

@@ -56,6 +56,19 @@ impl TrainState {
         data_parallel::abstain(self.dp.as_ref());
     }
 
+    /// Writes a checkpoint directory atomically (it appears whole or not at all): what
+    /// `write_model` writes (weights, config, tokenizer) and the optimizer state.
+    pub fn checkpoint(
+        &self,
+        dir: &Path,
+        write_model: impl FnOnce(&Path) -> Result<(), ModelError>,
+    ) -> Result<(), ModelError> {
+        rrlhf_model::fsio::write_dir_atomic(dir, |tmp| {
+            write_model(tmp)?;
+            self.save_into(tmp)
+        })
+    }
+
     /// Writes the optimizer state, when there is one, into checkpoint directory `dir`.
     pub fn save_into(&self, dir: &Path) -> Result<(), ModelError> {
         optim::save_into_checkpoint(self.optimizer.borrow().as_ref(), dir)

@@ -5,9 +5,9 @@
 use rrlhf_model::SamplingParams;
 use rrlhf_model::generate::FinishReason;
 use rrlhf_proto::actor::v1::{
-    GenerateRequest, GeneratedSample, Prompt, TrainRequest, TrainResponse,
+    GenerateRequest, GeneratedSample, Prompt, TrainRequest, TrainResponse, TrainSample,
 };
-use rrlhf_runtime::validate::{invalid, per_token, token_pair};
+use rrlhf_runtime::validate::{SampleParts, invalid, train_samples};
 use rrlhf_train::data_parallel::UpdatePlan;
 use tonic::Status;
 
@@ -106,43 +106,22 @@ impl ActorServer {
                 return Err(invalid(name, format!("out of range: {value}")));
             }
         }
-        let mut job = PpoJob {
-            pairs: vec![],
-            old_logprobs: vec![],
-            advantages: vec![],
+        let pairs = train_samples(&req.samples, parts, self.vocab_size, self.cfg.max_length)?;
+        let each = |f: fn(&TrainSample) -> &Vec<f32>| req.samples.iter().map(f).cloned().collect();
+        Ok(PpoJob {
+            pairs,
+            old_logprobs: each(|s| &s.old_logprobs),
+            advantages: each(|s| &s.advantages),
             clip_eps: req.clip_eps as f64,
             entropy_coef: req.entropy_coef as f64,
-            plan: UpdatePlan {
-                minibatch_size: req.minibatch_size as usize,
-                epochs: req.epochs.max(1) as usize,
-                lr: req.lr as f64,
-                max_grad_norm: req.max_grad_norm as f64,
-                seed: req.seed,
-            },
-        };
-        for (i, s) in req.samples.iter().enumerate() {
-            let seq = s
-                .sequence
-                .as_ref()
-                .ok_or_else(|| invalid(format!("samples[{i}].sequence"), "is required"))?;
-            let pair = token_pair(
-                &format!("samples[{i}].sequence"),
-                &seq.prompt_ids,
-                &seq.response_ids,
-                self.vocab_size,
-                self.cfg.max_length,
-            )?;
-            for (name, v) in [
-                ("old_logprobs", &s.old_logprobs),
-                ("advantages", &s.advantages),
-            ] {
-                per_token(&format!("samples[{i}].{name}"), v, pair.1.len())?;
-            }
-            job.pairs.push(pair);
-            job.old_logprobs.push(s.old_logprobs.clone());
-            job.advantages.push(s.advantages.clone());
-        }
-        Ok(job)
+            plan: UpdatePlan::of_request(
+                req.minibatch_size,
+                req.epochs,
+                req.lr,
+                req.max_grad_norm,
+                req.seed,
+            ),
+        })
     }
 
     pub(crate) fn sampling(&self, req: &GenerateRequest) -> Result<SamplingParams, Status> {
@@ -204,15 +183,25 @@ pub(crate) fn sample_to_proto(
 }
 
 pub(crate) fn train_response(s: PpoStats) -> TrainResponse {
+    let u = s.summary;
     TrainResponse {
-        policy_loss_first: s.loss_first as f32,
-        policy_loss_last: s.loss_last as f32,
-        policy_loss_mean: s.loss_mean as f32,
+        policy_loss_first: u.loss_first as f32,
+        policy_loss_last: u.loss_last as f32,
+        policy_loss_mean: u.loss_mean as f32,
         clip_fraction: s.clip_fraction as f32,
         approx_kl: s.approx_kl as f32,
         entropy: s.entropy as f32,
-        updates: s.updates as u32,
-        grad_norm_mean: s.grad_norm_mean as f32,
-        param_checksum: s.param_checksum,
+        updates: u.updates as u32,
+        grad_norm_mean: u.grad_norm_mean as f32,
+        param_checksum: u.param_checksum,
     }
+}
+
+/// A training sample's sequence and per-token targets, for validation.
+fn parts(s: &TrainSample) -> SampleParts<'_> {
+    let targets = [
+        ("old_logprobs", s.old_logprobs.as_slice()),
+        ("advantages", s.advantages.as_slice()),
+    ];
+    (s.sequence.as_ref(), targets)
 }

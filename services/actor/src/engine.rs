@@ -11,8 +11,9 @@ use rrlhf_model::causal_lm::shifted_logprobs;
 use rrlhf_model::generate::{FinishReason, Generation};
 use rrlhf_model::losses::{entropy, ppo_policy_loss};
 use rrlhf_model::{CausalLm, ModelError, Placement, SamplingParams, TextTokenizer};
-use rrlhf_runtime::training_rpc::{TrainDone, TrainOutput, TrainWork, Trainable};
-use rrlhf_train::data_parallel::{self, DataParallel, MinibatchLoss, UpdatePlan};
+use rrlhf_runtime::engine::run_in_arrival_order;
+use rrlhf_runtime::training_rpc::{TrainDone, TrainWork, Trainable};
+use rrlhf_train::data_parallel::{DataParallel, MinibatchLoss, UpdatePlan, UpdateSummary, mean_of};
 use rrlhf_train::train_state::TrainState;
 use tch::{Kind, Tensor};
 use tokio::sync::mpsc::UnboundedSender;
@@ -50,18 +51,14 @@ pub struct PpoJob {
     pub plan: UpdatePlan,
 }
 
+/// A PPO update's report: the policy loss and the update counts, and PPO's own diagnostics
+/// (means over the updates).
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct PpoStats {
-    pub loss_first: f64,
-    pub loss_last: f64,
-    pub loss_mean: f64,
+    pub summary: UpdateSummary,
     pub clip_fraction: f64,
     pub approx_kl: f64,
     pub entropy: f64,
-    pub updates: usize,
-    pub grad_norm_mean: f64,
-    /// `data_parallel::checksum` of the weights after the update.
-    pub param_checksum: f64,
 }
 
 #[derive(Debug)]
@@ -78,20 +75,7 @@ pub enum Done {
     Training(TrainDone<PpoStats>),
 }
 
-impl From<TrainWork<PpoJob>> for Work {
-    fn from(w: TrainWork<PpoJob>) -> Self {
-        Self::Training(w)
-    }
-}
-
-impl TrainOutput<PpoStats> for Done {
-    fn into_training(self) -> Result<TrainDone<PpoStats>, Self> {
-        match self {
-            Self::Training(done) => Ok(done),
-            other => Err(other),
-        }
-    }
-}
+rrlhf_runtime::training_work!(Work, Done, PpoJob, PpoStats);
 
 pub struct Policy {
     pub model: CausalLm,
@@ -178,19 +162,12 @@ impl Policy {
             .train(&self.model.vs, job.pairs.len(), &job.plan, |idx| {
                 self.minibatch_loss(job, idx)
             })?;
-        let mean = |f: fn(&(f64, f64, f64, f64)) -> f64| {
-            acc.iter().map(|(s, _)| f(s)).sum::<f64>() / acc.len().max(1) as f64
-        };
+        let mean = |f: fn(&(f64, f64, f64, f64)) -> f64| mean_of(acc.iter().map(|(s, _)| f(s)));
         Ok(PpoStats {
-            loss_first: acc.first().map_or(0.0, |a| a.0.0),
-            loss_last: acc.last().map_or(0.0, |a| a.0.0),
-            loss_mean: mean(|a| a.0),
+            summary: UpdateSummary::of(&acc, |s| s.0, &self.model.vs),
             clip_fraction: mean(|a| a.1),
             approx_kl: mean(|a| a.2),
             entropy: mean(|a| a.3),
-            updates: acc.len(),
-            grad_norm_mean: acc.iter().map(|a| a.1).sum::<f64>() / acc.len().max(1) as f64,
-            param_checksum: data_parallel::checksum(&self.model.vs),
         })
     }
 
@@ -240,34 +217,31 @@ impl Policy {
             v(&pl.approx_kl),
             v(&ent.detach()),
         );
-        Ok(MinibatchLoss {
-            loss,
-            tokens: mask.iter().map(|&m| m as f64).sum(),
-            stats,
-        })
+        Ok(MinibatchLoss::masked(loss, &mask, stats))
     }
 
-    /// Runs a merged batch of work in arrival order.
+    /// Runs a merged batch of work in arrival order; consecutive `LogProbs` items share one
+    /// forward pass.
     pub fn run(&self, work: &[Work]) -> Result<Vec<Done>, ModelError> {
-        let mut out = Vec::with_capacity(work.len());
-        let mut i = 0;
-        while i < work.len() {
-            match &work[i] {
-                Work::LogProbs(_) => {
-                    let mut pairs = Vec::new();
-                    while let Some(Work::LogProbs(p)) = work.get(i) {
-                        pairs.push(p.clone());
-                        i += 1;
-                    }
-                    out.extend(self.logprobs(&pairs)?.into_iter().map(Done::LogProbs));
-                    continue;
-                }
-                Work::Generate(job) => out.push(Done::Generated(self.generate(job)?)),
-                Work::Training(w) => out.push(Done::Training(self.run_training(w)?)),
-            }
-            i += 1;
-        }
-        Ok(out)
+        run_in_arrival_order(
+            work,
+            |w| match w {
+                Work::LogProbs(pair) => Some(pair),
+                _ => None,
+            },
+            |pairs| {
+                Ok(self
+                    .logprobs(pairs)?
+                    .into_iter()
+                    .map(Done::LogProbs)
+                    .collect())
+            },
+            |w| match w {
+                Work::Generate(job) => Ok(Done::Generated(self.generate(job)?)),
+                Work::Training(w) => Ok(Done::Training(self.run_training(w)?)),
+                Work::LogProbs(_) => unreachable!("log-probabilities run batched"),
+            },
+        )
     }
 }
 
@@ -276,19 +250,18 @@ impl Trainable for Policy {
     type Stats = PpoStats;
     type Error = ModelError;
 
-    fn reject(&self) {
-        self.training.reject();
-    }
-
     fn train(&self, job: &PpoJob) -> Result<PpoStats, ModelError> {
         self.ppo_update(job)
     }
 
+    fn reject(&self) {
+        self.training.reject();
+    }
+
     /// Weights, optimizer state and the tokenizer, so the directory serves as a model too.
     fn save(&self, dir: &Path) -> Result<(), ModelError> {
-        rrlhf_model::fsio::write_dir_atomic(dir, |tmp| {
+        self.training.checkpoint(dir, |tmp| {
             self.model.save(tmp)?;
-            self.training.save_into(tmp)?;
             self.tokenizer.as_ref().map_or(Ok(()), |t| t.save_to(tmp))
         })
     }

@@ -16,7 +16,7 @@ use rrlhf_proto::common::v1::{
 };
 use rrlhf_runtime::engine::{Engine, EngineError, LoadError, PanicPolicy};
 use rrlhf_runtime::service::{self, ModelService};
-use rrlhf_runtime::validate::{invalid, token_pair, unexpected};
+use rrlhf_runtime::validate::{invalid, sequence_pairs, unexpected};
 use rrlhf_runtime::{server, training_rpc};
 use rrlhf_train::data_parallel::DataParallel;
 use tokio_stream::Stream;
@@ -92,10 +92,6 @@ impl ModelService for ActorServer {
 
     fn engine(&self) -> Self::Engine {
         self.engine.clone()
-    }
-
-    fn engine_stopped(&self) -> impl Future<Output = ()> + Send + 'static {
-        self.engine.stopped()
     }
 
     fn api(self, limit: usize) -> Self::Api {
@@ -177,24 +173,8 @@ impl ActorService for ActorServer {
         request: Request<LogProbsRequest>,
     ) -> Result<Response<LogProbsResponse>, Status> {
         let req = request.into_inner();
-        if req.sequences.is_empty() {
-            return Err(invalid("sequences", "at least one sequence is required"));
-        }
-        let work = req
-            .sequences
-            .iter()
-            .enumerate()
-            .map(|(i, s)| {
-                token_pair(
-                    &format!("sequences[{i}]"),
-                    &s.prompt_ids,
-                    &s.response_ids,
-                    self.vocab_size,
-                    self.cfg.max_length,
-                )
-                .map(Work::LogProbs)
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let pairs = sequence_pairs(&req.sequences, self.vocab_size, self.cfg.max_length)?;
+        let work = pairs.into_iter().map(Work::LogProbs).collect();
         let done = self.engine.submit(work).await?;
         let results = req
             .sequences

@@ -109,7 +109,7 @@ fn train_and_save(dp: Option<DataParallel>, rank: usize, model: &Path, out: &Pat
         _ => shard(&full, SPLIT..SAMPLES),
     };
     let stats = policy.ppo_update(&mine).expect("train");
-    assert_eq!(stats.updates, 3, "one update per epoch");
+    assert_eq!(stats.summary.updates, 3, "one update per epoch");
     policy.model.save(out).expect("save");
     if std::env::var("RRLHF_TEST_RANK").is_ok() {
         let mut uneven = shard(
@@ -119,7 +119,7 @@ fn train_and_save(dp: Option<DataParallel>, rank: usize, model: &Path, out: &Pat
         uneven.plan.minibatch_size = 2;
         uneven.plan.epochs = 1;
         let stats = policy.ppo_update(&uneven).expect("train on uneven shards");
-        assert_eq!(stats.updates, if rank == 0 { 3 } else { 0 });
+        assert_eq!(stats.summary.updates, if rank == 0 { 3 } else { 0 });
         policy
             .model
             .save(&out.with_extension("uneven"))

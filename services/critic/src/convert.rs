@@ -2,26 +2,15 @@
 //! checked here (INVALID_ARGUMENT naming the field) before the engine sees it, so one bad
 //! request can never fail a merged batch.
 
-use rrlhf_proto::common::v1::Sequence;
-use rrlhf_proto::critic::v1::{TrainRequest, TrainResponse};
-use rrlhf_runtime::validate::{invalid, per_token, token_pair};
+use rrlhf_proto::critic::v1::{TrainRequest, TrainResponse, TrainSample};
+use rrlhf_runtime::validate::{SampleParts, invalid, train_samples};
 use rrlhf_train::data_parallel::UpdatePlan;
 use tonic::Status;
 
-use crate::engine::{Pair, TrainJob, TrainStats};
+use crate::engine::{TrainJob, TrainStats};
 use crate::service::CriticServer;
 
 impl CriticServer {
-    pub(crate) fn pair(&self, field: &str, s: &Sequence) -> Result<Pair, Status> {
-        token_pair(
-            field,
-            &s.prompt_ids,
-            &s.response_ids,
-            self.vocab_size,
-            self.cfg.max_length,
-        )
-    }
-
     /// A `Train` request checked field by field (INVALID_ARGUMENT naming the first bad one).
     pub(crate) fn value_job(&self, req: &TrainRequest) -> Result<TrainJob, Status> {
         // A data-parallel rank may get no samples (it still takes part in every update).
@@ -43,33 +32,22 @@ impl CriticServer {
                 format!("must be ≥ 0, got {}", req.max_grad_norm),
             ));
         }
-        let mut job = TrainJob {
-            pairs: vec![],
-            old_values: vec![],
-            returns: vec![],
+        let pairs = train_samples(&req.samples, parts, self.vocab_size, self.cfg.max_length)?;
+        let each = |f: fn(&TrainSample) -> &Vec<f32>| req.samples.iter().map(f).cloned().collect();
+        let plan = UpdatePlan::of_request(
+            req.minibatch_size,
+            req.epochs,
+            req.lr,
+            req.max_grad_norm,
+            req.seed,
+        );
+        Ok(TrainJob {
+            pairs,
+            old_values: each(|s| &s.old_values),
+            returns: each(|s| &s.returns),
             value_clip: (req.value_clip > 0.0).then_some(req.value_clip as f64),
-            plan: UpdatePlan {
-                minibatch_size: req.minibatch_size as usize,
-                epochs: req.epochs.max(1) as usize,
-                lr: req.lr as f64,
-                max_grad_norm: req.max_grad_norm as f64,
-                seed: req.seed,
-            },
-        };
-        for (i, s) in req.samples.iter().enumerate() {
-            let seq = s
-                .sequence
-                .as_ref()
-                .ok_or_else(|| invalid(format!("samples[{i}].sequence"), "is required"))?;
-            let pair = self.pair(&format!("samples[{i}].sequence"), seq)?;
-            for (name, v) in [("old_values", &s.old_values), ("returns", &s.returns)] {
-                per_token(&format!("samples[{i}].{name}"), v, pair.1.len())?;
-            }
-            job.pairs.push(pair);
-            job.old_values.push(s.old_values.clone());
-            job.returns.push(s.returns.clone());
-        }
-        Ok(job)
+            plan,
+        })
     }
 }
 
@@ -82,4 +60,13 @@ pub(crate) fn train_response(s: TrainStats) -> TrainResponse {
         grad_norm_mean: s.grad_norm_mean as f32,
         param_checksum: s.param_checksum,
     }
+}
+
+/// A training sample's sequence and per-token targets, for validation.
+fn parts(s: &TrainSample) -> SampleParts<'_> {
+    let targets = [
+        ("old_values", s.old_values.as_slice()),
+        ("returns", s.returns.as_slice()),
+    ];
+    (s.sequence.as_ref(), targets)
 }

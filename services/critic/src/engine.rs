@@ -9,8 +9,9 @@ use rrlhf_model::batch::{Batch, PadSide, rows_f32};
 use rrlhf_model::losses::value_loss;
 use rrlhf_model::reward_model::{RewardKind, RewardModel};
 use rrlhf_model::{ModelError, Placement};
-use rrlhf_runtime::training_rpc::{TrainDone, TrainOutput, TrainWork, Trainable};
-use rrlhf_train::data_parallel::{self, DataParallel, MinibatchLoss, UpdatePlan};
+use rrlhf_runtime::engine::run_in_arrival_order;
+use rrlhf_runtime::training_rpc::{TrainDone, TrainWork, Trainable};
+use rrlhf_train::data_parallel::{DataParallel, MinibatchLoss, UpdatePlan, UpdateSummary};
 use rrlhf_train::train_state::TrainState;
 use tch::{Kind, Tensor};
 
@@ -27,16 +28,8 @@ pub struct TrainJob {
     pub plan: UpdatePlan,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct TrainStats {
-    pub loss_first: f64,
-    pub loss_last: f64,
-    pub loss_mean: f64,
-    pub updates: usize,
-    pub grad_norm_mean: f64,
-    /// `data_parallel::checksum` of the weights after the update.
-    pub param_checksum: f64,
-}
+/// A value update's report: the value loss and the update counts.
+pub type TrainStats = UpdateSummary;
 
 #[derive(Debug)]
 pub enum Work {
@@ -50,20 +43,7 @@ pub enum Done {
     Training(TrainDone<TrainStats>),
 }
 
-impl From<TrainWork<TrainJob>> for Work {
-    fn from(w: TrainWork<TrainJob>) -> Self {
-        Self::Training(w)
-    }
-}
-
-impl TrainOutput<TrainStats> for Done {
-    fn into_training(self) -> Result<TrainDone<TrainStats>, Self> {
-        match self {
-            Self::Training(done) => Ok(done),
-            other => Err(other),
-        }
-    }
-}
+rrlhf_runtime::training_work!(Work, Done, TrainJob, TrainStats);
 
 pub struct Critic {
     model: RewardModel,
@@ -126,18 +106,7 @@ impl Critic {
             .train(&self.model.vs, job.pairs.len(), &job.plan, |idx| {
                 self.minibatch_loss(job, idx)
             })?;
-        let mean = |v: &mut dyn Iterator<Item = f64>| {
-            let (sum, n) = v.fold((0.0, 0usize), |(s, n), x| (s + x, n + 1));
-            sum / n.max(1) as f64
-        };
-        Ok(TrainStats {
-            loss_first: done.first().map_or(0.0, |d| d.0),
-            loss_last: done.last().map_or(0.0, |d| d.0),
-            loss_mean: mean(&mut done.iter().map(|d| d.0)),
-            updates: done.len(),
-            grad_norm_mean: mean(&mut done.iter().map(|d| d.1)),
-            param_checksum: data_parallel::checksum(&self.model.vs),
-        })
+        Ok(UpdateSummary::of(&done, |loss| *loss, &self.model.vs))
     }
 
     /// The clipped value loss of the samples `idx` (and its value, to report).
@@ -167,33 +136,24 @@ impl Critic {
         let to = |v: &[f32]| Tensor::from_slice(v).view(shape).to_device(device);
         let loss = value_loss(&values, &to(&old), &to(&ret), &to(&mask), job.value_clip);
         let stats = loss.to_kind(Kind::Double).double_value(&[]);
-        Ok(MinibatchLoss {
-            loss,
-            tokens: mask.iter().map(|&m| m as f64).sum(),
-            stats,
-        })
+        Ok(MinibatchLoss::masked(loss, &mask, stats))
     }
 
-    /// Runs a merged batch of work in arrival order.
+    /// Runs a merged batch of work in arrival order; consecutive `Values` items share one
+    /// forward pass.
     pub fn run(&self, work: &[Work]) -> Result<Vec<Done>, ModelError> {
-        let mut out = Vec::with_capacity(work.len());
-        let mut i = 0;
-        while i < work.len() {
-            match &work[i] {
-                Work::Values(_) => {
-                    let mut pairs = Vec::new();
-                    while let Some(Work::Values(p)) = work.get(i) {
-                        pairs.push(p.clone());
-                        i += 1;
-                    }
-                    out.extend(self.values(&pairs)?.into_iter().map(Done::Values));
-                    continue;
-                }
-                Work::Training(w) => out.push(Done::Training(self.run_training(w)?)),
-            }
-            i += 1;
-        }
-        Ok(out)
+        run_in_arrival_order(
+            work,
+            |w| match w {
+                Work::Values(pair) => Some(pair),
+                _ => None,
+            },
+            |pairs| Ok(self.values(pairs)?.into_iter().map(Done::Values).collect()),
+            |w| match w {
+                Work::Training(w) => Ok(Done::Training(self.run_training(w)?)),
+                Work::Values(_) => unreachable!("values run batched"),
+            },
+        )
     }
 }
 
@@ -202,21 +162,18 @@ impl Trainable for Critic {
     type Stats = TrainStats;
     type Error = ModelError;
 
-    fn reject(&self) {
-        self.training.reject();
-    }
-
     fn train(&self, job: &TrainJob) -> Result<TrainStats, ModelError> {
         self.value_update(job)
+    }
+
+    fn reject(&self) {
+        self.training.reject();
     }
 
     /// Writes the weights and optimizer state to `dir` atomically (the whole directory
     /// appears at once).
     fn save(&self, dir: &Path) -> Result<(), ModelError> {
-        rrlhf_model::fsio::write_dir_atomic(dir, |tmp| {
-            self.model.save(tmp)?;
-            self.training.save_into(tmp)
-        })
+        self.training.checkpoint(dir, |tmp| self.model.save(tmp))
     }
 
     /// Copies a saved checkpoint's weights into the live model (same shapes, strict names) and

@@ -14,7 +14,7 @@ use rrlhf_proto::critic::v1::{
 };
 use rrlhf_runtime::engine::{Engine, LoadError, PanicPolicy};
 use rrlhf_runtime::service::{self, ModelService};
-use rrlhf_runtime::validate::{invalid, unexpected};
+use rrlhf_runtime::validate::{sequence_pairs, unexpected};
 use rrlhf_runtime::{server, training_rpc};
 use rrlhf_train::data_parallel::DataParallel;
 use tonic::{Request, Response, Status};
@@ -76,10 +76,6 @@ impl ModelService for CriticServer {
         self.engine.clone()
     }
 
-    fn engine_stopped(&self) -> impl Future<Output = ()> + Send + 'static {
-        self.engine.stopped()
-    }
-
     fn api(self, limit: usize) -> Self::Api {
         CriticServiceServer::new(self)
             .max_decoding_message_size(limit)
@@ -94,15 +90,8 @@ impl CriticService for CriticServer {
         request: Request<ValuesRequest>,
     ) -> Result<Response<ValuesResponse>, Status> {
         let req = request.into_inner();
-        if req.sequences.is_empty() {
-            return Err(invalid("sequences", "at least one sequence is required"));
-        }
-        let work = req
-            .sequences
-            .iter()
-            .enumerate()
-            .map(|(i, s)| self.pair(&format!("sequences[{i}]"), s).map(Work::Values))
-            .collect::<Result<Vec<_>, _>>()?;
+        let pairs = sequence_pairs(&req.sequences, self.vocab_size, self.cfg.max_length)?;
+        let work = pairs.into_iter().map(Work::Values).collect();
         let done = self.engine.submit(work).await?;
         let results = req
             .sequences

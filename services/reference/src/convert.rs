@@ -2,7 +2,7 @@
 //! (INVALID_ARGUMENT naming the field) so a merged model batch never fails for one bad one.
 
 use rrlhf_proto::common::v1::LogProbsRequest;
-use rrlhf_runtime::validate::{invalid, token_pair};
+use rrlhf_runtime::validate::sequence_pairs;
 use tonic::Status;
 
 use crate::engine::Pair;
@@ -11,21 +11,6 @@ use crate::service::ReferenceServer;
 impl ReferenceServer {
     /// The (prompt, response) pairs of a `LogProbs` request, validated.
     pub(crate) fn pairs(&self, req: &LogProbsRequest) -> Result<Vec<Pair>, Status> {
-        if req.sequences.is_empty() {
-            return Err(invalid("sequences", "at least one sequence is required"));
-        }
-        req.sequences
-            .iter()
-            .enumerate()
-            .map(|(i, s)| {
-                token_pair(
-                    &format!("sequences[{i}]"),
-                    &s.prompt_ids,
-                    &s.response_ids,
-                    self.vocab_size,
-                    self.cfg.max_length,
-                )
-            })
-            .collect()
+        sequence_pairs(&req.sequences, self.vocab_size, self.cfg.max_length)
     }
 }

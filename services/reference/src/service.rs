@@ -2,8 +2,6 @@
 //! [`ModelService`]: requests are validated ([`crate::convert`]); the engine thread owns the
 //! frozen model.
 
-use std::sync::Arc;
-
 use rrlhf_model::CausalLm;
 use rrlhf_proto::common::v1::{LogProbsRequest, LogProbsResponse, TokenLogProbs};
 use rrlhf_proto::reference::v1::reference_service_server::{
@@ -22,7 +20,7 @@ use crate::engine::{self, Pair};
 pub struct ReferenceServer {
     pub engine: Engine<Pair, Vec<f32>>,
     pub(crate) vocab_size: i64,
-    pub(crate) cfg: Arc<ReferenceServiceConfig>,
+    pub(crate) cfg: ReferenceServiceConfig,
 }
 
 impl ModelService for ReferenceServer {
@@ -47,16 +45,12 @@ impl ModelService for ReferenceServer {
         Ok(Self {
             engine,
             vocab_size,
-            cfg: Arc::new(cfg),
+            cfg,
         })
     }
 
     fn engine(&self) -> Self::Engine {
         self.engine.clone()
-    }
-
-    fn engine_stopped(&self) -> impl Future<Output = ()> + Send + 'static {
-        self.engine.stopped()
     }
 
     fn api(self, limit: usize) -> Self::Api {

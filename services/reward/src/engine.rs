@@ -9,7 +9,7 @@ use rrlhf_model::reward_model::{RewardMeta, RewardModel};
 use rrlhf_model::scoring::{Overlong, RewardScorer};
 use rrlhf_model::{Placement, TextTokenizer};
 use rrlhf_robust::HeadOutputs;
-use rrlhf_runtime::engine::{Engine, PanicPolicy};
+use rrlhf_runtime::engine::{Engine, PanicPolicy, Stoppable};
 
 use crate::config::RewardServiceConfig;
 use crate::error::ServiceError;
@@ -27,6 +27,12 @@ pub struct ModelInfo {
 pub struct EngineHandle {
     pub engine: Engine<Vec<i64>, HeadOutputs>,
     pub info: Arc<ModelInfo>,
+}
+
+impl Stoppable for EngineHandle {
+    fn stopped(&self) -> impl Future<Output = ()> + Send + 'static {
+        self.engine.stopped()
+    }
 }
 
 impl EngineHandle {

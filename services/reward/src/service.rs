@@ -50,10 +50,6 @@ impl ModelService for RewardServer {
         self.engine.clone()
     }
 
-    fn engine_stopped(&self) -> impl Future<Output = ()> + Send + 'static {
-        self.engine.engine.stopped()
-    }
-
     fn api(self, limit: usize) -> Self::Api {
         RewardServiceServer::new(self)
             .max_decoding_message_size(limit)
