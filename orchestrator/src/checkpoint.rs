@@ -6,7 +6,6 @@
 //! old checkpoints beyond the number to keep are removed. A crash at any point leaves `latest`
 //! naming a complete checkpoint.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use rrlhf_ppo::{KlController, RewardNorm};
@@ -34,21 +33,7 @@ pub struct RunState {
 pub const LATEST: &str = "latest";
 pub const STATE_FILE: &str = "state.json";
 
-/// Writes `bytes` to `path` atomically: a temporary sibling, fsync, rename, fsync the directory.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .ok_or_else(|| std::io::Error::other(format!("{} has no file name", path.display())))?;
-    let tmp = dir.join(format!(".{}.tmp", name.to_string_lossy()));
-    {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)?;
-    sync_dir(dir)
-}
+pub use rrlhf_util::fsio::write_atomic;
 
 fn sync_dir(dir: &Path) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()

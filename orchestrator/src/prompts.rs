@@ -162,7 +162,7 @@ impl PromptStream {
 
 /// Fisher–Yates with a generator seeded from `(seed, epoch)`.
 fn permutation(n: usize, seed: u64, epoch: u64) -> Vec<usize> {
-    let mut rng = Rng::new(seed ^ epoch.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    let mut rng = Rng::new(seed ^ epoch.wrapping_mul(rrlhf_util::rng::GOLDEN));
     let mut order: Vec<usize> = (0..n).collect();
     for i in (1..n).rev() {
         let j = (rng.next_u64() % (i as u64 + 1)) as usize;

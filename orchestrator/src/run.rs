@@ -9,7 +9,6 @@ use std::time::Instant;
 
 use rrlhf_ppo::RewardNorm;
 use rrlhf_proto::actor::v1::InfoRequest;
-use rrlhf_robust::rng::Rng;
 use rrlhf_robust::{Lambda, Strategy};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -216,7 +215,7 @@ pub fn spawn_run(mut cfg: OrchestratorConfig, opts: RunOptions) -> Result<RunHan
 
 /// Seed of step `step`: distinct per step and reproducible from the run seed alone.
 pub fn step_seed(seed: u64, step: usize) -> u64 {
-    Rng::new(seed ^ (step as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)).next_u64()
+    rrlhf_util::rng::stream_seed(seed, step as u64 + 1)
 }
 
 struct Runner {

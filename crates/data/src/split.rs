@@ -1,12 +1,7 @@
 //! Deterministic, order-independent train/validation splits.
 
-/// SplitMix64: a fixed, well-mixed hash, so splits never change with a library upgrade.
-fn splitmix64(mut x: u64) -> u64 {
-    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    x ^ (x >> 31)
-}
+// SplitMix64: a fixed, well-mixed hash, so splits never change with a library upgrade.
+use rrlhf_util::rng::splitmix64;
 
 /// Whether record `index` belongs to the held-out part of size ≈ `fraction` under `seed`.
 pub fn is_held_out(seed: u64, index: usize, fraction: f64) -> bool {

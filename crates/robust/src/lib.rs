@@ -12,8 +12,10 @@
 
 pub mod aggregate;
 pub mod fusion;
+/// The project's seeded generators (they live in `rrlhf-util`, shared with crates that do not
+/// depend on this one).
+pub use rrlhf_util::rng;
 pub mod lambda;
-pub mod rng;
 pub mod stats;
 pub mod strategy;
 pub mod summary;

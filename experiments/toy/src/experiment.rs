@@ -133,7 +133,7 @@ pub struct ToyResult {
 }
 
 fn mix(seed: u64, stream: u64) -> u64 {
-    Rng::new(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ stream).next_u64()
+    Rng::new(seed.wrapping_mul(rrlhf_robust::rng::GOLDEN) ^ stream).next_u64()
 }
 
 /// Runs one seed: data, RMs, every condition.

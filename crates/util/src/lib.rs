@@ -1,0 +1,10 @@
+//! `rrlhf-util`: small pieces that several rrlhf crates need and that must exist once — no
+//! tensor library, no async runtime.
+//!
+//! - [`fsio`]: crash-safe writes of a file or a whole directory (a reader sees the old one or
+//!   the complete new one, never half).
+//! - [`rng`]: the project's seeded generators, fixed algorithms so results reproduce across
+//!   versions and machines.
+
+pub mod fsio;
+pub mod rng;
