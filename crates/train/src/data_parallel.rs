@@ -221,10 +221,11 @@ impl DataParallel {
         Ok(())
     }
 
-    /// Sums every gradient of `opt` over the ranks, in place, together with this rank's
-    /// `failed` flag; returns whether any rank failed (its gradients then mean nothing).
-    pub fn sum_gradients(&self, opt: &AdamW, failed: bool) -> Result<bool> {
-        let mut grads = opt.gradients();
+    /// Sums every gradient of `opt` over the ranks, in place and in fp32 (bf16 gradients are
+    /// summed as the optimizer's fp32 copies), together with this rank's `failed` flag; returns
+    /// whether any rank failed (its gradients then mean nothing).
+    pub fn sum_gradients(&self, opt: &mut AdamW, failed: bool) -> Result<bool> {
+        let mut grads = opt.gradients()?;
         let like = grads
             .first()
             .ok_or_else(|| TrainError::Invalid("no gradients to reduce".into()))?;
