@@ -256,6 +256,9 @@ pub struct TrainSettings {
     pub lr: f32,
     pub epochs: u32,
     pub minibatch_size: u32,
+    /// Samples per forward/backward pass inside a mini-batch (0: the whole mini-batch); the
+    /// service accumulates their gradients into the same update. Bounds activation memory.
+    pub micro_batch_size: u32,
     /// PPO ratio clip ε (actor) or value clip (critic).
     pub clip: f32,
     pub entropy_coef: f32,
@@ -268,6 +271,7 @@ impl Default for TrainSettings {
             lr: 1e-5,
             epochs: 1,
             minibatch_size: 32,
+            micro_batch_size: 0,
             clip: 0.2,
             entropy_coef: 0.0,
             max_grad_norm: 1.0,

@@ -276,6 +276,7 @@ pub async fn train(
             let req = actor::TrainRequest {
                 samples,
                 minibatch_size: a.minibatch_size,
+                micro_batch_size: a.micro_batch_size,
                 epochs: a.epochs,
                 lr: a.lr,
                 clip_eps: a.clip,
@@ -307,6 +308,7 @@ pub async fn train(
             let req = critic::TrainRequest {
                 samples,
                 minibatch_size: c.minibatch_size,
+                micro_batch_size: c.micro_batch_size,
                 epochs: c.epochs,
                 lr: c.lr,
                 value_clip: c.clip,

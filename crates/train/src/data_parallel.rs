@@ -291,6 +291,9 @@ pub fn checksum(vs: &nn::VarStore) -> f64 {
 pub struct UpdatePlan {
     /// Samples per update on this rank (0: all of them).
     pub minibatch_size: usize,
+    /// Samples per forward/backward pass within an update (0: the whole mini-batch); the
+    /// micro-batches' gradients are accumulated, token-weighted, into the update.
+    pub micro_batch_size: usize,
     pub epochs: usize,
     pub seed: u64,
     pub lr: f64,
@@ -301,7 +304,7 @@ impl UpdatePlan {
     /// The plan of a `Train` request (fields as the actor and critic protos spell them; at
     /// least one epoch).
     pub fn of_request(
-        minibatch_size: u32,
+        (minibatch_size, micro_batch_size): (u32, u32),
         epochs: u32,
         lr: f32,
         max_grad_norm: f32,
@@ -309,6 +312,7 @@ impl UpdatePlan {
     ) -> Self {
         Self {
             minibatch_size: minibatch_size as usize,
+            micro_batch_size: micro_batch_size as usize,
             epochs: epochs.max(1) as usize,
             seed,
             lr: lr as f64,
@@ -376,7 +380,7 @@ impl<S> MinibatchLoss<S> {
 /// describes. Returns each local update's stats and the gradient norm it saw. When one rank's
 /// loss fails, every rank stops at that update with an error (the weights have then taken the
 /// updates before it, on every rank alike).
-pub fn run_updates<S>(
+pub fn run_updates<S: TokenMean>(
     opt: &mut AdamW,
     dp: Option<&DataParallel>,
     samples: usize,
@@ -406,79 +410,110 @@ pub fn run_updates<S>(
         } else {
             Vec::new()
         };
-        let step = if idx.is_empty() {
-            Ok(None)
-        } else {
-            // A panicking libtorch call (tch's non-`f_` operations) becomes this rank's error,
-            // so it still joins the agreement below.
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| loss_of(&idx)))
-                .unwrap_or_else(|panic| Err(TrainError::Invalid(panic_message(&*panic))))
-                .map(Some)
-        };
-        let Some(dp) = dp else {
-            let step = step?.expect("a single rank has samples in each of its updates");
-            let norm = opt.step(&step.loss, plan.lr, plan.max_grad_norm)?;
-            out.push((step.stats, norm));
-            continue;
-        };
-        // The token count travels with a failure flag: a rank whose loss failed (bad input,
-        // out of memory) makes every rank stop here instead of waiting for its gradients.
-        let (tokens, failed) = match &step {
-            Ok(s) => (s.as_ref().map_or(0.0, |s| s.tokens), 0.0),
+        // This rank's part of the update: the gradient of the *sum* of its token losses,
+        // accumulated over micro-batches; the division by every rank's token total comes after
+        // the (fp32) gradient sum, so the update equals one pass over the whole mini-batch.
+        let part = accumulate(opt, &idx, plan.micro_batch_size, &mut loss_of);
+        let (tokens, failed) = match &part {
+            Ok(p) => (p.as_ref().map_or(0.0, |p| p.1), 0.0),
             Err(_) => (0.0, 1.0),
         };
+        let Some(dp) = dp else {
+            let (stats, tokens) = part?.expect("a single rank has samples in each of its updates");
+            opt.scale_gradients(1.0 / tokens.max(1.0))?;
+            out.push((stats, opt.apply(plan.lr, plan.max_grad_norm)?));
+            continue;
+        };
+        // The token count travels with a failure flag: a rank whose loss or backward failed
+        // (bad input, out of memory) makes every rank stop here instead of waiting for its
+        // gradients.
         let totals = dp.sum(&[tokens, failed])?;
-        let step = step?;
+        let part = part?;
         if totals[1] > 0.0 {
             return Err(TrainError::Invalid(format!(
-                "another data-parallel rank could not compute its loss in update {} of {total}; \
-                 see that rank's error",
+                "another data-parallel rank could not compute its loss in update {} of {total} \
+                 (or its gradients); see that rank's error",
                 update + 1
             )));
         }
+        // Every rank sends the same list of gradients, zero where its samples reached none.
+        opt.define_missing_gradients()?;
+        dp.sum_gradients(opt, false)?;
         let all_tokens = totals[0];
-        let weight = if all_tokens > 0.0 {
-            tokens / all_tokens
+        opt.scale_gradients(if all_tokens > 0.0 {
+            1.0 / all_tokens
         } else {
             0.0
-        };
-        let weighted = match &step {
-            Some(s) => s.loss.f_mul_scalar(weight)?,
-            // No samples here: a zero loss, so this rank still sends (zero) gradients.
-            None => zero_loss(opt)?,
-        };
-        let backward = opt.backward(&weighted, true);
-        if backward.is_err() {
-            // Complete (zero) gradients, so this rank's message matches the others'.
-            opt.backward(&zero_loss(opt)?, true)?;
-        }
-        let others_failed = dp.sum_gradients(opt, backward.is_err())?;
-        backward?;
-        if others_failed {
-            return Err(TrainError::Invalid(format!(
-                "another data-parallel rank failed its backward pass in update {} of {total}; \
-                 see that rank's error",
-                update + 1
-            )));
-        }
+        })?;
         let norm = opt.apply(plan.lr, plan.max_grad_norm)?;
-        if let Some(s) = step {
-            out.push((s.stats, norm));
+        if let Some((stats, _)) = part {
+            out.push((stats, norm));
         }
     }
     Ok(out)
 }
 
-/// A loss of 0 that reaches the first weight (its backward gives defined, zero gradients).
-fn zero_loss(opt: &AdamW) -> Result<Tensor> {
-    match opt.variables().first() {
-        Some(v) => Ok(v.f_sum(Kind::Float)?.f_mul_scalar(0.0)?),
-        None => Err(TrainError::Invalid(
-            "the model has no trainable weights".into(),
-        )),
+/// Backpropagates the token-summed loss of samples `idx` in micro-batches of `micro` samples
+/// (0: all at once), adding up the gradients; returns the token-weighted mean of the
+/// micro-batches' stats and the token count (none when `idx` is empty: zero gradients). A
+/// failing or panicking loss is this rank's error.
+fn accumulate<S: TokenMean>(
+    opt: &mut AdamW,
+    idx: &[usize],
+    micro: usize,
+    loss_of: &mut impl FnMut(&[usize]) -> Result<MinibatchLoss<S>>,
+) -> Result<Option<(S, f64)>> {
+    opt.zero_grad()?;
+    if idx.is_empty() {
+        return Ok(None);
+    }
+    let micro = if micro == 0 { idx.len() } else { micro };
+    let mut parts = Vec::with_capacity(idx.len().div_ceil(micro));
+    for chunk in idx.chunks(micro) {
+        // A panicking libtorch call (tch's non-`f_` operations) becomes this rank's error, so
+        // it still joins the agreement that follows.
+        let m = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| loss_of(chunk)))
+            .unwrap_or_else(|panic| Err(TrainError::Invalid(panic_message(&*panic))))?;
+        opt.accumulate(&m.loss.f_mul_scalar(m.tokens)?)?;
+        parts.push((m.stats, m.tokens));
+    }
+    let tokens = parts.iter().map(|(_, t)| t).sum();
+    Ok(Some((S::token_mean(parts), tokens)))
+}
+
+/// Statistics of an update that micro-batches combine: their mean weighted by tokens (each
+/// micro-batch's statistic is itself a mean over its tokens).
+pub trait TokenMean: Sized {
+    fn token_mean(parts: Vec<(Self, f64)>) -> Self;
+}
+
+/// No statistics.
+impl TokenMean for () {
+    fn token_mean(_: Vec<(Self, f64)>) -> Self {}
+}
+
+impl TokenMean for f64 {
+    fn token_mean(parts: Vec<(Self, f64)>) -> Self {
+        let tokens: f64 = parts.iter().map(|(_, t)| t).sum();
+        let sum: f64 = parts.iter().map(|(x, t)| x * t).sum();
+        if tokens > 0.0 { sum / tokens } else { 0.0 }
     }
 }
 
+impl TokenMean for (f64, f64, f64, f64) {
+    fn token_mean(parts: Vec<(Self, f64)>) -> Self {
+        let field =
+            |f: fn(&Self) -> f64| f64::token_mean(parts.iter().map(|(s, t)| (f(s), *t)).collect());
+        (
+            field(|s| s.0),
+            field(|s| s.1),
+            field(|s| s.2),
+            field(|s| s.3),
+        )
+    }
+}
+
+/// A loss of 0 that reaches the first weight (its backward gives defined, zero gradients).
 fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
     let text = panic
         .downcast_ref::<String>()

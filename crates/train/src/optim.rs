@@ -126,6 +126,16 @@ impl AdamW {
     /// does not reach gets a zero gradient instead of none, so data-parallel ranks all hold the
     /// same list of gradients to reduce (a rank may have no samples in a mini-batch).
     pub fn backward(&mut self, loss: &Tensor, define_all: bool) -> Result<()> {
+        self.zero_grad()?;
+        self.accumulate(loss)?;
+        if define_all {
+            self.define_missing_gradients()?;
+        }
+        Ok(())
+    }
+
+    /// Zeroes every gradient (and forgets fp32 copies of them).
+    pub fn zero_grad(&mut self) -> Result<()> {
         self.grad32.iter_mut().for_each(|g| *g = None);
         for (_, v) in &self.vars {
             let mut g = v.grad();
@@ -133,21 +143,38 @@ impl AdamW {
                 let _ = g.f_zero_()?;
             }
         }
-        loss.f_backward()?;
-        if define_all {
-            let missing: Vec<&Tensor> = self
-                .vars
-                .iter()
-                .map(|(_, v)| v)
-                .filter(|v| !v.grad().defined())
-                .collect();
-            if let Some(first) = missing.first() {
-                let mut zero = first.f_sum(Kind::Float)?.f_mul_scalar(0.0)?;
-                for v in &missing[1..] {
-                    zero = zero.f_add(&v.f_sum(Kind::Float)?.f_mul_scalar(0.0)?)?;
-                }
-                zero.f_backward()?;
+        Ok(())
+    }
+
+    /// Backpropagates `loss`, adding to the gradients already there (gradient accumulation).
+    pub fn accumulate(&mut self, loss: &Tensor) -> Result<()> {
+        Ok(loss.f_backward()?)
+    }
+
+    /// Gives every variable no loss reached a zero gradient.
+    pub fn define_missing_gradients(&mut self) -> Result<()> {
+        let missing: Vec<&Tensor> = self
+            .vars
+            .iter()
+            .map(|(_, v)| v)
+            .filter(|v| !v.grad().defined())
+            .collect();
+        if let Some(first) = missing.first() {
+            let mut zero = first.f_sum(Kind::Float)?.f_mul_scalar(0.0)?;
+            for v in &missing[1..] {
+                zero = zero.f_add(&v.f_sum(Kind::Float)?.f_mul_scalar(0.0)?)?;
             }
+            zero.f_backward()?;
+        }
+        Ok(())
+    }
+
+    /// Multiplies the gradients [`Self::apply`] will read by `factor` (in fp32 wherever there
+    /// is a master), e.g. to turn a sum of token losses into their mean.
+    pub fn scale_gradients(&mut self, factor: f64) -> Result<()> {
+        let _guard = tch::no_grad_guard();
+        for mut g in self.gradients()? {
+            let _ = g.f_mul_scalar_(factor)?;
         }
         Ok(())
     }

@@ -8,7 +8,7 @@ use std::path::Path;
 use rrlhf_model::ModelError;
 use tch::nn;
 
-use crate::data_parallel::{self, DataParallel, MinibatchLoss, UpdatePlan};
+use crate::data_parallel::{self, DataParallel, MinibatchLoss, TokenMean, UpdatePlan};
 use crate::error::Result;
 use crate::optim::{self, AdamW};
 
@@ -36,7 +36,7 @@ impl TrainState {
     /// A `Train` call: the optimizer (created with fresh moments on first use, and kept across
     /// calls), then [`data_parallel::run_updates`] over `samples` samples. A rank that cannot
     /// create its optimizer still tells the others.
-    pub fn train<S>(
+    pub fn train<S: TokenMean>(
         &self,
         vs: &nn::VarStore,
         samples: usize,

@@ -58,6 +58,7 @@ fn train_rank(
     dp.broadcast_parameters(&vs).expect("broadcast");
     let mut opt = AdamW::new(&vs, 0.0).expect("optimizer");
     let plan = UpdatePlan {
+        micro_batch_size: 0,
         minibatch_size: 1,
         epochs: 1,
         seed: 5,

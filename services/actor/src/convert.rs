@@ -115,7 +115,7 @@ impl ActorServer {
             clip_eps: req.clip_eps as f64,
             entropy_coef: req.entropy_coef as f64,
             plan: UpdatePlan::of_request(
-                req.minibatch_size,
+                (req.minibatch_size, req.micro_batch_size),
                 req.epochs,
                 req.lr,
                 req.max_grad_norm,

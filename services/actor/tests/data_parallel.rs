@@ -7,6 +7,8 @@
 //!
 //! A `harness = false` test: without `RRLHF_TEST_RANK` it builds the model, trains the single
 //! rank in-process, starts itself twice as the two ranks, and compares the saved weights.
+//! In-process first: gradient accumulation — micro-batches of 1, 2 and 4 samples inside
+//! mini-batches of 4 give the same updates as none (within 1e-5).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -14,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use rrlhf_actor_service::engine::{Policy, PpoJob};
 use rrlhf_dist::{Backend, GroupConfig};
-use rrlhf_model::{Arch, CausalLm, ModelConfig, Placement, SizePreset};
+use rrlhf_model::{Arch, Placement};
 use rrlhf_train::data_parallel::{DataParallel, UpdatePlan};
 use tch::Tensor;
 
@@ -82,6 +84,7 @@ fn job(policy: &Policy, vocab: i64) -> PpoJob {
         clip_eps: 0.2,
         entropy_coef: 0.01,
         plan: UpdatePlan {
+            micro_batch_size: 0,
             minibatch_size: 0,
             epochs: 3,
             lr: 1e-3,
@@ -152,16 +155,54 @@ fn weights(dir: &Path) -> Vec<(String, Tensor)> {
     w
 }
 
+/// Largest absolute difference between two sets of weights, by name.
+fn max_diff(a: &[(String, Tensor)], b: &[(String, Tensor)]) -> f64 {
+    a.iter()
+        .zip(b)
+        .map(|((na, ta), (nb, tb))| {
+            assert_eq!(na, nb);
+            (ta - tb).abs().max().double_value(&[])
+        })
+        .fold(0.0, f64::max)
+}
+
+/// PPO updates over mini-batches of 4 with micro-batches of 1, 2 and 4 equal those without.
+fn accumulation_matches_whole_minibatches(model: &Path) {
+    let trained = |micro: usize| {
+        let policy = Policy::load(model, Placement::default(), 0.01, None).expect("load");
+        let mut job = full_job_of(&policy);
+        job.plan.minibatch_size = 4;
+        job.plan.epochs = 2;
+        job.plan.micro_batch_size = micro;
+        let stats = policy.ppo_update(&job).expect("train");
+        let mut w: Vec<(String, Tensor)> = policy.model.vs.variables().into_iter().collect();
+        w.sort_by(|a, b| a.0.cmp(&b.0));
+        (stats, w)
+    };
+    let (whole, reference) = trained(0);
+    assert_eq!(whole.summary.updates, 4, "2 epochs × 2 mini-batches");
+    for micro in [1, 2, 4] {
+        let (stats, w) = trained(micro);
+        let diff = max_diff(&w, &reference);
+        assert!(
+            diff < 1e-5,
+            "micro-batches of {micro}: weights differ by {diff}"
+        );
+        let loss_diff = (stats.summary.loss_mean - whole.summary.loss_mean).abs();
+        assert!(
+            loss_diff < 1e-5,
+            "micro-batches of {micro}: mean loss differs by {loss_diff}"
+        );
+    }
+    println!("accumulation: micro-batches of 1, 2, 4 match whole mini-batches");
+}
+
 fn compare_one_rank_with_two() {
     let root = tempfile::tempdir().expect("temp dir");
     let model = root.path().join("policy");
     tch::manual_seed(11);
-    let preset = SizePreset::by_name("tiny").expect("tiny preset");
-    let cfg = ModelConfig::new_random(Arch::Llama, &preset, 96, None, 1, Some(0), 64);
-    CausalLm::new(cfg, Placement::default())
-        .expect("model")
-        .save(&model)
-        .expect("save the model");
+    rrlhf_testkit::models::causal_lm(&model, Arch::Llama, 96);
+    accumulation_matches_whole_minibatches(&model);
 
     let single = root.path().join("single");
     train_and_save(None, 0, &model, &single);

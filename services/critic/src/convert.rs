@@ -35,7 +35,7 @@ impl CriticServer {
         let pairs = train_samples(&req.samples, parts, self.vocab_size, self.cfg.max_length)?;
         let each = |f: fn(&TrainSample) -> &Vec<f32>| req.samples.iter().map(f).cloned().collect();
         let plan = UpdatePlan::of_request(
-            req.minibatch_size,
+            (req.minibatch_size, req.micro_batch_size),
             req.epochs,
             req.lr,
             req.max_grad_norm,

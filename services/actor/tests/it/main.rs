@@ -209,6 +209,7 @@ async fn actor_streams_scores_trains_and_checkpoints() {
         entropy_coef: 0.0,
         max_grad_norm: 1.0,
         seed: 0,
+        micro_batch_size: 0,
     };
     let stats = c.train(req.clone()).await.unwrap().into_inner();
     assert_eq!(stats.updates, 8);

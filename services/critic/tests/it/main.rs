@@ -51,6 +51,7 @@ fn train_request(epochs: u32) -> TrainRequest {
         value_clip: 0.0,
         max_grad_norm: 1.0,
         seed: 1,
+        micro_batch_size: 0,
     }
 }
 
