@@ -85,6 +85,10 @@ pub struct TrainArgs {
     pub lr: f64,
     #[arg(long, default_value_t = 16)]
     pub batch_size: usize,
+    /// Pairs per forward/backward pass (0: the whole batch); gradients are accumulated into
+    /// the same update, which bounds activation memory.
+    #[arg(long, default_value_t = 0)]
+    pub micro_batch_size: usize,
     #[arg(long, default_value_t = 256)]
     pub max_len: usize,
     /// Share of pairs held out for validation and, by default, `rrlhf rm eval`.
@@ -220,6 +224,7 @@ impl TrainArgs {
             epochs: 1.0,
             lr: 5e-4,
             batch_size: 16,
+            micro_batch_size: 0,
             max_len: 256,
             eval_fraction: 0.1,
             eval_every: 50,
@@ -242,6 +247,7 @@ pub fn train(a: &TrainArgs, show_progress: bool) -> Result<rrlhf_train::rm::RmOu
         steps: a.steps,
         epochs: a.epochs,
         batch_size: a.batch_size,
+        micro_batch_size: a.micro_batch_size,
         lr: a.lr,
         max_len: a.max_len,
         eval_fraction: a.eval_fraction,

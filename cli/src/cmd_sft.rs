@@ -24,6 +24,10 @@ pub struct SftArgs {
     pub steps: usize,
     #[arg(long, default_value_t = 8)]
     pub batch_size: usize,
+    /// Examples per forward/backward pass (0: the whole batch); gradients are accumulated into
+    /// the same update, which bounds activation memory.
+    #[arg(long, default_value_t = 0)]
+    pub micro_batch_size: usize,
     #[arg(long, default_value_t = 1e-3)]
     pub lr: f64,
     #[arg(long, default_value_t = 20)]
@@ -67,6 +71,7 @@ pub fn sft(args: &SftArgs, show_progress: bool) -> Result<SftOutcome> {
     let cfg = SftConfig {
         steps: args.steps,
         batch_size: args.batch_size,
+        micro_batch_size: args.micro_batch_size,
         lr: args.lr,
         warmup_steps: args.warmup_steps,
         grad_clip: args.grad_clip,

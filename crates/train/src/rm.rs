@@ -31,6 +31,9 @@ pub struct RmConfig {
     pub steps: Option<usize>,
     pub epochs: f64,
     pub batch_size: usize,
+    /// Pairs per forward/backward pass (0: the whole batch); the micro-batches' gradients are
+    /// accumulated, pair-weighted, into the batch's update. Bounds activation memory.
+    pub micro_batch_size: usize,
     pub lr: f64,
     pub warmup_steps: usize,
     pub weight_decay: f64,
@@ -52,6 +55,7 @@ impl Default for RmConfig {
             steps: None,
             epochs: 1.0,
             batch_size: 16,
+            micro_batch_size: 0,
             lr: 5e-4,
             warmup_steps: 10,
             weight_decay: 0.0,
@@ -203,6 +207,59 @@ fn accuracy(chosen: &Tensor, rejected: &Tensor) -> f64 {
         .sum(Kind::Float)
         .double_value(&[]);
     (wins + 0.5 * ties) / chosen.size()[0].max(1) as f64
+}
+
+/// The mean loss of training pairs `idx` (stage 1: Bradley–Terry; stage 2: eq. (8) with the
+/// given noise `eps` for the chosen and rejected sides), their accuracy, and stage 2's mean
+/// assigned σ.
+fn pair_loss(
+    model: &RewardModel,
+    train: &[EncodedPair],
+    idx: &[usize],
+    stage: &Stage,
+    eps: Option<(Tensor, Tensor)>,
+    alpha: f64,
+    pad_id: i64,
+) -> Result<(Tensor, f64, Option<f64>)> {
+    let refs: Vec<&EncodedPair> = idx.iter().map(|&i| &train[i]).collect();
+    let (mu_c, sig_c, mu_r, sig_r) = forward_pairs(model, &refs, pad_id)?;
+    Ok(match stage {
+        Stage::One => {
+            let (rc, rr) = (mu_c.select(1, 0), mu_r.select(1, 0));
+            (bradley_terry(&rc, &rr), accuracy(&rc, &rr), None)
+        }
+        Stage::Two {
+            p_train,
+            assignment,
+            ..
+        } => {
+            let (eps_c, eps_r) =
+                eps.ok_or_else(|| TrainError::Invalid("stage 2 needs the batch's noise".into()))?;
+            let device = mu_c.device();
+            let p: Vec<f32> = idx.iter().map(|&i| p_train[i]).collect();
+            let h: Vec<i64> = idx.iter().map(|&i| assignment[i]).collect();
+            let p = Tensor::from_slice(&p).to_device(device);
+            let h = Tensor::from_slice(&h).to_device(device).unsqueeze(1);
+            let pick = |t: &Tensor| t.gather(1, &h, false).squeeze_dim(1);
+            let (sc, sr) = (pick(&sig_c), pick(&sig_r));
+            let loss = brme_mse(
+                &pick(&mu_c),
+                &sc,
+                &pick(&mu_r),
+                &sr,
+                &p,
+                alpha,
+                &eps_c,
+                &eps_r,
+            );
+            let sigma = ((&sc + &sr) * 0.5).mean(Kind::Float).double_value(&[]);
+            (
+                loss,
+                accuracy(&nominal(&mu_c, &sig_c), &nominal(&mu_r, &sig_r)),
+                Some(sigma),
+            )
+        }
+    })
 }
 
 /// μ of the smallest-σ head per row.
@@ -439,48 +496,44 @@ fn run(
         let idx: Vec<usize> = (0..cfg.batch_size.min(train.len()))
             .map(|_| order.next())
             .collect();
-        let refs: Vec<&EncodedPair> = idx.iter().map(|&i| &train[i]).collect();
-        let (mu_c, sig_c, mu_r, sig_r) = forward_pairs(model, &refs, tok.pad_id)?;
-        let (loss, acc, sigma) = match &stage {
-            Stage::One => {
-                let (rc, rr) = (mu_c.select(1, 0), mu_r.select(1, 0));
-                (bradley_terry(&rc, &rr), accuracy(&rc, &rr), None)
-            }
-            Stage::Two {
-                p_train,
-                assignment,
-                ..
-            } => {
-                let device = mu_c.device();
-                let p: Vec<f32> = idx.iter().map(|&i| p_train[i]).collect();
-                let h: Vec<i64> = idx.iter().map(|&i| assignment[i]).collect();
-                let p = Tensor::from_slice(&p).to_device(device);
-                let h = Tensor::from_slice(&h).to_device(device).unsqueeze(1);
-                let pick = |t: &Tensor| t.gather(1, &h, false).squeeze_dim(1);
-                let (sc, sr) = (pick(&sig_c), pick(&sig_r));
-                let eps_c = Tensor::randn([idx.len() as i64], (Kind::Float, device));
-                let eps_r = Tensor::randn([idx.len() as i64], (Kind::Float, device));
-                let loss = brme_mse(
-                    &pick(&mu_c),
-                    &sc,
-                    &pick(&mu_r),
-                    &sr,
-                    &p,
-                    cfg.alpha,
-                    &eps_c,
-                    &eps_r,
-                );
-                let sigma = ((&sc + &sr) * 0.5).mean(Kind::Float).double_value(&[]);
-                (
-                    loss,
-                    accuracy(&nominal(&mu_c, &sig_c), &nominal(&mu_r, &sig_r)),
-                    Some(sigma),
-                )
+        // Stage 2's noise is drawn for the whole batch at once, so micro-batches see the same
+        // draws as one pass would.
+        let noise = match &stage {
+            Stage::One => None,
+            Stage::Two { .. } => {
+                let like = (Kind::Float, model.vs.device());
+                let n = idx.len() as i64;
+                Some((Tensor::randn([n], like), Tensor::randn([n], like)))
             }
         };
+        // Each micro-batch's pair-summed loss, then the gradients divided by the batch's
+        // pairs: the gradient of the batch's mean loss.
+        let micro = if cfg.micro_batch_size == 0 {
+            idx.len()
+        } else {
+            cfg.micro_batch_size
+        };
+        opt.zero_grad()?;
+        let (mut loss_sum, mut acc_sum, mut sigma_sum) = (0.0, 0.0, None::<f64>);
+        for (c, chunk) in idx.chunks(micro).enumerate() {
+            let (first, k) = ((c * micro) as i64, chunk.len() as i64);
+            let eps = noise
+                .as_ref()
+                .map(|(ec, er)| (ec.narrow(0, first, k), er.narrow(0, first, k)));
+            let (loss, acc, sigma) =
+                pair_loss(model, train, chunk, &stage, eps, cfg.alpha, tok.pad_id)?;
+            let weight = chunk.len() as f64;
+            opt.accumulate(&loss.f_mul_scalar(weight)?)?;
+            loss_sum += loss.double_value(&[]) * weight;
+            acc_sum += acc * weight;
+            sigma_sum = sigma.map(|s| sigma_sum.unwrap_or(0.0) + s * weight);
+        }
+        let pairs = idx.len().max(1) as f64;
+        let (acc, sigma) = (acc_sum / pairs, sigma_sum.map(|s| s / pairs));
+        opt.scale_gradients(1.0 / pairs)?;
         let lr = schedule.lr(step);
-        let grad_norm = opt.step(&loss, lr, cfg.grad_clip)?;
-        let loss_v = loss.double_value(&[]);
+        let grad_norm = opt.apply(lr, cfg.grad_clip)?;
+        let loss_v = loss_sum / pairs;
         if !loss_v.is_finite() {
             return Err(TrainError::Invalid(format!(
                 "loss became {loss_v} at step {step}; lower the learning rate"

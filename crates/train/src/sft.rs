@@ -21,6 +21,9 @@ use crate::schedule::WarmupCosine;
 pub struct SftConfig {
     pub steps: usize,
     pub batch_size: usize,
+    /// Examples per forward/backward pass (0: the whole batch); the micro-batches' gradients
+    /// are accumulated, token-weighted, into the batch's update. Bounds activation memory.
+    pub micro_batch_size: usize,
     pub lr: f64,
     pub warmup_steps: usize,
     /// Final learning rate as a fraction of `lr`.
@@ -45,6 +48,7 @@ impl Default for SftConfig {
         Self {
             steps: 200,
             batch_size: 8,
+            micro_batch_size: 0,
             lr: 1e-3,
             warmup_steps: 20,
             min_lr_ratio: 0.1,
@@ -167,6 +171,31 @@ pub struct SftOutcome {
     pub seconds: f64,
 }
 
+/// Backpropagates the batch's token-mean loss in micro-batches of `micro` examples (0: all at
+/// once): each micro-batch's token-summed loss, then the gradients divided by the batch's
+/// target tokens — the gradient of the whole batch's mean. Returns that mean and the tokens.
+fn accumulate(
+    model: &CausalLm,
+    picked: &[&Encoded],
+    pad_id: i64,
+    micro: usize,
+    opt: &mut AdamW,
+) -> Result<(f64, usize)> {
+    let micro = if micro == 0 { picked.len() } else { micro };
+    opt.zero_grad()?;
+    let (mut loss_sum, mut tokens) = (0.0, 0.0);
+    for chunk in picked.chunks(micro) {
+        let (batch, mask) = collate(chunk, pad_id, model.device())?;
+        let n = mask.sum(Kind::Float).double_value(&[]);
+        let loss = nll(&model.token_logprobs(&batch), &mask);
+        opt.accumulate(&loss.f_mul_scalar(n)?)?;
+        loss_sum += loss.double_value(&[]) * n;
+        tokens += n;
+    }
+    opt.scale_gradients(1.0 / tokens.max(1.0))?;
+    Ok((loss_sum / tokens.max(1.0), tokens as usize))
+}
+
 /// Fine-tunes `model` in place on `data`; writes one JSON line per step to `log` if given.
 pub fn train(
     model: &CausalLm,
@@ -220,17 +249,16 @@ pub fn train(
         let picked: Vec<&Encoded> = (0..cfg.batch_size)
             .map(|_| &train_set[order.next()])
             .collect();
-        let (batch, mask) = collate(&picked, tok.pad_id, model.device())?;
-        let loss = nll(&model.token_logprobs(&batch), &mask);
+        let (loss, tokens) =
+            accumulate(model, &picked, tok.pad_id, cfg.micro_batch_size, &mut opt)?;
         let lr = schedule.lr(step);
-        let grad_norm = opt.step(&loss, lr, cfg.grad_clip)?;
-        last_loss = loss.double_value(&[]);
+        let grad_norm = opt.apply(lr, cfg.grad_clip)?;
+        last_loss = loss;
         if !last_loss.is_finite() {
             return Err(TrainError::Invalid(format!(
                 "loss became {last_loss} at step {step}; lower the learning rate"
             )));
         }
-        let tokens = mask.sum(Kind::Float).double_value(&[]) as usize;
         target_tokens += tokens;
         let eval = (cfg.eval_every > 0 && (step + 1) % cfg.eval_every == 0 && step + 1 < cfg.steps)
             .then(|| eval_loss(model, &eval_set, tok.pad_id, cfg.batch_size))
@@ -373,5 +401,62 @@ mod tests {
             err.to_string().contains("both training and evaluation"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn micro_batches_give_the_same_updates() {
+        tch::set_num_threads(1);
+        let (_d, tok) = tokenizer();
+        let data = SftData {
+            examples: (0..40)
+                .map(|i| rrlhf_data::SftExample {
+                    prompt: format!("Human: question {i}\n\nAssistant:"),
+                    response: format!(" answer {}", "and more ".repeat(i % 5)),
+                })
+                .collect(),
+            skipped: 0,
+        };
+        // One random start, saved, so every run loads the same weights (tests running in
+        // parallel share libtorch's global generator).
+        let start = tempfile::tempdir().unwrap();
+        let preset = rrlhf_model::SizePreset::by_name("tiny").unwrap();
+        let config = rrlhf_model::ModelConfig::new_random(
+            rrlhf_model::Arch::Llama,
+            &preset,
+            300,
+            None,
+            tok.eos_id,
+            Some(tok.pad_id),
+            64,
+        );
+        CausalLm::new(config, Default::default())
+            .unwrap()
+            .save(start.path())
+            .unwrap();
+        let trained = |micro: usize| {
+            let model = CausalLm::from_dir(start.path(), Default::default()).unwrap();
+            let cfg = SftConfig {
+                steps: 3,
+                batch_size: 4,
+                micro_batch_size: micro,
+                warmup_steps: 0,
+                show_progress: false,
+                ..Default::default()
+            };
+            let outcome = train(&model, &tok, &data, &cfg, None).unwrap();
+            let w = model.vs.variables()["model.layers.0.mlp.down_proj.weight"].copy();
+            (outcome, w)
+        };
+        let (whole, reference) = trained(0);
+        for micro in [1, 2, 4] {
+            let (outcome, w) = trained(micro);
+            let diff = (&w - &reference).abs().max().double_value(&[]);
+            assert!(
+                diff < 1e-5,
+                "micro-batches of {micro}: weights differ by {diff}"
+            );
+            assert!((outcome.final_eval_loss - whole.final_eval_loss).abs() < 1e-5);
+            assert_eq!(outcome.target_tokens, whole.target_tokens);
+        }
     }
 }
