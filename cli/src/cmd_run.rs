@@ -82,6 +82,11 @@ pub struct RunArgs {
     /// Also serve the REST control API here (e.g. 127.0.0.1:8080) while PPO runs.
     #[arg(long)]
     rest: Option<String>,
+    /// Let the services merge concurrent requests into shared batches (throughput on large
+    /// devices). Off by default: each request is then its own batch, and PPO reproduces bit
+    /// for bit — merged batches change floating-point summation order with arrival timing.
+    #[arg(long)]
+    merge_requests: bool,
     #[arg(long, default_value_t = 0)]
     seed: u64,
     #[command(flatten)]
@@ -388,7 +393,7 @@ fn ppo(a: &RunArgs, sft_dir: &Path, rm1_dir: &Path, brme_dir: &Path) -> Result<P
     let info = crate::embedded_ppo::run(
         cfg,
         &crate::embedded_ppo::model_dirs(sft_dir, rm1_dir, brme_dir),
-        &crate::embedded_ppo::options(max_length, &a.runtime.device),
+        &crate::embedded_ppo::options(max_length, &a.runtime.device, a.merge_requests),
         None,
         a.rest.as_deref(),
     )?;

@@ -18,12 +18,14 @@ pub fn model_dirs(sft: &Path, stage1: &Path, brme: &Path) -> ModelDirs {
     }
 }
 
-/// Services on `device` for sequences of up to `max_length` tokens.
-pub fn options(max_length: usize, device: &str) -> Options {
+/// Services on `device` for sequences of up to `max_length` tokens. Without `merge_requests`
+/// each request is its own batch, so runs reproduce bit for bit.
+pub fn options(max_length: usize, device: &str, merge_requests: bool) -> Options {
     Options {
         max_length,
         device: device.to_owned(),
         shutdown_grace_secs: 1.0,
+        merge_requests,
         ..Options::default()
     }
 }

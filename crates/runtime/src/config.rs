@@ -224,6 +224,10 @@ pub struct EngineConfig {
     pub batch_wait_ms: u64,
     /// Requests waiting for the engine; beyond it calls get RESOURCE_EXHAUSTED.
     pub queue_capacity: usize,
+    /// Merge concurrent requests into shared batches (throughput). `false` runs every request
+    /// as its own batch, so its results never depend on what arrived with it: bit-reproducible
+    /// runs, at the cost of throughput.
+    pub merge_requests: bool,
 }
 
 impl Default for EngineConfig {
@@ -236,6 +240,7 @@ impl Default for EngineConfig {
             batch_max_tokens: 16_384,
             batch_wait_ms: 2,
             queue_capacity: 1024,
+            merge_requests: true,
         }
     }
 }
@@ -277,6 +282,7 @@ impl EngineConfig {
             max_wait: std::time::Duration::from_millis(self.batch_wait_ms),
             queue_capacity: self.queue_capacity,
             on_panic,
+            merge_requests: self.merge_requests,
         }
     }
 }

@@ -30,6 +30,10 @@ pub struct BatchConfig {
     pub queue_capacity: usize,
     /// What the engine does after a batch panicked.
     pub on_panic: PanicPolicy,
+    /// Merge concurrent requests into one batch (throughput), or run each request as its own
+    /// batch: then a request's results do not depend on what else arrived with it (batch
+    /// shapes change floating-point summation order), so runs reproduce bit for bit.
+    pub merge_requests: bool,
 }
 
 /// What an engine does after a batch panicked (its requests always get INTERNAL).
@@ -208,9 +212,10 @@ fn serve<M, I, O>(
         };
         let mut jobs = vec![first];
         let deadline = Instant::now() + cfg.max_wait;
-        loop {
-            let (items, padded) = batch_cost(&jobs);
-            if items >= cfg.max_items || padded >= cfg.max_cost {
+        // Unmerged, each request is its own batch: its results never depend on what arrived
+        // with it.
+        while cfg.merge_requests && batch_cost(&jobs).0 < cfg.max_items {
+            if batch_cost(&jobs).1 >= cfg.max_cost {
                 break;
             }
             match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
@@ -351,6 +356,7 @@ mod tests {
             max_wait: Duration::from_millis(wait_ms),
             queue_capacity: 64,
             on_panic: PanicPolicy::KeepServing,
+            merge_requests: true,
         }
     }
 

@@ -66,6 +66,7 @@ async fn serve(policy: PanicPolicy) -> (String, tokio::sync::oneshot::Sender<()>
         max_wait: Duration::from_millis(1),
         queue_capacity: 8,
         on_panic: policy,
+        merge_requests: true,
     };
     let (engine, ()) = Engine::<String, usize>::spawn(
         "faulty-engine",

@@ -33,6 +33,8 @@ pub struct Options {
     pub auth_token: Option<String>,
     /// How long a stopping service lets in-flight calls finish.
     pub shutdown_grace_secs: f64,
+    /// Whether the services merge concurrent requests into shared batches (`engine.merge_requests`).
+    pub merge_requests: bool,
 }
 
 impl Default for Options {
@@ -42,6 +44,7 @@ impl Default for Options {
             device: "cpu".into(),
             auth_token: None,
             shutdown_grace_secs: 5.0,
+            merge_requests: true,
         }
     }
 }
@@ -58,6 +61,7 @@ fn server(addr: &str, o: &Options) -> ServerConfig {
 fn engine(o: &Options) -> EngineConfig {
     EngineConfig {
         device: o.device.clone(),
+        merge_requests: o.merge_requests,
         ..EngineConfig::default()
     }
 }
