@@ -1,5 +1,6 @@
 //! End-to-end tests of the `rrlhf` binary on the shared HH-RLHF data, one test binary.
 
+mod bf16;
 mod commands;
 mod errors;
 mod fixture;
