@@ -2,40 +2,24 @@
 //! least 0.8× what the f32 run from the same start does. (Before the optimizer kept fp32 master
 //! weights, in-place bf16 updates rounded away and bf16 reached 0.09× of f32's drop.)
 
-use crate::fixture::{fixture, hh_data, ok, rrlhf};
-
 /// (initial, final) held-out loss of a short SFT run of the fixture's model in `dtype`.
 fn sft(dtype: &str) -> (f64, f64) {
     let out_dir = tempfile::tempdir().unwrap();
-    let out = rrlhf()
-        .args([
-            "sft",
-            "--steps",
-            "40",
-            "--batch-size",
-            "8",
-            "--max-len",
-            "128",
-            "--lr",
-            "1e-5",
-            "--warmup-steps",
-            "0",
-            "--dtype",
-            dtype,
-            "--model",
-        ])
-        .arg(&fixture().model)
-        .arg("--data")
-        .arg(hh_data())
-        .arg("--out")
-        .arg(out_dir.path())
-        .output()
-        .unwrap();
-    ok(out);
-    let summary: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(out_dir.path().join("sft_summary.json")).unwrap(),
-    )
-    .unwrap();
+    let args = [
+        "--steps",
+        "40",
+        "--batch-size",
+        "8",
+        "--max-len",
+        "128",
+        "--lr",
+        "1e-5",
+        "--warmup-steps",
+        "0",
+        "--dtype",
+        dtype,
+    ];
+    let (_, summary) = crate::fixture::sft(&args, out_dir.path());
     let loss = |k: &str| summary[k].as_f64().unwrap();
     (loss("initial_eval_loss"), loss("final_eval_loss"))
 }

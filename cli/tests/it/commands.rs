@@ -3,7 +3,7 @@
 
 use rrlhf_model::{Batch, CausalLm, PadSide, Placement};
 
-use crate::fixture::{fixture, hh_data, logprobs, ok, rrlhf};
+use crate::fixture::{fixture, logprobs, ok, rrlhf};
 
 #[test]
 fn logprobs_reads_jsonl_and_matches_the_model() {
@@ -43,33 +43,18 @@ fn logprobs_reads_jsonl_and_matches_the_model() {
 
 #[test]
 fn sft_on_hh_lowers_held_out_loss_and_reloads() {
-    let f = fixture();
     let out_dir = tempfile::tempdir().unwrap();
-    let out = rrlhf()
-        .args([
-            "sft",
-            "--steps",
-            "60",
-            "--batch-size",
-            "8",
-            "--max-len",
-            "128",
-            "--lr",
-            "3e-3",
-            "--model",
-        ])
-        .arg(&f.model)
-        .arg("--data")
-        .arg(hh_data())
-        .arg("--out")
-        .arg(out_dir.path())
-        .output()
-        .unwrap();
-    let stdout = ok(out);
-    let summary: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(out_dir.path().join("sft_summary.json")).unwrap(),
-    )
-    .unwrap();
+    let args = [
+        "--steps",
+        "60",
+        "--batch-size",
+        "8",
+        "--max-len",
+        "128",
+        "--lr",
+        "3e-3",
+    ];
+    let (stdout, summary) = crate::fixture::sft(&args, out_dir.path());
     let (before, after) = (
         summary["initial_eval_loss"].as_f64().unwrap(),
         summary["final_eval_loss"].as_f64().unwrap(),

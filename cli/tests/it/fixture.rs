@@ -102,3 +102,22 @@ pub fn fixture() -> &'static Fixture {
         }
     })
 }
+
+/// `rrlhf sft` of the fixture's model on the shared HH data with `args`, writing to `out`;
+/// returns stdout and the `sft_summary.json` it wrote.
+pub fn sft(args: &[&str], out: &Path) -> (String, serde_json::Value) {
+    let output = rrlhf()
+        .arg("sft")
+        .args(args)
+        .arg("--model")
+        .arg(&fixture().model)
+        .arg("--data")
+        .arg(hh_data())
+        .arg("--out")
+        .arg(out)
+        .output()
+        .unwrap();
+    let stdout = ok(output);
+    let summary = std::fs::read_to_string(out.join("sft_summary.json")).unwrap();
+    (stdout, serde_json::from_str(&summary).unwrap())
+}
