@@ -12,7 +12,7 @@ use tonic_health::pb::health_client::HealthClient;
 #[derive(Debug)]
 pub struct Served<S: ModelService> {
     pub running: Running<S::Engine>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    stop: tokio::sync::oneshot::Sender<()>,
 }
 
 impl<S: ModelService> Served<S> {
@@ -43,25 +43,14 @@ impl<S: ModelService> Served<S> {
     }
 
     /// The running service and the sender that stops it (dropping the sender stops it too).
-    pub fn into_parts(mut self) -> (Running<S::Engine>, tokio::sync::oneshot::Sender<()>) {
-        let stop = self.stop.take().expect("not stopped yet");
-        let task = std::mem::replace(&mut self.running.task, tokio::spawn(async { Ok(()) }));
-        let running = Running {
-            addr: self.running.addr,
-            metrics_addr: self.running.metrics_addr,
-            engine: self.running.engine.clone(),
-            task,
-        };
-        (running, stop)
+    pub fn into_parts(self) -> (Running<S::Engine>, tokio::sync::oneshot::Sender<()>) {
+        (self.running, self.stop)
     }
 
     /// Graceful shutdown; resolves when the server has exited.
-    pub async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        let task = std::mem::replace(&mut self.running.task, tokio::spawn(async { Ok(()) }));
-        let _ = task.await;
+    pub async fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.running.task.await;
     }
 }
 
@@ -83,8 +72,5 @@ pub async fn spawn<S: ModelService>(cfg: Config<S>) -> Served<S> {
     })
     .await
     .unwrap_or_else(|e| panic!("the {} service did not start: {e}", S::NAME));
-    Served {
-        running,
-        stop: Some(stop),
-    }
+    Served { running, stop }
 }

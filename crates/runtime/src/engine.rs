@@ -164,12 +164,6 @@ impl<I: Send + 'static, O: Send + 'static> Engine<I, O> {
         ))
     }
 
-    /// Resolves once the engine thread has stopped serving (after a panic under
-    /// [`PanicPolicy::Stop`], or when every handle is gone).
-    pub fn stopped(&self) -> impl Future<Output = ()> + Send + 'static {
-        Stoppable::stopped(self)
-    }
-
     /// Runs `items` (possibly merged with other requests' items); fails fast when the queue
     /// is full.
     pub async fn submit(&self, items: Vec<I>) -> Result<Vec<O>, EngineError> {
@@ -212,10 +206,11 @@ fn serve<M, I, O>(
         };
         let mut jobs = vec![first];
         let deadline = Instant::now() + cfg.max_wait;
-        // Unmerged, each request is its own batch: its results never depend on what arrived
-        // with it.
-        while cfg.merge_requests && batch_cost(&jobs).0 < cfg.max_items {
-            if batch_cost(&jobs).1 >= cfg.max_cost {
+        loop {
+            // Unmerged, each request is its own batch: its results never depend on what
+            // arrived with it.
+            let (items, padded) = batch_cost(&jobs);
+            if !cfg.merge_requests || items >= cfg.max_items || padded >= cfg.max_cost {
                 break;
             }
             match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
@@ -314,7 +309,8 @@ pub fn run_in_arrival_order<W, P: Clone, D, E>(
 
 /// An engine handle that can say when its engine thread has stopped.
 pub trait Stoppable {
-    /// Resolves once the engine thread has stopped serving.
+    /// Resolves once the engine thread has stopped serving (after a panic under
+    /// [`PanicPolicy::Stop`], or when every handle is gone).
     fn stopped(&self) -> impl Future<Output = ()> + Send + 'static;
 }
 

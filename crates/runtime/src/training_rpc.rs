@@ -105,7 +105,7 @@ macro_rules! training_work {
 /// Runs a `Train` job the service validated (`job`). A rank of a data-parallel group
 /// (`grouped`) whose request was invalid first tells its engine: the other ranks are waiting
 /// for this one's part of the update and must hear that there is none.
-pub async fn train<J, S, I, O>(
+pub async fn train<J, S: std::fmt::Debug, I, O>(
     engine: &Engine<I, O>,
     job: Result<J, Status>,
     grouped: bool,
@@ -130,17 +130,8 @@ where
         .ok_or_else(|| Status::internal("the engine returned no result"))?;
     match done.into_training() {
         Ok(TrainDone::Trained(stats)) => Ok(stats),
-        Ok(other) => Err(unexpected(other_kind(&other))),
+        Ok(other) => Err(unexpected(other)),
         Err(other) => Err(unexpected(other)),
-    }
-}
-
-fn other_kind<S>(done: &TrainDone<S>) -> &'static str {
-    match done {
-        TrainDone::Trained(_) => "Trained",
-        TrainDone::Rejected => "Rejected",
-        TrainDone::Saved => "Saved",
-        TrainDone::Loaded => "Loaded",
     }
 }
 

@@ -15,7 +15,7 @@ use rrlhf_proto::reference::v1::reference_service_server::{
 };
 use rrlhf_proto::reference::v1::{InfoRequest, InfoResponse};
 use rrlhf_runtime::ServerConfig;
-use rrlhf_runtime::engine::{BatchConfig, Engine, LoadError, PanicPolicy};
+use rrlhf_runtime::engine::{BatchConfig, Engine, LoadError, PanicPolicy, Stoppable};
 use rrlhf_runtime::server;
 use tonic::transport::Channel;
 use tonic::{Code, Request, Response, Status};

@@ -10,6 +10,17 @@ use rrlhf_model::{Arch, CausalLm, ModelConfig, Placement, SizePreset};
 use rrlhf_train::rm::{RmConfig, train_stage1, train_stage2};
 use tch::Tensor;
 
+/// `train_stage1` or `train_stage2`.
+type Stage = fn(
+    &Path,
+    &rrlhf_model::TextTokenizer,
+    &Path,
+    Vec<PreferencePair>,
+    &RmConfig,
+    Placement,
+    &Path,
+) -> rrlhf_train::Result<rrlhf_train::rm::RmOutcome>;
+
 fn pairs() -> Vec<PreferencePair> {
     (0..24)
         .map(|i| PreferencePair {
@@ -79,30 +90,14 @@ fn micro_batches_give_the_same_updates_in_both_stages() {
         let out = root
             .path()
             .join(format!("stage{}-{micro}", if two { 2 } else { 1 }));
-        if two {
-            let stage1 = root.path().join("stage1-0");
-            train_stage2(
-                &stage1,
-                &tok,
-                &data,
-                pairs(),
-                &rm(micro),
-                Placement::default(),
-                &out,
-            )
-            .unwrap();
+        // Stage 2 starts from the stage-1 model trained without accumulation.
+        let (train, from) = if two {
+            (train_stage2 as Stage, root.path().join("stage1-0"))
         } else {
-            train_stage1(
-                &base,
-                &tok,
-                &data,
-                pairs(),
-                &rm(micro),
-                Placement::default(),
-                &out,
-            )
-            .unwrap();
-        }
+            (train_stage1 as Stage, base.clone())
+        };
+        let placement = Placement::default();
+        train(&from, &tok, &data, pairs(), &rm(micro), placement, &out).unwrap();
         weights(&out)
     };
     for two in [false, true] {
