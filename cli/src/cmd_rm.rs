@@ -89,6 +89,10 @@ pub struct TrainArgs {
     /// the same update, which bounds activation memory.
     #[arg(long, default_value_t = 0)]
     pub micro_batch_size: usize,
+    /// Recompute each decoder layer's activations in backward instead of keeping them (less
+    /// memory, one more forward pass).
+    #[arg(long)]
+    pub activation_checkpointing: bool,
     #[arg(long, default_value_t = 256)]
     pub max_len: usize,
     /// Share of pairs held out for validation and, by default, `rrlhf rm eval`.
@@ -225,6 +229,7 @@ impl TrainArgs {
             lr: 5e-4,
             batch_size: 16,
             micro_batch_size: 0,
+            activation_checkpointing: false,
             max_len: 256,
             eval_fraction: 0.1,
             eval_every: 50,
@@ -248,6 +253,7 @@ pub fn train(a: &TrainArgs, show_progress: bool) -> Result<rrlhf_train::rm::RmOu
         epochs: a.epochs,
         batch_size: a.batch_size,
         micro_batch_size: a.micro_batch_size,
+        activation_checkpointing: a.activation_checkpointing,
         lr: a.lr,
         max_len: a.max_len,
         eval_fraction: a.eval_fraction,

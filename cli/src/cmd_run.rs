@@ -175,6 +175,7 @@ pub fn run(a: RunArgs) -> Result<()> {
             steps: a.sft_steps,
             batch_size: a.batch_size,
             micro_batch_size: 0,
+            activation_checkpointing: false,
             lr: a.lr,
             warmup_steps: a.sft_steps / 10,
             max_len: a.max_len,

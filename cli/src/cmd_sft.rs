@@ -28,6 +28,10 @@ pub struct SftArgs {
     /// the same update, which bounds activation memory.
     #[arg(long, default_value_t = 0)]
     pub micro_batch_size: usize,
+    /// Recompute each decoder layer's activations in backward instead of keeping them (less
+    /// memory, one more forward pass).
+    #[arg(long)]
+    pub activation_checkpointing: bool,
     #[arg(long, default_value_t = 1e-3)]
     pub lr: f64,
     #[arg(long, default_value_t = 20)]
@@ -66,7 +70,8 @@ pub fn run(args: SftArgs) -> Result<()> {
 /// Runs SFT as configured by `args` and saves the model, tokenizer, log and summary.
 pub fn sft(args: &SftArgs, show_progress: bool) -> Result<SftOutcome> {
     let placement = args.runtime.placement()?;
-    let (model, tok) = load_with_tokenizer(&args.model, placement)?;
+    let (mut model, tok) = load_with_tokenizer(&args.model, placement)?;
+    model.backbone.activation_checkpointing = args.activation_checkpointing;
     let data = rrlhf_data::sft::load(&args.data).context("reading the SFT data")?;
     let cfg = SftConfig {
         steps: args.steps,

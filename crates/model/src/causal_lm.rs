@@ -13,7 +13,7 @@ use crate::device::{Placement, dtype_name};
 use crate::error::{ModelError, Result};
 use crate::heads::LmHead;
 use crate::kv_cache::KvCache;
-use crate::llama::Backbone;
+use crate::llama::{Backbone, ParamInit};
 
 pub const TOKENIZER_FILE: &str = "tokenizer.json";
 
@@ -28,32 +28,36 @@ pub struct CausalLm {
 impl CausalLm {
     /// A randomly initialised model (N(0, 0.02) weights, unit norms).
     pub fn new(cfg: ModelConfig, placement: Placement) -> Result<Self> {
-        let mut vs = nn::VarStore::new(placement.device);
+        Ok(Self::build(cfg, placement, ParamInit::Random))
+    }
+
+    fn build(cfg: ModelConfig, placement: Placement, fill: ParamInit) -> Self {
+        let vs = placement.var_store(fill);
         let root = vs.root();
-        let backbone = Backbone::new(&root / "model", &cfg);
+        let backbone = Backbone::new(&root / "model", &cfg, fill);
         let lm_head = LmHead::new(
             &root,
             &backbone.embed_tokens.ws,
             cfg.hidden_size,
             cfg.vocab_size,
             cfg.tie_word_embeddings,
+            fill,
         );
-        if placement.kind != Kind::Float {
-            vs.set_kind(placement.kind);
-        }
-        Ok(Self {
-            vs,
+        Self {
+            vs: placement.finish_var_store(vs),
             cfg,
             backbone,
             lm_head,
-        })
+        }
     }
 
     /// Loads `DIR` strictly: every tensor must match the config by name and shape. A tied
-    /// model tolerates a redundant `lm_head.weight` in the file, as transformers does.
+    /// model tolerates a redundant `lm_head.weight` in the file, as transformers does. The
+    /// parameters are allocated once, in the target dtype on the target device, and filled
+    /// from the memory-mapped file one tensor at a time.
     pub fn from_dir(dir: &Path, placement: Placement) -> Result<Self> {
         let cfg = ModelConfig::from_dir(dir)?;
-        let model = Self::new(cfg, placement)?;
+        let model = Self::build(cfg, placement, ParamInit::Unfilled);
         checkpoint::load_strict(&model.vs, dir, model.cfg.tie_word_embeddings)?;
         Ok(model)
     }

@@ -3,7 +3,9 @@
 
 use std::str::FromStr;
 
-use tch::{Device, Kind};
+use tch::{Device, Kind, nn};
+
+use crate::llama::ParamInit;
 
 use crate::error::{ModelError, Result};
 
@@ -85,6 +87,26 @@ impl Placement {
     pub fn for_engine(device: &str, dtype: &str, threads: usize) -> Result<Self> {
         set_threads(threads);
         Self::parse(device, dtype)
+    }
+
+    /// An empty store for a model's parameters. Parameters that a checkpoint will fill are
+    /// created directly in the target dtype; random ones are drawn in f32 (as transformers
+    /// draws them) and cast by [`Self::finish_var_store`].
+    pub fn var_store(&self, fill: ParamInit) -> nn::VarStore {
+        let mut vs = nn::VarStore::new(self.device);
+        if fill == ParamInit::Unfilled {
+            vs.set_kind(self.kind);
+        }
+        vs
+    }
+
+    /// Casts a store built by [`Self::var_store`] to the target dtype (a no-op when its
+    /// parameters were created in it).
+    pub fn finish_var_store(&self, mut vs: nn::VarStore) -> nn::VarStore {
+        if vs.kind() != self.kind {
+            vs.set_kind(self.kind);
+        }
+        vs
     }
 
     pub fn parse(device: &str, dtype: &str) -> Result<Self> {

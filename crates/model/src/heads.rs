@@ -4,7 +4,7 @@
 use tch::nn::{self, Module};
 use tch::{Kind, Tensor};
 
-use crate::llama::linear;
+use crate::llama::{ParamInit, linear};
 
 /// Projects hidden states to vocabulary logits; with tied embeddings it reuses the input
 /// embedding matrix, as transformers does for `tie_word_embeddings = true`.
@@ -22,11 +22,12 @@ impl LmHead {
         hidden: i64,
         vocab: i64,
         tied: bool,
+        fill: ParamInit,
     ) -> Self {
         if tied {
             Self::Tied(embed_weight.shallow_clone())
         } else {
-            Self::Own(linear(root / "lm_head", hidden, vocab, false))
+            Self::Own(linear(root / "lm_head", hidden, vocab, false, fill))
         }
     }
 }
@@ -47,9 +48,9 @@ pub struct ValueHead {
 }
 
 impl ValueHead {
-    pub fn new(p: nn::Path, hidden: i64) -> Self {
+    pub fn new(p: nn::Path, hidden: i64, fill: ParamInit) -> Self {
         Self {
-            score: linear(p, hidden, 1, false),
+            score: linear(p, hidden, 1, false, fill),
         }
     }
 
@@ -72,10 +73,10 @@ pub struct BrmeHead {
 }
 
 impl BrmeHead {
-    pub fn new(p: nn::Path, hidden: i64, heads: i64) -> Self {
+    pub fn new(p: nn::Path, hidden: i64, heads: i64, fill: ParamInit) -> Self {
         Self {
-            mu: linear(&p / "mu", hidden, heads, true),
-            sigma: linear(&p / "sigma", hidden, heads, true),
+            mu: linear(&p / "mu", hidden, heads, true, fill),
+            sigma: linear(&p / "sigma", hidden, heads, true, fill),
             heads,
         }
     }
@@ -97,8 +98,8 @@ mod tests {
     fn heads_have_hf_names_shapes_and_positive_sigma() {
         let vs = nn::VarStore::new(Device::Cpu);
         let root = vs.root();
-        let value = ValueHead::new(&root / "score", 16);
-        let brme = BrmeHead::new(&root / "brme", 16, 5);
+        let value = ValueHead::new(&root / "score", 16, ParamInit::Random);
+        let brme = BrmeHead::new(&root / "brme", 16, 5, ParamInit::Random);
         let mut names: Vec<String> = vs.variables().into_keys().collect();
         names.sort();
         assert_eq!(

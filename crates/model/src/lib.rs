@@ -18,6 +18,7 @@ pub mod kv_cache;
 pub mod llama;
 pub mod losses;
 pub mod mask;
+pub mod recompute;
 pub mod reward_model;
 pub mod rope;
 pub mod scoring;

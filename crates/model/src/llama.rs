@@ -23,13 +23,49 @@ pub(crate) fn normal_init() -> nn::Init {
     }
 }
 
-pub(crate) fn linear(p: nn::Path, input: i64, output: i64, bias: bool) -> nn::Linear {
-    let cfg = nn::LinearConfig {
-        ws_init: normal_init(),
-        bs_init: bias.then_some(nn::Init::Const(0.0)),
-        bias,
-    };
-    nn::linear(p, input, output, cfg)
+/// How a new model fills its parameters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ParamInit {
+    /// Drawn as transformers does for a fresh model (created in f32, then cast).
+    Random,
+    /// Allocated in the store's dtype and device and left unfilled, because a strict
+    /// checkpoint load overwrites every one: no random f32 copy of a large model first.
+    Unfilled,
+}
+
+/// A trainable variable `name` of shape `dims` under `p`, filled per `fill`.
+pub(crate) fn param(
+    p: &nn::Path,
+    name: &str,
+    dims: &[i64],
+    init: nn::Init,
+    fill: ParamInit,
+) -> Tensor {
+    match fill {
+        ParamInit::Random => p.var(name, dims, init),
+        ParamInit::Unfilled => p.add(name, Tensor::empty(dims, (p.kind(), p.device())), true),
+    }
+}
+
+pub(crate) fn linear(
+    p: nn::Path,
+    input: i64,
+    output: i64,
+    bias: bool,
+    fill: ParamInit,
+) -> nn::Linear {
+    nn::Linear {
+        ws: param(&p, "weight", &[output, input], normal_init(), fill),
+        bs: bias.then(|| param(&p, "bias", &[output], nn::Init::Const(0.0), fill)),
+    }
+}
+
+/// A second handle on the same parameters (for a checkpointed step that outlives a borrow).
+fn share_linear(l: &nn::Linear) -> nn::Linear {
+    nn::Linear {
+        ws: l.ws.shallow_clone(),
+        bs: l.bs.as_ref().map(Tensor::shallow_clone),
+    }
 }
 
 /// Root-mean-square layer norm, computed in f32 whatever the parameter dtype.
@@ -40,10 +76,17 @@ pub struct RmsNorm {
 }
 
 impl RmsNorm {
-    pub fn new(p: nn::Path, dim: i64, eps: f64) -> Self {
+    pub fn new(p: nn::Path, dim: i64, eps: f64, fill: ParamInit) -> Self {
         Self {
-            weight: p.var("weight", &[dim], nn::Init::Const(1.0)),
+            weight: param(&p, "weight", &[dim], nn::Init::Const(1.0), fill),
             eps,
+        }
+    }
+
+    fn share(&self) -> Self {
+        Self {
+            weight: self.weight.shallow_clone(),
+            eps: self.eps,
         }
     }
 }
@@ -70,16 +113,27 @@ struct Attention {
 }
 
 impl Attention {
-    fn new(p: nn::Path, cfg: &ModelConfig) -> Self {
+    fn new(p: nn::Path, cfg: &ModelConfig, fill: ParamInit) -> Self {
         let (h, d) = (cfg.hidden_size, cfg.head_dim);
+        let (q, kv) = (cfg.num_attention_heads * d, cfg.num_key_value_heads * d);
         Self {
-            q_proj: linear(&p / "q_proj", h, cfg.num_attention_heads * d, cfg.qkv_bias),
-            k_proj: linear(&p / "k_proj", h, cfg.num_key_value_heads * d, cfg.qkv_bias),
-            v_proj: linear(&p / "v_proj", h, cfg.num_key_value_heads * d, cfg.qkv_bias),
-            o_proj: linear(&p / "o_proj", cfg.num_attention_heads * d, h, cfg.o_bias),
+            q_proj: linear(&p / "q_proj", h, q, cfg.qkv_bias, fill),
+            k_proj: linear(&p / "k_proj", h, kv, cfg.qkv_bias, fill),
+            v_proj: linear(&p / "v_proj", h, kv, cfg.qkv_bias, fill),
+            o_proj: linear(&p / "o_proj", q, h, cfg.o_bias, fill),
             heads: cfg.num_attention_heads,
             kv_heads: cfg.num_key_value_heads,
             head_dim: d,
+        }
+    }
+
+    fn share(&self) -> Self {
+        Self {
+            q_proj: share_linear(&self.q_proj),
+            k_proj: share_linear(&self.k_proj),
+            v_proj: share_linear(&self.v_proj),
+            o_proj: share_linear(&self.o_proj),
+            ..*self
         }
     }
 
@@ -132,12 +186,20 @@ struct Mlp {
 }
 
 impl Mlp {
-    fn new(p: nn::Path, cfg: &ModelConfig) -> Self {
+    fn new(p: nn::Path, cfg: &ModelConfig, fill: ParamInit) -> Self {
         let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
         Self {
-            gate_proj: linear(&p / "gate_proj", h, i, cfg.mlp_bias),
-            up_proj: linear(&p / "up_proj", h, i, cfg.mlp_bias),
-            down_proj: linear(&p / "down_proj", i, h, cfg.mlp_bias),
+            gate_proj: linear(&p / "gate_proj", h, i, cfg.mlp_bias, fill),
+            up_proj: linear(&p / "up_proj", h, i, cfg.mlp_bias, fill),
+            down_proj: linear(&p / "down_proj", i, h, cfg.mlp_bias, fill),
+        }
+    }
+
+    fn share(&self) -> Self {
+        Self {
+            gate_proj: share_linear(&self.gate_proj),
+            up_proj: share_linear(&self.up_proj),
+            down_proj: share_linear(&self.down_proj),
         }
     }
 }
@@ -158,55 +220,102 @@ struct DecoderLayer {
 }
 
 impl DecoderLayer {
-    fn new(p: nn::Path, cfg: &ModelConfig) -> Self {
+    fn new(p: nn::Path, cfg: &ModelConfig, fill: ParamInit) -> Self {
+        let norm = |name: &str| RmsNorm::new(&p / name, cfg.hidden_size, cfg.rms_norm_eps, fill);
         Self {
-            input_layernorm: RmsNorm::new(
-                &p / "input_layernorm",
-                cfg.hidden_size,
-                cfg.rms_norm_eps,
-            ),
-            self_attn: Attention::new(&p / "self_attn", cfg),
-            post_attention_layernorm: RmsNorm::new(
-                &p / "post_attention_layernorm",
-                cfg.hidden_size,
-                cfg.rms_norm_eps,
-            ),
-            mlp: Mlp::new(&p / "mlp", cfg),
+            input_layernorm: norm("input_layernorm"),
+            self_attn: Attention::new(&p / "self_attn", cfg, fill),
+            post_attention_layernorm: norm("post_attention_layernorm"),
+            mlp: Mlp::new(&p / "mlp", cfg, fill),
         }
+    }
+
+    fn share(&self) -> Self {
+        Self {
+            input_layernorm: self.input_layernorm.share(),
+            self_attn: self.self_attn.share(),
+            post_attention_layernorm: self.post_attention_layernorm.share(),
+            mlp: self.mlp.share(),
+        }
+    }
+
+    /// Pre-norm attention and MLP blocks, each with its residual.
+    fn forward(
+        &self,
+        xs: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        mask: Option<&Tensor>,
+        cache: Option<&mut (Option<Tensor>, Option<Tensor>)>,
+    ) -> Tensor {
+        let normed = self.input_layernorm.forward(xs);
+        let xs = xs + self.self_attn.forward(&normed, cos, sin, mask, cache);
+        let mlp = self
+            .mlp
+            .forward(&self.post_attention_layernorm.forward(&xs));
+        xs + mlp
+    }
+
+    /// [`Self::forward`] without a cache, its activations recomputed in backward.
+    fn forward_checkpointed(
+        &self,
+        xs: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        mask: Option<&Tensor>,
+    ) -> Tensor {
+        let layer = self.share();
+        let (cos, sin) = (cos.shallow_clone(), sin.shallow_clone());
+        let mask = mask.map(Tensor::shallow_clone);
+        crate::recompute::checkpoint(xs, move |x| {
+            layer.forward(x, &cos, &sin, mask.as_ref(), None)
+        })
+        .unwrap_or_else(|e| panic!("{e}"))
+    }
+}
+
+/// The token embedding table `[vocab, hidden]` (no padding index: HF Llama has none).
+#[derive(Debug)]
+pub struct Embedding {
+    pub ws: Tensor,
+}
+
+impl Module for Embedding {
+    fn forward(&self, ids: &Tensor) -> Tensor {
+        Tensor::embedding(&self.ws, ids, -1, false, false)
     }
 }
 
 /// Embeddings, decoder layers and the final norm: everything below the heads.
 #[derive(Debug)]
 pub struct Backbone {
-    pub embed_tokens: nn::Embedding,
+    pub embed_tokens: Embedding,
     layers: Vec<DecoderLayer>,
     norm: RmsNorm,
     rope: Rope,
     pub hidden_size: i64,
+    /// Recompute each layer's activations in backward instead of keeping them (training
+    /// forwards only: with a KV cache or without grad mode the layers run plainly).
+    pub activation_checkpointing: bool,
 }
 
 impl Backbone {
     /// Creates the parameters under `p` (normally `root / "model"`).
-    pub fn new(p: nn::Path, cfg: &ModelConfig) -> Self {
-        let embed_cfg = nn::EmbeddingConfig {
-            ws_init: normal_init(),
-            ..Default::default()
-        };
+    pub fn new(p: nn::Path, cfg: &ModelConfig, fill: ParamInit) -> Self {
+        let embed = &p / "embed_tokens";
+        let dims = [cfg.vocab_size, cfg.hidden_size];
         let layers_path = &p / "layers";
         Self {
-            embed_tokens: nn::embedding(
-                &p / "embed_tokens",
-                cfg.vocab_size,
-                cfg.hidden_size,
-                embed_cfg,
-            ),
+            embed_tokens: Embedding {
+                ws: param(&embed, "weight", &dims, normal_init(), fill),
+            },
             layers: (0..cfg.num_hidden_layers)
-                .map(|i| DecoderLayer::new(&layers_path / i, cfg))
+                .map(|i| DecoderLayer::new(&layers_path / i, cfg, fill))
                 .collect(),
-            norm: RmsNorm::new(&p / "norm", cfg.hidden_size, cfg.rms_norm_eps),
+            norm: RmsNorm::new(&p / "norm", cfg.hidden_size, cfg.rms_norm_eps, fill),
             rope: Rope::new(cfg, p.device()),
             hidden_size: cfg.hidden_size,
+            activation_checkpointing: false,
         }
     }
 
@@ -241,19 +350,14 @@ impl Backbone {
                 Some(causal_padding_mask(&ones, t, kind))
             }
         };
+        let checkpointed = self.activation_checkpointing && cache.is_none();
         for (i, layer) in self.layers.iter().enumerate() {
-            let residual = xs.shallow_clone();
-            let normed = layer.input_layernorm.forward(&xs);
-            let layer_cache = cache.as_deref_mut().map(|c| c.layer_mut(i));
-            let attn = layer
-                .self_attn
-                .forward(&normed, &cos, &sin, mask.as_ref(), layer_cache);
-            xs = residual + attn;
-            let residual = xs.shallow_clone();
-            xs = residual
-                + layer
-                    .mlp
-                    .forward(&layer.post_attention_layernorm.forward(&xs));
+            xs = if checkpointed {
+                layer.forward_checkpointed(&xs, &cos, &sin, mask.as_ref())
+            } else {
+                let layer_cache = cache.as_deref_mut().map(|c| c.layer_mut(i));
+                layer.forward(&xs, &cos, &sin, mask.as_ref(), layer_cache)
+            };
         }
         self.norm.forward(&xs)
     }

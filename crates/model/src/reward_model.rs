@@ -11,7 +11,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use tch::{Kind, Tensor, nn};
+use tch::{Tensor, nn};
 
 use crate::batch::Batch;
 use crate::checkpoint::{self, LoadRules};
@@ -19,7 +19,7 @@ use crate::config::ModelConfig;
 use crate::device::{Placement, dtype_name};
 use crate::error::{ModelError, Result};
 use crate::heads::{BrmeHead, ValueHead};
-use crate::llama::Backbone;
+use crate::llama::{Backbone, ParamInit};
 
 /// The `config.json` key holding [`RewardMeta`].
 pub const REWARD_KEY: &str = "rrlhf_reward";
@@ -137,23 +137,23 @@ fn is_head_tensor(name: &str) -> bool {
 }
 
 impl RewardModel {
-    fn build(cfg: ModelConfig, meta: RewardMeta, placement: Placement) -> Self {
-        let mut vs = nn::VarStore::new(placement.device);
+    fn build(cfg: ModelConfig, meta: RewardMeta, placement: Placement, fill: ParamInit) -> Self {
+        let vs = placement.var_store(fill);
         let root = vs.root();
-        let backbone = Backbone::new(&root / "model", &cfg);
+        let backbone = Backbone::new(&root / "model", &cfg, fill);
         let head = match meta.kind {
             RewardKind::BradleyTerry => {
-                RewardHead::Scalar(ValueHead::new(&root / "score", cfg.hidden_size))
+                RewardHead::Scalar(ValueHead::new(&root / "score", cfg.hidden_size, fill))
             }
-            RewardKind::Brme => {
-                RewardHead::Brme(BrmeHead::new(&root / "brme", cfg.hidden_size, meta.heads))
-            }
+            RewardKind::Brme => RewardHead::Brme(BrmeHead::new(
+                &root / "brme",
+                cfg.hidden_size,
+                meta.heads,
+                fill,
+            )),
         };
-        if placement.kind != Kind::Float {
-            vs.set_kind(placement.kind);
-        }
         Self {
-            vs,
+            vs: placement.finish_var_store(vs),
             cfg,
             backbone,
             head,
@@ -166,7 +166,9 @@ impl RewardModel {
     pub fn from_base(base: &Path, meta: RewardMeta, placement: Placement) -> Result<Self> {
         let mut cfg = ModelConfig::from_dir(base)?;
         cfg.raw.remove(REWARD_KEY);
-        let model = Self::build(cfg, meta, placement);
+        // Everything drawn at random (the backbone is then overwritten): drawing the head after
+        // a full random backbone keeps a seed's head exactly what it has always been.
+        let model = Self::build(cfg, meta, placement, ParamInit::Random);
         let is_new_head = |name: &str| name.starts_with("score.") || name.starts_with("brme.");
         checkpoint::load_into(
             &model.vs,
@@ -183,7 +185,7 @@ impl RewardModel {
     pub fn from_dir(dir: &Path, placement: Placement) -> Result<Self> {
         let cfg = ModelConfig::from_dir(dir)?;
         let meta = Self::meta_of(&cfg, dir)?;
-        let model = Self::build(cfg, meta, placement);
+        let model = Self::build(cfg, meta, placement, ParamInit::Unfilled);
         checkpoint::load_strict(&model.vs, dir, model.cfg.tie_word_embeddings)?;
         Ok(model)
     }

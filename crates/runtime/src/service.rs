@@ -57,6 +57,9 @@ impl<const N: u16> DefaultPort for Port<N> {
 pub struct TrainerSettings<P> {
     /// AdamW weight decay.
     pub weight_decay: f64,
+    /// Keep only each decoder layer's input during a `Train` forward and recompute the layer
+    /// in backward: activation memory of one layer instead of all, for one more forward pass.
+    pub activation_checkpointing: bool,
     #[serde(skip)]
     pub port: PhantomData<P>,
 }
@@ -65,6 +68,7 @@ impl<P> Default for TrainerSettings<P> {
     fn default() -> Self {
         Self {
             weight_decay: 0.0,
+            activation_checkpointing: false,
             port: PhantomData,
         }
     }
@@ -337,7 +341,7 @@ mod tests {
                 ModelServiceConfig {
                     service: TrainerSettings {
                         weight_decay: -1.0,
-                        port: PhantomData,
+                        ..TrainerSettings::default()
                     },
                     ..ok.clone()
                 },

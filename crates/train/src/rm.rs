@@ -34,6 +34,8 @@ pub struct RmConfig {
     /// Pairs per forward/backward pass (0: the whole batch); the micro-batches' gradients are
     /// accumulated, pair-weighted, into the batch's update. Bounds activation memory.
     pub micro_batch_size: usize,
+    /// Recompute each decoder layer in backward instead of keeping its activations.
+    pub activation_checkpointing: bool,
     pub lr: f64,
     pub warmup_steps: usize,
     pub weight_decay: f64,
@@ -56,6 +58,7 @@ impl Default for RmConfig {
             epochs: 1.0,
             batch_size: 16,
             micro_batch_size: 0,
+            activation_checkpointing: false,
             lr: 5e-4,
             warmup_steps: 10,
             weight_decay: 0.0,
@@ -333,7 +336,8 @@ pub fn train_stage1(
     let mut meta = RewardMeta::bradley_terry(Some(base.display().to_string()));
     meta.split = Some(cfg.split_record(data));
     tch::manual_seed(cfg.seed as i64);
-    let model = RewardModel::from_base(base, meta, placement)?;
+    let mut model = RewardModel::from_base(base, meta, placement)?;
+    model.backbone.activation_checkpointing = cfg.activation_checkpointing;
     let (train, val) = prepare(tok, pairs, cfg, &model)?;
     run(Stage::One, &model, tok, &train, &val, cfg, out)
 }
@@ -359,7 +363,8 @@ pub fn train_stage2(
     let mut meta = RewardMeta::brme(cfg.heads, cfg.alpha, Some(stage1.display().to_string()))?;
     meta.split = Some(cfg.split_record(data));
     tch::manual_seed(cfg.seed as i64);
-    let model = RewardModel::from_base(stage1, meta, placement)?;
+    let mut model = RewardModel::from_base(stage1, meta, placement)?;
+    model.backbone.activation_checkpointing = cfg.activation_checkpointing;
     let (train, val) = prepare(tok, pairs, cfg, &model)?;
     let p_train = preference_probs(&prior, &train, cfg.batch_size, tok.pad_id)?;
     let p_val = preference_probs(&prior, &val, cfg.batch_size, tok.pad_id)?;

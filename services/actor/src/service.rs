@@ -48,7 +48,8 @@ fn load_policy(cfg: &ActorServiceConfig) -> Result<(Policy, Loaded), LoadError> 
     let dp = DataParallel::for_service(cfg.server.group(), placement.device)
         .map_err(|e| LoadError(format!("data-parallel group: {e}")))?;
     let wd = cfg.service.weight_decay;
-    let policy = Policy::load(&cfg.model, placement, wd, dp).map_err(LoadError::of)?;
+    let mut policy = Policy::load(&cfg.model, placement, wd, dp).map_err(LoadError::of)?;
+    policy.model.backbone.activation_checkpointing = cfg.service.activation_checkpointing;
     policy
         .logprobs(&[(vec![0], vec![0])])
         .map_err(|e| LoadError(format!("warm-up: {e}")))?;

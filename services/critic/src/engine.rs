@@ -72,6 +72,11 @@ impl Critic {
         Ok(Self { model, training })
     }
 
+    /// Recompute each decoder layer in backward instead of keeping its activations.
+    pub fn set_activation_checkpointing(&mut self, on: bool) {
+        self.model.backbone.activation_checkpointing = on;
+    }
+
     pub fn vocab_size(&self) -> i64 {
         self.model.cfg.vocab_size
     }

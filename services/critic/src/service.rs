@@ -38,7 +38,8 @@ fn load_critic(cfg: &CriticServiceConfig) -> Result<(Critic, i64), LoadError> {
     let dp = DataParallel::for_service(cfg.server.group(), placement.device)
         .map_err(|e| LoadError(format!("data-parallel group: {e}")))?;
     let wd = cfg.service.weight_decay;
-    let critic = Critic::load(&cfg.model, placement, wd, dp).map_err(LoadError::of)?;
+    let mut critic = Critic::load(&cfg.model, placement, wd, dp).map_err(LoadError::of)?;
+    critic.set_activation_checkpointing(cfg.service.activation_checkpointing);
     critic
         .values(&[(vec![0], vec![0])])
         .map_err(|e| LoadError(format!("warm-up: {e}")))?;

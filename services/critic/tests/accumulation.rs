@@ -1,5 +1,6 @@
 //! Gradient accumulation in the critic: value updates over mini-batches of 4 with micro-batches
-//! of 1, 2 and 4 samples equal those without (within 1e-5), on the test kit's stage-1 model.
+//! of 1, 2 and 4 samples equal those without (within 1e-5), on the test kit's stage-1 model;
+//! so do updates with activation checkpointing, with and without accumulation.
 
 use rrlhf_critic_service::engine::{Critic, TrainJob};
 use rrlhf_model::Placement;
@@ -42,28 +43,29 @@ fn job(micro: usize) -> TrainJob {
 fn micro_batches_give_the_same_value_updates() {
     tch::set_num_threads(1);
     let stage1 = &models().stage1;
-    let trained = |micro: usize| {
-        let critic = Critic::load(stage1, Placement::default(), 0.0, None).unwrap();
+    let trained = |micro: usize, checkpointing: bool| {
+        let mut critic = Critic::load(stage1, Placement::default(), 0.0, None).unwrap();
+        critic.set_activation_checkpointing(checkpointing);
         let stats = critic.value_update(&job(micro)).unwrap();
         let probe = critic
             .values(&[(vec![5, 6, 7], vec![8, 9, 10, 11])])
             .unwrap();
         (stats, probe)
     };
-    let (whole, reference) = trained(0);
+    let (whole, reference) = trained(0, false);
     assert_eq!(whole.updates, 4, "2 epochs × 2 mini-batches");
-    for micro in [1, 2, 4] {
-        let (stats, probe) = trained(micro);
+    for (micro, checkpointing) in [(1, false), (2, false), (4, false), (0, true), (2, true)] {
+        let (stats, probe) = trained(micro, checkpointing);
         assert_eq!(stats.updates, 4);
         let checksum = (stats.param_checksum - whole.param_checksum).abs();
         assert!(
             checksum <= 1e-5 * whole.param_checksum.abs().max(1.0),
-            "micro-batches of {micro}: weights' checksum differs by {checksum}"
+            "micro-batches of {micro}, checkpointing {checkpointing}: weights' checksum differs by {checksum}"
         );
         for (a, b) in probe[0].iter().zip(&reference[0]) {
             assert!(
                 (a - b).abs() < 1e-5,
-                "micro-batches of {micro}: value {a} vs {b}"
+                "micro-batches of {micro}, checkpointing {checkpointing}: value {a} vs {b}"
             );
         }
         assert!((stats.loss_mean - whole.loss_mean).abs() < 1e-5);

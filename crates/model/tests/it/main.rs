@@ -1,5 +1,6 @@
 //! Integration tests of `rrlhf-model`, compiled into one binary (linking libtorch is slow).
 
+mod checkpointing;
 mod common;
 mod generation;
 mod loading;
