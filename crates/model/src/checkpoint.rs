@@ -3,19 +3,18 @@
 //! Loading reads `model.safetensors` or a sharded `model.safetensors.index.json` and copies every
 //! tensor into the `VarStore` by name; a tensor the model expects but the file lacks, one the
 //! file has but the model does not, or one with another shape is an error naming it. Saving
-//! writes one `model.safetensors` with `{"format": "pt"}` metadata, which transformers requires.
+//! streams the variables into `model.safetensors`, or shards with an index for a model larger
+//! than the shard size (see [`crate::tensor_files`]).
 
-use std::collections::{BTreeMap, HashMap};
-use std::fs::File;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use safetensors::tensor::{Dtype, SafeTensors, TensorView};
-use tch::{Device, Kind, Tensor, nn::VarStore};
+use safetensors::tensor::TensorView;
+use tch::{Tensor, nn::VarStore};
 
 use crate::error::{ModelError, Result};
-
-pub const WEIGHTS_FILE: &str = "model.safetensors";
-pub const INDEX_FILE: &str = "model.safetensors.index.json";
+pub use crate::tensor_files::{DEFAULT_MAX_SHARD_BYTES, INDEX_FILE, WEIGHTS_FILE};
+use crate::tensor_files::{MappedFile, host_tensor};
 
 /// Which names a load may tolerate beyond an exact match.
 #[derive(Default)]
@@ -34,14 +33,14 @@ pub fn is_non_parameter_buffer(name: &str) -> bool {
 
 /// Memory-maps the safetensors files of a model directory.
 struct WeightFiles {
-    maps: Vec<(PathBuf, memmap2::Mmap)>,
+    files: Vec<MappedFile>,
 }
 
 impl WeightFiles {
     fn open(dir: &Path) -> Result<Self> {
         let single = dir.join(WEIGHTS_FILE);
         let index = dir.join(INDEX_FILE);
-        let files = if single.exists() {
+        let paths = if single.exists() {
             vec![single]
         } else if index.exists() {
             shard_files(&index)?
@@ -51,33 +50,24 @@ impl WeightFiles {
                 message: format!("neither {WEIGHTS_FILE} nor {INDEX_FILE} found"),
             });
         };
-        let maps = files
-            .into_iter()
-            .map(|path| {
-                let file = File::open(&path).map_err(|e| ModelError::io(&path, e))?;
-                // SAFETY: the file is opened read-only and only read while mapped; a concurrent
-                // writer replaces checkpoints by rename, never in place (see fsio).
-                #[allow(unsafe_code)]
-                let map =
-                    unsafe { memmap2::Mmap::map(&file) }.map_err(|e| ModelError::io(&path, e))?;
-                Ok((path, map))
-            })
+        let files = paths
+            .iter()
+            .map(|p| MappedFile::open(p))
             .collect::<Result<_>>()?;
-        Ok(Self { maps })
+        Ok(Self { files })
     }
 
     /// Every tensor of every file, by name, with the file it came from.
     fn tensors(&self) -> Result<HashMap<String, (&Path, TensorView<'_>)>> {
         let mut out = HashMap::new();
-        for (path, map) in &self.maps {
-            let st = SafeTensors::deserialize(map).map_err(|e| ModelError::Checkpoint {
-                path: path.clone(),
-                message: format!("not a valid safetensors file: {e}"),
-            })?;
-            for (name, view) in st.tensors() {
-                if out.insert(name.clone(), (path.as_path(), view)).is_some() {
+        for file in &self.files {
+            for (name, view) in file.tensors()?.tensors() {
+                if out
+                    .insert(name.clone(), (file.path.as_path(), view))
+                    .is_some()
+                {
                     return Err(ModelError::Checkpoint {
-                        path: path.clone(),
+                        path: file.path.clone(),
                         message: format!("tensor `{name}` appears in more than one shard"),
                     });
                 }
@@ -111,23 +101,6 @@ fn shard_files(index: &Path) -> Result<Vec<PathBuf>> {
     files.dedup();
     let dir = index.parent().unwrap_or(Path::new("."));
     Ok(files.into_iter().map(|f| dir.join(f)).collect())
-}
-
-fn kind_of(dtype: Dtype, path: &Path, name: &str) -> Result<Kind> {
-    Ok(match dtype {
-        Dtype::F32 => Kind::Float,
-        Dtype::F16 => Kind::Half,
-        Dtype::BF16 => Kind::BFloat16,
-        Dtype::F64 => Kind::Double,
-        Dtype::I64 => Kind::Int64,
-        Dtype::I32 => Kind::Int,
-        other => {
-            return Err(ModelError::Checkpoint {
-                path: path.to_path_buf(),
-                message: format!("tensor `{name}` has unsupported dtype {other:?}"),
-            });
-        }
-    })
 }
 
 /// Loads the weights in `dir` into `vs`, checking names and shapes strictly (see [`LoadRules`]).
@@ -174,11 +147,12 @@ pub fn load_into(vs: &VarStore, dir: &Path, rules: &LoadRules) -> Result<()> {
                 found,
             });
         }
-        copies.push((var, view, kind_of(view.dtype(), path, name)?, found));
+        copies.push((var, view, *path, name));
     }
     let _guard = tch::no_grad_guard();
-    for (var, view, kind, shape) in copies {
-        let src = Tensor::f_from_data_size(view.data(), &shape, kind)?;
+    // One host tensor at a time: the copy into the variable converts dtype and device.
+    for (var, view, path, name) in copies {
+        let src = host_tensor(view, path, name)?;
         var.shallow_clone().f_copy_(&src)?;
     }
     Ok(())
@@ -198,50 +172,23 @@ pub fn load_strict(vs: &VarStore, dir: &Path, tied_embeddings: bool) -> Result<(
     )
 }
 
-fn dtype_of(kind: Kind) -> Result<Dtype> {
-    Ok(match kind {
-        Kind::Float => Dtype::F32,
-        Kind::Half => Dtype::F16,
-        Kind::BFloat16 => Dtype::BF16,
-        Kind::Double => Dtype::F64,
-        Kind::Int64 => Dtype::I64,
-        Kind::Int => Dtype::I32,
-        other => {
-            return Err(ModelError::InvalidInput(format!(
-                "cannot save dtype {other:?}"
-            )));
-        }
-    })
+/// Writes every variable of `vs` (plus `extra` tensors) to `dir` in the Hugging Face layout,
+/// sharded beyond [`DEFAULT_MAX_SHARD_BYTES`].
+pub fn save(vs: &VarStore, extra: &[(String, Tensor)], dir: &Path) -> Result<()> {
+    save_sharded(vs, extra, dir, DEFAULT_MAX_SHARD_BYTES)
 }
 
-/// Writes every variable of `vs` (plus `extra` tensors) to `DIR/model.safetensors` atomically.
-pub fn save(vs: &VarStore, extra: &[(String, Tensor)], dir: &Path) -> Result<()> {
-    let mut host: BTreeMap<String, (Dtype, Vec<usize>, Vec<u8>)> = BTreeMap::new();
+/// [`save`] with shards of at most `max_shard_bytes` (one tensor per shard at the least).
+pub fn save_sharded(
+    vs: &VarStore,
+    extra: &[(String, Tensor)],
+    dir: &Path,
+    max_shard_bytes: u64,
+) -> Result<()> {
     let all = vs
         .variables()
         .into_iter()
-        .chain(extra.iter().map(|(n, t)| (n.clone(), t.shallow_clone())));
-    for (name, tensor) in all {
-        let t = tensor.f_to_device(Device::Cpu)?.f_contiguous()?;
-        let numel = t.numel();
-        let mut bytes = vec![0u8; numel * t.kind().elt_size_in_bytes()];
-        t.f_copy_data_u8(&mut bytes, numel)?;
-        let shape = t.size().iter().map(|&d| d as usize).collect();
-        host.insert(name, (dtype_of(t.kind())?, shape, bytes));
-    }
-    let views = host
-        .iter()
-        .map(|(name, (dtype, shape, bytes))| {
-            TensorView::new(*dtype, shape.clone(), bytes)
-                .map(|v| (name.clone(), v))
-                .map_err(|e| ModelError::InvalidInput(format!("tensor `{name}`: {e}")))
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
-    let bytes =
-        safetensors::serialize(views, Some(metadata)).map_err(|e| ModelError::Checkpoint {
-            path: dir.to_path_buf(),
-            message: format!("serialising: {e}"),
-        })?;
-    crate::fsio::write_atomic(&dir.join(WEIGHTS_FILE), &bytes)
+        .chain(extra.iter().map(|(n, t)| (n.clone(), t.shallow_clone())))
+        .collect();
+    crate::tensor_files::save_model(dir, all, max_shard_bytes)
 }

@@ -22,6 +22,7 @@ pub mod recompute;
 pub mod reward_model;
 pub mod rope;
 pub mod scoring;
+pub mod tensor_files;
 pub mod tokenizer;
 
 pub use batch::{Batch, PadSide};

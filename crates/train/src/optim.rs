@@ -16,6 +16,7 @@
 use std::path::Path;
 
 use rrlhf_model::ModelError;
+use rrlhf_model::tensor_files::{MappedFile, TensorView, host_tensor};
 use tch::nn;
 use tch::{Kind, Tensor};
 
@@ -287,63 +288,73 @@ impl AdamW {
         Ok(total.sqrt())
     }
 
-    /// Writes the moments, master weights and step count to `path` (safetensors, one file).
+    /// Writes the moments, master weights and step count to `path` (safetensors, one file),
+    /// streamed one tensor at a time.
     pub fn save_state(&self, path: &Path) -> Result<()> {
-        let step = Tensor::from_slice(&[self.step]);
-        let mut named: Vec<(String, &Tensor)> = vec![(STEP_KEY.to_owned(), &step)];
+        let mut named = vec![(STEP_KEY.to_owned(), Tensor::from_slice(&[self.step]))];
         for (i, (name, _)) in self.vars.iter().enumerate() {
-            named.push((format!("exp_avg.{name}"), &self.exp_avg[i]));
-            named.push((format!("exp_avg_sq.{name}"), &self.exp_avg_sq[i]));
+            named.push((format!("exp_avg.{name}"), self.exp_avg[i].shallow_clone()));
+            named.push((
+                format!("exp_avg_sq.{name}"),
+                self.exp_avg_sq[i].shallow_clone(),
+            ));
             if let Some(m) = &self.master[i] {
-                named.push((format!("{MASTER_PREFIX}{name}"), m));
+                named.push((format!("{MASTER_PREFIX}{name}"), m.shallow_clone()));
             }
         }
-        Tensor::write_safetensors(&named, path)?;
+        rrlhf_model::tensor_files::write_file(path, named)?;
         Ok(())
     }
 
     /// Restores a state written by [`Self::save_state`] for the same variables; checks every
-    /// tensor's presence and shape before changing anything.
+    /// tensor's presence and shape before changing anything, then copies the memory-mapped
+    /// tensors in one at a time.
     pub fn load_state(&mut self, path: &Path) -> Result<()> {
-        let saved: std::collections::HashMap<String, Tensor> =
-            Tensor::read_safetensors(path)?.into_iter().collect();
+        let file = MappedFile::open(path)?;
+        let saved = file.tensors()?;
         let bad = |message: String| TrainError::Invalid(format!("{}: {message}", path.display()));
-        let get = |key: String, like: &Tensor| -> Result<&Tensor> {
-            let t = saved
-                .get(&key)
-                .ok_or_else(|| bad(format!("optimizer state has no tensor `{key}`")))?;
-            if t.size() != like.size() {
+        let get = |key: String, like: &Tensor| -> Result<(String, TensorView<'_>)> {
+            let view = saved
+                .tensor(&key)
+                .map_err(|_| bad(format!("optimizer state has no tensor `{key}`")))?;
+            let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
+            if shape != like.size() {
                 return Err(bad(format!(
-                    "`{key}` has shape {:?}, the model needs {:?}",
-                    t.size(),
+                    "`{key}` has shape {shape:?}, the model needs {:?}",
                     like.size()
                 )));
             }
-            Ok(t)
+            Ok((key, view))
         };
-        let step = saved
-            .get(STEP_KEY)
-            .ok_or_else(|| bad(format!("optimizer state has no `{STEP_KEY}`")))?
-            .f_int64_value(&[0])?;
+        let (step_key, step_view) = saved
+            .tensor(STEP_KEY)
+            .map(|v| (STEP_KEY.to_owned(), v))
+            .map_err(|_| bad(format!("optimizer state has no `{STEP_KEY}`")))?;
+        let step = host_tensor(&step_view, path, &step_key)?.f_int64_value(&[0])?;
         let mut pairs = Vec::with_capacity(self.vars.len());
         for (name, p) in &self.vars {
+            let master_key = format!("{MASTER_PREFIX}{name}");
             pairs.push((
                 get(format!("exp_avg.{name}"), p)?,
                 get(format!("exp_avg_sq.{name}"), p)?,
                 // A state saved without masters (an fp32 run, an older checkpoint) leaves the
                 // masters taken from the loaded weights.
-                saved
-                    .get(&format!("{MASTER_PREFIX}{name}"))
-                    .map(|t| get(format!("{MASTER_PREFIX}{name}"), p).map(|_| t))
-                    .transpose()?,
+                match saved.tensor(&master_key) {
+                    Ok(_) => Some(get(master_key, p)?),
+                    Err(_) => None,
+                },
             ));
         }
         let _guard = tch::no_grad_guard();
-        for (i, (m, v, master)) in pairs.into_iter().enumerate() {
-            self.exp_avg[i].f_copy_(m)?;
-            self.exp_avg_sq[i].f_copy_(v)?;
+        let load = |(key, view): &(String, TensorView<'_>), into: &mut Tensor| -> Result<()> {
+            into.f_copy_(&host_tensor(view, path, key)?)?;
+            Ok(())
+        };
+        for (i, (m, v, master)) in pairs.iter().enumerate() {
+            load(m, &mut self.exp_avg[i])?;
+            load(v, &mut self.exp_avg_sq[i])?;
             if let (Some(mine), Some(saved)) = (&mut self.master[i], master) {
-                mine.f_copy_(saved)?;
+                load(saved, mine)?;
             }
         }
         self.step = step;

@@ -7,17 +7,27 @@ use std::path::{Path, PathBuf};
 
 /// Writes `bytes` to `path` via a temporary sibling, fsync, rename, then fsync the directory.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    write_atomic_with(path, |tmp| File::create(tmp)?.write_all(bytes))
+}
+
+/// Like [`write_atomic`] for a writer that creates the file itself (one that streams more than
+/// fits in memory): `write` fills the temporary path it is given, which is then fsynced and
+/// renamed to `path`. `write`'s error is returned as it is.
+pub fn write_atomic_with<E: From<io::Error>>(
+    path: &Path,
+    write: impl FnOnce(&Path) -> Result<(), E>,
+) -> Result<(), E> {
     let tmp = sibling(path, "tmp")?;
-    let write = || -> io::Result<()> {
-        let mut f = File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
+    let finish = || -> io::Result<()> {
+        File::open(&tmp)?.sync_all()?;
         fs::rename(&tmp, path)?;
         sync_parent(path)
     };
-    write().inspect_err(|_| {
-        let _ = fs::remove_file(&tmp);
-    })
+    write(&tmp)
+        .and_then(|()| finish().map_err(E::from))
+        .inspect_err(|_| {
+            let _ = fs::remove_file(&tmp);
+        })
 }
 
 /// Fills a fresh temporary directory next to `dir` with `fill`, fsyncs it, then moves it into

@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use rrlhf_model::checkpoint::WEIGHTS_FILE;
+use rrlhf_model::checkpoint::{self, INDEX_FILE, WEIGHTS_FILE};
 use rrlhf_model::{Arch, CausalLm, ModelError, Placement};
 use tch::{Kind, Tensor};
 
@@ -118,4 +118,46 @@ fn sharded_checkpoints_load() {
     )
     .unwrap();
     CausalLm::from_dir(dir.path(), Placement::default()).expect("sharded checkpoint loads");
+}
+
+#[test]
+fn large_saves_are_sharded_with_an_index_and_replace_the_other_layout() {
+    init();
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(Arch::Llama, false, 64, 4);
+    let files = |dir: &std::path::Path| {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains("safetensors"))
+            .collect();
+        names.sort();
+        names
+    };
+    let ids = Tensor::from_slice(&[3i64, 9, 27, 4]).view([1, 4]);
+    let pos = Tensor::arange(4, (Kind::Int64, tch::Device::Cpu)).view([1, 4]);
+    let want = model.logits(&ids, None, &pos, None);
+
+    model.save(dir.path()).unwrap();
+    assert_eq!(files(dir.path()), [WEIGHTS_FILE]);
+    // 40 kB shards: the tiny model's ~0.2 MB of weights span several.
+    checkpoint::save_sharded(&model.vs, &[], dir.path(), 40_000).unwrap();
+    let sharded = files(dir.path());
+    let n = sharded.len() - 1;
+    assert!(n >= 3, "{sharded:?}");
+    assert_eq!(sharded[0], format!("model-00001-of-{n:05}.safetensors"));
+    assert_eq!(sharded[n], INDEX_FILE, "and the single file is gone");
+    let index: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join(INDEX_FILE)).unwrap())
+            .unwrap();
+    assert_eq!(
+        index["weight_map"].as_object().unwrap().len(),
+        model.vs.variables().len()
+    );
+    let back = CausalLm::from_dir(dir.path(), Placement::default()).unwrap();
+    let got = back.logits(&ids, None, &pos, None);
+    assert_eq!((got - &want).abs().max().double_value(&[]), 0.0);
+
+    model.save(dir.path()).unwrap();
+    assert_eq!(files(dir.path()), [WEIGHTS_FILE], "shards and index removed");
 }
