@@ -39,6 +39,7 @@ lint: setup
 # Tests run in parallel: one libtorch/OpenMP thread each, and idle workers that sleep.
 test: lint
 	OMP_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE $(CARGO) test --workspace
+	bench/gpu_check.sh --device cpu --profile debug
 
 fmt:
 	$(CARGO) fmt --all

@@ -1,7 +1,8 @@
-//! `rrlhf-allreduce-bench`: one rank of a Gloo all-reduce benchmark through `rrlhf-dist`. It
-//! all-reduces (sum) the gradient list of a Llama-shaped model — packed into c10d calls of
-//! at most 64 MiB each, as data-parallel training does every update — and prints, on rank 0, one JSON object
-//! with the median seconds per call. `bench/allreduce_peer.py` starts two of these and two
+//! `rrlhf-allreduce-bench`: one rank of an all-reduce benchmark through `rrlhf-dist` (Gloo for
+//! `--device cpu`, NCCL for `--device cuda:N`). It all-reduces (sum) the gradient list of a
+//! Llama-shaped model — packed into c10d calls of at most 64 MiB each, as data-parallel
+//! training does every update — and prints, on rank 0, one JSON object with the median seconds
+//! per call. `bench/allreduce_peer.py` starts two of these and two
 //! `torch.distributed` ranks doing the same, and reports the ratio.
 
 use std::time::{Duration, Instant};
@@ -10,7 +11,7 @@ use anyhow::Result;
 use clap::Parser;
 use rrlhf_dist::{Backend, GroupConfig, ProcessGroup, ReduceOp};
 use serde_json::json;
-use tch::{Device, Kind, Tensor};
+use tch::{Kind, Tensor};
 
 #[derive(Parser, Debug)]
 struct Args {
@@ -31,6 +32,9 @@ struct Args {
     layers: i64,
     #[arg(long, default_value_t = 20)]
     repeats: usize,
+    /// Where the gradients live: cpu (a Gloo group) or cuda:N (an NCCL group).
+    #[arg(long, default_value = "cpu")]
+    device: String,
 }
 
 /// Shapes of a Llama's trainable tensors (same list as the Python peer's `shapes`).
@@ -57,8 +61,9 @@ fn shapes(a: &Args) -> Vec<Vec<i64>> {
 fn main() -> Result<()> {
     let a = Args::parse();
     tch::set_num_threads(1);
+    let device = rrlhf_model::device::parse_device(&a.device)?;
     let group = ProcessGroup::new(&GroupConfig {
-        backend: Backend::Gloo,
+        backend: Backend::for_device(device),
         store: a.store.clone(),
         rank: a.rank,
         world_size: a.world,
@@ -66,7 +71,7 @@ fn main() -> Result<()> {
     })?;
     let grads: Vec<Tensor> = shapes(&a)
         .iter()
-        .map(|s| Tensor::ones(s.as_slice(), (Kind::Float, Device::Cpu)))
+        .map(|s| Tensor::ones(s.as_slice(), (Kind::Float, device)))
         .collect();
     let elements: i64 = grads.iter().map(Tensor::numel).map(|n| n as i64).sum();
     group.all_reduce(&grads, ReduceOp::Sum)?; // warm-up (connections, buffers)
@@ -88,6 +93,8 @@ fn main() -> Result<()> {
         println!(
             "{}",
             json!({
+                "backend": group.backend().name(),
+                "world_size": a.world,
                 "tensors": grads.len(),
                 "elements": elements,
                 "median_secs": times[times.len() / 2],

@@ -29,6 +29,16 @@ struct Args {
     train_len: usize,
     #[arg(long, default_value_t = 5)]
     repeats: usize,
+    /// Device: cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Parameter dtype: f32 or bf16.
+    #[arg(long, default_value = "f32")]
+    dtype: String,
+    /// Instead of timing: write the f32 logits of `--batch` deterministic rows of
+    /// `--train-len` tokens to this safetensors file (key `logits`), for parity checks.
+    #[arg(long)]
+    logits_out: Option<PathBuf>,
 }
 
 /// Median of `repeats` timings of `f` after one warm-up call, in seconds.
@@ -58,8 +68,15 @@ fn ids(rows: usize, len: usize, vocab: i64, salt: i64) -> Vec<Vec<i64>> {
 fn main() -> Result<()> {
     let a = Args::parse();
     tch::set_num_threads(a.threads);
-    let model = CausalLm::from_dir(&a.model, Placement::default())?;
+    let model = CausalLm::from_dir(&a.model, Placement::parse(&a.device, &a.dtype)?)?;
     let vocab = model.cfg.vocab_size;
+    if let Some(path) = &a.logits_out {
+        let seqs = ids(a.batch, a.train_len, vocab, 3);
+        let batch = Batch::pad(&seqs, 0, PadSide::Right, model.device())?;
+        let logits = tch::no_grad(|| model.batch_logits(&batch)).to_device(tch::Device::Cpu);
+        tch::Tensor::write_safetensors(&[("logits", logits)], path)?;
+        return Ok(());
+    }
 
     let prompts = ids(a.batch, a.prompt_len, vocab, 1);
     let params = SamplingParams {
@@ -91,6 +108,8 @@ fn main() -> Result<()> {
     let out = json!({
         "impl": "rrlhf",
         "threads": a.threads,
+        "device": a.device,
+        "dtype": a.dtype,
         "generate_tokens_per_s": (a.batch * a.new_tokens) as f64 / gen_secs,
         "train_tokens_per_s": (a.batch * a.train_len) as f64 / train_secs,
         "generate_s": gen_secs,

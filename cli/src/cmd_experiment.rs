@@ -247,7 +247,7 @@ fn ppo_run(a: &OveroptArgs, proxy: &Proxy, condition: Strategy, seed: u64) -> Re
         crate::embedded_ppo::run(
             cfg,
             &crate::embedded_ppo::model_dirs(&a.sft, &proxy.stage1, &proxy.brme),
-            &crate::embedded_ppo::options(a.max_len, &a.runtime.device, false),
+            &crate::embedded_ppo::options(a.max_len, &a.runtime, false),
             Some(Arc::new(|_prompt: &str, response: &str| {
                 gold::gold(response)
             })),

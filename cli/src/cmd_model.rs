@@ -21,6 +21,19 @@ pub enum ArchArg {
 pub enum SizeArg {
     Tiny,
     Small,
+    /// ~125M parameters with a 32k vocabulary (the tokenizer sets the vocabulary).
+    Medium,
+}
+
+impl SizeArg {
+    /// The preset's name in `SizePreset::by_name`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Tiny => "tiny",
+            Self::Small => "small",
+            Self::Medium => "medium",
+        }
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -107,10 +120,7 @@ pub fn run(cmd: ModelCommand) -> Result<()> {
             max_positions,
             seed,
         } => {
-            let size_name = match size {
-                SizeArg::Tiny => "tiny",
-                SizeArg::Small => "small",
-            };
+            let size_name = size.name();
             let arch = match arch {
                 ArchArg::Llama => Arch::Llama,
                 ArchArg::Qwen2 => Arch::Qwen2,

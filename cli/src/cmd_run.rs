@@ -142,10 +142,7 @@ pub fn run(a: RunArgs) -> Result<()> {
         (ArchArg::Llama, s) => (Arch::Llama, s),
         (ArchArg::Qwen2, s) => (Arch::Qwen2, s),
     };
-    let size_name = match size {
-        SizeArg::Tiny => "tiny",
-        SizeArg::Small => "small",
-    };
+    let size_name = size.name();
     eprintln!("[2/8] model: random {} {size_name}", arch.hf_class());
     let model = if init_dir.join("model.safetensors").exists() {
         eprintln!("      reusing {}", init_dir.display());
@@ -394,7 +391,7 @@ fn ppo(a: &RunArgs, sft_dir: &Path, rm1_dir: &Path, brme_dir: &Path) -> Result<P
     let info = crate::embedded_ppo::run(
         cfg,
         &crate::embedded_ppo::model_dirs(sft_dir, rm1_dir, brme_dir),
-        &crate::embedded_ppo::options(max_length, &a.runtime.device, a.merge_requests),
+        &crate::embedded_ppo::options(max_length, &a.runtime, a.merge_requests),
         None,
         a.rest.as_deref(),
     )?;

@@ -6,6 +6,8 @@ use std::path::Path;
 
 use anyhow::Result;
 use rrlhf_embedded::{Cluster, ModelDirs, Options};
+
+use crate::args::RuntimeArgs;
 use rrlhf_orchestrator::OrchestratorConfig;
 use rrlhf_orchestrator::run::{GoldReward, RunInfo, RunOptions, RunStatus, spawn_run};
 
@@ -18,12 +20,13 @@ pub fn model_dirs(sft: &Path, stage1: &Path, brme: &Path) -> ModelDirs {
     }
 }
 
-/// Services on `device` for sequences of up to `max_length` tokens. Without `merge_requests`
-/// each request is its own batch, so runs reproduce bit for bit.
-pub fn options(max_length: usize, device: &str, merge_requests: bool) -> Options {
+/// Services on the runtime's device and dtype for sequences of up to `max_length` tokens.
+/// Without `merge_requests` each request is its own batch, so runs reproduce bit for bit.
+pub fn options(max_length: usize, runtime: &RuntimeArgs, merge_requests: bool) -> Options {
     Options {
         max_length,
-        device: device.to_owned(),
+        device: runtime.device.clone(),
+        dtype: runtime.dtype.clone(),
         shutdown_grace_secs: 1.0,
         merge_requests,
         ..Options::default()

@@ -415,6 +415,17 @@ impl SizePreset {
                 kv_heads: 4,
                 tied: true,
             }),
+            // ~125M parameters with a 32k vocabulary (24.6M in each of the untied embedding
+            // and LM head, 6.3M per layer): big enough that memory and speed behave as they do
+            // at scale, small enough for one CPU. `bench/memory.sh` measures it.
+            "medium" => Some(Self {
+                hidden_size: 768,
+                intermediate_size: 2048,
+                layers: 12,
+                heads: 12,
+                kv_heads: 4,
+                tied: false,
+            }),
             _ => None,
         }
     }

@@ -30,6 +30,8 @@ pub struct ModelDirs {
 pub struct Options {
     pub max_length: usize,
     pub device: String,
+    /// Parameter dtype of every service's model (`f32` or `bf16`).
+    pub dtype: String,
     pub auth_token: Option<String>,
     /// How long a stopping service lets in-flight calls finish.
     pub shutdown_grace_secs: f64,
@@ -42,6 +44,7 @@ impl Default for Options {
         Self {
             max_length: 512,
             device: "cpu".into(),
+            dtype: "f32".into(),
             auth_token: None,
             shutdown_grace_secs: 5.0,
             merge_requests: true,
@@ -61,6 +64,7 @@ fn server(addr: &str, o: &Options) -> ServerConfig {
 fn engine(o: &Options) -> EngineConfig {
     EngineConfig {
         device: o.device.clone(),
+        dtype: o.dtype.clone(),
         merge_requests: o.merge_requests,
         ..EngineConfig::default()
     }

@@ -159,5 +159,9 @@ fn large_saves_are_sharded_with_an_index_and_replace_the_other_layout() {
     assert_eq!((got - &want).abs().max().double_value(&[]), 0.0);
 
     model.save(dir.path()).unwrap();
-    assert_eq!(files(dir.path()), [WEIGHTS_FILE], "shards and index removed");
+    assert_eq!(
+        files(dir.path()),
+        [WEIGHTS_FILE],
+        "shards and index removed"
+    );
 }

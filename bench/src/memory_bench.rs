@@ -1,0 +1,304 @@
+//! `rrlhf-memory-bench`: peak host memory of one actor `Train` step (a PPO update over one
+//! mini-batch) on the `medium` preset, for each precision / accumulation / checkpointing
+//! setting, next to what the arithmetic in `bench/README.md` predicts.
+//!
+//! Each setting runs in a child process of its own (so one setting's allocator state cannot
+//! flatter the next): the child loads the policy as the actor service does, resets the kernel's
+//! peak-RSS counter (`/proc/self/clear_refs`), runs one update and reports `VmHWM`. Memory is
+//! host RSS, so this measures the CPU engine; on a GPU the same terms land in device memory.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+use clap::Parser;
+use rrlhf_actor_service::engine::{Policy, PpoJob};
+use rrlhf_model::{Arch, CausalLm, ModelConfig, Placement, SizePreset};
+use rrlhf_train::data_parallel::UpdatePlan;
+use serde_json::{Value, json};
+
+#[derive(Parser, Debug)]
+struct Args {
+    /// Samples in the mini-batch of the update.
+    #[arg(long, default_value_t = 8)]
+    minibatch: usize,
+    #[arg(long, default_value_t = 64)]
+    prompt_len: usize,
+    #[arg(long, default_value_t = 192)]
+    response_len: usize,
+    #[arg(long, default_value_t = 32000)]
+    vocab: i64,
+    #[arg(long, default_value = "medium")]
+    size: String,
+    #[arg(long, default_value_t = 2)]
+    threads: i32,
+    /// Run one setting (`DTYPE:MICRO:CKPT`, e.g. `bf16:2:1`) in this process and print JSON.
+    #[arg(long)]
+    case: Option<String>,
+    /// The model directory a `--case` child loads.
+    #[arg(long)]
+    model: Option<PathBuf>,
+}
+
+/// One measured setting.
+#[derive(Debug, Clone, Copy)]
+struct Setting {
+    bf16: bool,
+    micro: usize,
+    checkpointing: bool,
+}
+
+impl Setting {
+    fn parse(text: &str) -> Result<Self> {
+        let parts: Vec<&str> = text.split(':').collect();
+        let [dtype, micro, ckpt] = parts[..] else {
+            bail!("--case `{text}`: expected DTYPE:MICRO:CKPT");
+        };
+        Ok(Self {
+            bf16: match dtype {
+                "bf16" => true,
+                "f32" => false,
+                other => bail!("--case: dtype `{other}` is neither f32 nor bf16"),
+            },
+            micro: micro.parse().context("--case: micro-batch size")?,
+            checkpointing: ckpt == "1",
+        })
+    }
+
+    fn spec(self) -> String {
+        let dtype = if self.bf16 { "bf16" } else { "f32" };
+        format!("{dtype}:{}:{}", self.micro, u8::from(self.checkpointing))
+    }
+
+    fn label(self, minibatch: usize) -> String {
+        let dtype = if self.bf16 {
+            "bf16 + fp32 master"
+        } else {
+            "f32"
+        };
+        let micro = if self.micro == 0 {
+            minibatch
+        } else {
+            self.micro
+        };
+        let ckpt = if self.checkpointing {
+            ", checkpointing"
+        } else {
+            ""
+        };
+        format!("{dtype}, micro-batch {micro}{ckpt}")
+    }
+}
+
+/// A `/proc/self/status` field in bytes (`VmRSS`, `VmHWM`).
+fn status_bytes(field: &str) -> Result<u64> {
+    let text = std::fs::read_to_string("/proc/self/status")?;
+    let line = text
+        .lines()
+        .find(|l| l.starts_with(field))
+        .with_context(|| format!("/proc/self/status has no {field}"))?;
+    let kb: u64 = line
+        .split_whitespace()
+        .nth(1)
+        .context("malformed status line")?
+        .parse()?;
+    Ok(kb * 1024)
+}
+
+/// A deterministic PPO job: `n` pairs of fixed lengths, advantages of both signs.
+fn job(a: &Args, vocab: i64, micro: usize) -> PpoJob {
+    let token = |i: usize| (i as i64 * 7919 + 13) % (vocab - 1) + 1;
+    let pairs: Vec<(Vec<i64>, Vec<i64>)> = (0..a.minibatch)
+        .map(|s| {
+            let base = s * (a.prompt_len + a.response_len);
+            let prompt = (0..a.prompt_len).map(|t| token(base + t)).collect();
+            let response = (0..a.response_len)
+                .map(|t| token(base + a.prompt_len + t))
+                .collect();
+            (prompt, response)
+        })
+        .collect();
+    let per_token = |f: &dyn Fn(usize, usize) -> f32| -> Vec<Vec<f32>> {
+        (0..a.minibatch)
+            .map(|s| (0..a.response_len).map(|t| f(s, t)).collect())
+            .collect()
+    };
+    PpoJob {
+        old_logprobs: per_token(&|_, _| -10.0),
+        advantages: per_token(&|s, t| if (s + t) % 2 == 0 { 1.0 } else { -1.0 }),
+        pairs,
+        clip_eps: 0.2,
+        entropy_coef: 0.0,
+        plan: UpdatePlan {
+            minibatch_size: a.minibatch,
+            micro_batch_size: micro,
+            epochs: 1,
+            seed: 0,
+            lr: 1e-6,
+            max_grad_norm: 1.0,
+        },
+    }
+}
+
+/// The child: load, reset the peak, one update, report.
+fn measure(a: &Args, setting: Setting, model: &Path) -> Result<Value> {
+    tch::set_num_threads(a.threads);
+    let _ = tch::Tensor::zeros([1], (tch::Kind::Float, tch::Device::Cpu));
+    let before = status_bytes("VmRSS:")?;
+    let placement = Placement::parse("cpu", if setting.bf16 { "bf16" } else { "f32" })?;
+    let mut policy = Policy::load(model, placement, 0.0, None)?;
+    policy.model.backbone.activation_checkpointing = setting.checkpointing;
+    let loaded = status_bytes("VmRSS:")?;
+    let load_peak = status_bytes("VmHWM:")?;
+    let params: i64 = policy
+        .model
+        .vs
+        .trainable_variables()
+        .iter()
+        .map(|t| t.numel() as i64)
+        .sum();
+    // Writing 5 resets VmHWM to the current RSS (proc(5), /proc/pid/clear_refs).
+    std::fs::write("/proc/self/clear_refs", "5").context("resetting the peak RSS")?;
+    let start = std::time::Instant::now();
+    let stats = policy.ppo_update(&job(a, policy.model.cfg.vocab_size, setting.micro))?;
+    let peak = status_bytes("VmHWM:")?;
+    Ok(json!({
+        "setting": setting.spec(),
+        "params": params,
+        "process_before_model": before,
+        "after_load": loaded - before,
+        "load_peak": load_peak - before,
+        "peak_step": peak - before,
+        "seconds": start.elapsed().as_secs_f64(),
+        "loss": stats.summary.loss_mean,
+    }))
+}
+
+/// What the arithmetic predicts for a setting, in bytes: (weights, peak of the step).
+fn predict(a: &Args, cfg: &ModelConfig, params: f64, s: Setting) -> (f64, f64) {
+    let b = if s.bf16 { 2.0 } else { 4.0 };
+    let (h, kv, i, l, v) = (
+        cfg.hidden_size as f64,
+        (cfg.num_key_value_heads * cfg.head_dim) as f64,
+        cfg.intermediate_size as f64,
+        cfg.num_hidden_layers as f64,
+        cfg.vocab_size as f64,
+    );
+    // Weights, plus AdamW's two fp32 moments and, for bf16, the fp32 master copy (the moments
+    // are allocated at load but only become resident when the first step writes them).
+    let weights = params * b;
+    let persistent = weights + params * if s.bf16 { 12.0 } else { 8.0 };
+    let micro = if s.micro == 0 { a.minibatch } else { s.micro };
+    let tokens = (micro * (a.prompt_len + a.response_len)) as f64;
+    // Saved for backward per token and layer: each RMSNorm keeps its f32 input and its output
+    // (4H + bH, twice), q/k/v and the attention output and its contiguous copy (b(3H + 2kv)),
+    // and the SwiGLU MLP's gate, up, silu(gate) and product (4bI). Attention is taken as
+    // flash-style (no T×T term).
+    let per_layer = 2.0 * (4.0 + b) * h + b * (3.0 * h + 2.0 * kv) + 4.0 * b * i;
+    let layers = if s.checkpointing {
+        // Each layer's input, plus one layer recomputed during backward.
+        l * b * h + per_layer
+    } else {
+        l * per_layer
+    };
+    // The LM head: logits in b, their f32 copy and log-softmax (kept), and in backward the
+    // f32 gradient and its cast back: b + 4·4 bytes per vocabulary entry.
+    let head = (b + 16.0) * v;
+    // The gradients, in the weights' dtype. (With data parallelism a bf16 run also holds fp32
+    // copies for the reduction, 4 bytes per parameter more; this is one rank.)
+    let gradients = params * b;
+    (weights, persistent + gradients + tokens * (layers + head))
+}
+
+fn gib(bytes: f64) -> String {
+    format!("{:.2}", bytes / (1u64 << 30) as f64)
+}
+
+fn main() -> Result<()> {
+    let a = Args::parse();
+    if let Some(case) = &a.case {
+        let model = a.model.as_deref().context("--case needs --model")?;
+        println!("{}", measure(&a, Setting::parse(case)?, model)?);
+        return Ok(());
+    }
+    let preset =
+        SizePreset::by_name(&a.size).with_context(|| format!("unknown size {}", a.size))?;
+    let cfg = ModelConfig::new_random(Arch::Llama, &preset, a.vocab, Some(1), 2, Some(0), 4096);
+    let dir = tempfile::tempdir()?;
+    {
+        let model = CausalLm::new(cfg.clone(), Placement::default())?;
+        model.save(dir.path())?;
+    }
+    let settings = [
+        Setting {
+            bf16: false,
+            micro: 0,
+            checkpointing: false,
+        },
+        Setting {
+            bf16: true,
+            micro: 0,
+            checkpointing: false,
+        },
+        Setting {
+            bf16: true,
+            micro: 2,
+            checkpointing: false,
+        },
+        Setting {
+            bf16: true,
+            micro: 0,
+            checkpointing: true,
+        },
+        Setting {
+            bf16: true,
+            micro: 2,
+            checkpointing: true,
+        },
+    ];
+    let exe = std::env::current_exe()?;
+    println!(
+        "{} preset, vocab {}, one update of {} samples × {} tokens, {} threads (GiB; measured = peak RSS of the process minus its RSS before the model was built)\n",
+        a.size,
+        a.vocab,
+        a.minibatch,
+        a.prompt_len + a.response_len,
+        a.threads
+    );
+    println!(
+        "| setting | weights after load: measured / predicted | peak while loading | peak of the step: measured / predicted | step time |"
+    );
+    println!("|---|---|---|---|---|");
+    for s in settings {
+        let out = Command::new(&exe)
+            .args(["--case", &s.spec(), "--model"])
+            .arg(dir.path())
+            .args(["--minibatch", &a.minibatch.to_string()])
+            .args(["--prompt-len", &a.prompt_len.to_string()])
+            .args(["--response-len", &a.response_len.to_string()])
+            .args(["--threads", &a.threads.to_string()])
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "setting {} failed:\n{}",
+                s.spec(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let r: Value = serde_json::from_slice(&out.stdout)
+            .with_context(|| format!("setting {}: bad output", s.spec()))?;
+        let num = |k: &str| r[k].as_f64().unwrap_or(f64::NAN);
+        let (weights, peak) = predict(&a, &cfg, num("params"), s);
+        println!(
+            "| {} | {} / {} | {} | {} / {} | {:.0} s |",
+            s.label(a.minibatch),
+            gib(num("after_load")),
+            gib(weights),
+            gib(num("load_peak")),
+            gib(num("peak_step")),
+            gib(peak),
+            num("seconds")
+        );
+    }
+    Ok(())
+}
