@@ -183,3 +183,46 @@ pub fn score(a: ScoreArgs) -> Result<()> {
         Ok(())
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    /// Loads `deploy/k8s/base/config/NAME.toml` with service `S`'s own config type (not
+    /// validated: its model paths exist only in the cluster's volumes).
+    fn shipped<S: ModelService>(name: &str) -> Config<S> {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../deploy/k8s/base/config")
+            .join(format!("{name}.toml"));
+        Config::<S>::load(Some(&path), &serde_json::json!({}))
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    }
+
+    /// The manifests' service configs load (unknown keys are errors, so a renamed setting cannot
+    /// silently drop out) and train in bf16 with activation checkpointing, as the GPU arithmetic
+    /// in docs/deployment.md assumes.
+    #[test]
+    fn shipped_service_configs_load_with_the_settings_the_arithmetic_needs() {
+        let actor = shipped::<ActorServer>("actor");
+        let critic = shipped::<CriticServer>("critic");
+        for (name, engine, checkpointing) in [
+            (
+                "actor",
+                &actor.engine,
+                actor.service.activation_checkpointing,
+            ),
+            (
+                "critic",
+                &critic.engine,
+                critic.service.activation_checkpointing,
+            ),
+        ] {
+            assert_eq!(engine.dtype, "bf16", "{name}");
+            assert!(checkpointing, "{name}: activation_checkpointing");
+        }
+        assert_eq!(shipped::<ReferenceServer>("reference").engine.dtype, "bf16");
+        assert_eq!(shipped::<RewardServer>("reward").engine.dtype, "bf16");
+    }
+}
