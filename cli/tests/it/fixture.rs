@@ -106,11 +106,16 @@ pub fn fixture() -> &'static Fixture {
 /// `rrlhf sft` of the fixture's model on the shared HH data with `args`, writing to `out`;
 /// returns stdout and the `sft_summary.json` it wrote.
 pub fn sft(args: &[&str], out: &Path) -> (String, serde_json::Value) {
+    sft_of(&fixture().model, args, out)
+}
+
+/// `rrlhf sft` of `model` on the shared HH data with `args`, writing to `out`.
+pub fn sft_of(model: &Path, args: &[&str], out: &Path) -> (String, serde_json::Value) {
     let output = rrlhf()
         .arg("sft")
         .args(args)
         .arg("--model")
-        .arg(&fixture().model)
+        .arg(model)
         .arg("--data")
         .arg(hh_data())
         .arg("--out")

@@ -97,6 +97,9 @@ extern "C" {
 
 void rrlhf_recompute_free_message(char* message) { std::free(message); }
 
+// Whether autograd records operations on this thread (tch has no query for it).
+int rrlhf_grad_enabled() { return at::GradMode::is_enabled() ? 1 : 0; }
+
 // Applies the closure to `input` as one checkpointed step and writes the output handle to
 // `out`. Takes ownership of `ctx` in every case (it is dropped through `drop`). With grad mode
 // off, or when nothing needs a gradient, the closure just runs. Returns null on success, else

@@ -14,6 +14,7 @@ use crate::error::{ModelError, Result};
 use crate::heads::LmHead;
 use crate::kv_cache::KvCache;
 use crate::llama::{Backbone, ParamInit};
+use crate::lora::{self, LoraConfig};
 
 pub const TOKENIZER_FILE: &str = "tokenizer.json";
 
@@ -73,6 +74,40 @@ impl CausalLm {
         cfg.raw.insert("dtype".into(), dtype_name(kind).into());
         checkpoint::save(&self.vs, &[], dir)?;
         cfg.write(dir)
+    }
+
+    /// Adds LoRA adapters (see [`crate::lora`]) and freezes every other parameter, so training
+    /// updates the adapters only.
+    pub fn add_lora(&mut self, cfg: &LoraConfig) -> Result<()> {
+        let root = self.vs.root();
+        self.backbone.add_lora(&root / "model", cfg)?;
+        for (name, var) in self.vs.variables() {
+            if !lora::is_adapter_tensor(&name) {
+                let _ = var.set_requires_grad(false);
+            }
+        }
+        Ok(())
+    }
+
+    /// Loads a PEFT adapter directory onto this (base) model.
+    pub fn load_adapter(&mut self, dir: &Path) -> Result<()> {
+        let cfg = LoraConfig::from_peft_dir(dir)?;
+        self.add_lora(&cfg)?;
+        lora::load_adapter_weights(&self.vs, dir)
+    }
+
+    /// Writes the adapters as a PEFT directory (`base` goes into `base_model_name_or_path`).
+    pub fn save_adapter(&self, dir: &Path, base: &str) -> Result<()> {
+        let (cfg, _) = self.backbone.lora().ok_or_else(|| {
+            ModelError::InvalidInput("the model has no LoRA adapters to save".into())
+        })?;
+        lora::save_adapter(&self.vs, cfg, base, dir)
+    }
+
+    /// Folds the adapters into the weights: the model then computes what the adapted one did,
+    /// and [`Self::save`] writes a plain checkpoint.
+    pub fn merge_lora(&mut self) {
+        self.backbone.merge_lora();
     }
 
     pub fn device(&self) -> Device {

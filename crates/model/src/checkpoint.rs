@@ -172,8 +172,8 @@ pub fn load_strict(vs: &VarStore, dir: &Path, tied_embeddings: bool) -> Result<(
     )
 }
 
-/// Writes every variable of `vs` (plus `extra` tensors) to `dir` in the Hugging Face layout,
-/// sharded beyond [`DEFAULT_MAX_SHARD_BYTES`].
+/// Writes every variable of `vs` but LoRA adapters (plus `extra` tensors) to `dir` in the
+/// Hugging Face layout, sharded beyond [`DEFAULT_MAX_SHARD_BYTES`].
 pub fn save(vs: &VarStore, extra: &[(String, Tensor)], dir: &Path) -> Result<()> {
     save_sharded(vs, extra, dir, DEFAULT_MAX_SHARD_BYTES)
 }
@@ -185,9 +185,11 @@ pub fn save_sharded(
     dir: &Path,
     max_shard_bytes: u64,
 ) -> Result<()> {
+    // LoRA adapters are saved on their own, in PEFT's layout (`crate::lora`).
     let all = vs
         .variables()
         .into_iter()
+        .filter(|(name, _)| !crate::lora::is_adapter_tensor(name))
         .chain(extra.iter().map(|(n, t)| (n.clone(), t.shallow_clone())))
         .collect();
     crate::tensor_files::save_model(dir, all, max_shard_bytes)

@@ -4,14 +4,14 @@
 use tch::nn::{self, Module};
 use tch::{Kind, Tensor};
 
-use crate::llama::{ParamInit, linear};
+use crate::llama::{Linear, ParamInit, linear};
 
 /// Projects hidden states to vocabulary logits; with tied embeddings it reuses the input
 /// embedding matrix, as transformers does for `tie_word_embeddings = true`.
 #[derive(Debug)]
 pub enum LmHead {
     Tied(Tensor),
-    Own(nn::Linear),
+    Own(Linear),
 }
 
 impl LmHead {
@@ -44,7 +44,7 @@ impl Module for LmHead {
 /// Scalar per position (`score.weight`, no bias, as in HF `*ForSequenceClassification`).
 #[derive(Debug)]
 pub struct ValueHead {
-    score: nn::Linear,
+    score: Linear,
 }
 
 impl ValueHead {
@@ -67,8 +67,8 @@ impl ValueHead {
 /// so it is strictly positive and smooth.
 #[derive(Debug)]
 pub struct BrmeHead {
-    mu: nn::Linear,
-    sigma: nn::Linear,
+    mu: Linear,
+    sigma: Linear,
     pub heads: i64,
 }
 

@@ -12,6 +12,7 @@ use tch::{Kind, Tensor};
 
 use crate::config::ModelConfig;
 use crate::kv_cache::KvCache;
+use crate::lora::{Adapter, AdapterSwitch, LoraConfig};
 use crate::mask::causal_padding_mask;
 use crate::rope::{self, Rope};
 
@@ -47,24 +48,57 @@ pub(crate) fn param(
     }
 }
 
-pub(crate) fn linear(
-    p: nn::Path,
-    input: i64,
-    output: i64,
-    bias: bool,
-    fill: ParamInit,
-) -> nn::Linear {
-    nn::Linear {
+pub(crate) fn linear(p: nn::Path, input: i64, output: i64, bias: bool, fill: ParamInit) -> Linear {
+    Linear {
         ws: param(&p, "weight", &[output, input], normal_init(), fill),
         bs: bias.then(|| param(&p, "bias", &[output], nn::Init::Const(0.0), fill)),
+        lora: None,
     }
 }
 
-/// A second handle on the same parameters (for a checkpointed step that outlives a borrow).
-fn share_linear(l: &nn::Linear) -> nn::Linear {
-    nn::Linear {
-        ws: l.ws.shallow_clone(),
-        bs: l.bs.as_ref().map(Tensor::shallow_clone),
+/// A linear layer `x·Wᵀ + b` (HF names `weight`, `bias`), optionally with a LoRA adapter.
+#[derive(Debug)]
+pub struct Linear {
+    pub ws: Tensor,
+    pub bs: Option<Tensor>,
+    pub lora: Option<Adapter>,
+}
+
+impl Linear {
+    /// A second handle on the same parameters (for a checkpointed step that outlives a borrow).
+    fn share(&self) -> Self {
+        Self {
+            ws: self.ws.shallow_clone(),
+            bs: self.bs.as_ref().map(Tensor::shallow_clone),
+            lora: self.lora.as_ref().map(Adapter::share),
+        }
+    }
+
+    /// Gives the layer an adapter whose tensors live under `p` (the layer's own path).
+    fn adapt(&mut self, p: &nn::Path, cfg: &LoraConfig, switch: &AdapterSwitch) {
+        let [output, input] = self.ws.size()[..] else {
+            unreachable!("linear weights are [out, in]")
+        };
+        self.lora = Some(Adapter::new(p, input, output, cfg, switch));
+    }
+
+    /// Folds the adapter into the weight (W += (α/r)·B·A) and drops it.
+    fn merge(&mut self) {
+        if let Some(adapter) = self.lora.take() {
+            let _guard = tch::no_grad_guard();
+            let merged = self.ws.to_kind(Kind::Float) + adapter.merged_delta();
+            self.ws.shallow_clone().copy_(&merged);
+        }
+    }
+}
+
+impl Module for Linear {
+    fn forward(&self, xs: &Tensor) -> Tensor {
+        let out = xs.linear(&self.ws, self.bs.as_ref());
+        match self.lora.as_ref().and_then(|a| a.delta(xs)) {
+            Some(delta) => out + delta,
+            None => out,
+        }
     }
 }
 
@@ -103,10 +137,10 @@ impl Module for RmsNorm {
 
 #[derive(Debug)]
 struct Attention {
-    q_proj: nn::Linear,
-    k_proj: nn::Linear,
-    v_proj: nn::Linear,
-    o_proj: nn::Linear,
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    o_proj: Linear,
     heads: i64,
     kv_heads: i64,
     head_dim: i64,
@@ -129,10 +163,10 @@ impl Attention {
 
     fn share(&self) -> Self {
         Self {
-            q_proj: share_linear(&self.q_proj),
-            k_proj: share_linear(&self.k_proj),
-            v_proj: share_linear(&self.v_proj),
-            o_proj: share_linear(&self.o_proj),
+            q_proj: Linear::share(&self.q_proj),
+            k_proj: Linear::share(&self.k_proj),
+            v_proj: Linear::share(&self.v_proj),
+            o_proj: Linear::share(&self.o_proj),
             ..*self
         }
     }
@@ -180,9 +214,9 @@ impl Attention {
 
 #[derive(Debug)]
 struct Mlp {
-    gate_proj: nn::Linear,
-    up_proj: nn::Linear,
-    down_proj: nn::Linear,
+    gate_proj: Linear,
+    up_proj: Linear,
+    down_proj: Linear,
 }
 
 impl Mlp {
@@ -197,9 +231,9 @@ impl Mlp {
 
     fn share(&self) -> Self {
         Self {
-            gate_proj: share_linear(&self.gate_proj),
-            up_proj: share_linear(&self.up_proj),
-            down_proj: share_linear(&self.down_proj),
+            gate_proj: Linear::share(&self.gate_proj),
+            up_proj: Linear::share(&self.up_proj),
+            down_proj: Linear::share(&self.down_proj),
         }
     }
 }
@@ -228,6 +262,20 @@ impl DecoderLayer {
             post_attention_layernorm: norm("post_attention_layernorm"),
             mlp: Mlp::new(&p / "mlp", cfg, fill),
         }
+    }
+
+    /// The layer's linear modules with their block and HF name (`self_attn`, `q_proj`).
+    fn linears_mut(&mut self) -> [(&'static str, &'static str, &mut Linear); 7] {
+        let (a, m) = (&mut self.self_attn, &mut self.mlp);
+        [
+            ("self_attn", "q_proj", &mut a.q_proj),
+            ("self_attn", "k_proj", &mut a.k_proj),
+            ("self_attn", "v_proj", &mut a.v_proj),
+            ("self_attn", "o_proj", &mut a.o_proj),
+            ("mlp", "gate_proj", &mut m.gate_proj),
+            ("mlp", "up_proj", &mut m.up_proj),
+            ("mlp", "down_proj", &mut m.down_proj),
+        ]
     }
 
     fn share(&self) -> Self {
@@ -297,6 +345,8 @@ pub struct Backbone {
     /// Recompute each layer's activations in backward instead of keeping them (training
     /// forwards only: with a KV cache or without grad mode the layers run plainly).
     pub activation_checkpointing: bool,
+    /// The LoRA adapters' settings and their on/off switch, once [`Self::add_lora`] ran.
+    lora: Option<(LoraConfig, AdapterSwitch)>,
 }
 
 impl Backbone {
@@ -316,7 +366,48 @@ impl Backbone {
             rope: Rope::new(cfg, p.device()),
             hidden_size: cfg.hidden_size,
             activation_checkpointing: false,
+            lora: None,
         }
+    }
+
+    /// Adds a LoRA adapter to every targeted linear module of every layer, with tensors under
+    /// `p` (the backbone's path, normally `root / "model"`), and returns their shared switch
+    /// (on). The caller freezes the base parameters.
+    pub fn add_lora(&mut self, p: nn::Path, cfg: &LoraConfig) -> crate::Result<AdapterSwitch> {
+        cfg.validate()?;
+        if self.lora.is_some() {
+            return Err(crate::ModelError::InvalidInput(
+                "the model already has LoRA adapters".into(),
+            ));
+        }
+        let switch = AdapterSwitch::default();
+        switch.set_enabled(true);
+        let layers_path = &p / "layers";
+        for (i, layer) in self.layers.iter_mut().enumerate() {
+            let layer_path = &layers_path / i;
+            for (block, name, linear) in layer.linears_mut() {
+                if cfg.targets(name) {
+                    linear.adapt(&(&(&layer_path / block) / name), cfg, &switch);
+                }
+            }
+        }
+        self.lora = Some((cfg.clone(), switch.clone()));
+        Ok(switch)
+    }
+
+    /// The adapters' settings and switch, if the backbone has adapters.
+    pub fn lora(&self) -> Option<&(LoraConfig, AdapterSwitch)> {
+        self.lora.as_ref()
+    }
+
+    /// Folds every adapter into its base weight and removes the adapters.
+    pub fn merge_lora(&mut self) {
+        for layer in &mut self.layers {
+            for (_, _, linear) in layer.linears_mut() {
+                linear.merge();
+            }
+        }
+        self.lora = None;
     }
 
     pub fn num_layers(&self) -> usize {
@@ -351,6 +442,16 @@ impl Backbone {
             }
         };
         let checkpointed = self.activation_checkpointing && cache.is_none();
+        if checkpointed
+            && crate::recompute::grad_enabled()
+            && self
+                .lora
+                .as_ref()
+                .is_some_and(|(c, s)| c.dropout > 0.0 && s.enabled())
+        {
+            // Recomputation would draw other dropout masks than the forward pass did.
+            panic!("activation checkpointing cannot recompute LoRA dropout: use lora dropout 0");
+        }
         for (i, layer) in self.layers.iter().enumerate() {
             xs = if checkpointed {
                 layer.forward_checkpointed(&xs, &cos, &sin, mask.as_ref())

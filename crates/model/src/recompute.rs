@@ -7,7 +7,7 @@
 //! `torch.utils.checkpoint`: the step must be deterministic (no dropout here) and must not
 //! mutate state, because it runs twice.
 
-use std::ffi::{CStr, CString, c_char, c_void};
+use std::ffi::{CStr, CString, c_char, c_int, c_void};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use tch::{TchError, Tensor};
@@ -31,6 +31,15 @@ unsafe extern "C" {
         out: *mut *mut C_tensor,
     ) -> *mut c_char;
     fn rrlhf_recompute_free_message(message: *mut c_char);
+    fn rrlhf_grad_enabled() -> c_int;
+}
+
+/// Whether autograd records operations on this thread (off inside `tch::no_grad`).
+pub fn grad_enabled() -> bool {
+    // SAFETY: a query of a thread-local flag, without arguments.
+    #[allow(unsafe_code)]
+    let on = unsafe { rrlhf_grad_enabled() };
+    on != 0
 }
 
 /// Applies `step` to `input` under activation checkpointing. With grad mode off it simply runs

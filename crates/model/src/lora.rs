@@ -1,0 +1,399 @@
+//! LoRA adapters (Hu et al. 2021) on the decoder's linear layers, in the layout of the `peft`
+//! library: for a target module with weight W `[out, in]`, `lora_A.weight` `[r, in]` and
+//! `lora_B.weight` `[out, r]`, and output `x·Wᵀ + (α/r)·dropout(x)·Aᵀ·Bᵀ`. A is drawn as PEFT
+//! draws it (Kaiming-uniform, bound 1/√in) and B starts at zero, so a fresh adapter changes
+//! nothing. Adapters live in the model's `VarStore` next to the module they adapt
+//! (`model.layers.0.self_attn.q_proj.lora_A.weight`); the base parameters are frozen, so the
+//! optimizer, which takes the trainable variables, holds state for the adapters only.
+//!
+//! Saved adapters are a PEFT directory: `adapter_config.json` and `adapter_model.safetensors`
+//! with keys `base_model.model.<module>.lora_A.weight`, which `PeftModel.from_pretrained` loads.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tch::{Kind, Tensor, nn};
+
+use crate::error::{ModelError, Result};
+
+/// The modules of a Llama decoder layer that can carry an adapter, by their HF names.
+pub const TARGETABLE: [&str; 7] = [
+    "q_proj",
+    "k_proj",
+    "v_proj",
+    "o_proj",
+    "gate_proj",
+    "up_proj",
+    "down_proj",
+];
+pub const ADAPTER_CONFIG_FILE: &str = "adapter_config.json";
+pub const ADAPTER_WEIGHTS_FILE: &str = "adapter_model.safetensors";
+/// PEFT's prefix for the wrapped model's tensors.
+const PEFT_PREFIX: &str = "base_model.model.";
+
+/// What to adapt and how.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LoraConfig {
+    /// Rank r of A and B.
+    pub rank: i64,
+    /// α: the adapter's output is scaled by α / r.
+    pub alpha: f64,
+    /// Dropout on the adapter's input while training (grad mode on).
+    pub dropout: f64,
+    /// Module names from [`TARGETABLE`].
+    pub target_modules: Vec<String>,
+}
+
+impl LoraConfig {
+    /// Checks every field, naming the one that is wrong.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(ModelError::InvalidInput(m));
+        if self.rank < 1 {
+            return bad(format!("lora rank must be ≥ 1, got {}", self.rank));
+        }
+        if !(self.alpha.is_finite() && self.alpha > 0.0) {
+            return bad(format!("lora alpha must be > 0, got {}", self.alpha));
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            return bad(format!(
+                "lora dropout must be in [0, 1), got {}",
+                self.dropout
+            ));
+        }
+        if self.target_modules.is_empty() {
+            return bad("lora target modules: none given".into());
+        }
+        if let Some(m) = self
+            .target_modules
+            .iter()
+            .find(|m| !TARGETABLE.contains(&m.as_str()))
+        {
+            return bad(format!(
+                "lora target module `{m}` is not one of {}",
+                TARGETABLE.join(", ")
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn scale(&self) -> f64 {
+        self.alpha / self.rank as f64
+    }
+
+    pub fn targets(&self, module: &str) -> bool {
+        self.target_modules.iter().any(|m| m == module)
+    }
+
+    /// The `adapter_config.json` PEFT reads (`task_type` CAUSAL_LM: the adapted model is a
+    /// causal LM; `base` is recorded as `base_model_name_or_path`).
+    pub fn peft_json(&self, base: &str) -> serde_json::Value {
+        json!({
+            "peft_type": "LORA",
+            "task_type": "CAUSAL_LM",
+            "base_model_name_or_path": base,
+            "r": self.rank,
+            "lora_alpha": self.alpha,
+            "lora_dropout": self.dropout,
+            "target_modules": self.target_modules,
+            "bias": "none",
+            "fan_in_fan_out": false,
+            "inference_mode": true,
+            "init_lora_weights": true,
+            "modules_to_save": null,
+            "use_rslora": false,
+            "use_dora": false,
+        })
+    }
+
+    /// Reads an `adapter_config.json` (PEFT's, or ours), refusing what this engine would compute
+    /// differently (another PEFT type, biases, rsLoRA, DoRA, fan-in/fan-out weights).
+    pub fn from_peft_dir(dir: &Path) -> Result<Self> {
+        let path = dir.join(ADAPTER_CONFIG_FILE);
+        let text = std::fs::read_to_string(&path).map_err(|e| ModelError::io(&path, e))?;
+        let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| ModelError::Config {
+            path: path.clone(),
+            message: format!("not valid JSON: {e}"),
+        })?;
+        let unsupported =
+            |field: &str, value: &serde_json::Value, hint: &str| ModelError::Unsupported {
+                path: path.clone(),
+                field: field.into(),
+                value: value.to_string(),
+                hint: hint.into(),
+            };
+        let expect = |field: &str, ok: &dyn Fn(&serde_json::Value) -> bool, hint: &str| {
+            let value = v.get(field).cloned().unwrap_or(serde_json::Value::Null);
+            if ok(&value) {
+                Ok(())
+            } else {
+                Err(unsupported(field, &value, hint))
+            }
+        };
+        expect("peft_type", &|x| x == "LORA", "only LoRA adapters")?;
+        expect(
+            "bias",
+            &|x| x.is_null() || x == "none",
+            "adapters without bias terms",
+        )?;
+        for flag in ["use_rslora", "use_dora", "fan_in_fan_out"] {
+            expect(flag, &|x| x.is_null() || x == false, "plain LoRA")?;
+        }
+        let number = |field: &str| {
+            v.get(field)
+                .and_then(serde_json::Value::as_f64)
+                .ok_or_else(|| ModelError::Config {
+                    path: path.clone(),
+                    message: format!("missing number `{field}`"),
+                })
+        };
+        let target_modules = match v.get("target_modules") {
+            Some(serde_json::Value::Array(items)) => items
+                .iter()
+                .map(|m| m.as_str().map(str::to_owned))
+                .collect::<Option<Vec<_>>>(),
+            _ => None,
+        }
+        .ok_or_else(|| ModelError::Config {
+            path: path.clone(),
+            message: "`target_modules` must be a list of module names".into(),
+        })?;
+        let cfg = Self {
+            rank: number("r")? as i64,
+            alpha: number("lora_alpha")?,
+            dropout: v
+                .get("lora_dropout")
+                .and_then(|d| d.as_f64())
+                .unwrap_or(0.0),
+            target_modules,
+        };
+        cfg.validate().map_err(|e| ModelError::Config {
+            path,
+            message: e.to_string(),
+        })?;
+        Ok(cfg)
+    }
+}
+
+/// A switch shared by every adapter of one model: off, the model computes as its base (a
+/// reference policy without a copy of the weights).
+#[derive(Debug, Clone, Default)]
+pub struct AdapterSwitch(Arc<AtomicBool>);
+
+impl AdapterSwitch {
+    pub fn set_enabled(&self, on: bool) {
+        self.0.store(on, Ordering::Relaxed);
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// The low-rank update of one linear layer.
+#[derive(Debug)]
+pub struct Adapter {
+    pub a: Tensor,
+    pub b: Tensor,
+    pub scale: f64,
+    pub dropout: f64,
+    switch: AdapterSwitch,
+}
+
+impl Adapter {
+    /// Creates `lora_A` / `lora_B` under `p` (the adapted module's path) for a layer mapping
+    /// `input` to `output` features.
+    pub fn new(
+        p: &nn::Path,
+        input: i64,
+        output: i64,
+        cfg: &LoraConfig,
+        switch: &AdapterSwitch,
+    ) -> Self {
+        let bound = 1.0 / (input as f64).sqrt();
+        Self {
+            a: (p / "lora_A").var(
+                "weight",
+                &[cfg.rank, input],
+                nn::Init::Uniform {
+                    lo: -bound,
+                    up: bound,
+                },
+            ),
+            b: (p / "lora_B").var("weight", &[output, cfg.rank], nn::Init::Const(0.0)),
+            scale: cfg.scale(),
+            dropout: cfg.dropout,
+            switch: switch.clone(),
+        }
+    }
+
+    /// A second handle on the same tensors (for a checkpointed layer).
+    pub fn share(&self) -> Self {
+        Self {
+            a: self.a.shallow_clone(),
+            b: self.b.shallow_clone(),
+            scale: self.scale,
+            dropout: self.dropout,
+            switch: self.switch.clone(),
+        }
+    }
+
+    /// `(α/r)·dropout(x)·Aᵀ·Bᵀ`, or nothing while the adapters are switched off. Dropout
+    /// applies only in grad mode: every evaluation path of this engine runs without grad.
+    pub fn delta(&self, x: &Tensor) -> Option<Tensor> {
+        if !self.switch.enabled() {
+            return None;
+        }
+        let x = if self.dropout > 0.0 && crate::recompute::grad_enabled() {
+            x.dropout(self.dropout, true)
+        } else {
+            x.shallow_clone()
+        };
+        Some(x.matmul(&self.a.tr()).matmul(&self.b.tr()) * self.scale)
+    }
+
+    /// `(α/r)·B·A` in f32: what merging adds to the base weight.
+    pub fn merged_delta(&self) -> Tensor {
+        self.b
+            .to_kind(Kind::Float)
+            .matmul(&self.a.to_kind(Kind::Float))
+            * self.scale
+    }
+}
+
+/// Whether a variable name is an adapter's.
+pub fn is_adapter_tensor(name: &str) -> bool {
+    name.contains(".lora_A.") || name.contains(".lora_B.")
+}
+
+/// Writes the adapters of `vs` as a PEFT directory into `dir` (created if needed).
+pub fn save_adapter(vs: &nn::VarStore, cfg: &LoraConfig, base: &str, dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| ModelError::io(dir, e))?;
+    let tensors: Vec<(String, Tensor)> = vs
+        .variables()
+        .into_iter()
+        .filter(|(name, _)| is_adapter_tensor(name))
+        .map(|(name, t)| (format!("{PEFT_PREFIX}{name}"), t))
+        .collect();
+    if tensors.is_empty() {
+        return Err(ModelError::InvalidInput(
+            "the model has no LoRA adapters to save".into(),
+        ));
+    }
+    crate::tensor_files::write_file(&dir.join(ADAPTER_WEIGHTS_FILE), tensors)?;
+    let text = serde_json::to_string_pretty(&cfg.peft_json(base)).expect("JSON value serialises");
+    crate::fsio::write_atomic(&dir.join(ADAPTER_CONFIG_FILE), text.as_bytes())
+}
+
+/// Loads a PEFT adapter's tensors into the adapters of `vs`, strictly: every adapter of the
+/// model must be in the file and nothing else, with the same shapes.
+pub fn load_adapter_weights(vs: &nn::VarStore, dir: &Path) -> Result<()> {
+    let path = dir.join(ADAPTER_WEIGHTS_FILE);
+    let file = crate::tensor_files::MappedFile::open(&path)?;
+    let st = file.tensors()?;
+    let mut ours: Vec<(String, Tensor)> = vs
+        .variables()
+        .into_iter()
+        .filter(|(name, _)| is_adapter_tensor(name))
+        .collect();
+    ours.sort_by(|a, b| a.0.cmp(&b.0));
+    let expected: std::collections::HashSet<String> = ours
+        .iter()
+        .map(|(n, _)| format!("{PEFT_PREFIX}{n}"))
+        .collect();
+    if let Some(extra) = st.names().into_iter().find(|n| !expected.contains(*n)) {
+        return Err(ModelError::UnexpectedTensor {
+            path,
+            name: extra.to_string(),
+        });
+    }
+    let mut copies = Vec::with_capacity(ours.len());
+    for (name, var) in &ours {
+        let key = format!("{PEFT_PREFIX}{name}");
+        let view = st.tensor(&key).map_err(|_| ModelError::MissingTensor {
+            path: path.clone(),
+            name: key.clone(),
+        })?;
+        let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
+        if shape != var.size() {
+            return Err(ModelError::ShapeMismatch {
+                path: path.clone(),
+                name: key,
+                expected: var.size(),
+                found: shape,
+            });
+        }
+        copies.push((var, view, key));
+    }
+    let _guard = tch::no_grad_guard();
+    for (var, view, key) in copies {
+        let src = crate::tensor_files::host_tensor(&view, &path, &key)?;
+        var.shallow_clone().f_copy_(&src)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(targets: &[&str]) -> LoraConfig {
+        LoraConfig {
+            rank: 4,
+            alpha: 8.0,
+            dropout: 0.0,
+            target_modules: targets.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn bad_configs_name_the_field() {
+        for (c, needle) in [
+            (
+                LoraConfig {
+                    rank: 0,
+                    ..cfg(&["q_proj"])
+                },
+                "rank",
+            ),
+            (
+                LoraConfig {
+                    alpha: f64::NAN,
+                    ..cfg(&["q_proj"])
+                },
+                "alpha",
+            ),
+            (
+                LoraConfig {
+                    dropout: 1.0,
+                    ..cfg(&["q_proj"])
+                },
+                "dropout",
+            ),
+            (cfg(&[]), "target modules"),
+            (cfg(&["lm_head"]), "`lm_head`"),
+        ] {
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains(needle), "{e}");
+        }
+        assert!(cfg(&["q_proj", "down_proj"]).validate().is_ok());
+    }
+
+    #[test]
+    fn peft_config_round_trips_and_foreign_variants_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = cfg(&["q_proj", "v_proj"]);
+        let path = dir.path().join(ADAPTER_CONFIG_FILE);
+        std::fs::write(&path, c.peft_json("base").to_string()).unwrap();
+        assert_eq!(LoraConfig::from_peft_dir(dir.path()).unwrap(), c);
+        let mut dora = c.peft_json("base");
+        dora["use_dora"] = json!(true);
+        std::fs::write(&path, dora.to_string()).unwrap();
+        let e = LoraConfig::from_peft_dir(dir.path())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("use_dora"), "{e}");
+    }
+}
