@@ -15,6 +15,11 @@ Two sub-commands, both driven by the Rust test `crates/model/tests/it/parity.rs`
                     Loads a stage-1 reward model that rrlhf saved as *ForSequenceClassification and
                     compares transformers' scores on FILE's right-padded ids with rrlhf's rewards.
 
+  check-lora --base DIR --adapter DIR --inputs FILE
+                    Loads the base with transformers and rrlhf's LoRA adapter with
+                    `peft.PeftModel.from_pretrained`, and compares the adapted logits on FILE's
+                    right-padded ids with rrlhf's.
+
 Logits are compared only where the attention mask is 1; padded positions carry no meaning.
 """
 
@@ -171,6 +176,20 @@ def check_rm(model_dir, inputs, tol):
     return 0 if diff <= tol else 1
 
 
+def check_lora(base_dir, adapter_dir, inputs, tol):
+    from peft import PeftModel
+
+    base = AutoModelForCausalLM.from_pretrained(base_dir, attn_implementation="eager").eval().float()
+    model = PeftModel.from_pretrained(base, adapter_dir).eval()
+    t = load_file(inputs)
+    with torch.no_grad():
+        ours = model(input_ids=t["ids"], attention_mask=t["mask"]).logits.float()
+    keep = t["mask"].bool()
+    diff = (ours[keep] - t["logits"][keep]).abs().max().item()
+    print(f"lora: max |Δlogit| = {diff:.2e} (tolerance {tol:.0e})")
+    return 0 if diff <= tol else 1
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -183,11 +202,18 @@ def main():
     rm.add_argument("--model", required=True)
     rm.add_argument("--inputs", required=True)
     rm.add_argument("--tol", type=float, default=1e-4)
+    lo = sub.add_parser("check-lora")
+    lo.add_argument("--base", required=True)
+    lo.add_argument("--adapter", required=True)
+    lo.add_argument("--inputs", required=True)
+    lo.add_argument("--tol", type=float, default=1e-4)
     args = ap.parse_args()
     torch.set_num_threads(1)
     if args.cmd == "make":
         make(args.out)
         return 0
+    if args.cmd == "check-lora":
+        return check_lora(args.base, args.adapter, args.inputs, args.tol)
     if args.cmd == "check-rm":
         return check_rm(args.model, args.inputs, args.tol)
     return check(args.root, args.tol)

@@ -4,5 +4,6 @@ mod checkpointing;
 mod common;
 mod generation;
 mod loading;
+mod lora;
 mod parity;
 mod reward;
