@@ -61,6 +61,19 @@ pub enum ModelCommand {
         #[command(flatten)]
         runtime: RuntimeArgs,
     },
+    /// Fold a LoRA adapter (PEFT layout) into its base model and write a plain HF checkpoint.
+    Merge {
+        /// The base model the adapter was trained on.
+        #[arg(long)]
+        base: PathBuf,
+        /// The adapter directory (adapter_config.json, adapter_model.safetensors).
+        #[arg(long)]
+        adapter: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        #[command(flatten)]
+        runtime: RuntimeArgs,
+    },
     /// Sample continuations of a prompt.
     Generate {
         #[arg(long)]
@@ -140,6 +153,32 @@ pub fn run(cmd: ModelCommand) -> Result<()> {
             Ok(())
         }
         ModelCommand::Logprobs { model, runtime } => logprobs(&model, &runtime),
+        ModelCommand::Merge {
+            base,
+            adapter,
+            out,
+            runtime,
+        } => {
+            let mut model = CausalLm::from_dir(&base, runtime.placement()?)
+                .with_context(|| format!("loading base model {}", base.display()))?;
+            model
+                .load_adapter(&adapter)
+                .with_context(|| format!("loading adapter {}", adapter.display()))?;
+            model.merge_lora();
+            model
+                .save(&out)
+                .with_context(|| format!("saving {}", out.display()))?;
+            if let Ok(tok) = TextTokenizer::load(&base) {
+                tok.save_to(&out)?;
+            }
+            println!(
+                "merged {} into {} → {}",
+                adapter.display(),
+                base.display(),
+                out.display()
+            );
+            Ok(())
+        }
         ModelCommand::Generate {
             model,
             prompt,

@@ -16,7 +16,7 @@ use clap::Args;
 use rrlhf_model::Arch;
 use serde_json::{Value, json};
 
-use crate::args::RuntimeArgs;
+use crate::args::{LoraArgs, RuntimeArgs};
 use crate::cmd_model::{ArchArg, SamplingArgs, SizeArg, init, load_with_tokenizer, sample};
 use crate::cmd_rm::{DataArgs, EvalArgs, ScoringArgs, SplitArg, StageArg, TrainArgs};
 use crate::cmd_sft::{SftArgs, sft, write_json};
@@ -180,6 +180,7 @@ pub fn run(a: RunArgs) -> Result<()> {
             eval_fraction: 0.05,
             eval_every: 0,
             seed: a.seed,
+            lora: LoraArgs::default(),
             runtime: a.runtime.clone(),
         };
         save_outcome(&sft_dir, &sft(&sft_args, true)?)?

@@ -2,11 +2,11 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use clap::Args;
 use rrlhf_train::sft::{SftConfig, SftOutcome};
 
-use crate::args::RuntimeArgs;
+use crate::args::{LoraArgs, RuntimeArgs};
 use crate::cmd_model::load_with_tokenizer;
 
 #[derive(Args, Debug, Clone)]
@@ -17,7 +17,8 @@ pub struct SftArgs {
     /// HH-RLHF JSONL(.gz), `{"prompt","response"}` JSONL, `{"text"}` JSONL or plain text.
     #[arg(long)]
     pub data: PathBuf,
-    /// Where the fine-tuned model is written (with train_log.jsonl and sft_summary.json).
+    /// Where the fine-tuned model is written (with train_log.jsonl and sft_summary.json); with
+    /// LoRA, the adapter in PEFT's layout (adapter_config.json, adapter_model.safetensors).
     #[arg(long)]
     pub out: PathBuf,
     #[arg(long, default_value_t = 200)]
@@ -48,6 +49,8 @@ pub struct SftArgs {
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     #[command(flatten)]
+    pub lora: LoraArgs,
+    #[command(flatten)]
     pub runtime: RuntimeArgs,
 }
 
@@ -70,8 +73,17 @@ pub fn run(args: SftArgs) -> Result<()> {
 /// Runs SFT as configured by `args` and saves the model, tokenizer, log and summary.
 pub fn sft(args: &SftArgs, show_progress: bool) -> Result<SftOutcome> {
     let placement = args.runtime.placement()?;
+    let lora = args.lora.config()?;
+    if args.activation_checkpointing && lora.as_ref().is_some_and(|l| l.dropout > 0.0) {
+        bail!(
+            "--activation-checkpointing recomputes each layer and cannot replay LoRA dropout: use --lora-dropout 0"
+        );
+    }
     let (mut model, tok) = load_with_tokenizer(&args.model, placement)?;
     model.backbone.activation_checkpointing = args.activation_checkpointing;
+    if let Some(cfg) = &lora {
+        model.add_lora(cfg)?;
+    }
     let data = rrlhf_data::sft::load(&args.data).context("reading the SFT data")?;
     let cfg = SftConfig {
         steps: args.steps,
@@ -96,9 +108,15 @@ pub fn sft(args: &SftArgs, show_progress: bool) -> Result<SftOutcome> {
         &cfg,
         Some(&args.out.join("train_log.jsonl")),
     )?;
-    model
-        .save(&args.out)
-        .with_context(|| format!("saving {}", args.out.display()))?;
+    if lora.is_some() {
+        model
+            .save_adapter(&args.out, &args.model.display().to_string())
+            .with_context(|| format!("saving the adapter to {}", args.out.display()))?;
+    } else {
+        model
+            .save(&args.out)
+            .with_context(|| format!("saving {}", args.out.display()))?;
+    }
     tok.save_to(&args.out)?;
     write_json(&args.out.join("sft_summary.json"), &outcome)?;
     Ok(outcome)

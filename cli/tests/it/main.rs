@@ -5,5 +5,6 @@ mod commands;
 mod errors;
 mod fixture;
 mod launch;
+mod lora;
 mod pipeline;
 mod reward;
