@@ -146,7 +146,7 @@ fn measure(a: &Args, setting: Setting, model: &Path) -> Result<Value> {
     let _ = tch::Tensor::zeros([1], (tch::Kind::Float, tch::Device::Cpu));
     let before = status_bytes("VmRSS:")?;
     let placement = Placement::parse("cpu", if setting.bf16 { "bf16" } else { "f32" })?;
-    let mut policy = Policy::load(model, placement, 0.0, None)?;
+    let mut policy = Policy::load(model, placement, 0.0, None, None)?;
     policy.model.backbone.activation_checkpointing = setting.checkpointing;
     let loaded = status_bytes("VmRSS:")?;
     let load_peak = status_bytes("VmHWM:")?;

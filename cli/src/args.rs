@@ -59,7 +59,7 @@ impl LoraArgs {
             dropout: self.lora_dropout,
             target_modules: self.lora_target_modules.clone(),
         };
-        cfg.validate()?;
+        cfg.validate().map_err(anyhow::Error::msg)?;
         Ok(Some(cfg))
     }
 }

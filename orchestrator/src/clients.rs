@@ -71,6 +71,8 @@ pub struct Services {
     pub critic: Pool<CriticServiceClient<Svc>>,
     pub reference: Pool<ReferenceServiceClient<Svc>>,
     pub reward: Pool<RewardServiceClient<Svc>>,
+    /// Reference log-probs come from the actor's `BaseLogProbs` (`endpoints.reference_from_actor_base`).
+    pub reference_from_actor_base: bool,
 }
 
 /// Messages up to 256 MiB: a batch of 128 long sequences with per-token floats is large.
@@ -136,6 +138,7 @@ impl Services {
                     .max_decoding_message_size(MAX_MESSAGE)
                     .max_encoding_message_size(MAX_MESSAGE)
             })?,
+            reference_from_actor_base: e.reference_from_actor_base,
         })
     }
 }

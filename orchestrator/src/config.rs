@@ -78,6 +78,10 @@ pub struct Endpoints {
     pub critic: Vec<String>,
     pub reference: Vec<String>,
     pub reward: Vec<String>,
+    /// Take the reference log-probs from the actor's `BaseLogProbs` (a LoRA actor's frozen
+    /// base, which is the SFT policy) instead of a reference service; `reference` may then be
+    /// empty.
+    pub reference_from_actor_base: bool,
     /// Sent as `authorization: Bearer …` to every service.
     pub auth_token: Option<String>,
 }
@@ -91,6 +95,7 @@ impl Default for Endpoints {
             critic: one(50081),
             reference: one(50071),
             reward: one(50061),
+            reference_from_actor_base: false,
             auth_token: None,
         }
     }
@@ -331,7 +336,9 @@ impl OrchestratorConfig {
             ("endpoints.reference", &self.endpoints.reference),
             ("endpoints.reward", &self.endpoints.reward),
         ] {
-            if list.is_empty() {
+            let optional =
+                name == "endpoints.reference" && self.endpoints.reference_from_actor_base;
+            if list.is_empty() && !optional {
                 return Err(invalid(name, "at least one endpoint is required"));
             }
             if let Some(bad) = list
@@ -465,6 +472,17 @@ mod tests {
             matches!(&err, OrchestratorError::Invalid { field, .. } if field == "run.steps"),
             "{err}"
         );
+        // Without a reference service the actor's base must serve as the reference.
+        let mut cfg = OrchestratorConfig::default();
+        cfg.endpoints.reference.clear();
+        assert!(
+            cfg.validate()
+                .unwrap_err()
+                .to_string()
+                .starts_with("endpoints.reference")
+        );
+        cfg.endpoints.reference_from_actor_base = true;
+        cfg.validate().unwrap();
         let mut cfg = OrchestratorConfig::default();
         cfg.telemetry.otlp_endpoint = Some("nowhere".into());
         assert!(

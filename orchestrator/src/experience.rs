@@ -305,11 +305,19 @@ async fn enrich_one(
     recompute_policy: bool,
 ) -> Result<Extras> {
     let reference = retry(retry_cfg, "reference LogProbs", || {
-        let mut c = services.reference.any();
         let req = LogProbsRequest {
             sequences: vec![seq.clone()],
         };
-        async move { c.log_probs(req).await }
+        let from_base = services
+            .reference_from_actor_base
+            .then(|| services.actor.any());
+        let reference = services.reference.clone();
+        async move {
+            match from_base {
+                Some(mut actor) => actor.base_log_probs(req).await,
+                None => reference.any().log_probs(req).await,
+            }
+        }
     });
     let critic = retry(retry_cfg, "critic Values", || {
         let mut c = services.critic.any();

@@ -91,7 +91,7 @@ impl CausalLm {
 
     /// Loads a PEFT adapter directory onto this (base) model.
     pub fn load_adapter(&mut self, dir: &Path) -> Result<()> {
-        let cfg = LoraConfig::from_peft_dir(dir)?;
+        let cfg = lora::read_peft_config(dir)?;
         self.add_lora(&cfg)?;
         lora::load_adapter_weights(&self.vs, dir)
     }
@@ -102,6 +102,23 @@ impl CausalLm {
             ModelError::InvalidInput("the model has no LoRA adapters to save".into())
         })?;
         lora::save_adapter(&self.vs, cfg, base, dir)
+    }
+
+    /// Writes what training changes into `dir`: the whole model, or with LoRA only the adapters
+    /// (PEFT layout; `base` names the model they adapt).
+    pub fn save_trainable(&self, dir: &Path, base: &str) -> Result<()> {
+        match self.backbone.lora() {
+            Some(_) => self.save_adapter(dir, base),
+            None => self.save(dir),
+        }
+    }
+
+    /// Loads what [`Self::save_trainable`] wrote, validating all of it before copying any.
+    pub fn load_trainable(&self, dir: &Path) -> Result<()> {
+        match self.backbone.lora() {
+            Some(_) => lora::load_adapter_weights(&self.vs, dir),
+            None => checkpoint::load_strict(&self.vs, dir, self.cfg.tie_word_embeddings),
+        }
     }
 
     /// Folds the adapters into the weights: the model then computes what the adapted one did,

@@ -374,7 +374,7 @@ impl Backbone {
     /// `p` (the backbone's path, normally `root / "model"`), and returns their shared switch
     /// (on). The caller freezes the base parameters.
     pub fn add_lora(&mut self, p: nn::Path, cfg: &LoraConfig) -> crate::Result<AdapterSwitch> {
-        cfg.validate()?;
+        crate::lora::validate(cfg)?;
         if self.lora.is_some() {
             return Err(crate::ModelError::InvalidInput(
                 "the model already has LoRA adapters".into(),

@@ -13,168 +13,108 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tch::{Kind, Tensor, nn};
 
 use crate::error::{ModelError, Result};
 
-/// The modules of a Llama decoder layer that can carry an adapter, by their HF names.
-pub const TARGETABLE: [&str; 7] = [
-    "q_proj",
-    "k_proj",
-    "v_proj",
-    "o_proj",
-    "gate_proj",
-    "up_proj",
-    "down_proj",
-];
+pub use rrlhf_util::lora::{LoraConfig, TARGETABLE};
+
 pub const ADAPTER_CONFIG_FILE: &str = "adapter_config.json";
 pub const ADAPTER_WEIGHTS_FILE: &str = "adapter_model.safetensors";
 /// PEFT's prefix for the wrapped model's tensors.
 const PEFT_PREFIX: &str = "base_model.model.";
 
-/// What to adapt and how.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct LoraConfig {
-    /// Rank r of A and B.
-    pub rank: i64,
-    /// α: the adapter's output is scaled by α / r.
-    pub alpha: f64,
-    /// Dropout on the adapter's input while training (grad mode on).
-    pub dropout: f64,
-    /// Module names from [`TARGETABLE`].
-    pub target_modules: Vec<String>,
+/// Checks `cfg`, as the model's error.
+pub fn validate(cfg: &LoraConfig) -> Result<()> {
+    cfg.validate().map_err(ModelError::InvalidInput)
 }
 
-impl LoraConfig {
-    /// Checks every field, naming the one that is wrong.
-    pub fn validate(&self) -> Result<()> {
-        let bad = |m: String| Err(ModelError::InvalidInput(m));
-        if self.rank < 1 {
-            return bad(format!("lora rank must be ≥ 1, got {}", self.rank));
-        }
-        if !(self.alpha.is_finite() && self.alpha > 0.0) {
-            return bad(format!("lora alpha must be > 0, got {}", self.alpha));
-        }
-        if !(0.0..1.0).contains(&self.dropout) {
-            return bad(format!(
-                "lora dropout must be in [0, 1), got {}",
-                self.dropout
-            ));
-        }
-        if self.target_modules.is_empty() {
-            return bad("lora target modules: none given".into());
-        }
-        if let Some(m) = self
-            .target_modules
-            .iter()
-            .find(|m| !TARGETABLE.contains(&m.as_str()))
-        {
-            return bad(format!(
-                "lora target module `{m}` is not one of {}",
-                TARGETABLE.join(", ")
-            ));
-        }
-        Ok(())
-    }
+/// The `adapter_config.json` PEFT reads (`task_type` CAUSAL_LM: the adapted model is a
+/// causal LM; `base` is recorded as `base_model_name_or_path`).
+pub fn peft_json(cfg: &LoraConfig, base: &str) -> serde_json::Value {
+    json!({
+        "peft_type": "LORA",
+        "task_type": "CAUSAL_LM",
+        "base_model_name_or_path": base,
+        "r": cfg.rank,
+        "lora_alpha": cfg.alpha,
+        "lora_dropout": cfg.dropout,
+        "target_modules": cfg.target_modules,
+        "bias": "none",
+        "fan_in_fan_out": false,
+        "inference_mode": true,
+        "init_lora_weights": true,
+        "modules_to_save": null,
+        "use_rslora": false,
+        "use_dora": false,
+    })
+}
 
-    pub fn scale(&self) -> f64 {
-        self.alpha / self.rank as f64
-    }
-
-    pub fn targets(&self, module: &str) -> bool {
-        self.target_modules.iter().any(|m| m == module)
-    }
-
-    /// The `adapter_config.json` PEFT reads (`task_type` CAUSAL_LM: the adapted model is a
-    /// causal LM; `base` is recorded as `base_model_name_or_path`).
-    pub fn peft_json(&self, base: &str) -> serde_json::Value {
-        json!({
-            "peft_type": "LORA",
-            "task_type": "CAUSAL_LM",
-            "base_model_name_or_path": base,
-            "r": self.rank,
-            "lora_alpha": self.alpha,
-            "lora_dropout": self.dropout,
-            "target_modules": self.target_modules,
-            "bias": "none",
-            "fan_in_fan_out": false,
-            "inference_mode": true,
-            "init_lora_weights": true,
-            "modules_to_save": null,
-            "use_rslora": false,
-            "use_dora": false,
-        })
-    }
-
-    /// Reads an `adapter_config.json` (PEFT's, or ours), refusing what this engine would compute
-    /// differently (another PEFT type, biases, rsLoRA, DoRA, fan-in/fan-out weights).
-    pub fn from_peft_dir(dir: &Path) -> Result<Self> {
-        let path = dir.join(ADAPTER_CONFIG_FILE);
-        let text = std::fs::read_to_string(&path).map_err(|e| ModelError::io(&path, e))?;
-        let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| ModelError::Config {
+/// Reads an `adapter_config.json` (PEFT's, or ours), refusing what this engine would compute
+/// differently (another PEFT type, biases, rsLoRA, DoRA, fan-in/fan-out weights).
+pub fn read_peft_config(dir: &Path) -> Result<LoraConfig> {
+    let path = dir.join(ADAPTER_CONFIG_FILE);
+    let text = std::fs::read_to_string(&path).map_err(|e| ModelError::io(&path, e))?;
+    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| ModelError::Config {
+        path: path.clone(),
+        message: format!("not valid JSON: {e}"),
+    })?;
+    let unsupported =
+        |field: &str, value: &serde_json::Value, hint: &str| ModelError::Unsupported {
             path: path.clone(),
-            message: format!("not valid JSON: {e}"),
-        })?;
-        let unsupported =
-            |field: &str, value: &serde_json::Value, hint: &str| ModelError::Unsupported {
+            field: field.into(),
+            value: value.to_string(),
+            hint: hint.into(),
+        };
+    let expect = |field: &str, ok: &dyn Fn(&serde_json::Value) -> bool, hint: &str| {
+        let value = v.get(field).cloned().unwrap_or(serde_json::Value::Null);
+        if ok(&value) {
+            Ok(())
+        } else {
+            Err(unsupported(field, &value, hint))
+        }
+    };
+    expect("peft_type", &|x| x == "LORA", "only LoRA adapters")?;
+    expect(
+        "bias",
+        &|x| x.is_null() || x == "none",
+        "adapters without bias terms",
+    )?;
+    for flag in ["use_rslora", "use_dora", "fan_in_fan_out"] {
+        expect(flag, &|x| x.is_null() || x == false, "plain LoRA")?;
+    }
+    let number = |field: &str| {
+        v.get(field)
+            .and_then(serde_json::Value::as_f64)
+            .ok_or_else(|| ModelError::Config {
                 path: path.clone(),
-                field: field.into(),
-                value: value.to_string(),
-                hint: hint.into(),
-            };
-        let expect = |field: &str, ok: &dyn Fn(&serde_json::Value) -> bool, hint: &str| {
-            let value = v.get(field).cloned().unwrap_or(serde_json::Value::Null);
-            if ok(&value) {
-                Ok(())
-            } else {
-                Err(unsupported(field, &value, hint))
-            }
-        };
-        expect("peft_type", &|x| x == "LORA", "only LoRA adapters")?;
-        expect(
-            "bias",
-            &|x| x.is_null() || x == "none",
-            "adapters without bias terms",
-        )?;
-        for flag in ["use_rslora", "use_dora", "fan_in_fan_out"] {
-            expect(flag, &|x| x.is_null() || x == false, "plain LoRA")?;
-        }
-        let number = |field: &str| {
-            v.get(field)
-                .and_then(serde_json::Value::as_f64)
-                .ok_or_else(|| ModelError::Config {
-                    path: path.clone(),
-                    message: format!("missing number `{field}`"),
-                })
-        };
-        let target_modules = match v.get("target_modules") {
-            Some(serde_json::Value::Array(items)) => items
-                .iter()
-                .map(|m| m.as_str().map(str::to_owned))
-                .collect::<Option<Vec<_>>>(),
-            _ => None,
-        }
-        .ok_or_else(|| ModelError::Config {
-            path: path.clone(),
-            message: "`target_modules` must be a list of module names".into(),
-        })?;
-        let cfg = Self {
-            rank: number("r")? as i64,
-            alpha: number("lora_alpha")?,
-            dropout: v
-                .get("lora_dropout")
-                .and_then(|d| d.as_f64())
-                .unwrap_or(0.0),
-            target_modules,
-        };
-        cfg.validate().map_err(|e| ModelError::Config {
-            path,
-            message: e.to_string(),
-        })?;
-        Ok(cfg)
+                message: format!("missing number `{field}`"),
+            })
+    };
+    let target_modules = match v.get("target_modules") {
+        Some(serde_json::Value::Array(items)) => items
+            .iter()
+            .map(|m| m.as_str().map(str::to_owned))
+            .collect::<Option<Vec<_>>>(),
+        _ => None,
     }
+    .ok_or_else(|| ModelError::Config {
+        path: path.clone(),
+        message: "`target_modules` must be a list of module names".into(),
+    })?;
+    let cfg = LoraConfig {
+        rank: number("r")? as i64,
+        alpha: number("lora_alpha")?,
+        dropout: v
+            .get("lora_dropout")
+            .and_then(|d| d.as_f64())
+            .unwrap_or(0.0),
+        target_modules,
+    };
+    cfg.validate()
+        .map_err(|message| ModelError::Config { path, message })?;
+    Ok(cfg)
 }
 
 /// A switch shared by every adapter of one model: off, the model computes as its base (a
@@ -283,7 +223,7 @@ pub fn save_adapter(vs: &nn::VarStore, cfg: &LoraConfig, base: &str, dir: &Path)
         ));
     }
     crate::tensor_files::write_file(&dir.join(ADAPTER_WEIGHTS_FILE), tensors)?;
-    let text = serde_json::to_string_pretty(&cfg.peft_json(base)).expect("JSON value serialises");
+    let text = serde_json::to_string_pretty(&peft_json(cfg, base)).expect("JSON value serialises");
     crate::fsio::write_atomic(&dir.join(ADAPTER_CONFIG_FILE), text.as_bytes())
 }
 
@@ -349,51 +289,16 @@ mod tests {
     }
 
     #[test]
-    fn bad_configs_name_the_field() {
-        for (c, needle) in [
-            (
-                LoraConfig {
-                    rank: 0,
-                    ..cfg(&["q_proj"])
-                },
-                "rank",
-            ),
-            (
-                LoraConfig {
-                    alpha: f64::NAN,
-                    ..cfg(&["q_proj"])
-                },
-                "alpha",
-            ),
-            (
-                LoraConfig {
-                    dropout: 1.0,
-                    ..cfg(&["q_proj"])
-                },
-                "dropout",
-            ),
-            (cfg(&[]), "target modules"),
-            (cfg(&["lm_head"]), "`lm_head`"),
-        ] {
-            let e = c.validate().unwrap_err().to_string();
-            assert!(e.contains(needle), "{e}");
-        }
-        assert!(cfg(&["q_proj", "down_proj"]).validate().is_ok());
-    }
-
-    #[test]
     fn peft_config_round_trips_and_foreign_variants_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let c = cfg(&["q_proj", "v_proj"]);
         let path = dir.path().join(ADAPTER_CONFIG_FILE);
-        std::fs::write(&path, c.peft_json("base").to_string()).unwrap();
-        assert_eq!(LoraConfig::from_peft_dir(dir.path()).unwrap(), c);
-        let mut dora = c.peft_json("base");
+        std::fs::write(&path, peft_json(&c, "base").to_string()).unwrap();
+        assert_eq!(read_peft_config(dir.path()).unwrap(), c);
+        let mut dora = peft_json(&c, "base");
         dora["use_dora"] = json!(true);
         std::fs::write(&path, dora.to_string()).unwrap();
-        let e = LoraConfig::from_peft_dir(dir.path())
-            .unwrap_err()
-            .to_string();
+        let e = read_peft_config(dir.path()).unwrap_err().to_string();
         assert!(e.contains("use_dora"), "{e}");
     }
 }

@@ -16,6 +16,7 @@ use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
 
 use rrlhf_proto::common::v1::RankInfo;
+use rrlhf_util::lora::LoraConfig;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -60,6 +61,9 @@ pub struct TrainerSettings<P> {
     /// Keep only each decoder layer's input during a `Train` forward and recompute the layer
     /// in backward: activation memory of one layer instead of all, for one more forward pass.
     pub activation_checkpointing: bool,
+    /// Train LoRA adapters on a frozen base instead of every weight (`[lora]`: `rank`,
+    /// `alpha`, optional `dropout` and `target_modules`); checkpoints then hold the adapters.
+    pub lora: Option<LoraConfig>,
     #[serde(skip)]
     pub port: PhantomData<P>,
 }
@@ -69,6 +73,7 @@ impl<P> Default for TrainerSettings<P> {
         Self {
             weight_decay: 0.0,
             activation_checkpointing: false,
+            lora: None,
             port: PhantomData,
         }
     }
@@ -79,14 +84,22 @@ impl<P: DefaultPort> ServiceSettings for TrainerSettings<P> {
 
     fn validate(&self) -> Result<(), ConfigError> {
         let wd = self.weight_decay;
-        if wd.is_finite() && wd >= 0.0 {
-            Ok(())
-        } else {
-            Err(invalid_setting(
+        if !(wd.is_finite() && wd >= 0.0) {
+            return Err(invalid_setting(
                 "weight_decay",
                 format!("must be ≥ 0, got {wd}"),
-            ))
+            ));
         }
+        if let Some(lora) = &self.lora {
+            lora.validate().map_err(|e| invalid_setting("lora", e))?;
+            if self.activation_checkpointing && lora.dropout > 0.0 {
+                return Err(invalid_setting(
+                    "lora.dropout",
+                    "must be 0 with activation_checkpointing (recomputed layers cannot replay dropout)",
+                ));
+            }
+        }
+        Ok(())
     }
 }
 

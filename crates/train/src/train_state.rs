@@ -80,15 +80,18 @@ impl TrainState {
     /// all then take rank 0's weights and optimizer state, so a load that failed half-way on
     /// rank 0 still leaves every rank equal. The call fails on every rank when rank 0's read
     /// did.
+    ///
+    /// `read_weights` copies the checkpoint's weights into the model (all of them, or a LoRA
+    /// model's adapters), validating before copying.
     pub fn load(
         &self,
         vs: &nn::VarStore,
-        tie_word_embeddings: bool,
+        read_weights: impl FnOnce(&Path) -> Result<(), ModelError>,
         dir: &Path,
     ) -> Result<(), ModelError> {
         let slot = &mut *self.optimizer.borrow_mut();
         let read = |slot: &mut Option<AdamW>| {
-            rrlhf_model::checkpoint::load_strict(vs, dir, tie_word_embeddings)?;
+            read_weights(dir)?;
             optim::restore_from_checkpoint(slot, vs, self.weight_decay, dir)
         };
         let Some(dp) = &self.dp else {

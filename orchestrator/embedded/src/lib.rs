@@ -283,6 +283,7 @@ impl Cluster {
             critic: with(&self.critic, &x.critic),
             reference: with(&self.reference, &x.reference),
             reward: with(&self.reward, &x.reward),
+            reference_from_actor_base: false,
             auth_token,
         }
     }

@@ -42,6 +42,7 @@ async fn every_error_gets_the_status_of_its_kind() {
         critic: nowhere.clone(),
         reference: nowhere.clone(),
         reward: nowhere,
+        reference_from_actor_base: false,
         auth_token: None,
     };
     // No patience: the first refused connection fails the run.

@@ -4,13 +4,14 @@
 //! several ranks, training, checkpoint loads and start-up go in step with the other ranks
 //! (`rrlhf_train::data_parallel`).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use rrlhf_model::batch::{Batch, PadSide};
 use rrlhf_model::causal_lm::shifted_logprobs;
 use rrlhf_model::generate::{FinishReason, Generation};
+use rrlhf_model::lora::AdapterSwitch;
 use rrlhf_model::losses::{entropy, ppo_policy_loss};
-use rrlhf_model::{CausalLm, ModelError, Placement, SamplingParams, TextTokenizer};
+use rrlhf_model::{CausalLm, LoraConfig, ModelError, Placement, SamplingParams, TextTokenizer};
 use rrlhf_runtime::engine::run_in_arrival_order;
 use rrlhf_runtime::training_rpc::{TrainDone, TrainWork, Trainable};
 use rrlhf_train::data_parallel::{DataParallel, MinibatchLoss, UpdatePlan, UpdateSummary, mean_of};
@@ -65,6 +66,8 @@ pub struct PpoStats {
 pub enum Work {
     Generate(GenerateJob),
     LogProbs(Pair),
+    /// Log-probabilities of all of a request's pairs under the base (adapters off).
+    BaseLogProbs(Vec<Pair>),
     Training(TrainWork<PpoJob>),
 }
 
@@ -72,6 +75,7 @@ pub enum Work {
 pub enum Done {
     Generated(usize),
     LogProbs(Vec<f32>),
+    BaseLogProbs(Vec<Vec<f32>>),
     Training(TrainDone<PpoStats>),
 }
 
@@ -80,24 +84,32 @@ rrlhf_runtime::training_work!(Work, Done, PpoJob, PpoStats);
 pub struct Policy {
     pub model: CausalLm,
     pub tokenizer: Option<TextTokenizer>,
+    /// The model directory the policy was loaded from (a LoRA checkpoint's base).
+    source: PathBuf,
     /// AdamW state and, with several ranks, the data-parallel group.
     training: TrainState,
 }
 
 impl Policy {
-    /// Loads the policy; with `dp`, then takes rank 0's weights so all ranks start equal.
+    /// Loads the policy, with LoRA adapters on a frozen base when `lora` is given; with `dp`,
+    /// then takes rank 0's trainable weights so all ranks start equal.
     pub fn load(
         dir: &Path,
         placement: Placement,
         weight_decay: f64,
+        lora: Option<&LoraConfig>,
         dp: Option<DataParallel>,
     ) -> Result<Self, ModelError> {
-        let model = CausalLm::from_dir(dir, placement)?;
+        let mut model = CausalLm::from_dir(dir, placement)?;
+        if let Some(cfg) = lora {
+            model.add_lora(cfg)?;
+        }
         let tokenizer = TextTokenizer::load(dir).ok();
         let training = TrainState::new(&model.vs, weight_decay, dp)?;
         Ok(Self {
             model,
             tokenizer,
+            source: dir.to_path_buf(),
             training,
         })
     }
@@ -153,6 +165,28 @@ impl Policy {
     pub fn logprobs(&self, pairs: &[Pair]) -> Result<Vec<Vec<f32>>, ModelError> {
         let _guard = tch::no_grad_guard();
         self.model.response_logprobs(pairs)
+    }
+
+    /// Log-probabilities under the base model: the LoRA adapters are switched off for this
+    /// pass only. An actor without adapters has no base to offer.
+    pub fn base_logprobs(&self, pairs: &[Pair]) -> Result<Vec<Vec<f32>>, ModelError> {
+        let Some((_, switch)) = self.model.backbone.lora() else {
+            return Err(ModelError::InvalidInput(
+                "this actor has no LoRA adapters, so it has no frozen base to serve as the \
+                 reference: serve a reference model instead"
+                    .into(),
+            ));
+        };
+        /// Switches the adapters back on however the pass ends.
+        struct On<'a>(&'a AdapterSwitch);
+        impl Drop for On<'_> {
+            fn drop(&mut self) {
+                self.0.set_enabled(true);
+            }
+        }
+        switch.set_enabled(false);
+        let _on = On(switch);
+        self.logprobs(pairs)
     }
 
     /// PPO's clipped surrogate (minus the entropy bonus) over mini-batches × epochs.
@@ -239,6 +273,7 @@ impl Policy {
             |w| match w {
                 Work::Generate(job) => Ok(Done::Generated(self.generate(job)?)),
                 Work::Training(w) => Ok(Done::Training(self.run_training(w)?)),
+                Work::BaseLogProbs(pairs) => Ok(Done::BaseLogProbs(self.base_logprobs(pairs)?)),
                 Work::LogProbs(_) => unreachable!("log-probabilities run batched"),
             },
         )
@@ -258,16 +293,19 @@ impl Trainable for Policy {
         self.training.reject();
     }
 
-    /// Weights, optimizer state and the tokenizer, so the directory serves as a model too.
+    /// Weights (with LoRA: the adapters, as a PEFT directory over the base this service
+    /// loaded), optimizer state and the tokenizer, so the directory serves as a model (or an
+    /// adapter) too.
     fn save(&self, dir: &Path) -> Result<(), ModelError> {
         self.training.checkpoint(dir, |tmp| {
-            self.model.save(tmp)?;
+            self.model
+                .save_trainable(tmp, &self.source.display().to_string())?;
             self.tokenizer.as_ref().map_or(Ok(()), |t| t.save_to(tmp))
         })
     }
 
     fn load(&self, dir: &Path) -> Result<(), ModelError> {
         self.training
-            .load(&self.model.vs, self.model.cfg.tie_word_embeddings, dir)
+            .load(&self.model.vs, |dir| self.model.load_trainable(dir), dir)
     }
 }

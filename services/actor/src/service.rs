@@ -48,7 +48,8 @@ fn load_policy(cfg: &ActorServiceConfig) -> Result<(Policy, Loaded), LoadError> 
     let dp = DataParallel::for_service(cfg.server.group(), placement.device)
         .map_err(|e| LoadError(format!("data-parallel group: {e}")))?;
     let wd = cfg.service.weight_decay;
-    let mut policy = Policy::load(&cfg.model, placement, wd, dp).map_err(LoadError::of)?;
+    let lora = cfg.service.lora.as_ref();
+    let mut policy = Policy::load(&cfg.model, placement, wd, lora, dp).map_err(LoadError::of)?;
     policy.model.backbone.activation_checkpointing = cfg.service.activation_checkpointing;
     policy
         .logprobs(&[(vec![0], vec![0])])
@@ -78,6 +79,7 @@ impl ModelService for ActorServer {
             |policy: &Policy, work: &[Work]| policy.run(work).map_err(|e| e.to_string()),
             |w: &Work| match w {
                 Work::LogProbs((p, r)) => p.len() + r.len(),
+                Work::BaseLogProbs(pairs) => pairs.iter().map(|(p, r)| p.len() + r.len()).sum(),
                 _ => usize::MAX / 4,
             },
         )?;
@@ -186,6 +188,32 @@ impl ActorService for ActorServer {
                 other => Err(unexpected(other)),
             })
             .collect::<Result<_, _>>()?;
+        Ok(Response::new(LogProbsResponse { results }))
+    }
+
+    async fn base_log_probs(
+        &self,
+        request: Request<LogProbsRequest>,
+    ) -> Result<Response<LogProbsResponse>, Status> {
+        if self.cfg.service.lora.is_none() {
+            return Err(Status::failed_precondition(
+                "BaseLogProbs: this actor trains every weight (no `[lora]`), so it has no \
+                 frozen base to serve as the reference; call a reference service",
+            ));
+        }
+        let req = request.into_inner();
+        let pairs = sequence_pairs(&req.sequences, self.vocab_size, self.cfg.max_length)?;
+        let mut done = self.engine.submit(vec![Work::BaseLogProbs(pairs)]).await?;
+        let rows = match done.pop() {
+            Some(Done::BaseLogProbs(rows)) => rows,
+            other => return Err(unexpected(other)),
+        };
+        let results = req
+            .sequences
+            .into_iter()
+            .zip(rows)
+            .map(|(s, logprobs)| TokenLogProbs { id: s.id, logprobs })
+            .collect();
         Ok(Response::new(LogProbsResponse { results }))
     }
 

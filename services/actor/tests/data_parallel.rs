@@ -104,7 +104,8 @@ fn shard(job: &PpoJob, range: std::ops::Range<usize>) -> PpoJob {
 }
 
 fn train_and_save(dp: Option<DataParallel>, rank: usize, model: &Path, out: &Path) {
-    let policy = Policy::load(model, Placement::default(), 0.01, dp).expect("load the policy");
+    let policy =
+        Policy::load(model, Placement::default(), 0.01, None, dp).expect("load the policy");
     let full = full_job_of(&policy);
     let mine = match rank {
         0 if std::env::var("RRLHF_TEST_RANK").is_err() => full,
@@ -169,7 +170,7 @@ fn max_diff(a: &[(String, Tensor)], b: &[(String, Tensor)]) -> f64 {
 /// PPO updates over mini-batches of 4 with micro-batches of 1, 2 and 4 equal those without.
 fn accumulation_matches_whole_minibatches(model: &Path) {
     let trained = |micro: usize| {
-        let policy = Policy::load(model, Placement::default(), 0.01, None).expect("load");
+        let policy = Policy::load(model, Placement::default(), 0.01, None, None).expect("load");
         let mut job = full_job_of(&policy);
         job.plan.minibatch_size = 4;
         job.plan.epochs = 2;

@@ -185,7 +185,11 @@ impl Trainable for Critic {
     /// restores the optimizer state saved with them. With several ranks, rank 0 reads `dir`
     /// and all ranks then take rank 0's state.
     fn load(&self, dir: &Path) -> Result<(), ModelError> {
-        self.training
-            .load(&self.model.vs, self.model.cfg.tie_word_embeddings, dir)
+        let tied = self.model.cfg.tie_word_embeddings;
+        self.training.load(
+            &self.model.vs,
+            |dir| rrlhf_model::checkpoint::load_strict(&self.model.vs, dir, tied),
+            dir,
+        )
     }
 }

@@ -392,3 +392,110 @@ async fn a_bf16_checkpoint_resumes_bit_identically_on_a_fresh_service() {
     );
     second.stop().await;
 }
+
+/// With LoRA, `BaseLogProbs` is the reference: the actor's frozen base gives the log-probs a
+/// separate reference service on the same SFT model gives, after PPO has moved the adapters
+/// (and so `LogProbs`). An actor without adapters refuses `BaseLogProbs`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lora_actor_serves_its_base_as_the_reference() {
+    use rrlhf_proto::reference::v1::reference_service_client::ReferenceServiceClient;
+    use rrlhf_reference_service::{ReferenceServer, ReferenceServiceConfig};
+
+    let policy = &models().policy;
+    let mut cfg = ActorServiceConfig {
+        model: policy.clone(),
+        max_length: 128,
+        ..Default::default()
+    };
+    cfg.service.lora = Some(rrlhf_model::LoraConfig {
+        rank: 4,
+        alpha: 16.0,
+        dropout: 0.0,
+        target_modules: vec!["q_proj".into(), "v_proj".into(), "up_proj".into()],
+    });
+    let actor = spawn::<ActorServer>(cfg).await;
+    let reference = spawn::<ReferenceServer>(ReferenceServiceConfig {
+        model: policy.clone(),
+        max_length: 128,
+        ..Default::default()
+    })
+    .await;
+    let mut a = ActorServiceClient::connect(actor.url()).await.unwrap();
+    let mut r = ReferenceServiceClient::connect(reference.url())
+        .await
+        .unwrap();
+    let seqs = vec![
+        Sequence {
+            id: "a".into(),
+            prompt_ids: vec![5, 17, 33],
+            response_ids: vec![40, 41, 42, 9],
+        },
+        Sequence {
+            id: "b".into(),
+            prompt_ids: vec![8, 2],
+            response_ids: vec![19, 6, 30, 11, 3],
+        },
+    ];
+    let old = logprobs(&mut a, &seqs).await;
+    a.train(TrainRequest {
+        samples: seqs
+            .iter()
+            .zip(&old)
+            .map(|(s, lp)| TrainSample {
+                sequence: Some(s.clone()),
+                old_logprobs: lp.clone(),
+                advantages: vec![1.0; lp.len()],
+            })
+            .collect(),
+        minibatch_size: 0,
+        epochs: 4,
+        lr: 1e-2,
+        clip_eps: 0.2,
+        entropy_coef: 0.0,
+        max_grad_norm: 1.0,
+        seed: 0,
+        micro_batch_size: 0,
+    })
+    .await
+    .unwrap();
+    let trained = logprobs(&mut a, &seqs).await;
+    assert_ne!(trained, old, "PPO moved the adapters");
+    let request = || LogProbsRequest {
+        sequences: seqs.clone(),
+    };
+    let base: Vec<Vec<f32>> = a
+        .base_log_probs(request())
+        .await
+        .unwrap()
+        .into_inner()
+        .results
+        .into_iter()
+        .map(|t| t.logprobs)
+        .collect();
+    let refs: Vec<Vec<f32>> = r
+        .log_probs(request())
+        .await
+        .unwrap()
+        .into_inner()
+        .results
+        .into_iter()
+        .map(|t| t.logprobs)
+        .collect();
+    for (b, r) in base.iter().flatten().zip(refs.iter().flatten()) {
+        assert!((b - r).abs() < 1e-5, "base {b} vs reference {r}");
+    }
+    assert_eq!(logprobs(&mut a, &seqs).await, trained, "adapters back on");
+    actor.stop().await;
+    reference.stop().await;
+
+    let full = spawn::<ActorServer>(ActorServiceConfig {
+        model: policy.clone(),
+        max_length: 128,
+        ..Default::default()
+    })
+    .await;
+    let mut f = ActorServiceClient::connect(full.url()).await.unwrap();
+    let err = f.base_log_probs(request()).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    full.stop().await;
+}

@@ -1,0 +1,124 @@
+//! The settings of LoRA adapters (Hu et al. 2021), without tensors: what a service's `[lora]`
+//! table and the CLI's `--lora-*` flags hold. `rrlhf-model` builds the adapters from them.
+
+use serde::{Deserialize, Serialize};
+
+/// The modules of a Llama decoder layer that can carry an adapter, by their HF names.
+pub const TARGETABLE: [&str; 7] = [
+    "q_proj",
+    "k_proj",
+    "v_proj",
+    "o_proj",
+    "gate_proj",
+    "up_proj",
+    "down_proj",
+];
+
+/// What to adapt and how (a service's `[lora]` table: `rank` and `alpha` required, `dropout`
+/// 0 and every targetable module by default).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoraConfig {
+    /// Rank r of A and B.
+    pub rank: i64,
+    /// α: the adapter's output is scaled by α / r.
+    pub alpha: f64,
+    /// Dropout on the adapter's input while training.
+    #[serde(default)]
+    pub dropout: f64,
+    /// Module names from [`TARGETABLE`].
+    #[serde(default = "all_targetable")]
+    pub target_modules: Vec<String>,
+}
+
+fn all_targetable() -> Vec<String> {
+    TARGETABLE.iter().map(|m| m.to_string()).collect()
+}
+
+impl LoraConfig {
+    /// Checks every field; the message names the one that is wrong.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.rank < 1 {
+            return Err(format!("lora rank must be ≥ 1, got {}", self.rank));
+        }
+        if !(self.alpha.is_finite() && self.alpha > 0.0) {
+            return Err(format!("lora alpha must be > 0, got {}", self.alpha));
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            return Err(format!(
+                "lora dropout must be in [0, 1), got {}",
+                self.dropout
+            ));
+        }
+        if self.target_modules.is_empty() {
+            return Err("lora target modules: none given".into());
+        }
+        if let Some(m) = self
+            .target_modules
+            .iter()
+            .find(|m| !TARGETABLE.contains(&m.as_str()))
+        {
+            return Err(format!(
+                "lora target module `{m}` is not one of {}",
+                TARGETABLE.join(", ")
+            ));
+        }
+        Ok(())
+    }
+
+    /// α / r, the factor on the adapter's output.
+    pub fn scale(&self) -> f64 {
+        self.alpha / self.rank as f64
+    }
+
+    pub fn targets(&self, module: &str) -> bool {
+        self.target_modules.iter().any(|m| m == module)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(targets: &[&str]) -> LoraConfig {
+        LoraConfig {
+            rank: 4,
+            alpha: 8.0,
+            dropout: 0.0,
+            target_modules: targets.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn bad_configs_name_the_field() {
+        for (c, needle) in [
+            (
+                LoraConfig {
+                    rank: 0,
+                    ..cfg(&["q_proj"])
+                },
+                "rank",
+            ),
+            (
+                LoraConfig {
+                    alpha: f64::NAN,
+                    ..cfg(&["q_proj"])
+                },
+                "alpha",
+            ),
+            (
+                LoraConfig {
+                    dropout: 1.0,
+                    ..cfg(&["q_proj"])
+                },
+                "dropout",
+            ),
+            (cfg(&[]), "target modules"),
+            (cfg(&["lm_head"]), "`lm_head`"),
+        ] {
+            let e = c.validate().unwrap_err();
+            assert!(e.contains(needle), "{e}");
+        }
+        assert!(cfg(&["q_proj", "down_proj"]).validate().is_ok());
+    }
+}
