@@ -52,7 +52,7 @@ async fn a_restarted_reward_service_costs_no_step() {
         .map(|m| m.step)
         .collect();
     assert_eq!(steps, vec![1, 2, 3, 4], "every step exactly once");
-    for s in [actor, critic, reference, reward] {
+    for s in [actor, critic, reward].into_iter().chain(reference) {
         s.stop().await;
     }
 }

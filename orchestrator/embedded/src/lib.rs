@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use rrlhf_actor_service::ActorServer;
+use rrlhf_actor_service::{ActorServer, ActorServiceConfig};
 use rrlhf_critic_service::CriticServer;
 use rrlhf_orchestrator::config::Endpoints;
 use rrlhf_reference_service::ReferenceServer;
@@ -12,6 +12,7 @@ use rrlhf_reward_service::{RewardServer, RewardServiceConfig};
 use rrlhf_runtime::server::ServeError;
 use rrlhf_runtime::service::{self as model_service, Config, ModelService};
 use rrlhf_runtime::{EngineConfig, ModelServiceConfig, ServerConfig, ServiceSettings};
+use rrlhf_util::lora::LoraConfig;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -37,6 +38,9 @@ pub struct Options {
     pub shutdown_grace_secs: f64,
     /// Whether the services merge concurrent requests into shared batches (`engine.merge_requests`).
     pub merge_requests: bool,
+    /// LoRA adapters for the actor; its frozen base then serves the reference log-probs and no
+    /// reference service is started.
+    pub actor_lora: Option<LoraConfig>,
 }
 
 impl Default for Options {
@@ -48,6 +52,7 @@ impl Default for Options {
             auth_token: None,
             shutdown_grace_secs: 5.0,
             merge_requests: true,
+            actor_lora: None,
         }
     }
 }
@@ -142,7 +147,8 @@ pub async fn start_reward(cfg: RewardServiceConfig) -> anyhow::Result<Service> {
 pub struct Cluster {
     pub actor: Service,
     pub critic: Service,
-    pub reference: Service,
+    /// None with a LoRA actor, whose base serves the reference.
+    pub reference: Option<Service>,
     pub reward: Service,
     /// Further instances of each service, beyond the first.
     pub extra: Vec<Service>,
@@ -210,7 +216,11 @@ async fn start_ranks(
         tasks.spawn(async move {
             let server = place.server(&o);
             let started = match which {
-                Trained::Actor => start::<ActorServer>(config(&dirs.policy, server, &o)).await,
+                Trained::Actor => {
+                    let mut cfg: ActorServiceConfig = config(&dirs.policy, server, &o);
+                    cfg.service.lora = o.actor_lora.clone();
+                    start::<ActorServer>(cfg).await
+                }
                 Trained::Critic => start::<CriticServer>(config(&dirs.critic, server, &o)).await,
             };
             (rank, started)
@@ -249,7 +259,10 @@ impl Cluster {
         let mut cluster = Self {
             actor: actors.next().expect("n ≥ 1 actor ranks"),
             critic: critics.next().expect("n ≥ 1 critic ranks"),
-            reference: start_reference(dirs, o).await?,
+            reference: match o.actor_lora {
+                Some(_) => None,
+                None => Some(start_reference(dirs, o).await?),
+            },
             reward: start_reward(reward_cfg()).await?,
             extra: Vec::new(),
             extra_urls: ExtraUrls::default(),
@@ -260,13 +273,14 @@ impl Cluster {
             cluster.extra.extend([a, c]);
         }
         for _ in 1..n {
-            let (r, w) = (
-                start_reference(dirs, o).await?,
-                start_reward(reward_cfg()).await?,
-            );
-            cluster.extra_urls.reference.push(r.url());
+            if cluster.reference.is_some() {
+                let r = start_reference(dirs, o).await?;
+                cluster.extra_urls.reference.push(r.url());
+                cluster.extra.push(r);
+            }
+            let w = start_reward(reward_cfg()).await?;
             cluster.extra_urls.reward.push(w.url());
-            cluster.extra.extend([r, w]);
+            cluster.extra.push(w);
         }
         Ok(cluster)
     }
@@ -281,16 +295,20 @@ impl Cluster {
         Endpoints {
             actor: with(&self.actor, &x.actor),
             critic: with(&self.critic, &x.critic),
-            reference: with(&self.reference, &x.reference),
+            reference: match &self.reference {
+                Some(r) => with(r, &x.reference),
+                None => Vec::new(),
+            },
             reward: with(&self.reward, &x.reward),
-            reference_from_actor_base: false,
+            reference_from_actor_base: self.reference.is_none(),
             auth_token,
         }
     }
 
     pub async fn stop(self) {
-        for s in [self.actor, self.critic, self.reference, self.reward]
+        for s in [self.actor, self.critic, self.reward]
             .into_iter()
+            .chain(self.reference)
             .chain(self.extra)
         {
             s.stop().await;
