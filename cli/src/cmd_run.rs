@@ -87,6 +87,10 @@ pub struct RunArgs {
     /// for bit — merged batches change floating-point summation order with arrival timing.
     #[arg(long)]
     merge_requests: bool,
+    /// PPO with LoRA adapters on the actor (SFT and the reward models still train fully); the
+    /// actor's frozen base then serves the reference log-probs, so no reference model is loaded.
+    #[command(flatten)]
+    lora: LoraArgs,
     #[arg(long, default_value_t = 0)]
     seed: u64,
     #[command(flatten)]
@@ -392,7 +396,10 @@ fn ppo(a: &RunArgs, sft_dir: &Path, rm1_dir: &Path, brme_dir: &Path) -> Result<P
     let info = crate::embedded_ppo::run(
         cfg,
         &crate::embedded_ppo::model_dirs(sft_dir, rm1_dir, brme_dir),
-        &crate::embedded_ppo::options(max_length, &a.runtime, a.merge_requests),
+        &rrlhf_embedded::Options {
+            actor_lora: a.lora.config()?,
+            ..crate::embedded_ppo::options(max_length, &a.runtime, a.merge_requests)
+        },
         None,
         a.rest.as_deref(),
     )?;
