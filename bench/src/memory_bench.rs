@@ -13,7 +13,8 @@ use std::process::Command;
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 use rrlhf_actor_service::engine::{Policy, PpoJob};
-use rrlhf_model::{Arch, CausalLm, ModelConfig, Placement, SizePreset};
+use rrlhf_model::lora::TARGETABLE;
+use rrlhf_model::{Arch, CausalLm, LoraConfig, ModelConfig, Placement, SizePreset};
 use rrlhf_train::data_parallel::UpdatePlan;
 use serde_json::{Value, json};
 
@@ -46,13 +47,15 @@ struct Setting {
     bf16: bool,
     micro: usize,
     checkpointing: bool,
+    /// LoRA rank on every targetable module (0: full fine-tuning).
+    lora: i64,
 }
 
 impl Setting {
     fn parse(text: &str) -> Result<Self> {
         let parts: Vec<&str> = text.split(':').collect();
-        let [dtype, micro, ckpt] = parts[..] else {
-            bail!("--case `{text}`: expected DTYPE:MICRO:CKPT");
+        let [dtype, micro, ckpt, lora] = parts[..] else {
+            bail!("--case `{text}`: expected DTYPE:MICRO:CKPT:LORA_RANK");
         };
         Ok(Self {
             bf16: match dtype {
@@ -62,12 +65,28 @@ impl Setting {
             },
             micro: micro.parse().context("--case: micro-batch size")?,
             checkpointing: ckpt == "1",
+            lora: lora.parse().context("--case: LoRA rank")?,
+        })
+    }
+
+    /// The LoRA settings of a LoRA setting: α = 2r on every targetable module.
+    fn lora_config(self) -> Option<LoraConfig> {
+        (self.lora > 0).then(|| LoraConfig {
+            rank: self.lora,
+            alpha: 2.0 * self.lora as f64,
+            dropout: 0.0,
+            target_modules: TARGETABLE.iter().map(|m| m.to_string()).collect(),
         })
     }
 
     fn spec(self) -> String {
         let dtype = if self.bf16 { "bf16" } else { "f32" };
-        format!("{dtype}:{}:{}", self.micro, u8::from(self.checkpointing))
+        format!(
+            "{dtype}:{}:{}:{}",
+            self.micro,
+            u8::from(self.checkpointing),
+            self.lora
+        )
     }
 
     fn label(self, minibatch: usize) -> String {
@@ -86,7 +105,12 @@ impl Setting {
         } else {
             ""
         };
-        format!("{dtype}, micro-batch {micro}{ckpt}")
+        let lora = if self.lora > 0 {
+            format!(", LoRA r{}", self.lora)
+        } else {
+            String::new()
+        };
+        format!("{dtype}, micro-batch {micro}{ckpt}{lora}")
     }
 }
 
@@ -146,17 +170,22 @@ fn measure(a: &Args, setting: Setting, model: &Path) -> Result<Value> {
     let _ = tch::Tensor::zeros([1], (tch::Kind::Float, tch::Device::Cpu));
     let before = status_bytes("VmRSS:")?;
     let placement = Placement::parse("cpu", if setting.bf16 { "bf16" } else { "f32" })?;
-    let mut policy = Policy::load(model, placement, 0.0, None, None)?;
+    let lora = setting.lora_config();
+    let mut policy = Policy::load(model, placement, 0.0, lora.as_ref(), None)?;
     policy.model.backbone.activation_checkpointing = setting.checkpointing;
     let loaded = status_bytes("VmRSS:")?;
     let load_peak = status_bytes("VmHWM:")?;
-    let params: i64 = policy
-        .model
-        .vs
-        .trainable_variables()
-        .iter()
-        .map(|t| t.numel() as i64)
-        .sum();
+    let count = |trainable_only: bool| -> i64 {
+        policy
+            .model
+            .vs
+            .variables()
+            .values()
+            .filter(|t| !trainable_only || t.requires_grad())
+            .map(|t| t.numel() as i64)
+            .sum()
+    };
+    let (params, trainable) = (count(false), count(true));
     // Writing 5 resets VmHWM to the current RSS (proc(5), /proc/pid/clear_refs).
     std::fs::write("/proc/self/clear_refs", "5").context("resetting the peak RSS")?;
     let start = std::time::Instant::now();
@@ -165,6 +194,7 @@ fn measure(a: &Args, setting: Setting, model: &Path) -> Result<Value> {
     Ok(json!({
         "setting": setting.spec(),
         "params": params,
+        "trainable": trainable,
         "process_before_model": before,
         "after_load": loaded - before,
         "load_peak": load_peak - before,
@@ -174,8 +204,9 @@ fn measure(a: &Args, setting: Setting, model: &Path) -> Result<Value> {
     }))
 }
 
-/// What the arithmetic predicts for a setting, in bytes: (weights, peak of the step).
-fn predict(a: &Args, cfg: &ModelConfig, params: f64, s: Setting) -> (f64, f64) {
+/// What the arithmetic predicts for a setting, in bytes: (weights, peak of the step), for
+/// `params` parameters of which `trainable` train (all, or a LoRA model's adapters).
+fn predict(a: &Args, cfg: &ModelConfig, params: f64, trainable: f64, s: Setting) -> (f64, f64) {
     let b = if s.bf16 { 2.0 } else { 4.0 };
     let (h, kv, i, l, v) = (
         cfg.hidden_size as f64,
@@ -184,16 +215,18 @@ fn predict(a: &Args, cfg: &ModelConfig, params: f64, s: Setting) -> (f64, f64) {
         cfg.num_hidden_layers as f64,
         cfg.vocab_size as f64,
     );
-    // Weights, plus AdamW's two fp32 moments and, for bf16, the fp32 master copy (the moments
-    // are allocated at load but only become resident when the first step writes them).
+    // Weights, plus AdamW's two fp32 moments and, for bf16, the fp32 master copy of what trains
+    // (the moments are allocated at load but only become resident when the first step writes
+    // them).
     let weights = params * b;
-    let persistent = weights + params * if s.bf16 { 12.0 } else { 8.0 };
+    let persistent = weights + trainable * if s.bf16 { 12.0 } else { 8.0 };
     let micro = if s.micro == 0 { a.minibatch } else { s.micro };
     let tokens = (micro * (a.prompt_len + a.response_len)) as f64;
     // Saved for backward per token and layer: each RMSNorm keeps its f32 input and its output
     // (4H + bH, twice), q/k/v and the attention output and its contiguous copy (b(3H + 2kv)),
     // and the SwiGLU MLP's gate, up, silu(gate) and product (4bI). Attention is taken as
-    // flash-style (no T×T term).
+    // flash-style (no T×T term). With LoRA the same count stands as an upper bound (a frozen
+    // linear layer needs no saved input, its adapter keeps a rank-r one).
     let per_layer = 2.0 * (4.0 + b) * h + b * (3.0 * h + 2.0 * kv) + 4.0 * b * i;
     let layers = if s.checkpointing {
         // Each layer's input, plus one layer recomputed during backward.
@@ -206,7 +239,7 @@ fn predict(a: &Args, cfg: &ModelConfig, params: f64, s: Setting) -> (f64, f64) {
     let head = (b + 16.0) * v;
     // The gradients, in the weights' dtype. (With data parallelism a bf16 run also holds fp32
     // copies for the reduction, 4 bytes per parameter more; this is one rank.)
-    let gradients = params * b;
+    let gradients = trainable * b;
     (weights, persistent + gradients + tokens * (layers + head))
 }
 
@@ -234,26 +267,43 @@ fn main() -> Result<()> {
             bf16: false,
             micro: 0,
             checkpointing: false,
+            lora: 0,
         },
         Setting {
             bf16: true,
             micro: 0,
             checkpointing: false,
+            lora: 0,
         },
         Setting {
             bf16: true,
             micro: 2,
             checkpointing: false,
+            lora: 0,
         },
         Setting {
             bf16: true,
             micro: 0,
             checkpointing: true,
+            lora: 0,
         },
         Setting {
             bf16: true,
             micro: 2,
             checkpointing: true,
+            lora: 0,
+        },
+        Setting {
+            bf16: true,
+            micro: 0,
+            checkpointing: false,
+            lora: 16,
+        },
+        Setting {
+            bf16: true,
+            micro: 2,
+            checkpointing: true,
+            lora: 16,
         },
     ];
     let exe = std::env::current_exe()?;
@@ -288,7 +338,7 @@ fn main() -> Result<()> {
         let r: Value = serde_json::from_slice(&out.stdout)
             .with_context(|| format!("setting {}: bad output", s.spec()))?;
         let num = |k: &str| r[k].as_f64().unwrap_or(f64::NAN);
-        let (weights, peak) = predict(&a, &cfg, num("params"), s);
+        let (weights, peak) = predict(&a, &cfg, num("params"), num("trainable"), s);
         println!(
             "| {} | {} / {} | {} | {} / {} | {:.0} s |",
             s.label(a.minibatch),

@@ -237,14 +237,36 @@ pub fn init(
 }
 
 /// Loads a model directory and the tokenizer stored in it.
+/// Loads the model in `dir`; a PEFT adapter directory (LoRA SFT output, a LoRA actor's
+/// checkpoint) stands for its base with the adapter applied.
+pub fn load_model(dir: &Path, placement: rrlhf_model::Placement) -> Result<CausalLm> {
+    if !rrlhf_model::lora::is_adapter_dir(dir) {
+        return CausalLm::from_dir(dir, placement)
+            .with_context(|| format!("loading model {}", dir.display()));
+    }
+    let base = rrlhf_model::lora::adapter_base(dir)?;
+    let mut model = CausalLm::from_dir(&base, placement)
+        .with_context(|| format!("loading base model {} of {}", base.display(), dir.display()))?;
+    model
+        .load_adapter(dir)
+        .with_context(|| format!("loading adapter {}", dir.display()))?;
+    Ok(model)
+}
+
+/// [`load_model`] and its tokenizer (an adapter directory's own, else its base's).
 pub fn load_with_tokenizer(
     dir: &Path,
     placement: rrlhf_model::Placement,
 ) -> Result<(CausalLm, TextTokenizer)> {
-    let model = CausalLm::from_dir(dir, placement)
-        .with_context(|| format!("loading model {}", dir.display()))?;
-    let tok = TextTokenizer::load(dir)
-        .with_context(|| format!("model {} has no usable tokenizer", dir.display()))?;
+    let model = load_model(dir, placement)?;
+    let own = dir.join(rrlhf_model::causal_lm::TOKENIZER_FILE).exists();
+    let tok_dir = if own || !rrlhf_model::lora::is_adapter_dir(dir) {
+        dir.to_path_buf()
+    } else {
+        rrlhf_model::lora::adapter_base(dir)?
+    };
+    let tok = TextTokenizer::load(&tok_dir)
+        .with_context(|| format!("model {} has no usable tokenizer", tok_dir.display()))?;
     if tok.vocab_size() as i64 > model.cfg.vocab_size {
         bail!(
             "tokenizer in {} has {} tokens but the model's vocabulary has {}",
@@ -284,9 +306,7 @@ pub fn sample(
 }
 
 fn logprobs(dir: &Path, runtime: &RuntimeArgs) -> Result<()> {
-    let placement = runtime.placement()?;
-    let model = CausalLm::from_dir(dir, placement)
-        .with_context(|| format!("loading model {}", dir.display()))?;
+    let model = load_model(dir, runtime.placement()?)?;
     let vocab = model.cfg.vocab_size;
     let stdout = std::io::stdout();
     let mut out = stdout.lock();

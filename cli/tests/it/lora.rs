@@ -1,12 +1,12 @@
 //! LoRA through the CLI: `rrlhf sft --lora-rank` trains adapters only and writes them in PEFT's
-//! layout; `rrlhf model merge` folds them into a plain checkpoint whose untargeted weights are
-//! the base's, bit for bit; bad LoRA options are refused by name.
+//! layout, which the model commands accept as a model; `rrlhf model merge` folds them into a
+//! plain checkpoint whose untargeted weights are the base's, bit for bit; bad LoRA options are refused by name.
 
 use std::collections::HashMap;
 
 use tch::Tensor;
 
-use crate::fixture::{fixture, hh_data, ok, rrlhf, sft};
+use crate::fixture::{fixture, hh_data, logprobs, ok, rrlhf, sft};
 
 fn weights(dir: &std::path::Path) -> HashMap<String, Tensor> {
     Tensor::read_safetensors(dir.join("model.safetensors"))
@@ -85,6 +85,23 @@ fn lora_sft_writes_a_peft_adapter_that_merges_into_the_base() {
     }
     assert!(changed > 0, "the adapters moved the targeted weights");
     assert!(merged.join("tokenizer.json").exists());
+
+    // The adapter directory also works as a model (its base + the adapter), like the merge.
+    let rows = |dir: &std::path::Path| -> Vec<f64> {
+        let out = ok(logprobs(dir, b"{\"ids\": [5, 17, 300, 2, 9, 41]}\n"));
+        let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+        v["logprobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap())
+            .collect()
+    };
+    let (adapted, plain, base) = (rows(&adapter), rows(&merged), rows(&f.model));
+    for (a, m) in adapted.iter().zip(&plain) {
+        assert!((a - m).abs() < 1e-4, "adapter {a} vs merged {m}");
+    }
+    assert_ne!(adapted, base);
 }
 
 #[test]

@@ -117,6 +117,30 @@ pub fn read_peft_config(dir: &Path) -> Result<LoraConfig> {
     Ok(cfg)
 }
 
+/// The base model an adapter directory names (`base_model_name_or_path`; a relative path is
+/// taken from the working directory, as `PeftModel` does).
+pub fn adapter_base(dir: &Path) -> Result<std::path::PathBuf> {
+    let path = dir.join(ADAPTER_CONFIG_FILE);
+    let text = std::fs::read_to_string(&path).map_err(|e| ModelError::io(&path, e))?;
+    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| ModelError::Config {
+        path: path.clone(),
+        message: format!("not valid JSON: {e}"),
+    })?;
+    v.get("base_model_name_or_path")
+        .and_then(serde_json::Value::as_str)
+        .filter(|s| !s.is_empty())
+        .map(std::path::PathBuf::from)
+        .ok_or_else(|| ModelError::Config {
+            path,
+            message: "no `base_model_name_or_path`: pass the base model explicitly".into(),
+        })
+}
+
+/// Whether `dir` holds a PEFT adapter rather than a model.
+pub fn is_adapter_dir(dir: &Path) -> bool {
+    dir.join(ADAPTER_CONFIG_FILE).exists()
+}
+
 /// A switch shared by every adapter of one model: off, the model computes as its base (a
 /// reference policy without a copy of the weights).
 #[derive(Debug, Clone, Default)]
