@@ -1,10 +1,11 @@
 //! PPO with a LoRA actor and no reference service: the orchestrator takes the reference
 //! log-probs from the actor's frozen base (`endpoints.reference_from_actor_base`), the run
-//! finishes, the policy moves away from its base (KL > 0), and the checkpoint holds a PEFT
-//! adapter instead of a copy of the model.
+//! finishes, the policy moves away from its base (KL > 0), the checkpoint holds a PEFT adapter
+//! instead of a copy of the model, and the run resumes from it.
 
 use rrlhf_embedded::{Cluster, Options};
 use rrlhf_model::LoraConfig;
+use rrlhf_orchestrator::run::{RunOptions, RunStatus, spawn_run};
 use rrlhf_testkit::cluster::{config, dirs, metrics_of, run_to_the_end};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -48,5 +49,28 @@ async fn lora_ppo_runs_with_the_actor_base_as_the_reference() {
         !actor.join("model.safetensors").exists(),
         "no copy of the base"
     );
+
+    // The run resumes from that checkpoint: the actor loads its adapter back.
+    let mut cfg = config(&cluster, out.path(), "lora", 3);
+    cfg.ppo.actor.lr = 1e-2;
+    let run = spawn_run(
+        cfg,
+        RunOptions {
+            resume: true,
+            ..RunOptions::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        run.finished().await,
+        RunStatus::Finished,
+        "{:?}",
+        run.info().error
+    );
+    let steps: Vec<usize> = metrics_of(out.path(), "lora")
+        .iter()
+        .map(|m| m.step)
+        .collect();
+    assert_eq!(steps, vec![1, 2, 3], "resumed after step 2");
     cluster.stop().await;
 }

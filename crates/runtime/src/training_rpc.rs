@@ -152,7 +152,7 @@ where
     Ok(Response::new(SaveCheckpointResponse { path: req.path }))
 }
 
-/// Checks that `path` is a model directory — unless the service is one rank of a group
+/// Checks that `path` is a model (or adapter) directory — unless the service is one rank of a group
 /// (`grouped`): then the engines check it together, since only rank 0 must be able to read it
 /// — and runs the engine's checkpoint load. A checkpoint the model rejects (other shapes or
 /// names) is the caller's mistake, so it is INVALID_ARGUMENT, not INTERNAL; the engine
@@ -167,7 +167,11 @@ where
     O: Send + 'static,
 {
     let path = PathBuf::from(req.path);
-    if !grouped && !path.join("config.json").exists() {
+    // A model directory, or a LoRA actor's checkpoint: a PEFT adapter directory.
+    let is_checkpoint = ["config.json", "adapter_config.json"]
+        .iter()
+        .any(|f| path.join(f).exists());
+    if !grouped && !is_checkpoint {
         return Err(invalid(
             "path",
             format!("{} is not a checkpoint directory", path.display()),
