@@ -11,9 +11,10 @@ Two sub-commands, both driven by the Rust test `crates/model/tests/it/parity.rs`
                     rust_logits.safetensors), loads the checkpoint with transformers and compares
                     its logits on the same batch. Exits 1 when any case differs by more than --tol.
 
-  check-rm --model DIR --inputs FILE
-                    Loads a stage-1 reward model that rrlhf saved as *ForSequenceClassification and
-                    compares transformers' scores on FILE's right-padded ids with rrlhf's rewards.
+  check-rm --model DIR --inputs FILE [--adapter DIR]
+                    Loads a stage-1 reward model that rrlhf saved as *ForSequenceClassification
+                    (with a LoRA critic's PEFT adapter applied, if given) and compares
+                    transformers' scores on FILE's right-padded ids with rrlhf's rewards.
 
   check-lora --base DIR --adapter DIR --inputs FILE
                     Loads the base with transformers and rrlhf's LoRA adapter with
@@ -166,8 +167,12 @@ def check(root, tol):
     return 1 if failures else 0
 
 
-def check_rm(model_dir, inputs, tol):
+def check_rm(model_dir, inputs, tol, adapter=None):
     model = AutoModelForSequenceClassification.from_pretrained(model_dir, attn_implementation="eager").eval().float()
+    if adapter:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, adapter).eval()
     t = load_file(inputs)
     with torch.no_grad():
         ours = model(input_ids=t["ids"], attention_mask=t["mask"]).logits[:, 0].float()
@@ -202,6 +207,7 @@ def main():
     rm.add_argument("--model", required=True)
     rm.add_argument("--inputs", required=True)
     rm.add_argument("--tol", type=float, default=1e-4)
+    rm.add_argument("--adapter", help="a PEFT LoRA adapter (SEQ_CLS) to apply to the model first")
     lo = sub.add_parser("check-lora")
     lo.add_argument("--base", required=True)
     lo.add_argument("--adapter", required=True)
@@ -215,7 +221,7 @@ def main():
     if args.cmd == "check-lora":
         return check_lora(args.base, args.adapter, args.inputs, args.tol)
     if args.cmd == "check-rm":
-        return check_rm(args.model, args.inputs, args.tol)
+        return check_rm(args.model, args.inputs, args.tol, args.adapter)
     return check(args.root, args.tol)
 
 

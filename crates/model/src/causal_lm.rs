@@ -14,7 +14,7 @@ use crate::error::{ModelError, Result};
 use crate::heads::LmHead;
 use crate::kv_cache::KvCache;
 use crate::llama::{Backbone, ParamInit};
-use crate::lora::{self, LoraConfig};
+use crate::lora::{self, LoraConfig, PeftTask};
 
 pub const TOKENIZER_FILE: &str = "tokenizer.json";
 
@@ -93,7 +93,7 @@ impl CausalLm {
     pub fn load_adapter(&mut self, dir: &Path) -> Result<()> {
         let cfg = lora::read_peft_config(dir)?;
         self.add_lora(&cfg)?;
-        lora::load_adapter_weights(&self.vs, dir)
+        lora::load_adapter_weights(&self.vs, PeftTask::CausalLm, dir)
     }
 
     /// Writes the adapters as a PEFT directory (`base` goes into `base_model_name_or_path`).
@@ -101,7 +101,7 @@ impl CausalLm {
         let (cfg, _) = self.backbone.lora().ok_or_else(|| {
             ModelError::InvalidInput("the model has no LoRA adapters to save".into())
         })?;
-        lora::save_adapter(&self.vs, cfg, base, dir)
+        lora::save_adapter(&self.vs, cfg, base, PeftTask::CausalLm, dir)
     }
 
     /// Writes what training changes into `dir`: the whole model, or with LoRA only the adapters
@@ -116,7 +116,7 @@ impl CausalLm {
     /// Loads what [`Self::save_trainable`] wrote, validating all of it before copying any.
     pub fn load_trainable(&self, dir: &Path) -> Result<()> {
         match self.backbone.lora() {
-            Some(_) => lora::load_adapter_weights(&self.vs, dir),
+            Some(_) => lora::load_adapter_weights(&self.vs, PeftTask::CausalLm, dir),
             None => checkpoint::load_strict(&self.vs, dir, self.cfg.tie_word_embeddings),
         }
     }

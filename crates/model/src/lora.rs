@@ -30,12 +30,33 @@ pub fn validate(cfg: &LoraConfig) -> Result<()> {
     cfg.validate().map_err(ModelError::InvalidInput)
 }
 
+/// What the adapted model is, in PEFT's terms: a causal LM (the actor, SFT), or a sequence
+/// classifier whose `score` head trains fully beside the adapters (the critic; PEFT's
+/// `modules_to_save`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeftTask {
+    CausalLm,
+    SeqCls,
+}
+
+impl PeftTask {
+    /// Whether variable `name` belongs in the adapter file: the adapters, and for a sequence
+    /// classifier its head.
+    pub fn saves(self, name: &str) -> bool {
+        is_adapter_tensor(name) || (self == Self::SeqCls && name.starts_with("score."))
+    }
+}
+
 /// The `adapter_config.json` PEFT reads (`task_type` CAUSAL_LM: the adapted model is a
 /// causal LM; `base` is recorded as `base_model_name_or_path`).
-pub fn peft_json(cfg: &LoraConfig, base: &str) -> serde_json::Value {
+pub fn peft_json(cfg: &LoraConfig, base: &str, task: PeftTask) -> serde_json::Value {
+    let (task_type, modules_to_save) = match task {
+        PeftTask::CausalLm => ("CAUSAL_LM", json!(null)),
+        PeftTask::SeqCls => ("SEQ_CLS", json!(["score"])),
+    };
     json!({
         "peft_type": "LORA",
-        "task_type": "CAUSAL_LM",
+        "task_type": task_type,
         "base_model_name_or_path": base,
         "r": cfg.rank,
         "lora_alpha": cfg.alpha,
@@ -45,7 +66,7 @@ pub fn peft_json(cfg: &LoraConfig, base: &str) -> serde_json::Value {
         "fan_in_fan_out": false,
         "inference_mode": true,
         "init_lora_weights": true,
-        "modules_to_save": null,
+        "modules_to_save": modules_to_save,
         "use_rslora": false,
         "use_dora": false,
     })
@@ -232,13 +253,20 @@ pub fn is_adapter_tensor(name: &str) -> bool {
     name.contains(".lora_A.") || name.contains(".lora_B.")
 }
 
-/// Writes the adapters of `vs` as a PEFT directory into `dir` (created if needed).
-pub fn save_adapter(vs: &nn::VarStore, cfg: &LoraConfig, base: &str, dir: &Path) -> Result<()> {
+/// Writes the adapters of `vs` (and what `task` trains beside them) as a PEFT directory into
+/// `dir` (created if needed).
+pub fn save_adapter(
+    vs: &nn::VarStore,
+    cfg: &LoraConfig,
+    base: &str,
+    task: PeftTask,
+    dir: &Path,
+) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| ModelError::io(dir, e))?;
     let tensors: Vec<(String, Tensor)> = vs
         .variables()
         .into_iter()
-        .filter(|(name, _)| is_adapter_tensor(name))
+        .filter(|(name, _)| task.saves(name))
         .map(|(name, t)| (format!("{PEFT_PREFIX}{name}"), t))
         .collect();
     if tensors.is_empty() {
@@ -247,20 +275,22 @@ pub fn save_adapter(vs: &nn::VarStore, cfg: &LoraConfig, base: &str, dir: &Path)
         ));
     }
     crate::tensor_files::write_file(&dir.join(ADAPTER_WEIGHTS_FILE), tensors)?;
-    let text = serde_json::to_string_pretty(&peft_json(cfg, base)).expect("JSON value serialises");
+    let text =
+        serde_json::to_string_pretty(&peft_json(cfg, base, task)).expect("JSON value serialises");
     crate::fsio::write_atomic(&dir.join(ADAPTER_CONFIG_FILE), text.as_bytes())
 }
 
-/// Loads a PEFT adapter's tensors into the adapters of `vs`, strictly: every adapter of the
-/// model must be in the file and nothing else, with the same shapes.
-pub fn load_adapter_weights(vs: &nn::VarStore, dir: &Path) -> Result<()> {
+/// Loads a PEFT adapter's tensors into the adapters of `vs` (and what `task` trains beside
+/// them), strictly: every one must be in the file and nothing else, with the same shapes; all
+/// are checked before any is copied.
+pub fn load_adapter_weights(vs: &nn::VarStore, task: PeftTask, dir: &Path) -> Result<()> {
     let path = dir.join(ADAPTER_WEIGHTS_FILE);
     let file = crate::tensor_files::MappedFile::open(&path)?;
     let st = file.tensors()?;
     let mut ours: Vec<(String, Tensor)> = vs
         .variables()
         .into_iter()
-        .filter(|(name, _)| is_adapter_tensor(name))
+        .filter(|(name, _)| task.saves(name))
         .collect();
     ours.sort_by(|a, b| a.0.cmp(&b.0));
     let expected: std::collections::HashSet<String> = ours
@@ -317,9 +347,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let c = cfg(&["q_proj", "v_proj"]);
         let path = dir.path().join(ADAPTER_CONFIG_FILE);
-        std::fs::write(&path, peft_json(&c, "base").to_string()).unwrap();
+        std::fs::write(&path, peft_json(&c, "base", PeftTask::CausalLm).to_string()).unwrap();
         assert_eq!(read_peft_config(dir.path()).unwrap(), c);
-        let mut dora = peft_json(&c, "base");
+        let mut dora = peft_json(&c, "base", PeftTask::SeqCls);
         dora["use_dora"] = json!(true);
         std::fs::write(&path, dora.to_string()).unwrap();
         let e = read_peft_config(dir.path()).unwrap_err().to_string();

@@ -20,6 +20,7 @@ use crate::device::{Placement, dtype_name};
 use crate::error::{ModelError, Result};
 use crate::heads::{BrmeHead, ValueHead};
 use crate::llama::{Backbone, ParamInit};
+use crate::lora::{self, LoraConfig, PeftTask};
 
 /// The `config.json` key holding [`RewardMeta`].
 pub const REWARD_KEY: &str = "rrlhf_reward";
@@ -237,6 +238,41 @@ impl RewardModel {
         }
         checkpoint::save(&self.vs, &[], dir)?;
         cfg.write(dir)
+    }
+
+    /// Adds LoRA adapters to the backbone and freezes it; the scalar head keeps training (PEFT's
+    /// `modules_to_save = ["score"]`): a LoRA critic. Only single-head models take adapters.
+    pub fn add_lora(&mut self, cfg: &LoraConfig) -> Result<()> {
+        if !matches!(self.head, RewardHead::Scalar(_)) {
+            return Err(ModelError::InvalidInput(
+                "LoRA adapters are for single-head (critic) reward models".into(),
+            ));
+        }
+        let root = self.vs.root();
+        self.backbone.add_lora(&root / "model", cfg)?;
+        for (name, var) in self.vs.variables() {
+            if !PeftTask::SeqCls.saves(&name) {
+                let _ = var.set_requires_grad(false);
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes what training changes into `dir`: the whole model, or with LoRA the adapters and
+    /// the head as a PEFT sequence-classification adapter over `base`.
+    pub fn save_trainable(&self, dir: &Path, base: &str) -> Result<()> {
+        match self.backbone.lora() {
+            Some((cfg, _)) => lora::save_adapter(&self.vs, cfg, base, PeftTask::SeqCls, dir),
+            None => self.save(dir),
+        }
+    }
+
+    /// Loads what [`Self::save_trainable`] wrote, validating all of it before copying any.
+    pub fn load_trainable(&self, dir: &Path) -> Result<()> {
+        match self.backbone.lora() {
+            Some(_) => lora::load_adapter_weights(&self.vs, PeftTask::SeqCls, dir),
+            None => checkpoint::load_strict(&self.vs, dir, self.cfg.tie_word_embeddings),
+        }
     }
 
     pub fn heads(&self) -> i64 {

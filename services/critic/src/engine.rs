@@ -3,12 +3,12 @@
 //! `Values` items share one forward pass). With several ranks, training, checkpoint loads and
 //! start-up go in step with the other ranks (`rrlhf_train::data_parallel`).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use rrlhf_model::batch::{Batch, PadSide, rows_f32};
 use rrlhf_model::losses::value_loss;
 use rrlhf_model::reward_model::{RewardKind, RewardModel};
-use rrlhf_model::{ModelError, Placement};
+use rrlhf_model::{LoraConfig, ModelError, Placement};
 use rrlhf_runtime::engine::run_in_arrival_order;
 use rrlhf_runtime::training_rpc::{TrainDone, TrainWork, Trainable};
 use rrlhf_train::data_parallel::{DataParallel, MinibatchLoss, UpdatePlan, UpdateSummary};
@@ -47,20 +47,24 @@ rrlhf_runtime::training_work!(Work, Done, TrainJob, TrainStats);
 
 pub struct Critic {
     model: RewardModel,
+    /// The model directory the critic was loaded from (a LoRA checkpoint's base).
+    source: PathBuf,
     /// AdamW state and, with several ranks, the data-parallel group.
     training: TrainState,
 }
 
 impl Critic {
-    /// Loads a stage-1 reward model (or a saved critic) as the critic; with `dp`, then takes
-    /// rank 0's weights so all ranks start equal.
+    /// Loads a stage-1 reward model (or a saved critic) as the critic, with LoRA adapters on
+    /// a frozen backbone when `lora` is given (the value head trains fully); with `dp`, then
+    /// takes rank 0's trainable weights so all ranks start equal.
     pub fn load(
         dir: &Path,
         placement: Placement,
         weight_decay: f64,
+        lora: Option<&LoraConfig>,
         dp: Option<DataParallel>,
     ) -> Result<Self, ModelError> {
-        let model = RewardModel::from_dir(dir, placement)?;
+        let mut model = RewardModel::from_dir(dir, placement)?;
         if model.meta.kind != RewardKind::BradleyTerry {
             return Err(ModelError::InvalidInput(format!(
                 "{} is a {:?} model; the critic starts from a stage-1 (Bradley–Terry) reward model",
@@ -68,8 +72,15 @@ impl Critic {
                 model.meta.kind
             )));
         }
+        if let Some(cfg) = lora {
+            model.add_lora(cfg)?;
+        }
         let training = TrainState::new(&model.vs, weight_decay, dp)?;
-        Ok(Self { model, training })
+        Ok(Self {
+            model,
+            source: dir.to_path_buf(),
+            training,
+        })
     }
 
     /// Recompute each decoder layer in backward instead of keeping its activations.
@@ -178,18 +189,16 @@ impl Trainable for Critic {
     /// Writes the weights and optimizer state to `dir` atomically (the whole directory
     /// appears at once).
     fn save(&self, dir: &Path) -> Result<(), ModelError> {
-        self.training.checkpoint(dir, |tmp| self.model.save(tmp))
+        let base = self.source.display().to_string();
+        self.training
+            .checkpoint(dir, |tmp| self.model.save_trainable(tmp, &base))
     }
 
     /// Copies a saved checkpoint's weights into the live model (same shapes, strict names) and
     /// restores the optimizer state saved with them. With several ranks, rank 0 reads `dir`
     /// and all ranks then take rank 0's state.
     fn load(&self, dir: &Path) -> Result<(), ModelError> {
-        let tied = self.model.cfg.tie_word_embeddings;
-        self.training.load(
-            &self.model.vs,
-            |dir| rrlhf_model::checkpoint::load_strict(&self.model.vs, dir, tied),
-            dir,
-        )
+        self.training
+            .load(&self.model.vs, |dir| self.model.load_trainable(dir), dir)
     }
 }

@@ -37,15 +37,9 @@ fn load_critic(cfg: &CriticServiceConfig) -> Result<(Critic, i64), LoadError> {
     let placement = Placement::for_engine(&e.device, &e.dtype, e.threads).map_err(LoadError::of)?;
     let dp = DataParallel::for_service(cfg.server.group(), placement.device)
         .map_err(|e| LoadError(format!("data-parallel group: {e}")))?;
-    if cfg.service.lora.is_some() {
-        return Err(LoadError(
-            "`lora`: LoRA is not supported by the critic yet (its value head would have to \
-             train too); train the critic fully"
-                .into(),
-        ));
-    }
     let wd = cfg.service.weight_decay;
-    let mut critic = Critic::load(&cfg.model, placement, wd, dp).map_err(LoadError::of)?;
+    let mut critic = Critic::load(&cfg.model, placement, wd, cfg.service.lora.as_ref(), dp)
+        .map_err(LoadError::of)?;
     critic.set_activation_checkpointing(cfg.service.activation_checkpointing);
     critic
         .values(&[(vec![0], vec![0])])

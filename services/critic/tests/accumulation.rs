@@ -44,7 +44,7 @@ fn micro_batches_give_the_same_value_updates() {
     tch::set_num_threads(1);
     let stage1 = &models().stage1;
     let trained = |micro: usize, checkpointing: bool| {
-        let mut critic = Critic::load(stage1, Placement::default(), 0.0, None).unwrap();
+        let mut critic = Critic::load(stage1, Placement::default(), 0.0, None, None).unwrap();
         critic.set_activation_checkpointing(checkpointing);
         let stats = critic.value_update(&job(micro)).unwrap();
         let probe = critic

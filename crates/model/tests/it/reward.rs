@@ -4,7 +4,7 @@
 use rrlhf_model::reward_model::{RewardMeta, RewardModel};
 use rrlhf_model::scoring::{Overlong, RewardScorer};
 use rrlhf_model::tokenizer::train_bpe;
-use rrlhf_model::{Arch, Batch, PadSide, Placement, TextTokenizer};
+use rrlhf_model::{Arch, Batch, LoraConfig, PadSide, Placement, TextTokenizer};
 use rrlhf_robust::{Strategy, UncertaintySet};
 use tch::Tensor;
 
@@ -147,11 +147,20 @@ fn stage1_checkpoint_scores_like_transformers_sequence_classification() {
         .map(|(p, r)| tok.encode_pair(p, r, 64).unwrap().0)
         .collect();
     let batch = Batch::pad(&seqs, tok.pad_id, PadSide::Right, tch::Device::Cpu).unwrap();
-    let rewards = {
-        let _guard = tch::no_grad_guard();
-        back.forward(&batch).unwrap().mu.select(1, 0)
-    };
-    let inputs = dir.path().join("rm_inputs.safetensors");
+    assert_transformers_scores_like(&back, &batch, &out, None, dir.path());
+}
+
+/// Writes `model`'s rewards on `batch` under `scratch` and has transformers score the same ids
+/// with `model_dir` (and `adapter` applied by `peft`); hf_parity.py fails beyond 1e-4.
+fn assert_transformers_scores_like(
+    model: &RewardModel,
+    batch: &Batch,
+    model_dir: &std::path::Path,
+    adapter: Option<&std::path::Path>,
+    scratch: &std::path::Path,
+) {
+    let rewards = tch::no_grad(|| model.forward(batch).unwrap().mu.select(1, 0));
+    let inputs = scratch.join("rm_inputs.safetensors");
     Tensor::write_safetensors(
         &[
             ("ids", &batch.ids),
@@ -161,16 +170,63 @@ fn stage1_checkpoint_scores_like_transformers_sequence_classification() {
         &inputs,
     )
     .unwrap();
-    let report = run_python(
-        "parity/hf_parity.py",
-        &[
-            "check-rm",
-            "--model",
-            out.to_str().unwrap(),
-            "--inputs",
-            inputs.to_str().unwrap(),
-        ],
-    );
+    let mut args = vec![
+        "check-rm".to_owned(),
+        "--model".into(),
+        model_dir.display().to_string(),
+        "--inputs".into(),
+        inputs.display().to_string(),
+    ];
+    if let Some(a) = adapter {
+        args.extend(["--adapter".into(), a.display().to_string()]);
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let report = run_python("parity/hf_parity.py", &args);
     eprintln!("{report}");
     assert!(report.contains("reward model: max"), "{report}");
+}
+
+/// A LoRA critic's checkpoint (adapters + the value head, PEFT `SEQ_CLS`) applied by `peft` to
+/// the stage-1 model scores like rrlhf's adapted model.
+#[test]
+fn a_lora_critic_adapter_scores_like_peft_sequence_classification() {
+    init();
+    let dir = tempfile::tempdir().unwrap();
+    let tok = base_model(dir.path());
+    let stage1 = RewardModel::from_base(
+        dir.path(),
+        RewardMeta::bradley_terry(None),
+        Placement::default(),
+    )
+    .unwrap();
+    perturb_heads(&stage1);
+    let rm = dir.path().join("rm");
+    stage1.save(&rm).unwrap();
+    let mut critic = RewardModel::from_dir(&rm, Placement::default()).unwrap();
+    critic
+        .add_lora(&LoraConfig {
+            rank: 4,
+            alpha: 8.0,
+            dropout: 0.0,
+            target_modules: vec!["q_proj".into(), "o_proj".into(), "gate_proj".into()],
+        })
+        .unwrap();
+    {
+        let _guard = tch::no_grad_guard();
+        for (i, (name, mut var)) in critic.vs.variables().into_iter().enumerate() {
+            if name.contains(".lora_B.") || name.starts_with("score.") {
+                var.copy_(&(hashed_noise(&var.size(), 300 + i as i64) * 0.3));
+            }
+        }
+    }
+    let adapter = dir.path().join("adapter");
+    critic
+        .save_trainable(&adapter, rm.to_str().unwrap())
+        .unwrap();
+    let seqs: Vec<Vec<i64>> = samples()
+        .iter()
+        .map(|(p, r)| tok.encode_pair(p, r, 64).unwrap().0)
+        .collect();
+    let batch = Batch::pad(&seqs, tok.pad_id, PadSide::Right, tch::Device::Cpu).unwrap();
+    assert_transformers_scores_like(&critic, &batch, &rm, Some(&adapter), dir.path());
 }
