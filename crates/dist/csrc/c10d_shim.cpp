@@ -1,6 +1,7 @@
 // A C ABI over PyTorch's c10d, for rrlhf-dist's Rust side: a process group made from a TCPStore
-// rendezvous (Gloo on CPU, NCCL on CUDA), and the three collectives data-parallel training
-// needs — all-reduce, broadcast, barrier. Every collective is PyTorch's own; this file only
+// rendezvous (Gloo on CPU, NCCL on CUDA), the collectives data-parallel training needs —
+// all-reduce, broadcast, barrier — and the two that sharded (ZeRO) training needs:
+// reduce-scatter and all-gather of one flat buffer. Every collective is PyTorch's own; this file only
 // adapts types and turns C++ exceptions into error strings (Rust owns and frees them).
 //
 // Tensors arrive as `at::Tensor*` (tch's C tensor handle). A list of tensors is packed into
@@ -122,6 +123,22 @@ void bucketed(std::vector<at::Tensor>& list, F&& collective) {
   }
 }
 
+// Checks a (whole, part) pair of flat buffers for reduce-scatter and all-gather: both defined,
+// contiguous, one-dimensional, of one dtype and device, and whole = world × part elements.
+void check_flat_pair(const at::Tensor& whole, const at::Tensor& part, int world_size,
+                     const char* whole_name, const char* part_name) {
+  for (const auto* t : {&whole, &part}) {
+    TORCH_CHECK(t->defined(), whole_name, "/", part_name, ": undefined tensor");
+    TORCH_CHECK(t->dim() == 1 && t->is_contiguous(), whole_name, "/", part_name,
+                ": buffers must be flat and contiguous");
+  }
+  TORCH_CHECK(whole.scalar_type() == part.scalar_type() && whole.device() == part.device(),
+              whole_name, " and ", part_name, " must share dtype and device");
+  TORCH_CHECK(whole.numel() == part.numel() * world_size, whole_name, " has ", whole.numel(),
+              " elements, ", part_name, " ", part.numel(), ": expected ", world_size, " × ",
+              part.numel());
+}
+
 c10d::ReduceOp reduce_op(int op) {
   switch (op) {
     case 0:
@@ -218,6 +235,35 @@ char* rrlhf_c10d_broadcast(void* handle, const void* const* tensors, size_t n, i
     bucketed(list, [&](std::vector<at::Tensor>& buffer) {
       group->backend->broadcast(buffer, options)->wait();
     });
+  });
+}
+
+// Reduces `input` (world × k elements) across the ranks and leaves rank r's k-element part of
+// the result in `output` (op 0 sum, 1 average).
+char* rrlhf_c10d_reduce_scatter(void* handle, const void* input, const void* output, int op) {
+  return guarded([&] {
+    auto* group = static_cast<Group*>(handle);
+    at::Tensor in = *static_cast<const at::Tensor*>(input);
+    at::Tensor out = *static_cast<const at::Tensor*>(output);
+    check_flat_pair(in, out, group->world_size, "reduce-scatter: input", "output");
+    TORCH_CHECK(op == 0 || op == 1, "reduce-scatter: only sum and average");
+    c10d::ReduceScatterOptions options;
+    options.reduceOp = c10d::ReduceOp::SUM;
+    group->backend->_reduce_scatter_base(out, in, options)->wait();
+    if (op == 1) {
+      out.div_(group->world_size);
+    }
+  });
+}
+
+// Concatenates every rank's `input` (k elements) in rank order into `output` (world × k).
+char* rrlhf_c10d_all_gather(void* handle, const void* input, const void* output) {
+  return guarded([&] {
+    auto* group = static_cast<Group*>(handle);
+    at::Tensor in = *static_cast<const at::Tensor*>(input);
+    at::Tensor out = *static_cast<const at::Tensor*>(output);
+    check_flat_pair(out, in, group->world_size, "all-gather: output", "input");
+    group->backend->_allgather_base(out, in, c10d::AllgatherOptions())->wait();
   });
 }
 

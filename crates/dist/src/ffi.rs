@@ -28,5 +28,16 @@ unsafe extern "C" {
         n: usize,
         root: c_int,
     ) -> *mut c_char;
+    pub fn rrlhf_c10d_reduce_scatter(
+        group: *mut c_void,
+        input: *const c_void,
+        output: *const c_void,
+        op: c_int,
+    ) -> *mut c_char;
+    pub fn rrlhf_c10d_all_gather(
+        group: *mut c_void,
+        input: *const c_void,
+        output: *const c_void,
+    ) -> *mut c_char;
     pub fn rrlhf_c10d_barrier(group: *mut c_void) -> *mut c_char;
 }

@@ -270,6 +270,47 @@ impl ProcessGroup {
         })
     }
 
+    /// Sums (`Sum`) or averages (`Avg`) the flat buffer `input` of `world × k` elements across
+    /// the ranks and writes this rank's `k`-element part of the result — elements
+    /// `rank·k .. (rank+1)·k` — to `output`. The building block of sharded (ZeRO) gradients.
+    pub fn reduce_scatter(
+        &self,
+        input: &Tensor,
+        output: &Tensor,
+        op: ReduceOp,
+    ) -> Result<(), DistError> {
+        let code = match op {
+            ReduceOp::Sum | ReduceOp::Avg => op.code(),
+            other => {
+                return Err(DistError::Config(format!(
+                    "reduce-scatter sums or averages, not {other:?}"
+                )));
+            }
+        };
+        // SAFETY: both handles point at live tensors borrowed for the duration of the call.
+        check(unsafe {
+            ffi::rrlhf_c10d_reduce_scatter(
+                self.raw.as_ptr(),
+                input.as_ptr() as *const c_void,
+                output.as_ptr() as *const c_void,
+                code,
+            )
+        })
+    }
+
+    /// Writes every rank's flat `input` (`k` elements), in rank order, into `output`
+    /// (`world × k` elements): how sharded weights are put back together.
+    pub fn all_gather(&self, input: &Tensor, output: &Tensor) -> Result<(), DistError> {
+        // SAFETY: as in `reduce_scatter`.
+        check(unsafe {
+            ffi::rrlhf_c10d_all_gather(
+                self.raw.as_ptr(),
+                input.as_ptr() as *const c_void,
+                output.as_ptr() as *const c_void,
+            )
+        })
+    }
+
     /// Returns once every rank has reached its barrier.
     pub fn barrier(&self) -> Result<(), DistError> {
         // SAFETY: the group is live.

@@ -1,6 +1,7 @@
 //! Two Gloo ranks in two processes on a loopback TCPStore: all-reduce (sum, average, max over a
-//! list of tensors of different shapes), broadcast from a non-zero root, barrier; and the
-//! errors a caller gets for bad configuration and bad tensor lists.
+//! list of tensors of different shapes), broadcast from a non-zero root, reduce-scatter and
+//! all-gather of flat buffers, barrier; and the errors a caller gets for bad configuration and
+//! bad tensor lists.
 //!
 //! This is a `harness = false` test: run without arguments it starts itself twice as the ranks
 //! (`RRLHF_TEST_RANK` set) and checks that both exit cleanly.
@@ -160,6 +161,41 @@ fn rank_main(rank: usize, store: &str) {
         .to_string();
     assert!(err.contains("share dtype"), "{err}");
     assert!(group.broadcast(&[a.shallow_clone()], 2).is_err());
+
+    // Reduce-scatter: the sum of every rank's [0..6) + 10·rank, rank r keeping elements 3r..3r+3.
+    let whole = Tensor::arange(6, (Kind::Float, tch::Device::Cpu)) + 10.0 * r;
+    let part = Tensor::zeros([3], (Kind::Float, tch::Device::Cpu));
+    group
+        .reduce_scatter(&whole, &part, ReduceOp::Sum)
+        .expect("reduce-scatter");
+    let sums: Vec<f64> = (0..6).map(|i| 2.0 * i as f64 + 10.0).collect();
+    assert_eq!(values(&part), sums[3 * rank..3 * rank + 3].to_vec());
+    group
+        .reduce_scatter(&whole, &part, ReduceOp::Avg)
+        .expect("reduce-scatter average");
+    assert_eq!(
+        values(&part),
+        sums[3 * rank..3 * rank + 3]
+            .iter()
+            .map(|s| s / 2.0)
+            .collect::<Vec<_>>()
+    );
+    // All-gather: every rank's two elements, in rank order.
+    let mine = Tensor::from_slice(&[r, 100.0 + r]);
+    let all = Tensor::zeros([4], (Kind::Double, tch::Device::Cpu));
+    group.all_gather(&mine, &all).expect("all-gather");
+    assert_eq!(values(&all), vec![0.0, 100.0, 1.0, 101.0]);
+    // Sizes that do not divide are refused before any communication.
+    let err = group
+        .reduce_scatter(
+            &whole,
+            &Tensor::zeros([4], (Kind::Float, tch::Device::Cpu)),
+            ReduceOp::Sum,
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("expected 2 × 4"), "{err}");
+    assert!(group.reduce_scatter(&whole, &part, ReduceOp::Max).is_err());
 
     group.barrier().expect("barrier");
     println!("rank {rank}: collectives agree");
