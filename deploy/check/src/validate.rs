@@ -216,6 +216,35 @@ pub fn validate(docs: &[Value]) -> Result<Placement> {
         }
     }
 
+    // The training services run as the GPU arithmetic in docs/deployment.md assumes: bf16
+    // weights (with the optimizer's fp32 masters) and activation checkpointing.
+    for svc in ["actor", "critic"] {
+        let file = format!("{svc}.toml");
+        let Some(text) = config_maps
+            .get("rrlhf-config")
+            .and_then(|cm| s(cm["data"].get(file.as_str())))
+        else {
+            continue;
+        };
+        let cfg: toml::Value = text.parse().with_context(|| file.clone())?;
+        let dtype = cfg
+            .get("engine")
+            .and_then(|e| e.get("dtype"))
+            .and_then(toml::Value::as_str);
+        ensure!(
+            dtype == Some("bf16"),
+            "{file}: engine.dtype = {dtype:?}; the deployment's memory arithmetic assumes \"bf16\""
+        );
+        let checkpointing = cfg
+            .get("activation_checkpointing")
+            .and_then(toml::Value::as_bool);
+        ensure!(
+            checkpointing == Some(true),
+            "{file}: activation_checkpointing = {checkpointing:?}; the deployment's memory \
+             arithmetic assumes true"
+        );
+    }
+
     // The orchestrator's endpoints are exactly the pods, by their stable names and ports.
     let orch = config_maps
         .get("rrlhf-config")

@@ -110,3 +110,19 @@ fn kubectl_kustomize_agrees_when_installed() {
         }
     }
 }
+
+#[test]
+fn a_training_config_without_the_arithmetics_settings_is_named() {
+    let mut docs = render(&k8s().join("base")).unwrap();
+    for d in docs.iter_mut() {
+        if rrlhf_deploy_check::render::kind_name(d) == ("ConfigMap".into(), "rrlhf-config".into()) {
+            let text = d["data"]["critic.toml"].as_str().unwrap().to_owned();
+            d["data"]["critic.toml"] = text.replace("activation_checkpointing = true", "").into();
+        }
+    }
+    let err = validate(&docs).unwrap_err().to_string();
+    assert!(
+        err.contains("critic.toml: activation_checkpointing"),
+        "{err}"
+    );
+}
