@@ -237,8 +237,13 @@ pub fn run(a: RunArgs) -> Result<()> {
         },
     })?;
 
+    let services = if a.lora.lora_rank > 0 {
+        "three services on loopback (the LoRA actor's base is the reference)"
+    } else {
+        "four services on loopback"
+    };
     eprintln!(
-        "[7/8] reward-robust PPO: {} steps × {} samples, four services on loopback",
+        "[7/8] reward-robust PPO: {} steps × {} samples, {services}",
         a.ppo_steps, a.ppo_batch
     );
     let ppo = ppo(&a, &sft_dir, &rm1_dir, &brme_dir)?;
