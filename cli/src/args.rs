@@ -35,7 +35,7 @@ pub struct LoraArgs {
     /// LoRA α: the adapters' output is scaled by α / rank.
     #[arg(long, default_value_t = 16.0)]
     pub lora_alpha: f64,
-    /// Dropout on the adapters' input while training (0 with --activation-checkpointing).
+    /// Dropout on the adapters' input while training (must be 0 with --activation-checkpointing).
     #[arg(long, default_value_t = 0.0)]
     pub lora_dropout: f64,
     /// Modules to adapt, by their HF names.
@@ -48,8 +48,9 @@ pub struct LoraArgs {
 }
 
 impl LoraArgs {
-    /// The adapters' settings, checked, or `None` for full fine-tuning.
-    pub fn config(&self) -> Result<Option<LoraConfig>> {
+    /// The adapters' settings, checked (also against `activation_checkpointing`), or `None`
+    /// for full fine-tuning.
+    pub fn config(&self, activation_checkpointing: bool) -> Result<Option<LoraConfig>> {
         if self.lora_rank == 0 {
             return Ok(None);
         }
@@ -59,7 +60,8 @@ impl LoraArgs {
             dropout: self.lora_dropout,
             target_modules: self.lora_target_modules.clone(),
         };
-        cfg.validate().map_err(anyhow::Error::msg)?;
+        cfg.validate_for(activation_checkpointing)
+            .map_err(anyhow::Error::msg)?;
         Ok(Some(cfg))
     }
 }

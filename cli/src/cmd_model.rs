@@ -240,9 +240,16 @@ pub fn init(
 /// Loads the model in `dir`; a PEFT adapter directory (LoRA SFT output, a LoRA actor's
 /// checkpoint) stands for its base with the adapter applied.
 pub fn load_model(dir: &Path, placement: rrlhf_model::Placement) -> Result<CausalLm> {
+    Ok(load_resolved(dir, placement)?.0)
+}
+
+/// [`load_model`], and the directory whose tokenizer goes with it: `dir`, or an adapter
+/// directory's base when the adapter carries none.
+fn load_resolved(dir: &Path, placement: rrlhf_model::Placement) -> Result<(CausalLm, PathBuf)> {
     if !rrlhf_model::lora::is_adapter_dir(dir) {
-        return CausalLm::from_dir(dir, placement)
-            .with_context(|| format!("loading model {}", dir.display()));
+        let model = CausalLm::from_dir(dir, placement)
+            .with_context(|| format!("loading model {}", dir.display()))?;
+        return Ok((model, dir.to_path_buf()));
     }
     let base = rrlhf_model::lora::adapter_base(dir)?;
     let mut model = CausalLm::from_dir(&base, placement)
@@ -250,7 +257,8 @@ pub fn load_model(dir: &Path, placement: rrlhf_model::Placement) -> Result<Causa
     model
         .load_adapter(dir)
         .with_context(|| format!("loading adapter {}", dir.display()))?;
-    Ok(model)
+    let own = dir.join(rrlhf_model::causal_lm::TOKENIZER_FILE).exists();
+    Ok((model, if own { dir.to_path_buf() } else { base }))
 }
 
 /// [`load_model`] and its tokenizer (an adapter directory's own, else its base's).
@@ -258,13 +266,7 @@ pub fn load_with_tokenizer(
     dir: &Path,
     placement: rrlhf_model::Placement,
 ) -> Result<(CausalLm, TextTokenizer)> {
-    let model = load_model(dir, placement)?;
-    let own = dir.join(rrlhf_model::causal_lm::TOKENIZER_FILE).exists();
-    let tok_dir = if own || !rrlhf_model::lora::is_adapter_dir(dir) {
-        dir.to_path_buf()
-    } else {
-        rrlhf_model::lora::adapter_base(dir)?
-    };
+    let (model, tok_dir) = load_resolved(dir, placement)?;
     let tok = TextTokenizer::load(&tok_dir)
         .with_context(|| format!("model {} has no usable tokenizer", tok_dir.display()))?;
     if tok.vocab_size() as i64 > model.cfg.vocab_size {

@@ -402,7 +402,7 @@ fn ppo(a: &RunArgs, sft_dir: &Path, rm1_dir: &Path, brme_dir: &Path) -> Result<P
         cfg,
         &crate::embedded_ppo::model_dirs(sft_dir, rm1_dir, brme_dir),
         &rrlhf_embedded::Options {
-            actor_lora: a.lora.config()?,
+            actor_lora: a.lora.config(false)?,
             ..crate::embedded_ppo::options(max_length, &a.runtime, a.merge_requests)
         },
         None,

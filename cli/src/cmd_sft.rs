@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use clap::Args;
 use rrlhf_train::sft::{SftConfig, SftOutcome};
 
@@ -73,12 +73,7 @@ pub fn run(args: SftArgs) -> Result<()> {
 /// Runs SFT as configured by `args` and saves the model, tokenizer, log and summary.
 pub fn sft(args: &SftArgs, show_progress: bool) -> Result<SftOutcome> {
     let placement = args.runtime.placement()?;
-    let lora = args.lora.config()?;
-    if args.activation_checkpointing && lora.as_ref().is_some_and(|l| l.dropout > 0.0) {
-        bail!(
-            "--activation-checkpointing recomputes each layer and cannot replay LoRA dropout: use --lora-dropout 0"
-        );
-    }
+    let lora = args.lora.config(args.activation_checkpointing)?;
     let (mut model, tok) = load_with_tokenizer(&args.model, placement)?;
     model.backbone.activation_checkpointing = args.activation_checkpointing;
     if let Some(cfg) = &lora {

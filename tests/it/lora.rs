@@ -5,8 +5,7 @@
 
 use rrlhf_embedded::{Cluster, Options};
 use rrlhf_model::LoraConfig;
-use rrlhf_orchestrator::run::{RunOptions, RunStatus, spawn_run};
-use rrlhf_testkit::cluster::{config, dirs, metrics_of, run_to_the_end};
+use rrlhf_testkit::cluster::{config, dirs, metrics_of, resume_to_the_end, run_to_the_end};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lora_ppo_runs_with_the_actor_base_as_the_reference() {
@@ -53,20 +52,7 @@ async fn lora_ppo_runs_with_the_actor_base_as_the_reference() {
     // The run resumes from that checkpoint: the actor loads its adapter back.
     let mut cfg = config(&cluster, out.path(), "lora", 3);
     cfg.ppo.actor.lr = 1e-2;
-    let run = spawn_run(
-        cfg,
-        RunOptions {
-            resume: true,
-            ..RunOptions::default()
-        },
-    )
-    .unwrap();
-    assert_eq!(
-        run.finished().await,
-        RunStatus::Finished,
-        "{:?}",
-        run.info().error
-    );
+    resume_to_the_end(cfg).await;
     let steps: Vec<usize> = metrics_of(out.path(), "lora")
         .iter()
         .map(|m| m.step)

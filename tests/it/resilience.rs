@@ -6,7 +6,9 @@ use rrlhf_orchestrator::checkpoint;
 use rrlhf_orchestrator::run::{Control, RunOptions, RunStatus, spawn_run};
 use rrlhf_ppo::KlController;
 
-use rrlhf_testkit::cluster::{cluster, config, dirs, metrics_of, run_to_the_end, wait_for};
+use rrlhf_testkit::cluster::{
+    cluster, config, dirs, metrics_of, resume_to_the_end, run_to_the_end, wait_for,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_reward_service_costs_no_step() {
@@ -91,20 +93,7 @@ async fn resume_continues_exactly_where_the_checkpoint_left_off() {
     let c3 = cluster().await;
     cfg.endpoints = c3.endpoints(None);
     cfg.run.steps = 3;
-    let run = spawn_run(
-        cfg,
-        RunOptions {
-            resume: true,
-            ..RunOptions::default()
-        },
-    )
-    .unwrap();
-    assert_eq!(
-        run.finished().await,
-        RunStatus::Finished,
-        "{:?}",
-        run.info().error
-    );
+    resume_to_the_end(cfg).await;
     c3.stop().await;
     let cut = metrics_of(out.path(), "cut");
     assert_eq!(

@@ -7,7 +7,7 @@ use std::time::Duration;
 use rrlhf_embedded::{Cluster, ModelDirs, Options};
 use rrlhf_orchestrator::OrchestratorConfig;
 use rrlhf_orchestrator::metrics::{StepMetrics, read_all};
-use rrlhf_orchestrator::run::{RunStatus, spawn_run};
+use rrlhf_orchestrator::run::{RunOptions, RunStatus, spawn_run};
 
 use crate::models::models;
 
@@ -69,7 +69,20 @@ pub async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
 
 /// Runs `cfg` from scratch and asserts it finished.
 pub async fn run_to_the_end(cfg: OrchestratorConfig) {
-    let run = spawn_run(cfg, Default::default()).expect("the run starts");
+    run_with(cfg, RunOptions::default()).await;
+}
+
+/// Resumes the run of `cfg` from its latest checkpoint and waits until it has finished.
+pub async fn resume_to_the_end(cfg: OrchestratorConfig) {
+    let options = RunOptions {
+        resume: true,
+        ..RunOptions::default()
+    };
+    run_with(cfg, options).await;
+}
+
+async fn run_with(cfg: OrchestratorConfig, options: RunOptions) {
+    let run = spawn_run(cfg, options).expect("the run starts");
     let status = run.finished().await;
     assert_eq!(status, RunStatus::Finished, "{:?}", run.info().error);
 }

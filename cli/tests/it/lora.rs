@@ -122,7 +122,7 @@ fn bad_lora_options_are_named() {
                 "0.1",
                 "--activation-checkpointing",
             ][..],
-            "--lora-dropout 0",
+            "lora dropout must be 0 with activation checkpointing",
         ),
     ] {
         let out = rrlhf()

@@ -107,8 +107,18 @@ fn shard_files(index: &Path) -> Result<Vec<PathBuf>> {
 /// Values are converted to each variable's dtype and device.
 pub fn load_into(vs: &VarStore, dir: &Path, rules: &LoadRules) -> Result<()> {
     let files = WeightFiles::open(dir)?;
-    let tensors = files.tensors()?;
-    let variables = vs.variables();
+    copy_checked(&vs.variables(), &files.tensors()?, rules, dir)
+}
+
+/// Copies file tensors into `variables`, both keyed by the name the files use, per `rules`:
+/// every name and shape is checked before anything is copied, so a rejected checkpoint leaves
+/// the model exactly as it was. `dir` is what a missing tensor is reported against.
+pub(crate) fn copy_checked(
+    variables: &HashMap<String, Tensor>,
+    tensors: &HashMap<String, (&Path, TensorView<'_>)>,
+    rules: &LoadRules,
+    dir: &Path,
+) -> Result<()> {
     let mut names: Vec<&String> = tensors.keys().collect();
     names.sort();
     for name in names {

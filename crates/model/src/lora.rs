@@ -9,7 +9,7 @@
 //! Saved adapters are a PEFT directory: `adapter_config.json` and `adapter_model.safetensors`
 //! with keys `base_model.model.<module>.lora_A.weight`, which `PeftModel.from_pretrained` loads.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -72,15 +72,21 @@ pub fn peft_json(cfg: &LoraConfig, base: &str, task: PeftTask) -> serde_json::Va
     })
 }
 
-/// Reads an `adapter_config.json` (PEFT's, or ours), refusing what this engine would compute
-/// differently (another PEFT type, biases, rsLoRA, DoRA, fan-in/fan-out weights).
-pub fn read_peft_config(dir: &Path) -> Result<LoraConfig> {
+/// The parsed `adapter_config.json` of `dir`, with its path.
+fn adapter_config_json(dir: &Path) -> Result<(PathBuf, serde_json::Value)> {
     let path = dir.join(ADAPTER_CONFIG_FILE);
     let text = std::fs::read_to_string(&path).map_err(|e| ModelError::io(&path, e))?;
-    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| ModelError::Config {
+    let v = serde_json::from_str(&text).map_err(|e| ModelError::Config {
         path: path.clone(),
         message: format!("not valid JSON: {e}"),
     })?;
+    Ok((path, v))
+}
+
+/// Reads an `adapter_config.json` (PEFT's, or ours), refusing what this engine would compute
+/// differently (another PEFT type, biases, rsLoRA, DoRA, fan-in/fan-out weights).
+pub fn read_peft_config(dir: &Path) -> Result<LoraConfig> {
+    let (path, v) = adapter_config_json(dir)?;
     let unsupported =
         |field: &str, value: &serde_json::Value, hint: &str| ModelError::Unsupported {
             path: path.clone(),
@@ -140,17 +146,12 @@ pub fn read_peft_config(dir: &Path) -> Result<LoraConfig> {
 
 /// The base model an adapter directory names (`base_model_name_or_path`; a relative path is
 /// taken from the working directory, as `PeftModel` does).
-pub fn adapter_base(dir: &Path) -> Result<std::path::PathBuf> {
-    let path = dir.join(ADAPTER_CONFIG_FILE);
-    let text = std::fs::read_to_string(&path).map_err(|e| ModelError::io(&path, e))?;
-    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| ModelError::Config {
-        path: path.clone(),
-        message: format!("not valid JSON: {e}"),
-    })?;
+pub fn adapter_base(dir: &Path) -> Result<PathBuf> {
+    let (path, v) = adapter_config_json(dir)?;
     v.get("base_model_name_or_path")
         .and_then(serde_json::Value::as_str)
         .filter(|s| !s.is_empty())
-        .map(std::path::PathBuf::from)
+        .map(PathBuf::from)
         .ok_or_else(|| ModelError::Config {
             path,
             message: "no `base_model_name_or_path`: pass the base model explicitly".into(),
@@ -286,47 +287,19 @@ pub fn save_adapter(
 pub fn load_adapter_weights(vs: &nn::VarStore, task: PeftTask, dir: &Path) -> Result<()> {
     let path = dir.join(ADAPTER_WEIGHTS_FILE);
     let file = crate::tensor_files::MappedFile::open(&path)?;
-    let st = file.tensors()?;
-    let mut ours: Vec<(String, Tensor)> = vs
+    let tensors = file
+        .tensors()?
+        .tensors()
+        .into_iter()
+        .map(|(name, view)| (name, (path.as_path(), view)))
+        .collect();
+    let ours = vs
         .variables()
         .into_iter()
         .filter(|(name, _)| task.saves(name))
+        .map(|(name, t)| (format!("{PEFT_PREFIX}{name}"), t))
         .collect();
-    ours.sort_by(|a, b| a.0.cmp(&b.0));
-    let expected: std::collections::HashSet<String> = ours
-        .iter()
-        .map(|(n, _)| format!("{PEFT_PREFIX}{n}"))
-        .collect();
-    if let Some(extra) = st.names().into_iter().find(|n| !expected.contains(*n)) {
-        return Err(ModelError::UnexpectedTensor {
-            path,
-            name: extra.to_string(),
-        });
-    }
-    let mut copies = Vec::with_capacity(ours.len());
-    for (name, var) in &ours {
-        let key = format!("{PEFT_PREFIX}{name}");
-        let view = st.tensor(&key).map_err(|_| ModelError::MissingTensor {
-            path: path.clone(),
-            name: key.clone(),
-        })?;
-        let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
-        if shape != var.size() {
-            return Err(ModelError::ShapeMismatch {
-                path: path.clone(),
-                name: key,
-                expected: var.size(),
-                found: shape,
-            });
-        }
-        copies.push((var, view, key));
-    }
-    let _guard = tch::no_grad_guard();
-    for (var, view, key) in copies {
-        let src = crate::tensor_files::host_tensor(&view, &path, &key)?;
-        var.shallow_clone().f_copy_(&src)?;
-    }
-    Ok(())
+    crate::checkpoint::copy_checked(&ours, &tensors, &Default::default(), dir)
 }
 
 #[cfg(test)]

@@ -91,13 +91,8 @@ impl<P: DefaultPort> ServiceSettings for TrainerSettings<P> {
             ));
         }
         if let Some(lora) = &self.lora {
-            lora.validate().map_err(|e| invalid_setting("lora", e))?;
-            if self.activation_checkpointing && lora.dropout > 0.0 {
-                return Err(invalid_setting(
-                    "lora.dropout",
-                    "must be 0 with activation_checkpointing (recomputed layers cannot replay dropout)",
-                ));
-            }
+            lora.validate_for(self.activation_checkpointing)
+                .map_err(|e| invalid_setting("lora", e))?;
         }
         Ok(())
     }

@@ -1,8 +1,9 @@
-//! Request validation shared by the token-id services (reference, critic, actor): errors are
+//! Request validation shared by the token-id services (reference, critic, actor), and the
+//! log-probability answer they share: errors are
 //! INVALID_ARGUMENT with the field path first, e.g. `sequences[2].response_ids: id 70000 is
 //! outside [0, 65536)`.
 
-use rrlhf_proto::common::v1::Sequence;
+use rrlhf_proto::common::v1::{LogProbsResponse, Sequence, TokenLogProbs};
 use tonic::Status;
 
 /// A prompt/response pair of token ids.
@@ -75,6 +76,17 @@ pub fn sequence_pairs(
             token_pair(&field, &s.prompt_ids, &s.response_ids, vocab, max_len)
         })
         .collect()
+}
+
+/// The answer to a `LogProbs`-shaped request: each sequence's id with its row of per-token
+/// log-probabilities, in request order.
+pub fn log_probs_response(sequences: Vec<Sequence>, rows: Vec<Vec<f32>>) -> LogProbsResponse {
+    let results = sequences
+        .into_iter()
+        .zip(rows)
+        .map(|(s, logprobs)| TokenLogProbs { id: s.id, logprobs })
+        .collect();
+    LogProbsResponse { results }
 }
 
 /// A training sample's sequence and its two per-token targets (name, values).

@@ -66,6 +66,20 @@ impl LoraConfig {
         Ok(())
     }
 
+    /// [`Self::validate`], and whether it can train with activation checkpointing: recomputed
+    /// layers cannot replay the dropout masks of their first pass.
+    pub fn validate_for(&self, activation_checkpointing: bool) -> Result<(), String> {
+        self.validate()?;
+        if activation_checkpointing && self.dropout > 0.0 {
+            return Err(format!(
+                "lora dropout must be 0 with activation checkpointing (recomputed layers cannot \
+                 replay dropout), got {}",
+                self.dropout
+            ));
+        }
+        Ok(())
+    }
+
     /// α / r, the factor on the adapter's output.
     pub fn scale(&self) -> f64 {
         self.alpha / self.rank as f64
@@ -120,5 +134,12 @@ mod tests {
             assert!(e.contains(needle), "{e}");
         }
         assert!(cfg(&["q_proj", "down_proj"]).validate().is_ok());
+        let dropout = LoraConfig {
+            dropout: 0.1,
+            ..cfg(&["q_proj"])
+        };
+        assert!(dropout.validate_for(false).is_ok());
+        let e = dropout.validate_for(true).unwrap_err();
+        assert!(e.contains("activation checkpointing"), "{e}");
     }
 }

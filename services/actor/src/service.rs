@@ -16,7 +16,7 @@ use rrlhf_proto::common::v1::{
 };
 use rrlhf_runtime::engine::{Engine, EngineError, LoadError, PanicPolicy};
 use rrlhf_runtime::service::{self, ModelService};
-use rrlhf_runtime::validate::{invalid, sequence_pairs, unexpected};
+use rrlhf_runtime::validate::{invalid, log_probs_response, sequence_pairs, unexpected};
 use rrlhf_runtime::{server, training_rpc};
 use rrlhf_train::data_parallel::DataParallel;
 use tokio_stream::Stream;
@@ -204,17 +204,12 @@ impl ActorService for ActorServer {
         let req = request.into_inner();
         let pairs = sequence_pairs(&req.sequences, self.vocab_size, self.cfg.max_length)?;
         let mut done = self.engine.submit(vec![Work::BaseLogProbs(pairs)]).await?;
-        let rows = match done.pop() {
-            Some(Done::BaseLogProbs(rows)) => rows,
-            other => return Err(unexpected(other)),
-        };
-        let results = req
-            .sequences
-            .into_iter()
-            .zip(rows)
-            .map(|(s, logprobs)| TokenLogProbs { id: s.id, logprobs })
-            .collect();
-        Ok(Response::new(LogProbsResponse { results }))
+        match done.pop() {
+            Some(Done::BaseLogProbs(rows)) => {
+                Ok(Response::new(log_probs_response(req.sequences, rows)))
+            }
+            other => Err(unexpected(other)),
+        }
     }
 
     async fn train(

@@ -3,7 +3,7 @@
 //! frozen model.
 
 use rrlhf_model::CausalLm;
-use rrlhf_proto::common::v1::{LogProbsRequest, LogProbsResponse, TokenLogProbs};
+use rrlhf_proto::common::v1::{LogProbsRequest, LogProbsResponse};
 use rrlhf_proto::reference::v1::reference_service_server::{
     ReferenceService, ReferenceServiceServer,
 };
@@ -11,6 +11,7 @@ use rrlhf_proto::reference::v1::{InfoRequest, InfoResponse};
 use rrlhf_runtime::engine::{Engine, LoadError, PanicPolicy};
 use rrlhf_runtime::server;
 use rrlhf_runtime::service::{self, ModelService};
+use rrlhf_runtime::validate::log_probs_response;
 use tonic::{Request, Response, Status};
 
 use crate::config::{ReferenceServiceConfig, ReferenceSettings};
@@ -69,13 +70,7 @@ impl ReferenceService for ReferenceServer {
         let req = request.into_inner();
         let pairs = self.pairs(&req)?;
         let rows = self.engine.submit(pairs).await?;
-        let results = req
-            .sequences
-            .into_iter()
-            .zip(rows)
-            .map(|(s, logprobs)| TokenLogProbs { id: s.id, logprobs })
-            .collect();
-        Ok(Response::new(LogProbsResponse { results }))
+        Ok(Response::new(log_probs_response(req.sequences, rows)))
     }
 
     async fn info(&self, _request: Request<InfoRequest>) -> Result<Response<InfoResponse>, Status> {

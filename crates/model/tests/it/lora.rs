@@ -2,7 +2,7 @@
 //! logits, switches off to the exact base, survives a PEFT save and load, merges into the
 //! weights within 1e-5, and loads in `peft` with the same logits within 1e-4.
 
-use rrlhf_model::lora::ADAPTER_WEIGHTS_FILE;
+use rrlhf_model::lora::{ADAPTER_WEIGHTS_FILE, TARGETABLE};
 use rrlhf_model::{Arch, Batch, CausalLm, LoraConfig, PadSide, Placement};
 use tch::{Kind, Tensor};
 
@@ -16,16 +16,6 @@ fn lora(targets: &[&str]) -> LoraConfig {
         target_modules: targets.iter().map(|s| s.to_string()).collect(),
     }
 }
-
-const ALL: [&str; 7] = [
-    "q_proj",
-    "k_proj",
-    "v_proj",
-    "o_proj",
-    "gate_proj",
-    "up_proj",
-    "down_proj",
-];
 
 fn batch() -> Batch {
     let seqs = vec![
@@ -62,7 +52,7 @@ fn adapters_switch_save_load_and_merge() {
     let dir = tempfile::tempdir().unwrap();
     let mut model = tiny_model(Arch::Llama, false, 64, 5);
     let base = logits(&model);
-    model.add_lora(&lora(&ALL)).unwrap();
+    model.add_lora(&lora(&TARGETABLE)).unwrap();
     assert_eq!(max_diff(&logits(&model), &base), 0.0, "B = 0: no change");
     let trainable: Vec<String> = model
         .vs
@@ -117,7 +107,7 @@ fn adapters_switch_save_load_and_merge() {
     let mut other = CausalLm::from_dir(&dir.path().join("base"), Placement::default()).unwrap();
     let cfg = LoraConfig {
         rank: 2,
-        ..lora(&ALL)
+        ..lora(&TARGETABLE)
     };
     other.add_lora(&cfg).unwrap();
     other

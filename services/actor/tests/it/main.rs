@@ -10,7 +10,7 @@ use rrlhf_proto::actor::v1::{
     GenerateRequest, GeneratedSample, Prompt, SamplingParams, TrainRequest, TrainSample,
 };
 use rrlhf_proto::common::v1::{
-    LoadCheckpointRequest, LogProbsRequest, SaveCheckpointRequest, Sequence,
+    LoadCheckpointRequest, LogProbsRequest, LogProbsResponse, SaveCheckpointRequest, Sequence,
 };
 use rrlhf_testkit::models::models;
 use rrlhf_testkit::serve::spawn;
@@ -50,16 +50,19 @@ async fn collect(
 }
 
 async fn logprobs(c: &mut ActorServiceClient<Channel>, seqs: &[Sequence]) -> Vec<Vec<f32>> {
-    c.log_probs(LogProbsRequest {
-        sequences: seqs.to_vec(),
-    })
-    .await
-    .unwrap()
-    .into_inner()
-    .results
-    .into_iter()
-    .map(|r| r.logprobs)
-    .collect()
+    rows(
+        c.log_probs(LogProbsRequest {
+            sequences: seqs.to_vec(),
+        })
+        .await
+        .unwrap()
+        .into_inner(),
+    )
+}
+
+/// Each sequence's row of log-probabilities, in request order.
+fn rows(response: LogProbsResponse) -> Vec<Vec<f32>> {
+    response.results.into_iter().map(|r| r.logprobs).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -463,24 +466,10 @@ async fn a_lora_actor_serves_its_base_as_the_reference() {
     let request = || LogProbsRequest {
         sequences: seqs.clone(),
     };
-    let base: Vec<Vec<f32>> = a
-        .base_log_probs(request())
-        .await
-        .unwrap()
-        .into_inner()
-        .results
-        .into_iter()
-        .map(|t| t.logprobs)
-        .collect();
-    let refs: Vec<Vec<f32>> = r
-        .log_probs(request())
-        .await
-        .unwrap()
-        .into_inner()
-        .results
-        .into_iter()
-        .map(|t| t.logprobs)
-        .collect();
+    let base = rows(a.base_log_probs(request()).await.unwrap().into_inner());
+    let refs = rows(r.log_probs(request()).await.unwrap().into_inner());
+    let lengths = |x: &[Vec<f32>]| x.iter().map(Vec::len).collect::<Vec<_>>();
+    assert_eq!(lengths(&base), lengths(&refs));
     for (b, r) in base.iter().flatten().zip(refs.iter().flatten()) {
         assert!((b - r).abs() < 1e-5, "base {b} vs reference {r}");
     }
