@@ -1,7 +1,7 @@
-//! Compiles the autograd shim (`csrc/recompute.cpp`, activation checkpointing) against the
-//! headers of the libtorch that torch-sys links (the PyPI torch wheel in `.venv/`), and embeds
-//! an rpath to that libtorch's `lib/` so the crate's test binaries run without
-//! `LD_LIBRARY_PATH`.
+//! Compiles the autograd shims (`csrc/recompute.cpp`, activation checkpointing; `csrc/grad.cpp`,
+//! releasing gradients) against the headers of the libtorch that torch-sys links (the PyPI
+//! torch wheel in `.venv/`), and embeds an rpath to that libtorch's `lib/` so the crate's test
+//! binaries run without `LD_LIBRARY_PATH`.
 use std::path::PathBuf;
 
 fn main() {
@@ -22,6 +22,7 @@ fn main() {
         .warnings(false)
         .opt_level(2)
         .file("csrc/recompute.cpp")
+        .file("csrc/grad.cpp")
         .include(&include)
         .include(include.join("torch/csrc/api/include"))
         // torch ≥ 2.7 wheels use the C++11 ABI, as torch-sys assumes by default.

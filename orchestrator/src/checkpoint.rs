@@ -39,6 +39,30 @@ fn sync_dir(dir: &Path) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }
 
+/// Calls RPC `$method` with `$request { path }` on every actor and critic rank at once
+/// ([`on_all_ranks`]), `path` being the service's subdirectory of `$dir`.
+macro_rules! on_trained_services {
+    ($services:expr, $retry:expr, $dir:expr, $rpc:literal, $method:ident, $request:ident) => {{
+        let path = |svc: &str| $dir.join(svc).display().to_string();
+        tokio::try_join!(
+            on_all_ranks(
+                &$services.actor,
+                $retry,
+                concat!("actor ", $rpc),
+                path("actor"),
+                |mut c, path| async move { c.$method($request { path }).await.map(drop) },
+            ),
+            on_all_ranks(
+                &$services.critic,
+                $retry,
+                concat!("critic ", $rpc),
+                path("critic"),
+                |mut c, path| async move { c.$method($request { path }).await.map(drop) },
+            ),
+        )
+    }};
+}
+
 pub fn checkpoints_dir(run_dir: &Path) -> PathBuf {
     run_dir.join("checkpoints")
 }
@@ -65,21 +89,17 @@ pub async fn save(
     }
     std::fs::create_dir_all(&tmp).map_err(|e| io("creating the temporary", e))?;
     let abs = std::path::absolute(&tmp).map_err(|e| io("resolving the path", e))?;
-    // Rank 0 of each trained service saves: ranks hold identical weights (issue 7).
-    let actor_path = abs.join("actor").display().to_string();
-    retry(retry_cfg, "actor SaveCheckpoint", || {
-        let mut c = services.actor.rank(0);
-        let path = actor_path.clone();
-        async move { c.save_checkpoint(SaveCheckpointRequest { path }).await }
-    })
-    .await?;
-    let critic_path = abs.join("critic").display().to_string();
-    retry(retry_cfg, "critic SaveCheckpoint", || {
-        let mut c = services.critic.rank(0);
-        let path = critic_path.clone();
-        async move { c.save_checkpoint(SaveCheckpointRequest { path }).await }
-    })
-    .await?;
+    // Every rank of each trained service is called, as for loads: rank 0 writes the group's
+    // checkpoint (ranks hold identical weights), and under ZeRO the others first send it their
+    // shards of the optimizer state.
+    on_trained_services!(
+        services,
+        retry_cfg,
+        abs,
+        "SaveCheckpoint",
+        save_checkpoint,
+        SaveCheckpointRequest
+    )?;
     let json = serde_json::to_vec_pretty(state).expect("the run state serialises");
     write_atomic(&tmp.join(STATE_FILE), &json).map_err(|e| io("writing state.json", e))?;
     let final_dir = root.join(&name);
@@ -139,39 +159,22 @@ pub async fn restore_services(
 ) -> Result<()> {
     let abs = std::path::absolute(dir)
         .map_err(|e| OrchestratorError::io(format!("resolving {}", dir.display()), e))?;
-    let path = |svc: &str| abs.join(svc).display().to_string();
-    tokio::try_join!(
-        load_all_ranks(
-            &services.actor,
-            retry_cfg,
-            "actor LoadCheckpoint",
-            path("actor"),
-            |mut c, path| async move {
-                c.load_checkpoint(LoadCheckpointRequest { path })
-                    .await
-                    .map(drop)
-            },
-        ),
-        load_all_ranks(
-            &services.critic,
-            retry_cfg,
-            "critic LoadCheckpoint",
-            path("critic"),
-            |mut c, path| async move {
-                c.load_checkpoint(LoadCheckpointRequest { path })
-                    .await
-                    .map(drop)
-            },
-        ),
+    on_trained_services!(
+        services,
+        retry_cfg,
+        abs,
+        "LoadCheckpoint",
+        load_checkpoint,
+        LoadCheckpointRequest
     )?;
     Ok(())
 }
 
-/// Sends `path` to every rank of `pool` at once: the ranks of a data-parallel group load
-/// together (rank 0 reads, all agree, then rank 0's state is broadcast), so a rank waiting for
-/// the next one's call would stall the group. A lone rank's transient failures are retried;
-/// a group's are not (one rank repeating its part would not match the others).
-async fn load_all_ranks<C, F, Fut>(
+/// Sends `path` to every rank of `pool` at once: the ranks of a data-parallel group load and
+/// save together (rank 0 reads or writes; the ranks agree, broadcast or gather), so a rank
+/// waiting for the next one's call would stall the group. A lone rank's transient failures are
+/// retried; a group's are not (one rank repeating its part would not match the others).
+async fn on_all_ranks<C, F, Fut>(
     pool: &Pool<C>,
     retry_cfg: &RetrySettings,
     what: &'static str,

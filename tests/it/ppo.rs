@@ -1,6 +1,7 @@
 //! A few PPO steps for `tradeoff` and `min`: the metrics show the robust objective at work.
 
-use rrlhf_testkit::cluster::{cluster, config, metrics_of, run_to_the_end};
+use rrlhf_testkit::cluster::{cluster, config, metrics_of, resume_to_the_end, run_to_the_end};
+use tch::Tensor;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ppo_steps_apply_the_robust_objective() {
@@ -96,20 +97,7 @@ async fn data_parallel_ranks_train_in_step() {
     // step follows in step.
     let mut more = config(&cluster, out.path(), "ranks", 3);
     more.endpoints = endpoints.clone();
-    let run = rrlhf_orchestrator::run::spawn_run(
-        more,
-        rrlhf_orchestrator::run::RunOptions {
-            resume: true,
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    assert_eq!(
-        run.finished().await,
-        rrlhf_orchestrator::run::RunStatus::Finished,
-        "{:?}",
-        run.info().error
-    );
+    resume_to_the_end(more).await;
     let m = metrics_of(out.path(), "ranks");
     assert_eq!(m.iter().map(|s| s.step).collect::<Vec<_>>(), vec![1, 2, 3]);
     assert_eq!(m[2].train.actor_checksum_spread, 0.0);
@@ -166,5 +154,64 @@ async fn data_parallel_ranks_train_in_step() {
     let b = b.unwrap_err();
     assert!(b.message().contains("rank 0 could not load"), "{b:?}");
     assert_eq!(probe().await, reset);
+    cluster.stop().await;
+}
+
+/// The same 2-rank groups under ZeRO-2: the actor's and critic's AdamW state is sharded over
+/// the ranks, yet the ranks stay identical after every step, the checkpoint holds the whole
+/// optimizer state (gathered to rank 0, in the replicated format), and a resumed run scatters
+/// it back and continues in step.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zero2_ranks_train_save_and_resume_in_step() {
+    let out = tempfile::tempdir().unwrap();
+    let options = rrlhf_embedded::Options {
+        zero_stage: 2,
+        ..Default::default()
+    };
+    let cluster =
+        rrlhf_embedded::Cluster::with_replicas(&rrlhf_testkit::cluster::dirs(), &options, 2)
+            .await
+            .unwrap();
+    let endpoints = cluster.endpoints(None);
+    let mut cfg = config(&cluster, out.path(), "zero", 2);
+    cfg.endpoints = endpoints.clone();
+    run_to_the_end(cfg).await;
+    let ckpt = out.path().join("zero/checkpoints/step-000002");
+    for svc in ["actor", "critic"] {
+        let state = Tensor::read_safetensors(ckpt.join(svc).join("optimizer.safetensors"))
+            .unwrap_or_else(|e| panic!("{svc}: the gathered optimizer state: {e}"));
+        let step = state
+            .iter()
+            .find(|(n, _)| n == "step")
+            .expect("step")
+            .1
+            .int64_value(&[0]);
+        assert!(step > 0, "{svc}: {step} updates");
+        // Both moments of every weight, whole (not one rank's shard).
+        let weights = Tensor::read_safetensors(ckpt.join(svc).join("model.safetensors")).unwrap();
+        let moments = state
+            .iter()
+            .filter(|(n, _)| n.starts_with("exp_avg"))
+            .count();
+        assert!(moments >= 2 * weights.len() - 2, "{svc}: {moments} moments");
+        for (name, t) in &weights {
+            if let Some((_, m)) = state.iter().find(|(n, _)| *n == format!("exp_avg.{name}")) {
+                assert_eq!(m.size(), t.size(), "{svc}: {name}");
+            }
+        }
+    }
+    let mut more = config(&cluster, out.path(), "zero", 3);
+    more.endpoints = endpoints;
+    resume_to_the_end(more).await;
+    let m = metrics_of(out.path(), "zero");
+    assert_eq!(m.iter().map(|s| s.step).collect::<Vec<_>>(), vec![1, 2, 3]);
+    for s in &m {
+        assert_eq!(
+            s.train.actor_checksum_spread, 0.0,
+            "actor ranks drifted: {s:?}"
+        );
+        assert_eq!(s.train.critic_checksum_spread, 0.0, "critic ranks drifted");
+    }
+    assert_ne!(m[1].train.actor_checksum, m[2].train.actor_checksum);
     cluster.stop().await;
 }

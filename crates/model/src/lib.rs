@@ -13,6 +13,7 @@ pub mod device;
 pub mod error;
 pub mod fsio;
 pub mod generate;
+pub mod grad;
 pub mod heads;
 pub mod kv_cache;
 pub mod llama;

@@ -8,8 +8,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
-pub use safetensors::tensor::TensorView;
-use safetensors::tensor::{Dtype, SafeTensors, View};
+use safetensors::tensor::View;
+pub use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use tch::{Device, Kind, Tensor};
 
 use crate::error::{ModelError, Result};
@@ -219,6 +219,32 @@ impl MappedFile {
             message: format!("not a valid safetensors file: {e}"),
         })
     }
+}
+
+/// A flat host tensor holding a copy of elements `start .. start + len` of `view` (in its
+/// row-major order): how a sharded optimizer reads its part of a saved tensor without copying
+/// the whole of it.
+pub fn host_slice(
+    view: &TensorView<'_>,
+    path: &Path,
+    name: &str,
+    start: usize,
+    len: usize,
+) -> Result<Tensor> {
+    let kind = kind_of(view.dtype(), path, name)?;
+    let size = kind.elt_size_in_bytes();
+    let bytes = view
+        .data()
+        .get(start * size..(start + len) * size)
+        .ok_or_else(|| ModelError::Checkpoint {
+            path: path.to_path_buf(),
+            message: format!(
+                "tensor `{name}` has no elements {start}..{} (it has {})",
+                start + len,
+                view.data().len() / size
+            ),
+        })?;
+    Ok(Tensor::f_from_data_size(bytes, &[len as i64], kind)?)
 }
 
 /// A host tensor holding a copy of `view` (the only copy made while loading it).

@@ -16,13 +16,15 @@ pub enum ConfigError {
     Invalid { field: String, message: String },
 }
 
-/// (rank, world size, rendezvous store, backend, collective timeout) of a data-parallel rank.
+/// (rank, world size, rendezvous store, backend, collective timeout, ZeRO stage) of a
+/// data-parallel rank.
 pub type GroupPlace<'a> = (
     u32,
     u32,
     Option<&'a str>,
     Option<&'a str>,
     std::time::Duration,
+    u32,
 );
 
 /// The `[server]` section shared by every gRPC service.
@@ -64,6 +66,11 @@ pub struct ServerConfig {
     pub dist_backend: Option<String>,
     /// How long the group's rendezvous and each collective wait for the slowest rank.
     pub dist_timeout_secs: f64,
+    /// ZeRO stage of an actor or critic group: 0 replicates the AdamW state on every rank;
+    /// 1 shards the fp32 master weights and moments over the ranks (each updates its 1/N and
+    /// the weights are all-gathered); 2 also frees each gradient once it is reduced into its
+    /// owner's shard. Every rank of a group must use the same stage; other services ignore it.
+    pub zero_stage: u32,
 }
 
 impl Default for ServerConfig {
@@ -86,6 +93,7 @@ impl Default for ServerConfig {
             store_addr: None,
             dist_backend: None,
             dist_timeout_secs: 600.0,
+            zero_stage: 0,
         }
     }
 }
@@ -104,6 +112,7 @@ impl ServerConfig {
             self.store_addr.as_deref(),
             self.dist_backend.as_deref(),
             self.dist_timeout(),
+            self.zero_stage,
         )
     }
 
@@ -184,6 +193,16 @@ impl ServerConfig {
             return bad(
                 "dist_timeout_secs",
                 format!("must be > 0, got {}", self.dist_timeout_secs),
+            );
+        }
+        if self.zero_stage > 2 {
+            return bad(
+                "zero_stage",
+                format!(
+                    "must be 0 (replicated), 1 (sharded optimizer state) or 2 (and sharded \
+                     gradients), got {}",
+                    self.zero_stage
+                ),
             );
         }
         if self.world_size == 0 || self.rank >= self.world_size {

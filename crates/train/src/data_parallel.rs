@@ -21,6 +21,7 @@ use tch::{Device, Kind, Tensor, nn};
 use crate::error::{Result, TrainError};
 use crate::optim::AdamW;
 use crate::sampler::Order;
+use crate::zero::{self, ZeroStage};
 
 /// A rank's membership in its model's data-parallel group. After a failed collective the
 /// group's state is unknown (ranks may be at different calls), so every later call fails fast
@@ -30,30 +31,38 @@ pub struct DataParallel {
     /// Where control values (counts, flags) live: NCCL reduces CUDA tensors only.
     device: Device,
     failure: RefCell<Option<String>>,
+    /// Whether the optimizer state (stage 1) and gradients (stage 2) are sharded over the ranks.
+    zero: ZeroStage,
+    /// Elements per reduce-scatter / all-gather transfer of the sharded optimizer.
+    bucket_elements: i64,
 }
 
 impl std::fmt::Debug for DataParallel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DataParallel")
             .field("group", &self.group)
+            .field("zero", &self.zero)
             .finish()
     }
 }
 
 impl DataParallel {
     /// The group a training service's rank joins, from its place (rank, world size, store,
-    /// backend, timeout — `rrlhf_runtime::ServerConfig::group`): none for a single rank; else
-    /// the store (required), with the backend or the device's default.
+    /// backend, timeout, ZeRO stage — `rrlhf_runtime::ServerConfig::group`): none for a single
+    /// rank (a ZeRO stage then has nothing to shard over); else the store (required), with the
+    /// backend or the device's default.
     pub fn for_service(
-        (rank, world_size, store, backend, timeout): (
+        (rank, world_size, store, backend, timeout, zero_stage): (
             u32,
             u32,
             Option<&str>,
             Option<&str>,
             std::time::Duration,
+            u32,
         ),
         device: tch::Device,
     ) -> Result<Option<Self>> {
+        let zero = ZeroStage::from_level(zero_stage)?;
         if world_size <= 1 {
             return Ok(None);
         }
@@ -77,7 +86,7 @@ impl DataParallel {
             },
             device,
         )
-        .map(Some)
+        .map(|dp| Some(dp.with_zero(zero)))
     }
 
     /// Joins the group (blocks until every rank has joined, up to the configured timeout) for
@@ -88,7 +97,30 @@ impl DataParallel {
             group,
             device,
             failure: RefCell::new(None),
+            zero: ZeroStage::Off,
+            bucket_elements: zero::DEFAULT_BUCKET_ELEMENTS,
         })
+    }
+
+    /// This group with the optimizer sharded at `stage`.
+    pub fn with_zero(mut self, stage: ZeroStage) -> Self {
+        self.zero = stage;
+        self
+    }
+
+    /// This group with sharded transfers of `elements` elements (at least 1): small buckets in
+    /// tests make variables straddle them.
+    pub fn with_bucket_elements(mut self, elements: i64) -> Self {
+        self.bucket_elements = elements.max(1);
+        self
+    }
+
+    pub fn zero(&self) -> ZeroStage {
+        self.zero
+    }
+
+    pub fn bucket_elements(&self) -> i64 {
+        self.bucket_elements
     }
 
     pub fn rank(&self) -> usize {
@@ -159,6 +191,17 @@ impl DataParallel {
     /// Element-wise sums of `values` over the ranks.
     pub fn sum(&self, values: &[f64]) -> Result<Vec<f64>> {
         self.reduce(values, ReduceOp::Sum)
+    }
+
+    /// Sums the flat `input` (world × k elements) over the ranks and writes this rank's k
+    /// elements of the sum to `output`.
+    pub fn reduce_scatter(&self, input: &Tensor, output: &Tensor) -> Result<()> {
+        self.collective(|g| g.reduce_scatter(input, output, ReduceOp::Sum))
+    }
+
+    /// Writes every rank's flat `input` (k elements), in rank order, into `output` (world × k).
+    pub fn all_gather(&self, input: &Tensor, output: &Tensor) -> Result<()> {
+        self.collective(|g| g.all_gather(input, output))
     }
 
     /// Overwrites `tensors` with rank 0's.
@@ -381,7 +424,7 @@ impl<S> MinibatchLoss<S> {
 /// loss fails, every rank stops at that update with an error (the weights have then taken the
 /// updates before it, on every rank alike).
 pub fn run_updates<S: TokenMean>(
-    opt: &mut AdamW,
+    opt: &mut impl Optimizer,
     dp: Option<&DataParallel>,
     samples: usize,
     plan: &UpdatePlan,
@@ -420,8 +463,8 @@ pub fn run_updates<S: TokenMean>(
         };
         let Some(dp) = dp else {
             let (stats, tokens) = part?.expect("a single rank has samples in each of its updates");
-            opt.scale_gradients(1.0 / tokens.max(1.0))?;
-            out.push((stats, opt.apply(plan.lr, plan.max_grad_norm)?));
+            let norm = opt.finish_update(None, tokens.max(1.0), plan.lr, plan.max_grad_norm)?;
+            out.push((stats, norm));
             continue;
         };
         // The token count travels with a failure flag: a rank whose loss or backward failed
@@ -436,16 +479,7 @@ pub fn run_updates<S: TokenMean>(
                 update + 1
             )));
         }
-        // Every rank sends the same list of gradients, zero where its samples reached none.
-        opt.define_missing_gradients()?;
-        dp.sum_gradients(opt, false)?;
-        let all_tokens = totals[0];
-        opt.scale_gradients(if all_tokens > 0.0 {
-            1.0 / all_tokens
-        } else {
-            0.0
-        })?;
-        let norm = opt.apply(plan.lr, plan.max_grad_norm)?;
+        let norm = opt.finish_update(Some(dp), totals[0], plan.lr, plan.max_grad_norm)?;
         if let Some((stats, _)) = part {
             out.push((stats, norm));
         }
@@ -458,7 +492,7 @@ pub fn run_updates<S: TokenMean>(
 /// micro-batches' stats and the token count (none when `idx` is empty: zero gradients). A
 /// failing or panicking loss is this rank's error.
 fn accumulate<S: TokenMean>(
-    opt: &mut AdamW,
+    opt: &mut impl Optimizer,
     idx: &[usize],
     micro: usize,
     loss_of: &mut impl FnMut(&[usize]) -> Result<MinibatchLoss<S>>,
@@ -479,6 +513,51 @@ fn accumulate<S: TokenMean>(
     }
     let tokens = parts.iter().map(|(_, t)| t).sum();
     Ok(Some((S::token_mean(parts), tokens)))
+}
+
+/// What [`run_updates`] needs of an optimizer: the replicated [`AdamW`] or the sharded
+/// [`crate::zero::ShardedAdamW`].
+pub trait Optimizer {
+    /// Zeroes (or releases) the gradients before an update's first backward.
+    fn zero_grad(&mut self) -> Result<()>;
+    /// Backpropagates `loss`, adding to the gradients already there.
+    fn accumulate(&mut self, loss: &Tensor) -> Result<()>;
+    /// Ends an update whose gradients of token-summed losses this rank holds: with `dp`,
+    /// combines them with every other rank's; divides by `tokens` (all ranks' count), clips to
+    /// `max_norm` (if > 0) and steps at `lr`. Returns the gradient norm before clipping.
+    fn finish_update(
+        &mut self,
+        dp: Option<&DataParallel>,
+        tokens: f64,
+        lr: f64,
+        max_norm: f64,
+    ) -> Result<f64>;
+}
+
+impl Optimizer for AdamW {
+    fn zero_grad(&mut self) -> Result<()> {
+        AdamW::zero_grad(self)
+    }
+
+    fn accumulate(&mut self, loss: &Tensor) -> Result<()> {
+        AdamW::accumulate(self, loss)
+    }
+
+    fn finish_update(
+        &mut self,
+        dp: Option<&DataParallel>,
+        tokens: f64,
+        lr: f64,
+        max_norm: f64,
+    ) -> Result<f64> {
+        if let Some(dp) = dp {
+            // Every rank sends the same list of gradients, zero where its samples reached none.
+            self.define_missing_gradients()?;
+            dp.sum_gradients(self, false)?;
+        }
+        self.scale_gradients(if tokens > 0.0 { 1.0 / tokens } else { 0.0 })?;
+        self.apply(lr, max_norm)
+    }
 }
 
 /// Statistics of an update that micro-batches combine: their mean weighted by tokens (each

@@ -14,5 +14,6 @@ pub mod sampler;
 pub mod schedule;
 pub mod sft;
 pub mod train_state;
+pub mod zero;
 
 pub use error::{Result, TrainError};

@@ -16,7 +16,7 @@
 use std::path::Path;
 
 use rrlhf_model::ModelError;
-use rrlhf_model::tensor_files::{MappedFile, TensorView, host_tensor};
+use rrlhf_model::tensor_files::{Dtype, MappedFile, SafeTensors, TensorView, host_tensor};
 use tch::nn;
 use tch::{Kind, Tensor};
 
@@ -241,46 +241,21 @@ impl AdamW {
     /// returns the norm before clipping.
     pub fn apply(&mut self, lr: f64, max_norm: f64) -> Result<f64> {
         let norm = self.grad_norm()?;
-        let clip = if max_norm > 0.0 && norm > max_norm {
-            max_norm / (norm + 1e-6)
-        } else {
-            1.0
-        };
+        let clip = clip_factor(norm, max_norm);
         let _guard = tch::no_grad_guard();
         self.step += 1;
-        let bias1 = 1.0 - BETA1.powi(self.step as i32);
-        let bias2_sqrt = (1.0 - BETA2.powi(self.step as i32)).sqrt();
+        let step = AdamStep::new(self.step, lr, self.weight_decay, clip);
         for (i, (_, var)) in self.vars.iter().enumerate() {
             let g = self.gradient(i);
             if !g.defined() {
                 continue;
             }
             // The update happens on the master (fp32) when there is one, else on the variable.
-            let mut p = self.master[i].as_ref().unwrap_or(var).shallow_clone();
-            // An fp32 view of the gradient (a copy only for bf16; never written to).
-            let mut g = g.f_to_kind(p.kind())?;
-            if clip != 1.0 {
-                g = g.f_mul_scalar(clip)?;
-            }
-            let _ = p.f_mul_scalar_(1.0 - lr * self.weight_decay)?;
-            // One scratch tensor `t` for every intermediate, in place: besides the gradient's
-            // fp32 copy, an update holds one extra tensor the size of the largest parameter
-            // (the vocabulary matrices), not five.
-            let (m, v) = (&mut self.exp_avg[i], &mut self.exp_avg_sq[i]);
-            let mut t = g.f_mul_scalar(1.0 - BETA1)?;
-            let _ = m.f_mul_scalar_(BETA1)?.f_add_(&t)?;
-            t.f_copy_(&g)?;
-            let _ = t.f_mul_(&g)?.f_mul_scalar_(1.0 - BETA2)?;
-            let _ = v.f_mul_scalar_(BETA2)?.f_add_(&t)?;
-            t.f_copy_(v)?;
-            let _ = t.f_sqrt_()?.f_div_scalar_(bias2_sqrt)?.f_add_scalar_(EPS)?;
-            // t ← m / t, then the step size.
-            let _ = m.f_div_out(&t, &t)?;
-            let _ = t.f_mul_scalar_(lr / bias1)?;
-            let _ = p.f_sub_(&t)?;
+            let p = self.master[i].as_ref().unwrap_or(var);
+            step.apply(p, &g, &mut self.exp_avg[i], &mut self.exp_avg_sq[i])?;
             if self.master[i].is_some() {
                 // The working copy: the master rounded to the variable's dtype.
-                var.shallow_clone().f_copy_(&p)?;
+                var.shallow_clone().f_copy_(p)?;
             }
         }
         Ok(norm)
@@ -304,15 +279,13 @@ impl AdamW {
     /// Writes the moments, master weights and step count to `path` (safetensors, one file),
     /// streamed one tensor at a time.
     pub fn save_state(&self, path: &Path) -> Result<()> {
-        let mut named = vec![(STEP_KEY.to_owned(), Tensor::from_slice(&[self.step]))];
+        let mut named = vec![step_tensor(self.step)];
         for (i, (name, _)) in self.vars.iter().enumerate() {
-            named.push((format!("exp_avg.{name}"), self.exp_avg[i].shallow_clone()));
-            named.push((
-                format!("exp_avg_sq.{name}"),
-                self.exp_avg_sq[i].shallow_clone(),
-            ));
-            if let Some(m) = &self.master[i] {
-                named.push((format!("{MASTER_PREFIX}{name}"), m.shallow_clone()));
+            let [m, v, master] = state_keys(name);
+            named.push((m, self.exp_avg[i].shallow_clone()));
+            named.push((v, self.exp_avg_sq[i].shallow_clone()));
+            if let Some(t) = &self.master[i] {
+                named.push((master, t.shallow_clone()));
             }
         }
         rrlhf_model::tensor_files::write_file(path, named)?;
@@ -325,54 +298,165 @@ impl AdamW {
     pub fn load_state(&mut self, path: &Path) -> Result<()> {
         let file = MappedFile::open(path)?;
         let saved = file.tensors()?;
-        let bad = |message: String| TrainError::Invalid(format!("{}: {message}", path.display()));
-        let get = |key: String, like: &Tensor| -> Result<(String, TensorView<'_>)> {
-            let view = saved
-                .tensor(&key)
-                .map_err(|_| bad(format!("optimizer state has no tensor `{key}`")))?;
-            let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
-            if shape != like.size() {
-                return Err(bad(format!(
-                    "`{key}` has shape {shape:?}, the model needs {:?}",
-                    like.size()
-                )));
-            }
-            Ok((key, view))
-        };
-        let (step_key, step_view) = saved
-            .tensor(STEP_KEY)
-            .map(|v| (STEP_KEY.to_owned(), v))
-            .map_err(|_| bad(format!("optimizer state has no `{STEP_KEY}`")))?;
-        let step = host_tensor(&step_view, path, &step_key)?.f_int64_value(&[0])?;
-        let mut pairs = Vec::with_capacity(self.vars.len());
-        for (name, p) in &self.vars {
-            let master_key = format!("{MASTER_PREFIX}{name}");
-            pairs.push((
-                get(format!("exp_avg.{name}"), p)?,
-                get(format!("exp_avg_sq.{name}"), p)?,
-                // A state saved without masters (an fp32 run, an older checkpoint) leaves the
-                // masters taken from the loaded weights.
-                match saved.tensor(&master_key) {
-                    Ok(_) => Some(get(master_key, p)?),
-                    Err(_) => None,
-                },
-            ));
-        }
+        let (step, views) = saved_views(&saved, path, &self.vars)?;
         let _guard = tch::no_grad_guard();
         let load = |(key, view): &(String, TensorView<'_>), into: &mut Tensor| -> Result<()> {
             into.f_copy_(&host_tensor(view, path, key)?)?;
             Ok(())
         };
-        for (i, (m, v, master)) in pairs.iter().enumerate() {
-            load(m, &mut self.exp_avg[i])?;
-            load(v, &mut self.exp_avg_sq[i])?;
-            if let (Some(mine), Some(saved)) = (&mut self.master[i], master) {
+        for (i, var) in views.iter().enumerate() {
+            load(&var.exp_avg, &mut self.exp_avg[i])?;
+            load(&var.exp_avg_sq, &mut self.exp_avg_sq[i])?;
+            if let (Some(mine), Some(saved)) = (&mut self.master[i], &var.master) {
                 load(saved, mine)?;
             }
         }
         self.step = step;
         Ok(())
     }
+}
+
+/// The factor that brings a gradient of global norm `norm` within `max_norm` (no clipping when
+/// `max_norm` ≤ 0): `torch.nn.utils.clip_grad_norm_`'s.
+pub(crate) fn clip_factor(norm: f64, max_norm: f64) -> f64 {
+    if max_norm > 0.0 && norm > max_norm {
+        max_norm / (norm + 1e-6)
+    } else {
+        1.0
+    }
+}
+
+/// One AdamW update (`torch.optim.AdamW`'s arithmetic) at a given step, applied tensor by
+/// tensor: the replicated optimizer calls it per variable, the sharded one on its flat shard.
+pub(crate) struct AdamStep {
+    lr: f64,
+    weight_decay: f64,
+    clip: f64,
+    bias1: f64,
+    bias2_sqrt: f64,
+}
+
+impl AdamStep {
+    /// The update of step `step` (counted from 1) at `lr`, gradients scaled by `clip`.
+    pub(crate) fn new(step: i64, lr: f64, weight_decay: f64, clip: f64) -> Self {
+        Self {
+            lr,
+            weight_decay,
+            clip,
+            bias1: 1.0 - BETA1.powi(step as i32),
+            bias2_sqrt: (1.0 - BETA2.powi(step as i32)).sqrt(),
+        }
+    }
+
+    /// Updates `p` (in place) and its moments `m`, `v` from gradient `g` (any float dtype; read
+    /// only). Call under `no_grad`.
+    pub(crate) fn apply(
+        &self,
+        p: &Tensor,
+        g: &Tensor,
+        m: &mut Tensor,
+        v: &mut Tensor,
+    ) -> Result<()> {
+        let mut p = p.shallow_clone();
+        // An fp32 view of the gradient (a copy only for bf16; never written to).
+        let mut g = g.f_to_kind(p.kind())?;
+        if self.clip != 1.0 {
+            g = g.f_mul_scalar(self.clip)?;
+        }
+        let _ = p.f_mul_scalar_(1.0 - self.lr * self.weight_decay)?;
+        // One scratch tensor `t` for every intermediate, in place: besides the gradient's fp32
+        // copy, an update holds one extra tensor the size of the largest parameter (the
+        // vocabulary matrices), not five.
+        let mut t = g.f_mul_scalar(1.0 - BETA1)?;
+        let _ = m.f_mul_scalar_(BETA1)?.f_add_(&t)?;
+        t.f_copy_(&g)?;
+        let _ = t.f_mul_(&g)?.f_mul_scalar_(1.0 - BETA2)?;
+        let _ = v.f_mul_scalar_(BETA2)?.f_add_(&t)?;
+        t.f_copy_(v)?;
+        let _ = t
+            .f_sqrt_()?
+            .f_div_scalar_(self.bias2_sqrt)?
+            .f_add_scalar_(EPS)?;
+        // t ← m / t, then the step size.
+        let _ = m.f_div_out(&t, &t)?;
+        let _ = t.f_mul_scalar_(self.lr / self.bias1)?;
+        let _ = p.f_sub_(&t)?;
+        Ok(())
+    }
+}
+
+/// The names a saved state gives the step count and one variable's first moment, second moment
+/// and fp32 master (written only for variables held in another dtype): one format for the
+/// replicated and the sharded optimizer, so a state loads at any world size.
+pub(crate) fn state_keys(name: &str) -> [String; 3] {
+    [
+        format!("exp_avg.{name}"),
+        format!("exp_avg_sq.{name}"),
+        format!("{MASTER_PREFIX}{name}"),
+    ]
+}
+
+/// The saved step-count tensor of a state file.
+pub(crate) fn step_tensor(step: i64) -> (String, Tensor) {
+    (STEP_KEY.to_owned(), Tensor::from_slice(&[step]))
+}
+
+/// One variable's tensors in a saved state, each with its key.
+pub(crate) struct SavedVar<'a> {
+    pub exp_avg: (String, TensorView<'a>),
+    pub exp_avg_sq: (String, TensorView<'a>),
+    /// Absent from a state saved without masters (an fp32 run): the masters are then taken
+    /// from the loaded weights.
+    pub master: Option<(String, TensorView<'a>)>,
+}
+
+/// The step count and each of `vars`' tensors in the state file `saved` (read from `path`),
+/// after checking that every tensor is there with the variable's shape.
+pub(crate) fn saved_views<'a>(
+    saved: &'a SafeTensors<'a>,
+    path: &Path,
+    vars: &[(String, Tensor)],
+) -> Result<(i64, Vec<SavedVar<'a>>)> {
+    let bad = |message: String| TrainError::Invalid(format!("{}: {message}", path.display()));
+    let get = |key: String, like: &Tensor| -> Result<(String, TensorView<'a>)> {
+        let view = saved
+            .tensor(&key)
+            .map_err(|_| bad(format!("optimizer state has no tensor `{key}`")))?;
+        let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
+        if shape != like.size() {
+            return Err(bad(format!(
+                "`{key}` has shape {shape:?}, the model needs {:?}",
+                like.size()
+            )));
+        }
+        if !matches!(
+            view.dtype(),
+            Dtype::F32 | Dtype::BF16 | Dtype::F16 | Dtype::F64
+        ) {
+            return Err(bad(format!(
+                "`{key}` has dtype {:?}, not a floating-point one",
+                view.dtype()
+            )));
+        }
+        Ok((key, view))
+    };
+    let step_view = saved
+        .tensor(STEP_KEY)
+        .map_err(|_| bad(format!("optimizer state has no `{STEP_KEY}`")))?;
+    let step = host_tensor(&step_view, path, STEP_KEY)?.f_int64_value(&[0])?;
+    let mut out = Vec::with_capacity(vars.len());
+    for (name, p) in vars {
+        let [m, v, master] = state_keys(name);
+        out.push(SavedVar {
+            exp_avg: get(m, p)?,
+            exp_avg_sq: get(v, p)?,
+            master: match saved.tensor(&master) {
+                Ok(_) => Some(get(master, p)?),
+                Err(_) => None,
+            },
+        });
+    }
+    Ok((step, out))
 }
 
 /// Every trainable variable of `vs`, sorted by name (the order ranks and saved states share).
@@ -419,7 +503,7 @@ pub fn restore_from_checkpoint(
 
 /// An optimizer-state failure while saving or loading the checkpoint at `dir`, as the model
 /// error the services already map to gRPC statuses.
-fn checkpoint_error(dir: &Path, e: TrainError) -> ModelError {
+pub(crate) fn checkpoint_error(dir: &Path, e: TrainError) -> ModelError {
     ModelError::Checkpoint {
         path: dir.to_path_buf(),
         message: format!("optimizer state: {e}"),

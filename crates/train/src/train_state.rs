@@ -1,20 +1,58 @@
 //! What a training service (actor, critic) keeps beside its model's weights: the AdamW state
 //! (created on first use, saved and restored with checkpoints), its weight decay, and — with
-//! several ranks — the data-parallel group. Every method goes in step with the other ranks.
+//! several ranks — the data-parallel group, whose ZeRO stage decides whether that state is
+//! replicated or sharded ([`crate::zero`]). Every method goes in step with the other ranks.
 
 use std::cell::RefCell;
 use std::path::Path;
 
 use rrlhf_model::ModelError;
-use tch::nn;
+use tch::{Tensor, nn};
 
-use crate::data_parallel::{self, DataParallel, MinibatchLoss, TokenMean, UpdatePlan};
-use crate::error::Result;
+use crate::data_parallel::{self, DataParallel, MinibatchLoss, Optimizer, TokenMean, UpdatePlan};
+use crate::error::{Result, TrainError};
 use crate::optim::{self, AdamW};
+use crate::zero::{self, ShardedAdamW, ZeroStage};
+
+/// The optimizer of a training service: replicated on every rank, or sharded over them.
+#[derive(Debug)]
+enum TrainOptimizer {
+    Replicated(AdamW),
+    Sharded(ShardedAdamW),
+}
+
+impl Optimizer for TrainOptimizer {
+    fn zero_grad(&mut self) -> Result<()> {
+        match self {
+            Self::Replicated(o) => Optimizer::zero_grad(o),
+            Self::Sharded(o) => o.zero_grad(),
+        }
+    }
+
+    fn accumulate(&mut self, loss: &Tensor) -> Result<()> {
+        match self {
+            Self::Replicated(o) => Optimizer::accumulate(o, loss),
+            Self::Sharded(o) => o.accumulate(loss),
+        }
+    }
+
+    fn finish_update(
+        &mut self,
+        dp: Option<&DataParallel>,
+        tokens: f64,
+        lr: f64,
+        max_norm: f64,
+    ) -> Result<f64> {
+        match self {
+            Self::Replicated(o) => o.finish_update(dp, tokens, lr, max_norm),
+            Self::Sharded(o) => o.finish_update(dp, tokens, lr, max_norm),
+        }
+    }
+}
 
 #[derive(Debug)]
 pub struct TrainState {
-    optimizer: RefCell<Option<AdamW>>,
+    optimizer: RefCell<Option<TrainOptimizer>>,
     weight_decay: f64,
     dp: Option<DataParallel>,
 }
@@ -45,7 +83,7 @@ impl TrainState {
     ) -> Result<Vec<(S, f64)>> {
         let mut slot = self.optimizer.borrow_mut();
         if slot.is_none() {
-            *slot = Some(AdamW::new(vs, self.weight_decay).inspect_err(|_| self.reject())?);
+            *slot = Some(self.fresh_optimizer(vs).inspect_err(|_| self.reject())?);
         }
         let opt = slot.as_mut().expect("created above");
         data_parallel::run_updates(opt, self.dp.as_ref(), samples, plan, loss_of)
@@ -56,29 +94,96 @@ impl TrainState {
         data_parallel::abstain(self.dp.as_ref());
     }
 
+    /// Fresh moments for the model in `vs`: sharded when the group's ZeRO stage says so.
+    fn fresh_optimizer(&self, vs: &nn::VarStore) -> Result<TrainOptimizer> {
+        Ok(match &self.dp {
+            Some(dp) if dp.zero() != ZeroStage::Off => {
+                TrainOptimizer::Sharded(ShardedAdamW::new(vs, self.weight_decay, dp)?)
+            }
+            _ => TrainOptimizer::Replicated(AdamW::new(vs, self.weight_decay)?),
+        })
+    }
+
+    /// Optimizer state elements this rank holds (moments and fp32 masters; 0 before the first
+    /// update): about 1/N of the replicated optimizer's under ZeRO.
+    pub fn optimizer_state_bytes(&self) -> i64 {
+        match &*self.optimizer.borrow() {
+            None => 0,
+            Some(TrainOptimizer::Replicated(o)) => o
+                .moments()
+                .iter()
+                .map(|t| (t.numel() * t.kind().elt_size_in_bytes()) as i64)
+                .sum(),
+            Some(TrainOptimizer::Sharded(o)) => o.state_bytes(),
+        }
+    }
+
     /// Writes a checkpoint directory atomically (it appears whole or not at all): what
     /// `write_model` writes (weights, config, tokenizer) and the optimizer state.
+    ///
+    /// In a data-parallel group every rank must be called (as for `Train` and loads): rank 0
+    /// writes the group's checkpoint; under ZeRO the other ranks first send it their shards of
+    /// the optimizer state (gathered before any file is touched, so a failed write on rank 0
+    /// cannot leave the others waiting); in a replicated group they have nothing to add.
     pub fn checkpoint(
         &self,
         dir: &Path,
         write_model: impl FnOnce(&Path) -> Result<(), ModelError>,
     ) -> Result<(), ModelError> {
+        let slot = self.optimizer.borrow();
+        let gathered = match (&self.dp, &*slot) {
+            (Some(dp), _) if dp.zero() != ZeroStage::Off => self
+                .gather_sharded(dp, slot.as_ref())
+                .map_err(|e| optim::checkpoint_error(dir, e))?,
+            _ => None,
+        };
+        if self.dp.as_ref().is_some_and(|dp| dp.rank() != 0) {
+            return Ok(());
+        }
         rrlhf_model::fsio::write_dir_atomic(dir, |tmp| {
             write_model(tmp)?;
-            self.save_into(tmp)
+            match (gathered, &*slot) {
+                (Some(named), _) => {
+                    rrlhf_model::tensor_files::write_file(&tmp.join(optim::OPTIMIZER_FILE), named)
+                }
+                (None, Some(TrainOptimizer::Replicated(o))) => {
+                    optim::save_into_checkpoint(Some(o), tmp)
+                }
+                _ => Ok(()),
+            }
         })
     }
 
-    /// Writes the optimizer state, when there is one, into checkpoint directory `dir`.
-    pub fn save_into(&self, dir: &Path) -> Result<(), ModelError> {
-        optim::save_into_checkpoint(self.optimizer.borrow().as_ref(), dir)
+    /// Under ZeRO: after checking that every rank has an optimizer (or none does), gathers
+    /// the state to rank 0 (`Some` there when there is one).
+    fn gather_sharded(
+        &self,
+        dp: &DataParallel,
+        optimizer: Option<&TrainOptimizer>,
+    ) -> Result<Option<Vec<(String, Tensor)>>> {
+        let sharded = match optimizer {
+            Some(TrainOptimizer::Sharded(o)) => Some(o),
+            _ => None,
+        };
+        let holding = dp.sum(&[if sharded.is_some() { 1.0 } else { 0.0 }])?[0];
+        match sharded {
+            _ if holding == 0.0 => Ok(None),
+            Some(o) if holding == dp.world_size() as f64 => o.gather_state(dp),
+            _ => Err(TrainError::Invalid(format!(
+                "only {holding} of the {} ranks hold optimizer state (a failed first update?); \
+                 train once more or load a checkpoint before saving",
+                dp.world_size()
+            ))),
+        }
     }
 
     /// Loads the checkpoint at `dir` into the model in `vs` and the optimizer. Alone: validated,
     /// then copied (a bad checkpoint changes nothing). In a group: rank 0 reads `dir` (the
     /// others never need to see it), the ranks learn whether it succeeded, and — either way —
     /// all then take rank 0's weights and optimizer state, so a load that failed half-way on
-    /// rank 0 still leaves every rank equal. The call fails on every rank when rank 0's read
+    /// rank 0 still leaves every rank equal. Under ZeRO rank 0 checks the optimizer file before
+    /// the ranks agree, then sends it bucket by bucket and each rank keeps its shard; the file
+    /// may come from any world size or stage. The call fails on every rank when rank 0's read
     /// did.
     ///
     /// `read_weights` copies the checkpoint's weights into the model (all of them, or a LoRA
@@ -90,17 +195,42 @@ impl TrainState {
         dir: &Path,
     ) -> Result<(), ModelError> {
         let slot = &mut *self.optimizer.borrow_mut();
-        let read = |slot: &mut Option<AdamW>| {
-            read_weights(dir)?;
-            optim::restore_from_checkpoint(slot, vs, self.weight_decay, dir)
-        };
         let Some(dp) = &self.dp else {
-            return read(slot);
+            return self.read_replicated(slot, vs, read_weights, dir);
         };
-        let local = if dp.rank() == 0 { read(slot) } else { Ok(()) };
+        let local = match (dp.rank(), dp.zero()) {
+            (0, ZeroStage::Off) => self
+                .read_replicated(slot, vs, read_weights, dir)
+                .map(|_| None),
+            (0, _) => read_weights(dir).and_then(|_| {
+                let path = dir.join(optim::OPTIMIZER_FILE);
+                match path.exists() {
+                    true => zero::check_state_file(&path, vs)
+                        .map(Some)
+                        .map_err(|e| optim::checkpoint_error(dir, e)),
+                    false => Ok(None),
+                }
+            }),
+            _ => Ok(None),
+        };
         let failed = dp.any_failed(local.is_err())?;
         dp.broadcast_parameters(vs)?;
-        dp.broadcast_optimizer(slot, vs, self.weight_decay)?;
+        match dp.zero() {
+            ZeroStage::Off => {
+                let mut replicated = match slot.take() {
+                    Some(TrainOptimizer::Replicated(o)) => Some(o),
+                    _ => None,
+                };
+                dp.broadcast_optimizer(&mut replicated, vs, self.weight_decay)?;
+                *slot = replicated.map(TrainOptimizer::Replicated);
+            }
+            _ => {
+                let file = local.as_ref().ok().and_then(Option::as_ref);
+                *slot = self
+                    .scatter_sharded(dp, vs, file)
+                    .map_err(|e| optim::checkpoint_error(dir, e))?;
+            }
+        }
         local?;
         if failed {
             return Err(ModelError::InvalidInput(format!(
@@ -109,5 +239,49 @@ impl TrainState {
             )));
         }
         Ok(())
+    }
+}
+
+impl TrainState {
+    /// A lone rank's (or a replicated group's rank 0's) read: weights, then the optimizer state
+    /// saved with them (none: forgotten, it belonged to other weights).
+    fn read_replicated(
+        &self,
+        slot: &mut Option<TrainOptimizer>,
+        vs: &nn::VarStore,
+        read_weights: impl FnOnce(&Path) -> Result<(), ModelError>,
+        dir: &Path,
+    ) -> Result<(), ModelError> {
+        read_weights(dir)?;
+        let mut replicated = None;
+        optim::restore_from_checkpoint(&mut replicated, vs, self.weight_decay, dir)?;
+        *slot = replicated.map(TrainOptimizer::Replicated);
+        Ok(())
+    }
+
+    /// Under ZeRO, after the weights were broadcast: every rank learns from rank 0 whether a
+    /// state was read (`file`, on rank 0) and, if so, takes its shard of it.
+    fn scatter_sharded(
+        &self,
+        dp: &DataParallel,
+        vs: &nn::VarStore,
+        file: Option<&rrlhf_model::tensor_files::MappedFile>,
+    ) -> Result<Option<TrainOptimizer>> {
+        let flag = Tensor::from_slice(&[if file.is_some() { 1.0f64 } else { 0.0 }]);
+        let flag = flag.to_device(vs.device());
+        dp.broadcast(&[flag.shallow_clone()])?;
+        if flag.to_device(tch::Device::Cpu).double_value(&[0]) == 0.0 {
+            return Ok(None);
+        }
+        let made = ShardedAdamW::new(vs, self.weight_decay, dp);
+        if dp.any_failed(made.is_err())? {
+            made?;
+            return Err(TrainError::Invalid(
+                "another data-parallel rank could not create its optimizer".into(),
+            ));
+        }
+        let mut opt = made?;
+        opt.load_state(dp, file)?;
+        Ok(Some(TrainOptimizer::Sharded(opt)))
     }
 }

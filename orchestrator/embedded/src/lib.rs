@@ -41,6 +41,9 @@ pub struct Options {
     /// LoRA adapters for the actor; its frozen base then serves the reference log-probs and no
     /// reference service is started.
     pub actor_lora: Option<LoraConfig>,
+    /// ZeRO stage of the actor and critic groups (`server.zero_stage`; it matters with more
+    /// than one rank).
+    pub zero_stage: u32,
 }
 
 impl Default for Options {
@@ -53,6 +56,7 @@ impl Default for Options {
             shutdown_grace_secs: 5.0,
             merge_requests: true,
             actor_lora: None,
+            zero_stage: 0,
         }
     }
 }
@@ -178,6 +182,7 @@ impl Rank {
             rank: self.rank,
             world_size: self.world_size.max(1),
             store_addr: self.store.clone(),
+            zero_stage: o.zero_stage,
             ..server("127.0.0.1:0", o)
         }
     }

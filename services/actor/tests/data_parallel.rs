@@ -5,8 +5,13 @@
 //! Then the ranks train once more with mini-batches of 2 while rank 1 has no samples at all
 //! (rank 0 takes 3 updates, rank 1 joins each with zero gradients): still identical.
 //!
+//! Then the same two ranks under ZeRO-1 and ZeRO-2 (AdamW state sharded in 4099-element buckets,
+//! so shards cut through tensors unevenly) must end with the replicated pair's weights within
+//! 1e-6 relative, after both the three clipped epochs and the uneven update.
+//!
 //! A `harness = false` test: without `RRLHF_TEST_RANK` it builds the model, trains the single
-//! rank in-process, starts itself twice as the two ranks, and compares the saved weights.
+//! rank in-process, starts itself twice as the two ranks (once per ZeRO stage), and compares
+//! the saved weights.
 //! In-process first: gradient accumulation — micro-batches of 1, 2 and 4 samples inside
 //! mini-batches of 4 give the same updates as none (within 1e-5).
 
@@ -18,6 +23,7 @@ use rrlhf_actor_service::engine::{Policy, PpoJob};
 use rrlhf_dist::{Backend, GroupConfig};
 use rrlhf_model::{Arch, Placement};
 use rrlhf_train::data_parallel::{DataParallel, UpdatePlan};
+use rrlhf_train::zero::ZeroStage;
 use tch::Tensor;
 
 const SAMPLES: usize = 8;
@@ -114,6 +120,16 @@ fn train_and_save(dp: Option<DataParallel>, rank: usize, model: &Path, out: &Pat
     };
     let stats = policy.ppo_update(&mine).expect("train");
     assert_eq!(stats.summary.updates, 3, "one update per epoch");
+    // ZeRO-2 gives every gradient back once reduced; the other stages keep them.
+    let zero2 = std::env::var("RRLHF_TEST_ZERO").is_ok_and(|z| z == "2");
+    let held = policy
+        .model
+        .vs
+        .trainable_variables()
+        .iter()
+        .filter(|v| v.grad().defined())
+        .count();
+    assert_eq!(held == 0, zero2, "{held} gradients held");
     policy.model.save(out).expect("save");
     if std::env::var("RRLHF_TEST_RANK").is_ok() {
         let mut uneven = shard(
@@ -136,6 +152,7 @@ fn full_job_of(policy: &Policy) -> PpoJob {
 }
 
 fn rank_main(rank: usize, store: &str, model: &Path, out: &Path) {
+    let zero = std::env::var("RRLHF_TEST_ZERO").map_or(0, |z| z.parse().expect("a ZeRO stage"));
     let dp = DataParallel::join(
         &GroupConfig {
             backend: Backend::Gloo,
@@ -146,7 +163,9 @@ fn rank_main(rank: usize, store: &str, model: &Path, out: &Path) {
         },
         tch::Device::Cpu,
     )
-    .expect("join the group");
+    .expect("join the group")
+    .with_zero(ZeroStage::from_level(zero).expect("stage"))
+    .with_bucket_elements(4099);
     train_and_save(Some(dp), rank, model, out);
 }
 
@@ -208,39 +227,7 @@ fn compare_one_rank_with_two() {
     let single = root.path().join("single");
     train_and_save(None, 0, &model, &single);
 
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port();
-    let exe = std::env::current_exe().expect("test binary");
-    let outs: Vec<PathBuf> = (0..2)
-        .map(|r| root.path().join(format!("rank{r}")))
-        .collect();
-    let mut children: Vec<_> = outs
-        .iter()
-        .enumerate()
-        .map(|(rank, out)| {
-            Command::new(&exe)
-                .env("RRLHF_TEST_RANK", rank.to_string())
-                .env("RRLHF_TEST_STORE", format!("127.0.0.1:{port}"))
-                .env("RRLHF_TEST_MODEL", &model)
-                .env("RRLHF_TEST_OUT", out)
-                .spawn()
-                .expect("start a rank")
-        })
-        .collect();
-    let deadline = Instant::now() + Duration::from_secs(180);
-    for (rank, child) in children.iter_mut().enumerate() {
-        loop {
-            if let Some(status) = child.try_wait().expect("wait") {
-                assert!(status.success(), "rank {rank} failed: {status}");
-                break;
-            }
-            assert!(Instant::now() < deadline, "rank {rank} did not finish");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
+    let outs = two_ranks(&model, &root.path().join("replicated"), 0);
     let (start, one, r0, r1) = (
         weights(&model),
         weights(&single),
@@ -280,4 +267,66 @@ fn compare_one_rank_with_two() {
     println!(
         "data parallel: 2 ranks identical; max |2 ranks − 1 rank| = {largest:.2e} (weights moved up to {moved:.2e})"
     );
+    for stage in [1, 2] {
+        let sharded = two_ranks(&model, &root.path().join(format!("zero{stage}")), stage);
+        let mut worst = 0f64;
+        for (replicated, zero) in outs.iter().zip(&sharded) {
+            for ext in ["", "uneven"] {
+                let (a, b) = (
+                    weights(&replicated.with_extension(ext)),
+                    weights(&zero.with_extension(ext)),
+                );
+                let scale = a
+                    .iter()
+                    .map(|(_, t)| t.abs().max().double_value(&[]))
+                    .fold(0.0, f64::max);
+                worst = worst.max(max_diff(&a, &b) / scale);
+            }
+        }
+        assert!(
+            worst <= 1e-6,
+            "ZeRO-{stage}: weights differ from the replicated ranks' by {worst:e} (relative)"
+        );
+        println!("ZeRO-{stage}: weights within {worst:.1e} (relative) of the replicated ranks");
+    }
+}
+
+/// Starts this binary twice as ranks 0 and 1 of a group at ZeRO `stage`, each training and
+/// saving under `root`; returns their output directories once both succeeded.
+fn two_ranks(model: &Path, root: &Path, stage: u32) -> Vec<PathBuf> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let exe = std::env::current_exe().expect("test binary");
+    let outs: Vec<PathBuf> = (0..2).map(|r| root.join(format!("rank{r}"))).collect();
+    let mut children: Vec<_> = outs
+        .iter()
+        .enumerate()
+        .map(|(rank, out)| {
+            Command::new(&exe)
+                .env("RRLHF_TEST_RANK", rank.to_string())
+                .env("RRLHF_TEST_STORE", format!("127.0.0.1:{port}"))
+                .env("RRLHF_TEST_MODEL", model)
+                .env("RRLHF_TEST_OUT", out)
+                .env("RRLHF_TEST_ZERO", stage.to_string())
+                .spawn()
+                .expect("start a rank")
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(180);
+    for (rank, child) in children.iter_mut().enumerate() {
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                assert!(
+                    status.success(),
+                    "ZeRO-{stage} rank {rank} failed: {status}"
+                );
+                break;
+            }
+            assert!(Instant::now() < deadline, "rank {rank} did not finish");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    outs
 }
