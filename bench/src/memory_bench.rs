@@ -1,6 +1,7 @@
 //! `rrlhf-memory-bench`: peak host memory of one actor `Train` step (a PPO update over one
-//! mini-batch) on the `medium` preset, for each precision / accumulation / checkpointing
-//! setting, next to what the arithmetic in `bench/README.md` predicts.
+//! mini-batch) on the `medium` preset, for each precision / accumulation / checkpointing /
+//! LoRA setting and for two data-parallel Gloo ranks at each ZeRO stage, next to what the
+//! arithmetic in `bench/README.md` predicts.
 //!
 //! Each setting runs in a child process of its own (so one setting's allocator state cannot
 //! flatter the next): the child loads the policy as the actor service does, resets the kernel's
@@ -13,9 +14,11 @@ use std::process::Command;
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 use rrlhf_actor_service::engine::{Policy, PpoJob};
+use rrlhf_dist::{Backend, GroupConfig};
 use rrlhf_model::lora::TARGETABLE;
 use rrlhf_model::{Arch, CausalLm, LoraConfig, ModelConfig, Placement, SizePreset};
-use rrlhf_train::data_parallel::UpdatePlan;
+use rrlhf_train::data_parallel::{DataParallel, UpdatePlan};
+use rrlhf_train::zero::ZeroStage;
 use serde_json::{Value, json};
 
 #[derive(Parser, Debug)]
@@ -33,9 +36,18 @@ struct Args {
     size: String,
     #[arg(long, default_value_t = 2)]
     threads: i32,
-    /// Run one setting (`DTYPE:MICRO:CKPT`, e.g. `bf16:2:1`) in this process and print JSON.
+    /// Run one setting (`DTYPE:MICRO:CKPT:LORA[:zSTAGE]`, e.g. `bf16:2:1:0:z2`) in this process
+    /// and print JSON.
     #[arg(long)]
     case: Option<String>,
+    /// Measure only these settings (comma-separated `--case` specs); default: all.
+    #[arg(long, value_delimiter = ',')]
+    settings: Vec<String>,
+    /// Internal: this child's rank and the group's store (settings with a ZeRO stage).
+    #[arg(long)]
+    rank: Option<usize>,
+    #[arg(long)]
+    store: Option<String>,
     /// The model directory a `--case` child loads.
     #[arg(long)]
     model: Option<PathBuf>,
@@ -49,13 +61,20 @@ struct Setting {
     checkpointing: bool,
     /// LoRA rank on every targetable module (0: full fine-tuning).
     lora: i64,
+    /// Two data-parallel ranks at this ZeRO stage (none: one rank).
+    zero: Option<u32>,
 }
+
+/// Ranks of the data-parallel settings.
+const RANKS: usize = 2;
 
 impl Setting {
     fn parse(text: &str) -> Result<Self> {
         let parts: Vec<&str> = text.split(':').collect();
-        let [dtype, micro, ckpt, lora] = parts[..] else {
-            bail!("--case `{text}`: expected DTYPE:MICRO:CKPT:LORA_RANK");
+        let (dtype, micro, ckpt, lora, zero) = match parts[..] {
+            [d, m, c, l] => (d, m, c, l, None),
+            [d, m, c, l, z] => (d, m, c, l, Some(z)),
+            _ => bail!("--case `{text}`: expected DTYPE:MICRO:CKPT:LORA_RANK[:zSTAGE]"),
         };
         Ok(Self {
             bf16: match dtype {
@@ -66,6 +85,13 @@ impl Setting {
             micro: micro.parse().context("--case: micro-batch size")?,
             checkpointing: ckpt == "1",
             lora: lora.parse().context("--case: LoRA rank")?,
+            zero: zero
+                .map(|z| {
+                    z.strip_prefix('z')
+                        .and_then(|n| n.parse().ok())
+                        .with_context(|| format!("--case: `{z}` is not zSTAGE"))
+                })
+                .transpose()?,
         })
     }
 
@@ -81,8 +107,9 @@ impl Setting {
 
     fn spec(self) -> String {
         let dtype = if self.bf16 { "bf16" } else { "f32" };
+        let zero = self.zero.map_or(String::new(), |z| format!(":z{z}"));
         format!(
-            "{dtype}:{}:{}:{}",
+            "{dtype}:{}:{}:{}{zero}",
             self.micro,
             u8::from(self.checkpointing),
             self.lora
@@ -110,7 +137,12 @@ impl Setting {
         } else {
             String::new()
         };
-        format!("{dtype}, micro-batch {micro}{ckpt}{lora}")
+        let zero = match self.zero {
+            None => String::new(),
+            Some(0) => format!(", {RANKS} ranks, replicated AdamW"),
+            Some(z) => format!(", {RANKS} ranks, ZeRO-{z}"),
+        };
+        format!("{dtype}, micro-batch {micro}{ckpt}{lora}{zero}")
     }
 }
 
@@ -171,7 +203,24 @@ fn measure(a: &Args, setting: Setting, model: &Path) -> Result<Value> {
     let before = status_bytes("VmRSS:")?;
     let placement = Placement::parse("cpu", if setting.bf16 { "bf16" } else { "f32" })?;
     let lora = setting.lora_config();
-    let mut policy = Policy::load(model, placement, 0.0, lora.as_ref(), None)?;
+    let dp = match (setting.zero, a.rank, &a.store) {
+        (Some(stage), Some(rank), Some(store)) => Some(
+            DataParallel::join(
+                &GroupConfig {
+                    backend: Backend::Gloo,
+                    store: store.clone(),
+                    rank,
+                    world_size: RANKS,
+                    timeout: std::time::Duration::from_secs(600),
+                },
+                tch::Device::Cpu,
+            )?
+            .with_zero(ZeroStage::from_level(stage)?),
+        ),
+        (Some(_), ..) => bail!("a ZeRO setting runs as ranks (--rank, --store)"),
+        _ => None,
+    };
+    let mut policy = Policy::load(model, placement, 0.0, lora.as_ref(), dp)?;
     policy.model.backbone.activation_checkpointing = setting.checkpointing;
     let loaded = status_bytes("VmRSS:")?;
     let load_peak = status_bytes("VmHWM:")?;
@@ -191,7 +240,20 @@ fn measure(a: &Args, setting: Setting, model: &Path) -> Result<Value> {
     let start = std::time::Instant::now();
     let stats = policy.ppo_update(&job(a, policy.model.cfg.vocab_size, setting.micro))?;
     let peak = status_bytes("VmHWM:")?;
+    // What stays allocated until the next update (counted from the tensors: freed memory need
+    // not leave the process's RSS): weights, gradients still held, optimizer state.
+    let bytes = |t: &tch::Tensor| (t.numel() * t.kind().elt_size_in_bytes()) as i64;
+    let vars = policy.model.vs.variables();
+    let held = vars.values().map(bytes).sum::<i64>()
+        + vars
+            .values()
+            .map(|t| t.grad())
+            .filter(tch::Tensor::defined)
+            .map(|g| bytes(&g))
+            .sum::<i64>()
+        + policy.optimizer_bytes();
     Ok(json!({
+        "held_after_step": held,
         "setting": setting.spec(),
         "params": params,
         "trainable": trainable,
@@ -204,9 +266,16 @@ fn measure(a: &Args, setting: Setting, model: &Path) -> Result<Value> {
     }))
 }
 
-/// What the arithmetic predicts for a setting, in bytes: (weights, peak of the step), for
-/// `params` parameters of which `trainable` train (all, or a LoRA model's adapters).
-fn predict(a: &Args, cfg: &ModelConfig, params: f64, trainable: f64, s: Setting) -> (f64, f64) {
+/// What the arithmetic predicts for a setting, in bytes: (weights, peak of the step, held
+/// after it), for `params` parameters of which `trainable` train (all, or a LoRA model's
+/// adapters).
+fn predict(
+    a: &Args,
+    cfg: &ModelConfig,
+    params: f64,
+    trainable: f64,
+    s: Setting,
+) -> (f64, f64, f64) {
     let b = if s.bf16 { 2.0 } else { 4.0 };
     let (h, kv, i, l, v) = (
         cfg.hidden_size as f64,
@@ -219,7 +288,12 @@ fn predict(a: &Args, cfg: &ModelConfig, params: f64, trainable: f64, s: Setting)
     // (the moments are allocated at load but only become resident when the first step writes
     // them).
     let weights = params * b;
-    let persistent = weights + trainable * if s.bf16 { 12.0 } else { 8.0 };
+    let state = match s.zero {
+        // Sharded: this rank's 1/N of the fp32 master, both moments and the reduced gradient.
+        Some(1..) => trainable * 16.0 / RANKS as f64,
+        _ => trainable * if s.bf16 { 12.0 } else { 8.0 },
+    };
+    let persistent = weights + state;
     let micro = if s.micro == 0 { a.minibatch } else { s.micro };
     let tokens = (micro * (a.prompt_len + a.response_len)) as f64;
     // Saved for backward per token and layer: each RMSNorm keeps its f32 input and its output
@@ -237,10 +311,22 @@ fn predict(a: &Args, cfg: &ModelConfig, params: f64, trainable: f64, s: Setting)
     // The LM head: logits in b, their f32 copy and log-softmax (kept), and in backward the
     // f32 gradient and its cast back: b + 4·4 bytes per vocabulary entry.
     let head = (b + 16.0) * v;
-    // The gradients, in the weights' dtype. (With data parallelism a bf16 run also holds fp32
-    // copies for the reduction, 4 bytes per parameter more; this is one rank.)
-    let gradients = trainable * b;
-    (weights, persistent + gradients + tokens * (layers + head))
+    // The gradients, in the weights' dtype; a replicated bf16 group also sums fp32 copies of
+    // them (4 bytes per parameter more, held until the next update).
+    let replicated_copies = if s.zero == Some(0) && s.bf16 {
+        4.0
+    } else {
+        0.0
+    };
+    let gradients = trainable * (b + replicated_copies);
+    // ZeRO-2 releases the gradients once reduced; the other settings keep them until the next
+    // update zeroes them.
+    let held = persistent + if s.zero == Some(2) { 0.0 } else { gradients };
+    (
+        weights,
+        persistent + gradients + tokens * (layers + head),
+        held,
+    )
 }
 
 fn gib(bytes: f64) -> String {
@@ -268,44 +354,63 @@ fn main() -> Result<()> {
             micro: 0,
             checkpointing: false,
             lora: 0,
+            zero: None,
         },
         Setting {
             bf16: true,
             micro: 0,
             checkpointing: false,
             lora: 0,
+            zero: None,
         },
         Setting {
             bf16: true,
             micro: 2,
             checkpointing: false,
             lora: 0,
+            zero: None,
         },
         Setting {
             bf16: true,
             micro: 0,
             checkpointing: true,
             lora: 0,
+            zero: None,
         },
         Setting {
             bf16: true,
             micro: 2,
             checkpointing: true,
             lora: 0,
+            zero: None,
         },
         Setting {
             bf16: true,
             micro: 0,
             checkpointing: false,
             lora: 16,
+            zero: None,
         },
         Setting {
             bf16: true,
             micro: 2,
             checkpointing: true,
             lora: 16,
+            zero: None,
         },
     ];
+    let zero_settings = [0, 1, 2].map(|z| Setting {
+        bf16: true,
+        micro: 2,
+        checkpointing: true,
+        lora: 0,
+        zero: Some(z),
+    });
+    let chosen: Vec<Setting> = settings
+        .into_iter()
+        .chain(zero_settings)
+        .filter(|s| a.settings.is_empty() || a.settings.contains(&s.spec()))
+        .collect();
     let exe = std::env::current_exe()?;
     println!(
         "{} preset, vocab {}, one update of {} samples × {} tokens, {} threads (GiB; measured = peak RSS of the process minus its RSS before the model was built)\n",
@@ -316,39 +421,71 @@ fn main() -> Result<()> {
         a.threads
     );
     println!(
-        "| setting | weights after load: measured / predicted | peak while loading | peak of the step: measured / predicted | step time |"
+        "| setting | weights after load: measured / predicted | peak while loading | peak of the step: measured / predicted | held after the step (tensors) / predicted | step time |"
     );
-    println!("|---|---|---|---|---|");
-    for s in settings {
-        let out = Command::new(&exe)
-            .args(["--case", &s.spec(), "--model"])
-            .arg(dir.path())
-            .args(["--minibatch", &a.minibatch.to_string()])
-            .args(["--prompt-len", &a.prompt_len.to_string()])
-            .args(["--response-len", &a.response_len.to_string()])
-            .args(["--threads", &a.threads.to_string()])
-            .output()?;
-        if !out.status.success() {
-            bail!(
-                "setting {} failed:\n{}",
-                s.spec(),
-                String::from_utf8_lossy(&out.stderr)
-            );
+    println!("|---|---|---|---|---|---|");
+    for s in chosen {
+        // A data-parallel setting runs as two ranks (one thread each); its row is rank 0's,
+        // with the larger of the two peaks.
+        let ranks = if s.zero.is_some() { RANKS } else { 1 };
+        let store = format!("127.0.0.1:{}", free_port()?);
+        let threads = (a.threads / ranks as i32).max(1);
+        let children = (0..ranks)
+            .map(|rank| {
+                let mut cmd = Command::new(&exe);
+                cmd.args(["--case", &s.spec(), "--model"])
+                    .arg(dir.path())
+                    .args(["--minibatch", &a.minibatch.to_string()])
+                    .args(["--prompt-len", &a.prompt_len.to_string()])
+                    .args(["--response-len", &a.response_len.to_string()])
+                    .args(["--threads", &threads.to_string()])
+                    .stdout(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::piped());
+                if ranks > 1 {
+                    cmd.args(["--rank", &rank.to_string(), "--store", &store]);
+                }
+                Ok(cmd.spawn()?)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let mut reports = Vec::new();
+        for child in children {
+            let out = child.wait_with_output()?;
+            if !out.status.success() {
+                bail!(
+                    "setting {} failed:\n{}",
+                    s.spec(),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            let r: Value = serde_json::from_slice(&out.stdout)
+                .with_context(|| format!("setting {}: bad output", s.spec()))?;
+            reports.push(r);
         }
-        let r: Value = serde_json::from_slice(&out.stdout)
-            .with_context(|| format!("setting {}: bad output", s.spec()))?;
-        let num = |k: &str| r[k].as_f64().unwrap_or(f64::NAN);
-        let (weights, peak) = predict(&a, &cfg, num("params"), num("trainable"), s);
+        let num = |k: &str| reports[0][k].as_f64().unwrap_or(f64::NAN);
+        let peak_step = reports
+            .iter()
+            .filter_map(|r| r["peak_step"].as_f64())
+            .fold(0.0, f64::max);
+        let (weights, peak, held) = predict(&a, &cfg, num("params"), num("trainable"), s);
         println!(
-            "| {} | {} / {} | {} | {} / {} | {:.0} s |",
+            "| {} | {} / {} | {} | {} / {} | {} / {} | {:.0} s |",
             s.label(a.minibatch),
             gib(num("after_load")),
             gib(weights),
             gib(num("load_peak")),
-            gib(num("peak_step")),
+            gib(peak_step),
             gib(peak),
+            gib(num("held_after_step")),
+            gib(held),
             num("seconds")
         );
     }
     Ok(())
+}
+
+/// A port free on loopback now (for a group's store).
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }

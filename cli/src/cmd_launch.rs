@@ -22,10 +22,10 @@ pub struct LaunchArgs {
     #[arg(long)]
     plan: PathBuf,
     /// Start only the processes of this node (default: those without a node, or all when the
-    /// plan names no nodes).
+    /// plan names no nodes; with `--check`, every node's).
     #[arg(long)]
     node: Option<String>,
-    /// Validate the plan, print this node's processes, and start nothing.
+    /// Validate the plan, print this node's processes (or all of them), and start nothing.
     #[arg(long)]
     check: bool,
 }
@@ -220,10 +220,12 @@ async fn serving(addr: &str) -> Result<()> {
 pub fn run(a: LaunchArgs) -> Result<()> {
     let plan = load(&a.plan)?;
     let named_nodes = plan.process.iter().any(|p| p.node.is_some());
+    // `--check` without `--node` checks every node's processes.
+    let whole_plan = !named_nodes || (a.check && a.node.is_none());
     let mine: Vec<Process> = plan
         .process
         .iter()
-        .filter(|p| !named_nodes || p.node == a.node || (a.node.is_none() && p.node.is_none()))
+        .filter(|p| whole_plan || p.node == a.node || (a.node.is_none() && p.node.is_none()))
         .cloned()
         .collect();
     anyhow::ensure!(
@@ -247,8 +249,13 @@ pub fn run(a: LaunchArgs) -> Result<()> {
             );
         }
         println!(
-            "launch --check: plan valid, {} processes on this node",
-            mine.len()
+            "launch --check: plan valid, {} processes {}",
+            mine.len(),
+            if whole_plan && named_nodes {
+                "in the plan"
+            } else {
+                "on this node"
+            }
         );
         return Ok(());
     }

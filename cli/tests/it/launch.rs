@@ -138,6 +138,42 @@ fn plans_with_broken_groups_are_named() {
     }
 }
 
+/// The shipped three-node plan is valid: 24 processes over three nodes, 8 on each.
+#[test]
+fn the_three_node_plan_checks() {
+    let plan = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../deploy/plans/three-node-h800.toml"
+    );
+    let check = |node: Option<&str>| {
+        let mut cmd = rrlhf();
+        cmd.args(["launch", "--check", "--plan", plan]);
+        if let Some(n) = node {
+            cmd.args(["--node", n]);
+        }
+        let out = cmd.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let all = check(None);
+    assert!(
+        all.contains("plan valid, 24 processes in the plan"),
+        "{all}"
+    );
+    assert!(all.contains("actor-9 = serve actor rank 9/10"), "{all}");
+    for node in ["n0", "n1", "n2"] {
+        let one = check(Some(node));
+        assert!(
+            one.contains("plan valid, 8 processes on this node"),
+            "{node}: {one}"
+        );
+    }
+}
+
 /// The shipped single-node plan is valid and places 8 processes.
 #[test]
 fn the_single_node_plan_checks() {

@@ -233,6 +233,17 @@ impl AdamW {
             .collect()
     }
 
+    /// Bytes the optimizer holds besides the variables and their gradients: moments, fp32
+    /// masters, and the fp32 gradient copies a data-parallel reduction made (kept until the
+    /// next update zeroes the gradients).
+    pub fn held_bytes(&self) -> i64 {
+        self.moments()
+            .iter()
+            .chain(self.grad32.iter().flatten())
+            .map(|t| (t.numel() * t.kind().elt_size_in_bytes()) as i64)
+            .sum()
+    }
+
     pub fn set_steps(&mut self, steps: i64) {
         self.step = steps;
     }

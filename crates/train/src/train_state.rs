@@ -104,17 +104,14 @@ impl TrainState {
         })
     }
 
-    /// Optimizer state elements this rank holds (moments and fp32 masters; 0 before the first
-    /// update): about 1/N of the replicated optimizer's under ZeRO.
-    pub fn optimizer_state_bytes(&self) -> i64 {
+    /// Bytes the optimizer holds on this rank (0 before the first update): moments, fp32
+    /// masters and fp32 gradients (a replicated group's reduction copies, or under ZeRO this
+    /// rank's shards of all of them, about 1/N).
+    pub fn optimizer_bytes(&self) -> i64 {
         match &*self.optimizer.borrow() {
             None => 0,
-            Some(TrainOptimizer::Replicated(o)) => o
-                .moments()
-                .iter()
-                .map(|t| (t.numel() * t.kind().elt_size_in_bytes()) as i64)
-                .sum(),
-            Some(TrainOptimizer::Sharded(o)) => o.state_bytes(),
+            Some(TrainOptimizer::Replicated(o)) => o.held_bytes(),
+            Some(TrainOptimizer::Sharded(o)) => o.held_bytes(),
         }
     }
 

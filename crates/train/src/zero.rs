@@ -239,9 +239,10 @@ impl ShardedAdamW {
         self.layout.shard_len
     }
 
-    /// Bytes of optimizer state on this rank: master weights and two moments, fp32.
-    pub fn state_bytes(&self) -> i64 {
-        3 * 4 * self.layout.shard_len
+    /// Bytes the optimizer holds on this rank: its shards of the fp32 master weights, both
+    /// moments and the reduced gradient.
+    pub fn held_bytes(&self) -> i64 {
+        4 * 4 * self.layout.shard_len
     }
 
     fn device(&self) -> Device {
@@ -313,11 +314,11 @@ impl ShardedAdamW {
         let _ = self
             .grad
             .f_mul_scalar_(if tokens > 0.0 { 1.0 / tokens } else { 0.0 })?;
-        let local = self
-            .grad
-            .f_square()?
-            .f_sum(Kind::Double)?
-            .f_double_value(&[])?;
+        let mut local = 0.0;
+        for bucket in &self.layout.buckets {
+            let g = self.shard_of(&self.grad, bucket)?;
+            local += g.f_square()?.f_sum(Kind::Double)?.f_double_value(&[])?;
+        }
         let norm = dp.sum(&[local])?[0].sqrt();
         self.step += 1;
         let step = AdamStep::new(
@@ -326,12 +327,12 @@ impl ShardedAdamW {
             self.weight_decay,
             optim::clip_factor(norm, max_norm),
         );
-        step.apply(
-            &self.master,
-            &self.grad,
-            &mut self.exp_avg,
-            &mut self.exp_avg_sq,
-        )?;
+        // Bucket by bucket, so the update's scratch tensors are one chunk, not the shard.
+        for bucket in &self.layout.buckets {
+            let chunk = |t: &Tensor| self.shard_of(t, bucket);
+            let (mut m, mut v) = (chunk(&self.exp_avg)?, chunk(&self.exp_avg_sq)?);
+            step.apply(&chunk(&self.master)?, &chunk(&self.grad)?, &mut m, &mut v)?;
+        }
         self.gather_weights(dp)?;
         Ok(norm)
     }

@@ -220,7 +220,7 @@ fn three_updates(stage: ZeroStage, kind: Kind) -> Vec<(Tensor, i64)> {
             stage == ZeroStage::Gradients,
             "{stage:?}: {held} gradients held"
         );
-        (net.weights(), state.optimizer_state_bytes())
+        (net.weights(), state.optimizer_bytes())
     })
 }
 
@@ -244,14 +244,14 @@ fn sharded_stages_match_the_replicated_optimizer_with_half_the_state() {
             "the ranks hold the same weights"
         );
     }
-    // The state per rank: a bf16 model's replicated optimizer holds fp32 masters and moments
-    // (12 bytes per weight); each sharded rank holds about half of them (33 of 66 weights
-    // with the padding of 16-element buckets).
+    // The state per rank: a bf16 model's replicated optimizer holds fp32 masters, moments and
+    // gradient copies (16 bytes per weight); each sharded rank holds about half of them (33
+    // of 66 weights with the padding of 16-element buckets).
     let replicated = three_updates(ZeroStage::Off, Kind::BFloat16);
     let sharded = three_updates(ZeroStage::Gradients, Kind::BFloat16);
-    assert_eq!(replicated[0].1, 12 * 66);
+    assert_eq!(replicated[0].1, 16 * 66);
     for (rank, (_, bytes)) in sharded.iter().enumerate() {
-        assert_eq!(*bytes, 12 * 33, "rank {rank}");
+        assert_eq!(*bytes, 16 * 33, "rank {rank}");
     }
 }
 

@@ -3,6 +3,8 @@
 //! `files`/`literals` and `create`/`replace`/`merge`, `disableNameSuffixHash`) and checks what a
 //! deployment depends on, so a broken manifest fails `make test` rather than a cluster rollout.
 
+pub mod memory;
+pub mod plan;
 pub mod render;
 pub mod validate;
 

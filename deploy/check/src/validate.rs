@@ -245,6 +245,28 @@ pub fn validate(docs: &[Value]) -> Result<Placement> {
         );
     }
 
+    // A placement that says which model it is sized for must fit it: each training rank's
+    // memory by docs/deployment.md's arithmetic, from the settings it depends on.
+    if let Some(p) = config_maps.get("rrlhf-placement") {
+        if let Some(model) = s(p["data"].get("sized_for")) {
+            let gpu_gb: f64 = s(p["data"].get("gpu_memory_gb"))
+                .and_then(|x| x.parse().ok())
+                .context("rrlhf-placement: sized_for needs gpu_memory_gb")?;
+            let configs = config_maps
+                .get("rrlhf-config")
+                .context("rrlhf-placement: sized_for needs the rrlhf-config ConfigMap")?;
+            for svc in ["actor", "critic"] {
+                crate::memory::check_rank_fits(
+                    svc,
+                    model,
+                    gpu_gb,
+                    placement.replicas.get(svc).copied().unwrap_or(0),
+                    |file| s(configs["data"].get(file)).map(str::to_owned),
+                )?;
+            }
+        }
+    }
+
     // The orchestrator's endpoints are exactly the pods, by their stable names and ports.
     let orch = config_maps
         .get("rrlhf-config")

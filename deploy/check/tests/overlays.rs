@@ -126,3 +126,72 @@ fn a_training_config_without_the_arithmetics_settings_is_named() {
         "{err}"
     );
 }
+
+/// The ZeRO stage, micro-batch and checkpointing of the three-node overlay are what
+/// docs/deployment.md's 8B arithmetic needs; changing one so that a rank no longer fits names
+/// the setting.
+#[test]
+fn a_layout_that_no_longer_fits_its_model_is_named() {
+    let overlay = k8s().join("overlays/three-node-h800");
+    let docs = render(&overlay).unwrap();
+    validate(&docs).unwrap();
+    let edit = |file: &str, from: &str, to: &str| {
+        let mut docs = docs.clone();
+        for d in docs.iter_mut() {
+            if rrlhf_deploy_check::render::kind_name(d)
+                == ("ConfigMap".into(), "rrlhf-config".into())
+            {
+                let text = d["data"][file].as_str().unwrap().to_owned();
+                assert!(text.contains(from), "{file} has `{from}`");
+                d["data"][file] = text.replace(from, to).into();
+            }
+        }
+        validate(&docs).unwrap_err().to_string()
+    };
+    let err = edit("actor.toml", "zero_stage = 2", "zero_stage = 0");
+    assert!(
+        err.contains("actor: a llama-3-8b rank needs ≈ 166 GB")
+            && err.contains("actor.toml server.zero_stage = 0"),
+        "{err}"
+    );
+    let err = edit(
+        "orchestrator.toml",
+        "[ppo.critic]\nmicro_batch_size = 2",
+        "[ppo.critic]\nmicro_batch_size = 16",
+    );
+    assert!(
+        err.contains("critic:") && err.contains("ppo.critic.micro_batch_size giving 13"),
+        "{err}"
+    );
+}
+
+/// The `rrlhf launch` plans set what their overlays deploy.
+#[test]
+fn the_plans_mirror_their_overlays() {
+    let plans = Path::new(env!("CARGO_MANIFEST_DIR")).join("../plans");
+    for name in ["three-node-h800", "single-node-8gpu"] {
+        rrlhf_deploy_check::plan::check_plan_matches(
+            &plans.join(format!("{name}.toml")),
+            &k8s().join("overlays").join(name),
+        )
+        .unwrap_or_else(|e| panic!("{name}: {e:#}"));
+    }
+    // A plan whose ranks run another ZeRO stage is named.
+    let dir = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(plans.join("single-node-8gpu.toml")).unwrap();
+    let edited = text.replace(
+        "RRLHF__SERVER__ZERO_STAGE = \"2\"",
+        "RRLHF__SERVER__ZERO_STAGE = \"1\"",
+    );
+    std::fs::write(dir.path().join("p.toml"), edited).unwrap();
+    let err = rrlhf_deploy_check::plan::check_plan_matches(
+        &dir.path().join("p.toml"),
+        &k8s().join("overlays/single-node-8gpu"),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("actor-0 runs with server.zero_stage = 1"),
+        "{err}"
+    );
+}

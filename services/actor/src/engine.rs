@@ -114,6 +114,12 @@ impl Policy {
         })
     }
 
+    /// Bytes the optimizer holds on this rank (0 before the first update; see
+    /// `TrainState::optimizer_bytes`).
+    pub fn optimizer_bytes(&self) -> i64 {
+        self.training.optimizer_bytes()
+    }
+
     pub fn eos_id(&self) -> i64 {
         self.tokenizer
             .as_ref()
