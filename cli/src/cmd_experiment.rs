@@ -156,6 +156,7 @@ fn build_proxy(a: &OveroptArgs) -> Result<Proxy> {
     let (lm, tok): (rrlhf_model::CausalLm, TextTokenizer) =
         load_with_tokenizer(&a.sft, a.runtime.placement()?)?;
     let sampling = SamplingArgs {
+        min_new_tokens: 0,
         max_new_tokens: a.max_new_tokens as usize,
         temperature: 1.0,
         top_k: 0,

@@ -97,6 +97,9 @@ pub enum ModelCommand {
 pub struct SamplingArgs {
     #[arg(long, default_value_t = 64)]
     pub max_new_tokens: usize,
+    /// No EOS before this many new tokens (its logit is masked out); 0 = off.
+    #[arg(long, default_value_t = 0)]
+    pub min_new_tokens: usize,
     /// 0 = greedy.
     #[arg(long, default_value_t = 1.0)]
     pub temperature: f64,
@@ -117,6 +120,7 @@ impl SamplingArgs {
             top_k: self.top_k,
             top_p: self.top_p,
             max_new_tokens: self.max_new_tokens,
+            min_new_tokens: self.min_new_tokens,
             stop_ids: vec![eos_id],
             seed: self.seed,
         }

@@ -75,6 +75,10 @@ pub struct RunArgs {
     /// Longest generated response during PPO, in tokens.
     #[arg(long, default_value_t = 32)]
     max_new_tokens: u32,
+    /// No EOS before this many response tokens during PPO (its logit is masked out, so every
+    /// step does at least this much work: benchmarks); 0 = off.
+    #[arg(long, default_value_t = 0)]
+    min_new_tokens: u32,
     /// Orchestrator TOML for the PPO stage (sections run, prompts, sampling, objective, ppo,
     /// retry); the flags above override it and the endpoints are the embedded services.
     #[arg(long)]
@@ -267,6 +271,7 @@ pub fn run(a: RunArgs) -> Result<()> {
         .take(a.samples)
         .collect();
     let sampling = SamplingArgs {
+        min_new_tokens: 0,
         max_new_tokens: 48,
         temperature: 0.7,
         top_k: 50,
@@ -391,6 +396,7 @@ fn ppo(a: &RunArgs, sft_dir: &Path, rm1_dir: &Path, brme_dir: &Path) -> Result<P
         };
         cfg.objective.strategy = Strategy::Tradeoff { lambda: a.lambda };
         cfg.sampling.max_new_tokens = a.max_new_tokens;
+        cfg.sampling.min_new_tokens = a.min_new_tokens;
         cfg.run.checkpoint_every = 4;
         // Tiny models move slowly at LLM learning rates; these are sized for the default.
         cfg.ppo.actor.lr = 2e-4;

@@ -172,6 +172,9 @@ pub struct Sampling {
     pub top_k: u32,
     pub top_p: f32,
     pub max_new_tokens: u32,
+    /// No EOS before this many tokens (the EOS logit is masked out): fixed-length work for
+    /// benchmarks. 0: off.
+    pub min_new_tokens: u32,
 }
 
 impl Default for Sampling {
@@ -181,14 +184,19 @@ impl Default for Sampling {
             top_k: 0,
             top_p: 1.0,
             max_new_tokens: 48,
+            min_new_tokens: 0,
         }
     }
 }
 
 impl Sampling {
-    /// Whether the generation logprobs are the policy's own (so no recomputation is needed).
+    /// Whether the generation logprobs are the policy's own (so no recomputation is needed):
+    /// not after temperature, top-k, top-p or a masked EOS reshaped the distribution.
     pub fn is_plain(&self) -> bool {
-        self.temperature == 1.0 && self.top_k == 0 && (self.top_p == 0.0 || self.top_p >= 1.0)
+        self.temperature == 1.0
+            && self.top_k == 0
+            && (self.top_p == 0.0 || self.top_p >= 1.0)
+            && self.min_new_tokens == 0
     }
 }
 
@@ -384,6 +392,15 @@ impl OrchestratorConfig {
         if self.sampling.max_new_tokens == 0 {
             return Err(invalid("sampling.max_new_tokens", "must be ≥ 1"));
         }
+        if self.sampling.min_new_tokens > self.sampling.max_new_tokens {
+            return Err(invalid(
+                "sampling.min_new_tokens",
+                format!(
+                    "must be ≤ sampling.max_new_tokens ({}), got {}",
+                    self.sampling.max_new_tokens, self.sampling.min_new_tokens
+                ),
+            ));
+        }
         self.ppo.kl.validate().map_err(|e| invalid("ppo.kl", e))?;
         for (name, v) in [
             ("ppo.gamma", self.ppo.gamma),
@@ -429,6 +446,21 @@ mod tests {
         let path = dir.path().join("o.toml");
         std::fs::write(&path, toml).unwrap();
         rrlhf_runtime::load_config(Some(&path), &serde_json::json!({}))
+    }
+
+    #[test]
+    fn min_new_tokens_is_bounded_and_makes_the_sampling_not_plain() {
+        let mut cfg = OrchestratorConfig::default();
+        cfg.sampling.max_new_tokens = 4;
+        cfg.sampling.min_new_tokens = 4;
+        assert!(!cfg.sampling.is_plain(), "a masked EOS reshapes π");
+        cfg.validate().unwrap();
+        cfg.sampling.min_new_tokens = 5;
+        let err = cfg.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("sampling.min_new_tokens") && err.contains("got 5"),
+            "{err}"
+        );
     }
 
     #[test]

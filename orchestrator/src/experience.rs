@@ -259,6 +259,7 @@ async fn generate_shard(
                 top_k: sampling.top_k,
                 top_p: sampling.top_p,
                 max_new_tokens: sampling.max_new_tokens,
+                min_new_tokens: sampling.min_new_tokens,
                 stop_ids: vec![],
                 seed: Some(seed.wrapping_add(backoff.attempts as u64)),
             }),

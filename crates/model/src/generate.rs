@@ -20,6 +20,10 @@ pub struct SamplingParams {
     /// Keep the smallest set of tokens whose probability reaches p; 1 disables.
     pub top_p: f64,
     pub max_new_tokens: usize,
+    /// The stop tokens cannot be drawn before a row has this many new tokens (transformers'
+    /// `min_new_tokens`): their logits are masked out of the distribution, and the reported
+    /// log-probs are those of the masked distribution. 0 disables.
+    pub min_new_tokens: usize,
     /// Generation of a row ends after it emits one of these (the stop token is kept).
     pub stop_ids: Vec<i64>,
     /// Seeds this request's own generator (reproducible whatever else the process does);
@@ -34,6 +38,7 @@ impl Default for SamplingParams {
             top_k: 0,
             top_p: 1.0,
             max_new_tokens: 64,
+            min_new_tokens: 0,
             stop_ids: vec![],
             seed: None,
         }
@@ -54,6 +59,12 @@ impl SamplingParams {
         }
         if self.max_new_tokens == 0 {
             return bad("max_new_tokens must be ≥ 1".into());
+        }
+        if self.min_new_tokens > self.max_new_tokens {
+            return bad(format!(
+                "min_new_tokens ({}) exceeds max_new_tokens ({})",
+                self.min_new_tokens, self.max_new_tokens
+            ));
         }
         Ok(())
     }
@@ -165,7 +176,12 @@ pub fn generate(
     let mut out: Vec<Option<Generation>> = vec![None; prompts.len()];
     let mut tokens: Vec<Vec<i64>> = vec![vec![]; prompts.len()];
     let mut logprobs: Vec<Vec<f32>> = vec![vec![]; prompts.len()];
+    let stop_ids = Tensor::from_slice(&params.stop_ids).to_device(device);
     for step in 0..params.max_new_tokens {
+        if step < params.min_new_tokens && !params.stop_ids.is_empty() {
+            // Too early to stop: the stop tokens leave the distribution.
+            let _ = logits.f_index_fill_(1, &stop_ids, f64::NEG_INFINITY)?;
+        }
         let (next, next_logp) = sample_next(&logits, params, &mut rng)?;
         let next_ids = Vec::<i64>::try_from(&next)?;
         let next_lp = Vec::<f32>::try_from(&next_logp)?;

@@ -141,6 +141,15 @@ impl ActorServer {
         if s.max_new_tokens == 0 {
             return Err(invalid("sampling.max_new_tokens", "must be ≥ 1"));
         }
+        if s.min_new_tokens > s.max_new_tokens {
+            return Err(invalid(
+                "sampling.min_new_tokens",
+                format!(
+                    "must be ≤ max_new_tokens ({}), got {}",
+                    s.max_new_tokens, s.min_new_tokens
+                ),
+            ));
+        }
         if let Some(t) = s.stop_ids.iter().find(|&&t| t < 0 || t >= self.vocab_size) {
             return Err(invalid(
                 "sampling.stop_ids",
@@ -152,6 +161,7 @@ impl ActorServer {
             top_k: s.top_k as i64,
             top_p: if s.top_p == 0.0 { 1.0 } else { s.top_p as f64 },
             max_new_tokens: s.max_new_tokens as usize,
+            min_new_tokens: s.min_new_tokens as usize,
             stop_ids: if s.stop_ids.is_empty() {
                 vec![self.eos_id]
             } else {

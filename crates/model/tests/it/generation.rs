@@ -97,6 +97,57 @@ fn stop_ids_end_rows_early_and_the_rest_continue() {
     );
 }
 
+/// `min_new_tokens` keeps the stop tokens out until a row has that many tokens: a greedy row
+/// that would stop at its third token runs on, and never emits a stop token before the bound;
+/// sampled rows too. A bound above `max_new_tokens` is refused.
+#[test]
+fn min_new_tokens_masks_the_stop_tokens_until_the_bound() {
+    init();
+    let model = tiny_model(Arch::Llama, true, 96, 6);
+    let greedy = SamplingParams {
+        temperature: 0.0,
+        max_new_tokens: 10,
+        ..Default::default()
+    };
+    let free = generate(&model, &prompts(), 0, &greedy, |_| {}).unwrap();
+    let stop = free[0].tokens[2];
+    for (temperature, seed) in [(0.0, None), (1.0, Some(3))] {
+        let params = SamplingParams {
+            temperature,
+            seed,
+            stop_ids: vec![stop],
+            min_new_tokens: 6,
+            ..greedy.clone()
+        };
+        let out = generate(&model, &prompts(), 0, &params, |_| {}).unwrap();
+        for row in &out {
+            assert!(row.tokens.len() >= 6, "row {} ended early", row.index);
+            assert!(
+                !row.tokens[..5].contains(&stop),
+                "row {}: a stop token before the bound: {:?}",
+                row.index,
+                row.tokens
+            );
+            assert!(row.logprobs.iter().all(|lp| lp.is_finite()));
+        }
+        if temperature == 0.0 {
+            // Row 0 would have stopped at token 3; now it continues with the next best token.
+            assert_ne!(out[0].tokens[2], stop);
+            assert_eq!(out[0].tokens[..2], free[0].tokens[..2]);
+        }
+    }
+    let too_many = SamplingParams {
+        min_new_tokens: 11,
+        ..greedy
+    };
+    let err = generate(&model, &prompts(), 0, &too_many, |_| {}).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("min_new_tokens (11) exceeds max_new_tokens (10)"),
+        "{err}"
+    );
+}
+
 #[test]
 fn seeded_sampling_is_reproducible_and_filters_hold() {
     init();

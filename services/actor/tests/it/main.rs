@@ -34,6 +34,7 @@ fn greedy(max_new: u32, stop: Vec<i64>) -> SamplingParams {
         max_new_tokens: max_new,
         stop_ids: stop,
         seed: Some(1),
+        min_new_tokens: 0,
     }
 }
 
@@ -288,6 +289,17 @@ async fn actor_streams_scores_trains_and_checkpoints() {
                 samples_per_prompt: 1,
             },
             "sampling.top_p",
+        ),
+        (
+            GenerateRequest {
+                prompts: vec![prompt("x", &[1])],
+                sampling: Some(SamplingParams {
+                    min_new_tokens: 4,
+                    ..greedy(3, vec![])
+                }),
+                samples_per_prompt: 1,
+            },
+            "sampling.min_new_tokens",
         ),
         (
             GenerateRequest {
