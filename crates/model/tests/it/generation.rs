@@ -61,8 +61,14 @@ fn greedy_with_cache_equals_full_recomputation() {
     }
 }
 
-#[test]
-fn stop_ids_end_rows_early_and_the_rest_continue() {
+/// A tiny model, 10 greedy tokens per prompt without stop ids, and a stop token: the third
+/// token row 0 emits (rows that never emit it run to the limit).
+fn greedy_rows_and_a_stop() -> (
+    CausalLm,
+    SamplingParams,
+    Vec<rrlhf_model::generate::Generation>,
+    i64,
+) {
     init();
     let model = tiny_model(Arch::Llama, true, 96, 6);
     let greedy = SamplingParams {
@@ -71,8 +77,13 @@ fn stop_ids_end_rows_early_and_the_rest_continue() {
         ..Default::default()
     };
     let free = generate(&model, &prompts(), 0, &greedy, |_| {}).unwrap();
-    // Stop on the third token row 0 would emit; rows that never emit it run to the limit.
     let stop = free[0].tokens[2];
+    (model, greedy, free, stop)
+}
+
+#[test]
+fn stop_ids_end_rows_early_and_the_rest_continue() {
+    let (model, greedy, free, stop) = greedy_rows_and_a_stop();
     let params = SamplingParams {
         stop_ids: vec![stop],
         ..greedy.clone()
@@ -102,15 +113,7 @@ fn stop_ids_end_rows_early_and_the_rest_continue() {
 /// sampled rows too. A bound above `max_new_tokens` is refused.
 #[test]
 fn min_new_tokens_masks_the_stop_tokens_until_the_bound() {
-    init();
-    let model = tiny_model(Arch::Llama, true, 96, 6);
-    let greedy = SamplingParams {
-        temperature: 0.0,
-        max_new_tokens: 10,
-        ..Default::default()
-    };
-    let free = generate(&model, &prompts(), 0, &greedy, |_| {}).unwrap();
-    let stop = free[0].tokens[2];
+    let (model, greedy, free, stop) = greedy_rows_and_a_stop();
     for (temperature, seed) in [(0.0, None), (1.0, Some(3))] {
         let params = SamplingParams {
             temperature,
