@@ -292,6 +292,9 @@ pub fn sample(
     num_samples: usize,
     sampling: &SamplingArgs,
 ) -> Result<Vec<(String, String)>> {
+    if prompts.is_empty() {
+        return Ok(Vec::new());
+    }
     let mut ids = Vec::new();
     let mut texts = Vec::new();
     for p in prompts {

@@ -288,7 +288,12 @@ pub fn run(a: RunArgs) -> Result<()> {
         overlong: Overlong::Truncate,
     };
     let strategy = Strategy::Tradeoff { lambda: a.lambda };
-    let scored = scorer.score(&replies, strategy, UncertaintySet::Mean, a.seed)?;
+    // `--samples 0` (benchmarks) skips the answers; the scorer refuses an empty batch.
+    let scored = if replies.is_empty() {
+        Vec::new()
+    } else {
+        scorer.score(&replies, strategy, UncertaintySet::Mean, a.seed)?
+    };
 
     let summary = json!({
         "data": a.data,

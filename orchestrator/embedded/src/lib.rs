@@ -41,6 +41,9 @@ pub struct Options {
     /// LoRA adapters for the actor; its frozen base then serves the reference log-probs and no
     /// reference service is started.
     pub actor_lora: Option<LoraConfig>,
+    /// libtorch intra-op threads of every engine (0: libtorch's default, one per core). Each
+    /// engine leads its own OpenMP team; `bench/thread_budget.sh` measures the choice.
+    pub threads: usize,
     /// ZeRO stage of the actor and critic groups (`server.zero_stage`; it matters with more
     /// than one rank).
     pub zero_stage: u32,
@@ -56,6 +59,7 @@ impl Default for Options {
             shutdown_grace_secs: 5.0,
             merge_requests: true,
             actor_lora: None,
+            threads: 0,
             zero_stage: 0,
         }
     }
@@ -75,6 +79,7 @@ fn engine(o: &Options) -> EngineConfig {
         device: o.device.clone(),
         dtype: o.dtype.clone(),
         merge_requests: o.merge_requests,
+        threads: o.threads,
         ..EngineConfig::default()
     }
 }
