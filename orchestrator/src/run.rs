@@ -475,17 +475,27 @@ impl Runner {
 pub fn apply_patch(state: &mut RunState, patch: &Patch) -> Result<()> {
     let mut strategy = patch.strategy.unwrap_or(state.config.objective.strategy);
     if let Some(l) = patch.lambda {
+        // A strategy that carries its own λ and a different `lambda` in the same patch
+        // contradict each other: refuse rather than pick one.
+        if let Some(given) = patch.strategy.and_then(|s| s.lambda())
+            && given.get() != l.get()
+        {
+            return Err(OrchestratorError::invalid(
+                "lambda",
+                format!(
+                    "{} conflicts with strategy `{}` in the same request; give λ once",
+                    l.get(),
+                    strategy
+                ),
+            ));
+        }
         strategy = strategy
             .with_lambda(l)
             .map_err(|e| OrchestratorError::invalid("lambda", e))?;
     }
-    if let Some(b) = patch.beta
-        && !(b.is_finite() && b >= 0.0)
-    {
-        return Err(OrchestratorError::invalid(
-            "beta",
-            format!("must be ≥ 0, got {b}"),
-        ));
+    if let Some(b) = patch.beta {
+        rrlhf_ppo::controller::check_beta("beta", b)
+            .map_err(|e| OrchestratorError::invalid("beta", e))?;
     }
     // Everything is valid: apply it all at once.
     state.config.objective.strategy = strategy;
@@ -531,8 +541,8 @@ mod tests {
         apply_patch(&mut s, &patch(r#"{"lambda": 0.8, "beta": 0.2}"#).unwrap()).unwrap();
         assert_eq!(s.config.objective.strategy.to_string(), "tradeoff:0.8");
         assert_eq!(s.kl.beta(), 0.2);
-        // λ for a new strategy given in the same patch.
-        let p = patch(r#"{"strategy": "batch_worst_head:0.1", "lambda": 0.3}"#).unwrap();
+        // A new strategy and its own λ.
+        let p = patch(r#"{"strategy": "batch_worst_head:0.3", "lambda": 0.3}"#).unwrap();
         apply_patch(&mut s, &p).unwrap();
         assert_eq!(
             s.config.objective.strategy.to_string(),
@@ -552,6 +562,23 @@ mod tests {
         let err =
             apply_patch(&mut s, &patch(r#"{"lambda": 0.5, "beta": -1}"#).unwrap()).unwrap_err();
         assert!(matches!(&err, OrchestratorError::Invalid { field, .. } if field == "beta"));
+        // A finite but absurd β (it overflowed the returns to NaN and failed the run) is
+        // refused, as is a λ that contradicts the strategy sent with it.
+        let err = apply_patch(&mut s, &patch(r#"{"beta": 1e308}"#).unwrap()).unwrap_err();
+        assert!(
+            err.to_string().starts_with("beta: ") && err.to_string().contains("[0, 10]"),
+            "{err}"
+        );
+        let err = apply_patch(
+            &mut s,
+            &patch(r#"{"strategy": "tradeoff:0.4", "lambda": 0.9}"#).unwrap(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("lambda: 0.9 conflicts with strategy `tradeoff:0.4`"),
+            "{err}"
+        );
         assert_eq!(s, before, "a refused patch changes nothing");
     }
 }

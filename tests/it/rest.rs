@@ -150,6 +150,21 @@ async fn rest_api_drives_a_run() {
     let (code, v) = http(addr, "PATCH", "/v1/runs/live", t, Some(r#"{"lamda": 0.5}"#)).await;
     assert_eq!(code, 400);
     assert!(error_of(&v).contains("lamda"), "{v}");
+    // A finite but absurd β used to be accepted, overflow the next step's returns to NaN and
+    // end the run (and the process); it is refused, naming the field and its range.
+    let (code, v) = http(
+        addr,
+        "PATCH",
+        "/v1/runs/live",
+        t,
+        Some(r#"{"beta": 1e308}"#),
+    )
+    .await;
+    assert_eq!(code, 400, "{v}");
+    assert!(
+        error_of(&v).starts_with("beta: ") && error_of(&v).contains("[0, 10]"),
+        "{v}"
+    );
     let (code, v) = http(
         addr,
         "PATCH",

@@ -7,6 +7,17 @@ use serde::{Deserialize, Serialize};
 
 use crate::{Result, in_range};
 
+/// The largest β accepted (from a config, a control request, or reached by the adaptive
+/// controller). Practical values are 0.01–0.2 (InstructGPT: 0.02); at 10 the KL term already
+/// outweighs any reward in [−10, 10] by far, and much larger finite values overflow the
+/// returns to ±∞ and NaN, which would fail the step.
+pub const MAX_BETA: f64 = 10.0;
+
+/// Checks a β from outside (config or control request).
+pub fn check_beta(name: &'static str, beta: f64) -> Result<()> {
+    in_range(name, beta, 0.0, MAX_BETA, "in [0, 10]")
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum KlController {
@@ -25,13 +36,13 @@ pub enum KlController {
 impl KlController {
     pub fn validate(&self) -> Result<()> {
         match *self {
-            Self::Fixed { beta } => in_range("kl.beta", beta, 0.0, f64::MAX, "≥ 0"),
+            Self::Fixed { beta } => check_beta("kl.beta", beta),
             Self::Adaptive {
                 beta,
                 target,
                 horizon,
             } => {
-                in_range("kl.beta", beta, 0.0, f64::MAX, "≥ 0")?;
+                check_beta("kl.beta", beta)?;
                 in_range("kl.target", target, f64::MIN_POSITIVE, f64::MAX, "> 0")?;
                 in_range("kl.horizon", horizon, 1.0, f64::MAX, "≥ 1")
             }
@@ -63,7 +74,7 @@ impl KlController {
             let error = (current_kl / *target - 1.0).clamp(-0.2, 0.2);
             // A horizon shorter than five batches would otherwise flip β's sign; halving is
             // the most one batch may do.
-            *beta *= (1.0 + error * n as f64 / *horizon).max(0.5);
+            *beta = (*beta * (1.0 + error * n as f64 / *horizon).max(0.5)).min(MAX_BETA);
         }
     }
 }
