@@ -117,6 +117,12 @@ pub struct RunSettings {
     pub checkpoint_every: usize,
     /// Checkpoints kept; older ones are deleted once a newer one is complete.
     pub keep_checkpoints: usize,
+    /// Sequences per reference `LogProbs` and critic `Values` call: consecutive prompts'
+    /// samples travel together once all are generated. 1 (the default): a call per sample as
+    /// it arrives, which measured fastest with every service on one 2-core machine (a chunk
+    /// waits for its slowest sample, which lengthens the tail after generation; see
+    /// `bench/README.md`); larger values cut the calls per step where their overhead counts.
+    pub sequences_per_call: usize,
 }
 
 impl Default for RunSettings {
@@ -129,6 +135,7 @@ impl Default for RunSettings {
             seed: 0,
             checkpoint_every: 10,
             keep_checkpoints: 3,
+            sequences_per_call: 1,
         }
     }
 }
@@ -358,6 +365,9 @@ impl OrchestratorConfig {
         }
         if self.run.steps == 0 {
             return Err(invalid("run.steps", "must be ≥ 1"));
+        }
+        if self.run.sequences_per_call == 0 {
+            return Err(invalid("run.sequences_per_call", "must be ≥ 1"));
         }
         if self.run.batch_size == 0 {
             return Err(invalid("run.batch_size", "must be ≥ 1"));

@@ -1,8 +1,10 @@
 //! The experience of one step: the actor's `Generate` streams (one per actor rank, each with
-//! its shard of the prompts) deliver samples as they finish; each one is immediately fanned out
-//! to the reward service's `ScoreStream`, the reference's `LogProbs` and the critic's `Values`
-//! (and the actor's `LogProbs` when the sampling was not plain), concurrently, so scoring
-//! overlaps generation. Every call survives a service restart: transient failures are retried
+//! its shard of the prompts) deliver samples as they finish; each one is immediately sent to
+//! the reward service's `ScoreStream`, and each chunk of `sequences_per_call` consecutive
+//! prompts, once all its samples are in, goes to the reference's `LogProbs` and the critic's
+//! `Values` (and the actor's `LogProbs` when the sampling was not plain) as one call each,
+//! concurrently, so scoring overlaps generation. Chunks are cut by prompt index, not by arrival,
+//! so a call's sequences (and its results) do not depend on timing. Every call survives a service restart: transient failures are retried
 //! with backoff, a broken score stream is reopened and the unanswered samples resent.
 
 use std::collections::{BTreeMap, HashMap};
@@ -60,6 +62,8 @@ pub struct Request<'a> {
     pub eos_id: i64,
     /// Prefix of sample ids (unique per step).
     pub id_prefix: String,
+    /// Sequences per reference `LogProbs` / critic `Values` call (at least 1).
+    pub sequences_per_call: usize,
 }
 
 struct Arrived {
@@ -108,28 +112,45 @@ pub async fn collect(
     };
 
     let mut arrived: Vec<Option<GeneratedSample>> = vec![None; n];
-    let mut enrich = JoinSet::new();
+    let per_call = req.sequences_per_call.max(1);
+    // Samples still missing from each chunk of prompts [c·per_call, (c+1)·per_call).
+    let mut missing: Vec<usize> = (0..n.div_ceil(per_call))
+        .map(|c| per_call.min(n - c * per_call))
+        .collect();
+    let mut evaluations = JoinSet::new();
     let mut generated_tokens = 0;
+    let sequence = |index: usize, sample: &GeneratedSample| Sequence {
+        id: format!("{}{index}", req.id_prefix),
+        prompt_ids: sample.prompt_ids.clone(),
+        response_ids: sample.token_ids.clone(),
+    };
     while let Some(Arrived { index, sample }) = arrive_rx.recv().await {
+        if arrived[index].is_some() {
+            continue;
+        }
         generated_tokens += sample.token_ids.len();
         let id = format!("{}{index}", req.id_prefix);
-        let seq = Sequence {
-            id: id.clone(),
-            prompt_ids: sample.prompt_ids.clone(),
-            response_ids: sample.token_ids.clone(),
-        };
         let _ = score_tx.send(reward_sample(&id, &req.prompts[index], &sample, req.eos_id));
+        arrived[index] = Some(sample);
+        let chunk = index / per_call;
+        missing[chunk] -= 1;
+        if missing[chunk] > 0 {
+            continue;
+        }
+        let first = chunk * per_call;
+        let seqs: Vec<Sequence> = (first..first + per_call.min(n - first))
+            .map(|i| sequence(i, arrived[i].as_ref().expect("the chunk is complete")))
+            .collect();
         let services = services.clone();
         let retry_cfg = retry_cfg.clone();
         let recompute = !req.sampling.is_plain();
-        enrich.spawn(
+        evaluations.spawn(
             async move {
-                let r = enrich_one(&services, &retry_cfg, seq, recompute).await;
-                (index, r)
+                let r = enrich(&services, &retry_cfg, seqs, recompute).await;
+                (first, r)
             }
             .in_current_span(),
         );
-        arrived[index] = Some(sample);
     }
     drop(score_tx);
     let task = |what| move |error| OrchestratorError::Task { what, error };
@@ -139,9 +160,11 @@ pub async fn collect(
     let generate_secs = started.elapsed().as_secs_f64();
 
     let mut extras: Vec<Option<Extras>> = vec![None; n];
-    while let Some(r) = enrich.join_next().await {
-        let (index, r) = r.map_err(task("evaluation"))?;
-        extras[index] = Some(r?);
+    while let Some(r) = evaluations.join_next().await {
+        let (first, r) = r.map_err(task("evaluation"))?;
+        for (i, e) in r?.into_iter().enumerate() {
+            extras[first + i] = Some(e);
+        }
     }
     let mut scores = scorer.await.map_err(task("scoring"))??;
     let score_tail_secs = started.elapsed().as_secs_f64() - generate_secs;
@@ -297,17 +320,17 @@ struct Extras {
     policy_logprobs: Option<Vec<f32>>,
 }
 
-/// Reference log-probs, critic values (and the policy's own log-probs when asked) of one
-/// sample, concurrently.
-async fn enrich_one(
+/// Reference log-probs, critic values (and the policy's own log-probs when asked) of a chunk
+/// of samples: one call to each service, concurrently; one `Extras` per sequence, in order.
+async fn enrich(
     services: &Services,
     retry_cfg: &RetrySettings,
-    seq: Sequence,
+    seqs: Vec<Sequence>,
     recompute_policy: bool,
-) -> Result<Extras> {
+) -> Result<Vec<Extras>> {
     let reference = retry(retry_cfg, "reference LogProbs", || {
         let req = LogProbsRequest {
-            sequences: vec![seq.clone()],
+            sequences: seqs.clone(),
         };
         let from_base = services
             .reference_from_actor_base
@@ -323,7 +346,7 @@ async fn enrich_one(
     let critic = retry(retry_cfg, "critic Values", || {
         let mut c = services.critic.any();
         let req = ValuesRequest {
-            sequences: vec![seq.clone()],
+            sequences: seqs.clone(),
         };
         async move { c.values(req).await }
     });
@@ -334,46 +357,55 @@ async fn enrich_one(
         let r = retry(retry_cfg, "actor LogProbs", || {
             let mut c = services.actor.any();
             let req = LogProbsRequest {
-                sequences: vec![seq.clone()],
+                sequences: seqs.clone(),
             };
             async move { c.log_probs(req).await }
         })
         .await?;
-        Ok::<_, OrchestratorError>(
-            r.into_inner()
-                .results
-                .into_iter()
-                .next()
-                .map(|r| r.logprobs),
-        )
+        Ok::<_, OrchestratorError>(Some(r.into_inner().results))
     };
     let (reference, critic, policy) = tokio::try_join!(reference, critic, policy)?;
-    let first = |what: &str, found: Option<Vec<f32>>| {
-        found.ok_or_else(|| {
-            OrchestratorError::bad_response(what, format!("empty response for {}", seq.id))
-        })
+    // One answer per sequence, in order, or the call's response is bad.
+    let check = |what: &str, ids: Vec<&str>| -> Result<()> {
+        let expected: Vec<&str> = seqs.iter().map(|s| s.id.as_str()).collect();
+        if ids == expected {
+            Ok(())
+        } else {
+            Err(OrchestratorError::bad_response(
+                what,
+                format!(
+                    "answered {} sequences ({:?}…) for {} ({:?}…)",
+                    ids.len(),
+                    ids.first(),
+                    expected.len(),
+                    expected.first()
+                ),
+            ))
+        }
     };
-    Ok(Extras {
-        ref_logprobs: first(
-            "reference LogProbs",
-            reference
-                .into_inner()
-                .results
-                .into_iter()
-                .next()
-                .map(|r| r.logprobs),
-        )?,
-        values: first(
-            "critic Values",
-            critic
-                .into_inner()
-                .results
-                .into_iter()
-                .next()
-                .map(|r| r.values),
-        )?,
-        policy_logprobs: policy,
-    })
+    let reference = reference.into_inner().results;
+    let critic = critic.into_inner().results;
+    check(
+        "reference LogProbs",
+        reference.iter().map(|r| r.id.as_str()).collect(),
+    )?;
+    check(
+        "critic Values",
+        critic.iter().map(|r| r.id.as_str()).collect(),
+    )?;
+    if let Some(p) = &policy {
+        check("actor LogProbs", p.iter().map(|r| r.id.as_str()).collect())?;
+    }
+    let mut policy = policy.map(|p| p.into_iter());
+    Ok(reference
+        .into_iter()
+        .zip(critic)
+        .map(|(r, c)| Extras {
+            ref_logprobs: r.logprobs,
+            values: c.values,
+            policy_logprobs: policy.as_mut().and_then(|p| p.next()).map(|p| p.logprobs),
+        })
+        .collect())
 }
 
 /// Scores samples as they come through one `ScoreStream`; when the stream breaks it is opened

@@ -420,6 +420,7 @@ impl Runner {
                 seed,
                 eos_id,
                 id_prefix: format!("s{}-", state.step + 1),
+                sequences_per_call: cfg.run.sequences_per_call,
             },
         )
         .await?;

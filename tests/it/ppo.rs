@@ -215,3 +215,53 @@ async fn zero2_ranks_train_save_and_resume_in_step() {
     assert_ne!(m[1].train.actor_checksum, m[2].train.actor_checksum);
     cluster.stop().await;
 }
+
+/// Reference log-probs and critic values fetched in calls of several sequences (the default)
+/// give the steps that one call per sample gives, within 1e-4: the same rewards, KL, losses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batched_experience_calls_give_the_per_sample_steps() {
+    use rrlhf_proto::actor::v1::actor_service_client::ActorServiceClient;
+    use rrlhf_proto::common::v1::LoadCheckpointRequest;
+    use rrlhf_proto::critic::v1::critic_service_client::CriticServiceClient;
+
+    let out = tempfile::tempdir().unwrap();
+    let cluster = cluster().await;
+    let dirs = rrlhf_testkit::cluster::dirs();
+    let endpoints = cluster.endpoints(None);
+    let mut runs = Vec::new();
+    for (id, per_call) in [("single", 1), ("chunks", 3)] {
+        // Both runs start from the same weights and fresh optimizers.
+        let path = |d: &std::path::Path| d.display().to_string();
+        ActorServiceClient::connect(endpoints.actor[0].clone())
+            .await
+            .unwrap()
+            .load_checkpoint(LoadCheckpointRequest {
+                path: path(&dirs.policy),
+            })
+            .await
+            .unwrap();
+        CriticServiceClient::connect(endpoints.critic[0].clone())
+            .await
+            .unwrap()
+            .load_checkpoint(LoadCheckpointRequest {
+                path: path(&dirs.critic),
+            })
+            .await
+            .unwrap();
+        let mut cfg = config(&cluster, out.path(), id, 2);
+        cfg.run.sequences_per_call = per_call;
+        run_to_the_end(cfg).await;
+        runs.push(metrics_of(out.path(), id));
+    }
+    for (a, b) in runs[0].iter().zip(&runs[1]) {
+        let close = |what: &str, x: f32, y: f32| {
+            assert!((x - y).abs() <= 1e-4, "step {}: {what} {x} vs {y}", a.step);
+        };
+        close("reward", a.rewards.aggregated, b.rewards.aggregated);
+        close("KL", a.kl, b.kl);
+        close("policy loss", a.train.policy_loss, b.train.policy_loss);
+        close("value loss", a.train.value_loss, b.train.value_loss);
+    }
+    assert_eq!(runs[1].len(), 2);
+    cluster.stop().await;
+}

@@ -84,3 +84,74 @@ pub fn rows_f32(t: &Tensor) -> Result<Vec<Vec<f32>>> {
         t.f_to_kind(Kind::Float)?.f_to_device(Device::Cpu)?,
     )?)
 }
+
+/// Padded tokens per forward pass when a call scores many sequences (log-probs, values): the
+/// services' default `engine.batch_max_tokens`.
+pub const SCORING_BATCH_TOKENS: usize = 16_384;
+
+/// Splits items of the given `lengths` into forward passes: sorted by length (ties in input
+/// order), then cut so that each pass's padded size (items × its longest) stays within
+/// `max_tokens` (a longer single item gets a pass of its own). Returns each pass's indices into
+/// `lengths`. Sorting keeps padding small when a call mixes short and long sequences; the
+/// passes depend only on the lengths, so a call's results do not depend on timing.
+pub fn length_buckets(lengths: &[usize], max_tokens: usize) -> Vec<Vec<usize>> {
+    let mut order: Vec<usize> = (0..lengths.len()).collect();
+    order.sort_by_key(|&i| lengths[i]);
+    let mut out: Vec<Vec<usize>> = Vec::new();
+    let mut current: Vec<usize> = Vec::new();
+    for i in order {
+        // Sorted ascending, so item i is the longest of the pass if it joins.
+        if !current.is_empty() && (current.len() + 1) * lengths[i] > max_tokens {
+            out.push(std::mem::take(&mut current));
+        }
+        current.push(i);
+    }
+    if !current.is_empty() {
+        out.push(current);
+    }
+    out
+}
+
+/// Runs `pass` over the [`length_buckets`] of `lengths` and returns one output per item, in
+/// the items' order (`pass` gets a bucket's indices and returns one output per index).
+pub fn by_length_buckets<T>(
+    lengths: &[usize],
+    max_tokens: usize,
+    mut pass: impl FnMut(&[usize]) -> Result<Vec<T>>,
+) -> Result<Vec<T>> {
+    let mut out: Vec<Option<T>> = (0..lengths.len()).map(|_| None).collect();
+    for bucket in length_buckets(lengths, max_tokens) {
+        for (i, value) in bucket.iter().zip(pass(&bucket)?) {
+            out[*i] = Some(value);
+        }
+    }
+    Ok(out
+        .into_iter()
+        .map(|v| v.expect("every item is in one bucket, and each pass answers each item"))
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_sort_by_length_and_respect_the_budget() {
+        let lengths = [5, 100, 3, 7, 100, 2];
+        let b = length_buckets(&lengths, 21);
+        // 2, 3, 5 (3 × 5 = 15), then 7 alone would make 4 × 7 = 28 > 21, …
+        assert_eq!(b, vec![vec![5, 2, 0], vec![3], vec![1], vec![4]]);
+        let all: usize = b.iter().map(Vec::len).sum();
+        assert_eq!(all, lengths.len());
+        let out = by_length_buckets(&lengths, 21, |idx| {
+            Ok(idx.iter().map(|&i| lengths[i] * 10).collect())
+        })
+        .unwrap();
+        assert_eq!(
+            out,
+            vec![50, 1000, 30, 70, 1000, 20],
+            "answers in input order"
+        );
+        assert!(length_buckets(&[], 8).is_empty());
+    }
+}

@@ -165,6 +165,16 @@ impl CausalLm {
     /// `(prompt, response)`, `log p(response[t] | prompt, response[..t])` for each t. Prompts must
     /// be non-empty (the first response token needs a context).
     pub fn response_logprobs(&self, pairs: &[(Vec<i64>, Vec<i64>)]) -> Result<Vec<Vec<f32>>> {
+        self.response_logprobs_in_passes(pairs, crate::batch::SCORING_BATCH_TOKENS)
+    }
+
+    /// [`Self::response_logprobs`] in length-sorted passes of at most `max_tokens` padded
+    /// tokens each (`crate::batch::length_buckets`).
+    pub fn response_logprobs_in_passes(
+        &self,
+        pairs: &[(Vec<i64>, Vec<i64>)],
+        max_tokens: usize,
+    ) -> Result<Vec<Vec<f32>>> {
         let vocab = self.cfg.vocab_size;
         for (i, (p, r)) in pairs.iter().enumerate() {
             if p.is_empty() || r.is_empty() {
@@ -178,18 +188,25 @@ impl CausalLm {
                 )));
             }
         }
-        let seqs: Vec<Vec<i64>> = pairs
-            .iter()
-            .map(|(p, r)| p.iter().chain(r).copied().collect())
-            .collect();
-        let batch = Batch::pad(&seqs, 0, crate::batch::PadSide::Right, self.device())?;
-        let rows = crate::batch::rows_f32(&self.token_logprobs(&batch))?;
-        // Row b, shifted position p_len - 1 + t predicts response token t.
-        Ok(rows
-            .into_iter()
-            .zip(pairs)
-            .map(|(row, (p, r))| row[p.len() - 1..p.len() - 1 + r.len()].to_vec())
-            .collect())
+        // Many sequences run in length-sorted passes of bounded padding.
+        let lengths: Vec<usize> = pairs.iter().map(|(p, r)| p.len() + r.len()).collect();
+        crate::batch::by_length_buckets(&lengths, max_tokens, |idx| {
+            let seqs: Vec<Vec<i64>> = idx
+                .iter()
+                .map(|&i| pairs[i].0.iter().chain(&pairs[i].1).copied().collect())
+                .collect();
+            let batch = Batch::pad(&seqs, 0, crate::batch::PadSide::Right, self.device())?;
+            let rows = crate::batch::rows_f32(&self.token_logprobs(&batch))?;
+            // Row b, shifted position p_len - 1 + t predicts response token t.
+            Ok(rows
+                .into_iter()
+                .zip(idx)
+                .map(|(row, &i)| {
+                    let (p, r) = &pairs[i];
+                    row[p.len() - 1..p.len() - 1 + r.len()].to_vec()
+                })
+                .collect())
+        })
     }
 }
 

@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use rrlhf_model::batch::{Batch, PadSide, rows_f32};
+use rrlhf_model::batch::{Batch, PadSide, SCORING_BATCH_TOKENS, by_length_buckets, rows_f32};
 use rrlhf_model::losses::value_loss;
 use rrlhf_model::reward_model::{RewardKind, RewardModel};
 use rrlhf_model::{LoraConfig, ModelError, Placement};
@@ -105,14 +105,19 @@ impl Critic {
         Ok((values, spans))
     }
 
+    /// Per-token values of every pair, in length-sorted passes of bounded padding.
     pub fn values(&self, pairs: &[Pair]) -> Result<Vec<Vec<f32>>, ModelError> {
         let _guard = tch::no_grad_guard();
-        let (values, spans) = self.forward(pairs)?;
-        Ok(rows_f32(&values)?
-            .into_iter()
-            .zip(spans)
-            .map(|(row, (start, n))| row[start..start + n].to_vec())
-            .collect())
+        let lengths: Vec<usize> = pairs.iter().map(|(p, r)| p.len() + r.len()).collect();
+        by_length_buckets(&lengths, SCORING_BATCH_TOKENS, |idx| {
+            let bucket: Vec<Pair> = idx.iter().map(|&i| pairs[i].clone()).collect();
+            let (values, spans) = self.forward(&bucket)?;
+            Ok(rows_f32(&values)?
+                .into_iter()
+                .zip(spans)
+                .map(|(row, (start, n))| row[start..start + n].to_vec())
+                .collect())
+        })
     }
 
     /// Mini-batch × epoch updates with the clipped value loss.
