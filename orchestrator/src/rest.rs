@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, Request, State};
-use axum::http::{StatusCode, header};
+use axum::http::{Method, StatusCode, Uri, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -89,8 +89,7 @@ fn status_of(e: &OrchestratorError) -> StatusCode {
 /// `{"error": "..."}` with the status code of the error's kind.
 impl IntoResponse for OrchestratorError {
     fn into_response(self) -> Response {
-        let body = json!({ "error": self.to_string() });
-        (status_of(&self), axum::Json(body)).into_response()
+        error_response(status_of(&self), self.to_string())
     }
 }
 
@@ -106,7 +105,22 @@ pub fn router(api: Arc<Api>) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(|| async { "ready" }))
         .merge(protected)
+        // Unknown paths and methods answer in the documented error shape too.
+        .fallback(|uri: Uri| async move {
+            error_response(StatusCode::NOT_FOUND, format!("no route {uri}"))
+        })
+        .method_not_allowed_fallback(|method: Method, uri: Uri| async move {
+            error_response(
+                StatusCode::METHOD_NOT_ALLOWED,
+                format!("{uri} does not answer {method}"),
+            )
+        })
         .with_state(api)
+}
+
+/// `{"error": message}` with `status`.
+fn error_response(status: StatusCode, message: String) -> Response {
+    (status, axum::Json(json!({ "error": message }))).into_response()
 }
 
 async fn require_token(State(api): State<Arc<Api>>, req: Request, next: Next) -> Response {

@@ -31,6 +31,19 @@ fn error_of(v: &Value) -> &str {
     v["error"].as_str().unwrap_or_default()
 }
 
+/// Unknown paths and methods answer `{"error": …}` like every other failure (they used to
+/// answer an empty body).
+#[tokio::test]
+async fn unknown_routes_and_methods_answer_in_the_error_shape() {
+    let app = router(Api::new(OrchestratorConfig::default()));
+    let (code, v) = call(&app, "GET", "/v1/nothing", "").await;
+    assert_eq!(code, StatusCode::NOT_FOUND);
+    assert_eq!(error_of(&v), "no route /v1/nothing", "{v}");
+    let (code, v) = call(&app, "DELETE", "/v1/runs", "").await;
+    assert_eq!(code, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(error_of(&v), "/v1/runs does not answer DELETE", "{v}");
+}
+
 #[tokio::test]
 async fn every_error_gets_the_status_of_its_kind() {
     let out = tempfile::tempdir().unwrap();
