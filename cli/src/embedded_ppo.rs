@@ -51,6 +51,8 @@ pub fn run(
     rt.block_on(async move {
         let cluster = Cluster::start(dirs, opts).await?;
         cfg.endpoints = cluster.endpoints(None);
+        // The REST API's base: runs it creates, and its readiness, use these services.
+        let base = cfg.clone();
         let run = spawn_run(
             cfg,
             RunOptions {
@@ -60,7 +62,7 @@ pub fn run(
             },
         )?;
         if let Some(addr) = rest {
-            let api = rrlhf_orchestrator::rest::Api::new(OrchestratorConfig::default());
+            let api = rrlhf_orchestrator::rest::Api::new(base);
             api.adopt(run.clone());
             let (local, _task) =
                 rrlhf_orchestrator::rest::serve(addr, api, std::future::pending()).await?;

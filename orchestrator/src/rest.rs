@@ -10,7 +10,7 @@
 //! | `GET /v1/runs`, `GET /v1/runs/{id}` | list, inspect |
 //! | `POST /v1/runs/{id}/pause\|resume\|stop\|checkpoint` | control |
 //! | `PATCH /v1/runs/{id}` | `{"lambda", "strategy", "beta"}` from the next step |
-//! | `GET /metrics`, `/healthz`, `/readyz` | Prometheus text, liveness, readiness |
+//! | `GET /metrics`, `/healthz`, `/readyz` | Prometheus text, liveness, readiness (every service endpoint reachable) |
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -103,7 +103,7 @@ pub fn router(api: Arc<Api>) -> Router {
         .route_layer(middleware::from_fn_with_state(api.clone(), require_token));
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(|| async { "ready" }))
+        .route("/readyz", get(readyz))
         .merge(protected)
         // Unknown paths and methods answer in the documented error shape too.
         .fallback(|uri: Uri| async move {
@@ -134,6 +134,59 @@ async fn require_token(State(api): State<Arc<Api>>, req: Request, next: Next) ->
         }
     }
     next.run(req).await
+}
+
+/// Ready when every service endpoint of the base configuration accepts a connection (within
+/// a second each, all at once); otherwise 503 naming the ones that do not. A probe that only
+/// said "ready" let a load balancer send runs to an orchestrator that could not reach them.
+async fn readyz(State(api): State<Arc<Api>>) -> Response {
+    let e = &api.base.endpoints;
+    let urls: Vec<String> = [&e.actor, &e.critic, &e.reference, &e.reward]
+        .into_iter()
+        .flatten()
+        .cloned()
+        .collect();
+    let mut checks = tokio::task::JoinSet::new();
+    for url in urls {
+        checks.spawn(async move {
+            let target = url.parse::<Uri>().ok().and_then(|uri| {
+                let port = uri.port_u16().unwrap_or(match uri.scheme_str() {
+                    Some("https") => 443,
+                    _ => 80,
+                });
+                Some((uri.host()?.to_owned(), port))
+            });
+            let reachable = match target {
+                Some(addr) => matches!(
+                    tokio::time::timeout(
+                        std::time::Duration::from_secs(1),
+                        tokio::net::TcpStream::connect(addr)
+                    )
+                    .await,
+                    Ok(Ok(_))
+                ),
+                None => false,
+            };
+            (url, reachable)
+        });
+    }
+    let mut down = Vec::new();
+    while let Some(done) = checks.join_next().await {
+        match done {
+            Ok((_, true)) => {}
+            Ok((url, false)) => down.push(url),
+            Err(e) => down.push(format!("(a check failed: {e})")),
+        }
+    }
+    down.sort();
+    if down.is_empty() {
+        "ready".into_response()
+    } else {
+        error_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("services not reachable: {down:?}"),
+        )
+    }
 }
 
 async fn openapi() -> Response {

@@ -44,6 +44,43 @@ async fn unknown_routes_and_methods_answer_in_the_error_shape() {
     assert_eq!(error_of(&v), "/v1/runs does not answer DELETE", "{v}");
 }
 
+/// `/readyz` is ready only while every service endpoint accepts connections; it names the
+/// ones that do not (it used to answer "ready" whatever the services' state).
+#[tokio::test]
+async fn readiness_follows_the_services() {
+    let listeners: Vec<tokio::net::TcpListener> = listeners(4).await;
+    let url = |l: &tokio::net::TcpListener| format!("http://{}", l.local_addr().unwrap());
+    let mut base = OrchestratorConfig::default();
+    base.endpoints.actor = vec![url(&listeners[0])];
+    base.endpoints.critic = vec![url(&listeners[1])];
+    base.endpoints.reference = vec![url(&listeners[2])];
+    base.endpoints.reward = vec![url(&listeners[3])];
+    let app = router(Api::new(base.clone()));
+    let req = || {
+        Request::builder()
+            .uri("/readyz")
+            .body(Body::empty())
+            .unwrap()
+    };
+    let resp = app.clone().oneshot(req()).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    // The reward service goes away.
+    let gone = base.endpoints.reward[0].clone();
+    drop(listeners);
+    let (code, v) = call(&app, "GET", "/readyz", "").await;
+    assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(error_of(&v).contains(&gone), "{v}");
+}
+
+/// `n` listeners on free loopback ports.
+async fn listeners(n: usize) -> Vec<tokio::net::TcpListener> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        out.push(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap());
+    }
+    out
+}
+
 #[tokio::test]
 async fn every_error_gets_the_status_of_its_kind() {
     let out = tempfile::tempdir().unwrap();
