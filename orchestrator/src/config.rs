@@ -341,6 +341,12 @@ fn invalid(field: &str, message: impl ToString) -> OrchestratorError {
     OrchestratorError::invalid(field, message)
 }
 
+/// Upper bounds of the numeric controls (docs/operations.md lists every range): far beyond
+/// any sensible setting, they stop values that would overflow or exhaust memory.
+const MAX_TEMPERATURE: f32 = 10.0;
+const MAX_BATCH: usize = 1 << 16;
+const MAX_NEW_TOKENS: u32 = 1 << 15;
+
 impl OrchestratorConfig {
     /// Checks every value a run depends on; the error names the field. (The objective needs no
     /// check here: it cannot be read in invalid.)
@@ -390,11 +396,33 @@ impl OrchestratorConfig {
         if self.prompts.source != PromptSource::Synthetic && self.prompts.path.is_none() {
             return Err(invalid("prompts.path", "required for hh and jsonl prompts"));
         }
-        if !(self.sampling.temperature.is_finite() && self.sampling.temperature > 0.0) {
+        if !(self.sampling.temperature.is_finite()
+            && self.sampling.temperature > 0.0
+            && self.sampling.temperature <= MAX_TEMPERATURE)
+        {
             return Err(invalid(
                 "sampling.temperature",
-                "must be > 0 for PPO rollouts",
+                format!(
+                    "must be in (0, {MAX_TEMPERATURE}] for PPO rollouts, got {}",
+                    self.sampling.temperature
+                ),
             ));
+        }
+        if self.run.batch_size > MAX_BATCH || self.sampling.max_new_tokens > MAX_NEW_TOKENS {
+            return Err(if self.run.batch_size > MAX_BATCH {
+                invalid(
+                    "run.batch_size",
+                    format!("must be ≤ {MAX_BATCH}, got {}", self.run.batch_size),
+                )
+            } else {
+                invalid(
+                    "sampling.max_new_tokens",
+                    format!(
+                        "must be ≤ {MAX_NEW_TOKENS}, got {}",
+                        self.sampling.max_new_tokens
+                    ),
+                )
+            });
         }
         if !(0.0..=1.0).contains(&self.sampling.top_p) {
             return Err(invalid("sampling.top_p", "must be in [0, 1]"));
@@ -429,14 +457,28 @@ impl OrchestratorConfig {
             ("ppo.actor", &self.ppo.actor),
             ("ppo.critic", &self.ppo.critic),
         ] {
-            if !(t.lr.is_finite() && t.lr > 0.0) {
-                return Err(invalid(
-                    &format!("{name}.lr"),
-                    format!("must be > 0, got {}", t.lr),
-                ));
+            // (field, value, lowest, highest, whether the lowest is allowed). The critic's
+            // value clip may be 0 (off); the actor's ratio clip may not.
+            for (field, v, lo, hi, lo_ok) in [
+                ("lr", t.lr, 0.0, 1.0, false),
+                ("clip", t.clip, 0.0, 10.0, name == "ppo.critic"),
+                ("entropy_coef", t.entropy_coef, 0.0, 1.0, true),
+                ("max_grad_norm", t.max_grad_norm, 0.0, 1e6, true),
+            ] {
+                let above_lo = if lo_ok { v >= lo } else { v > lo };
+                if !(v.is_finite() && above_lo && v <= hi) {
+                    let open = if lo_ok { '[' } else { '(' };
+                    return Err(invalid(
+                        &format!("{name}.{field}"),
+                        format!("must be in {open}{lo}, {hi}], got {v}"),
+                    ));
+                }
             }
-            if t.epochs == 0 {
-                return Err(invalid(&format!("{name}.epochs"), "must be ≥ 1"));
+            if t.epochs == 0 || t.epochs > 100 {
+                return Err(invalid(
+                    &format!("{name}.epochs"),
+                    format!("must be in [1, 100], got {}", t.epochs),
+                ));
             }
         }
         if self.retry.initial_ms == 0 || self.retry.max_ms < self.retry.initial_ms {
@@ -456,6 +498,35 @@ mod tests {
         let path = dir.path().join("o.toml");
         std::fs::write(&path, toml).unwrap();
         rrlhf_runtime::load_config(Some(&path), &serde_json::json!({}))
+    }
+
+    #[test]
+    fn every_numeric_control_has_a_range_and_the_error_names_it() {
+        type Edit = fn(&mut OrchestratorConfig);
+        let cases: [(&str, Edit); 9] = [
+            ("ppo.actor.lr", |c| c.ppo.actor.lr = 2.0),
+            ("ppo.critic.lr", |c| c.ppo.critic.lr = 0.0),
+            ("ppo.actor.clip", |c| c.ppo.actor.clip = f32::INFINITY),
+            ("ppo.actor.entropy_coef", |c| {
+                c.ppo.actor.entropy_coef = -0.1
+            }),
+            ("ppo.critic.max_grad_norm", |c| {
+                c.ppo.critic.max_grad_norm = f32::NAN
+            }),
+            ("ppo.actor.epochs", |c| c.ppo.actor.epochs = 1000),
+            ("sampling.temperature", |c| c.sampling.temperature = 50.0),
+            ("run.batch_size", |c| c.run.batch_size = 1 << 20),
+            ("ppo.kl", |c| {
+                c.ppo.kl = rrlhf_ppo::KlController::Fixed { beta: 1e308 }
+            }),
+        ];
+        for (field, edit) in cases {
+            let mut cfg = OrchestratorConfig::default();
+            edit(&mut cfg);
+            let err = cfg.validate().unwrap_err().to_string();
+            assert!(err.starts_with(field), "{field}: {err}");
+        }
+        OrchestratorConfig::default().validate().unwrap();
     }
 
     #[test]
