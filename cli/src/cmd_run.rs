@@ -59,10 +59,11 @@ pub struct RunArgs {
     /// BRME heads K.
     #[arg(long, default_value_t = 5)]
     heads: i64,
-    /// λ ∈ [0, 1] of the robust objective `tradeoff:λ` (PPO, unless --config sets the
-    /// objective, and the scores of the sample replies).
-    #[arg(long, default_value = "0.4")]
-    lambda: Lambda,
+    /// λ ∈ [0, 1] of the robust objective `tradeoff:λ` (PPO and the scores of the sample
+    /// replies; default 0.4). With --config it replaces the λ of the config's strategy, and a
+    /// strategy without a λ (`min`, …) is an error naming both.
+    #[arg(long)]
+    lambda: Option<Lambda>,
     /// Held-out prompts to answer at the end.
     #[arg(long, default_value_t = 3)]
     samples: usize,
@@ -72,13 +73,13 @@ pub struct RunArgs {
     /// Samples per PPO experience batch.
     #[arg(long, default_value_t = 128)]
     ppo_batch: usize,
-    /// Longest generated response during PPO, in tokens.
-    #[arg(long, default_value_t = 32)]
-    max_new_tokens: u32,
+    /// Longest generated response during PPO, in tokens (default 32, or the config's).
+    #[arg(long)]
+    max_new_tokens: Option<u32>,
     /// No EOS before this many response tokens during PPO (its logit is masked out, so every
-    /// step does at least this much work: benchmarks); 0 = off.
-    #[arg(long, default_value_t = 0)]
-    min_new_tokens: u32,
+    /// step does at least this much work: benchmarks); default 0 (off), or the config's.
+    #[arg(long)]
+    min_new_tokens: Option<u32>,
     /// Orchestrator TOML for the PPO stage (sections run, prompts, sampling, objective, ppo,
     /// retry); the flags above override it and the endpoints are the embedded services.
     #[arg(long)]
@@ -127,6 +128,8 @@ fn load_outcome(dir: &Path) -> Result<Value> {
 }
 
 pub fn run(a: RunArgs) -> Result<()> {
+    // The PPO stage's settings are checked before an hour of SFT and reward modelling.
+    ppo_config(&a)?;
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
     let (tok_dir, init_dir, sft_dir) = (
         a.out.join("tokenizer"),
@@ -287,7 +290,9 @@ pub fn run(a: RunArgs) -> Result<()> {
         batch_size: 8,
         overlong: Overlong::Truncate,
     };
-    let strategy = Strategy::Tradeoff { lambda: a.lambda };
+    let strategy = Strategy::Tradeoff {
+        lambda: a.lambda.unwrap_or_else(default_lambda),
+    };
     // `--samples 0` (benchmarks) skips the answers; the scorer refuses an empty batch.
     let scored = if replies.is_empty() {
         Vec::new()
@@ -385,29 +390,14 @@ struct PpoResult {
     last: StepMetrics,
 }
 
+/// λ of the default objective `tradeoff:0.4`.
+fn default_lambda() -> Lambda {
+    Lambda::new(0.4).expect("0.4 is in [0, 1]")
+}
+
 /// Starts the four services on loopback and runs (or resumes) PPO in `a.out/ppo`.
 fn ppo(a: &RunArgs, sft_dir: &Path, rm1_dir: &Path, brme_dir: &Path) -> Result<PpoResult> {
-    let mut cfg: OrchestratorConfig = rrlhf_runtime::load_config(a.config.as_deref(), &json!({}))?;
-    cfg.run.id = "ppo".into();
-    cfg.run.out_dir = a.out.clone();
-    cfg.run.steps = a.ppo_steps;
-    cfg.run.batch_size = a.ppo_batch;
-    cfg.run.seed = a.seed;
-    if a.config.is_none() {
-        cfg.prompts = PromptSettings {
-            source: PromptSource::Hh,
-            path: Some(a.data.clone()),
-            max_chars: 400,
-        };
-        cfg.objective.strategy = Strategy::Tradeoff { lambda: a.lambda };
-        cfg.sampling.max_new_tokens = a.max_new_tokens;
-        cfg.sampling.min_new_tokens = a.min_new_tokens;
-        cfg.run.checkpoint_every = 4;
-        // Tiny models move slowly at LLM learning rates; these are sized for the default.
-        cfg.ppo.actor.lr = 2e-4;
-        cfg.ppo.critic.lr = 5e-4;
-        cfg.ppo.kl = rrlhf_ppo::KlController::Fixed { beta: 0.02 };
-    }
+    let cfg = ppo_config(a)?;
     let max_length = a.max_len.max(cfg.sampling.max_new_tokens as usize + 16);
     let info = crate::embedded_ppo::run(
         cfg,
@@ -429,4 +419,50 @@ fn ppo(a: &RunArgs, sft_dir: &Path, rm1_dir: &Path, brme_dir: &Path) -> Result<P
         first,
         last,
     })
+}
+
+/// The orchestrator config of the PPO stage: `--config` (or the built-in defaults for the
+/// embedded demo) with the flags applied; checked, so a bad combination fails before any
+/// training starts.
+fn ppo_config(a: &RunArgs) -> Result<OrchestratorConfig> {
+    let mut cfg: OrchestratorConfig = rrlhf_runtime::load_config(a.config.as_deref(), &json!({}))?;
+    cfg.run.id = "ppo".into();
+    cfg.run.out_dir = a.out.clone();
+    cfg.run.steps = a.ppo_steps;
+    cfg.run.batch_size = a.ppo_batch;
+    cfg.run.seed = a.seed;
+    if a.config.is_none() {
+        cfg.prompts = PromptSettings {
+            source: PromptSource::Hh,
+            path: Some(a.data.clone()),
+            max_chars: 400,
+        };
+        cfg.objective.strategy = Strategy::Tradeoff {
+            lambda: a.lambda.unwrap_or_else(default_lambda),
+        };
+        cfg.sampling.max_new_tokens = 32;
+        cfg.run.checkpoint_every = 4;
+        // Tiny models move slowly at LLM learning rates; these are sized for the default.
+        cfg.ppo.actor.lr = 2e-4;
+        cfg.ppo.critic.lr = 5e-4;
+        cfg.ppo.kl = rrlhf_ppo::KlController::Fixed { beta: 0.02 };
+    } else if let Some(l) = a.lambda {
+        // The flag replaces the config's λ; a strategy without one cannot take it.
+        cfg.objective.strategy = cfg.objective.strategy.with_lambda(l).map_err(|e| {
+            anyhow::anyhow!(
+                "--lambda {} conflicts with objective.strategy `{}` in {}: {e}",
+                l.get(),
+                cfg.objective.strategy,
+                a.config.as_deref().unwrap_or(Path::new("")).display()
+            )
+        })?;
+    }
+    if let Some(n) = a.max_new_tokens {
+        cfg.sampling.max_new_tokens = n;
+    }
+    if let Some(n) = a.min_new_tokens {
+        cfg.sampling.min_new_tokens = n;
+    }
+    cfg.validate()?;
+    Ok(cfg)
 }

@@ -164,3 +164,41 @@ fn data_parallel_settings_are_named() {
         "{stderr}"
     );
 }
+
+/// `rrlhf run --lambda` with a config whose strategy has no λ used to be ignored without a
+/// word; it is an error naming both, before any stage runs. A config value out of range
+/// (here the rollout temperature) is named the same way.
+#[test]
+fn run_flags_that_contradict_the_config_are_named_before_training() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("ppo.toml");
+    std::fs::write(&cfg, "[objective]\nstrategy = \"min\"\n").unwrap();
+    let out = rrlhf()
+        .args([
+            "run",
+            "--data",
+            "/nonexistent/data.jsonl",
+            "--lambda",
+            "0.9",
+            "--out",
+        ])
+        .arg(dir.path().join("out"))
+        .arg("--config")
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    fails_naming(
+        out,
+        &["--lambda 0.9", "objective.strategy `min`", "ppo.toml"],
+    );
+    assert!(!dir.path().join("out").exists(), "nothing ran");
+    std::fs::write(&cfg, "[sampling]\ntemperature = 80.0\n").unwrap();
+    let out = rrlhf()
+        .args(["run", "--data", "/nonexistent/data.jsonl", "--out"])
+        .arg(dir.path().join("out"))
+        .arg("--config")
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    fails_naming(out, &["sampling.temperature", "got 80"]);
+}
