@@ -104,13 +104,38 @@ impl RewardService for RewardServer {
         let mut incoming = request.into_inner();
         let this = self.clone();
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<ScoreResponse, Status>>(16);
+        // Requests are scored concurrently as they arrive — so the engine can merge them, or
+        // at least always has the next one queued — and answered in arrival order, as the
+        // stream's contract says. At most `IN_FLIGHT` wait for their turn to be answered.
+        const IN_FLIGHT: usize = 64;
+        type Scoring = tokio::task::JoinHandle<Result<ScoreResponse, Status>>;
+        let (order_tx, mut order_rx) = tokio::sync::mpsc::channel::<Scoring>(IN_FLIGHT);
         tokio::spawn(async move {
             while let Some(next) = incoming.next().await {
-                let reply = match next {
-                    Ok(req) => this.score_request(req).await.map_err(Status::from),
-                    Err(status) => Err(status),
+                let scoring = match next {
+                    Ok(req) => {
+                        let this = this.clone();
+                        tokio::spawn(
+                            async move { this.score_request(req).await.map_err(Status::from) },
+                        )
+                    }
+                    Err(status) => tokio::spawn(async move { Err(status) }),
                 };
+                if order_tx.send(scoring).await.is_err() {
+                    break;
+                }
+            }
+        });
+        tokio::spawn(async move {
+            while let Some(scoring) = order_rx.recv().await {
+                let reply = scoring.await.unwrap_or_else(|e| {
+                    Err(Status::internal(format!(
+                        "scoring a stream request failed: {e}"
+                    )))
+                });
                 let failed = reply.is_err();
+                // The first error ends the stream (as before); dropping `order_rx` stops the
+                // reader too.
                 if tx.send(reply).await.is_err() || failed {
                     break;
                 }

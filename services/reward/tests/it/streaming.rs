@@ -122,3 +122,31 @@ async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
     assert!(body.starts_with("HTTP/1.1 200"), "{body}");
     body
 }
+
+/// The requests of one stream are scored concurrently (so the engine merges them) and still
+/// answered in order; they used to be scored one after another, one model batch each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_streams_requests_share_model_batches_and_keep_their_order() {
+    let mut cfg = config();
+    cfg.engine.batch_wait_ms = 20;
+    let (running, _stop) = start(cfg).await;
+    let mut c = client(&running).await;
+    let before = running.engine.engine.stats.batches.load(Ordering::Relaxed);
+    let reqs: Vec<ScoreRequest> = (0..24).map(|i| request(vec![sample(i % 8)])).collect();
+    let mut responses = c
+        .score_stream(tokio_stream::iter(reqs))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut ids = Vec::new();
+    while let Some(r) = responses.message().await.unwrap() {
+        ids.push(r.scores[0].id.clone());
+    }
+    let expected: Vec<String> = (0..24).map(|i| format!("s{}", i % 8)).collect();
+    assert_eq!(ids, expected, "answered in request order");
+    let batches = running.engine.engine.stats.batches.load(Ordering::Relaxed) - before;
+    assert!(
+        batches < 24,
+        "24 stream requests ran in {batches} model batches"
+    );
+}
