@@ -97,12 +97,7 @@ impl Setting {
 
     /// The LoRA settings of a LoRA setting: α = 2r on every targetable module.
     fn lora_config(self) -> Option<LoraConfig> {
-        (self.lora > 0).then(|| LoraConfig {
-            rank: self.lora,
-            alpha: 2.0 * self.lora as f64,
-            dropout: 0.0,
-            target_modules: TARGETABLE.iter().map(|m| m.to_string()).collect(),
-        })
+        (self.lora > 0).then(|| LoraConfig::new(self.lora, 2.0 * self.lora as f64, &TARGETABLE))
     }
 
     fn spec(self) -> String {

@@ -11,12 +11,7 @@ use rrlhf_testkit::cluster::{config, dirs, metrics_of, resume_to_the_end, run_to
 async fn lora_ppo_runs_with_the_actor_base_as_the_reference() {
     let out = tempfile::tempdir().unwrap();
     let options = Options {
-        actor_lora: Some(LoraConfig {
-            rank: 8,
-            alpha: 16.0,
-            dropout: 0.0,
-            target_modules: vec!["q_proj".into(), "v_proj".into(), "up_proj".into()],
-        }),
+        actor_lora: Some(LoraConfig::new(8, 16.0, &["q_proj", "v_proj", "up_proj"])),
         ..Options::default()
     };
     let cluster = Cluster::start(&dirs(), &options)

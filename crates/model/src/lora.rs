@@ -307,12 +307,7 @@ mod tests {
     use super::*;
 
     fn cfg(targets: &[&str]) -> LoraConfig {
-        LoraConfig {
-            rank: 4,
-            alpha: 8.0,
-            dropout: 0.0,
-            target_modules: targets.iter().map(|s| s.to_string()).collect(),
-        }
+        LoraConfig::new(4, 8.0, targets)
     }
 
     #[test]

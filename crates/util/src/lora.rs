@@ -36,6 +36,16 @@ fn all_targetable() -> Vec<String> {
 }
 
 impl LoraConfig {
+    /// Rank `rank`, scale `alpha`, no dropout, on the modules named in `targets` (HF names).
+    pub fn new(rank: i64, alpha: f64, targets: &[&str]) -> Self {
+        Self {
+            rank,
+            alpha,
+            dropout: 0.0,
+            target_modules: targets.iter().map(|m| m.to_string()).collect(),
+        }
+    }
+
     /// Checks every field; the message names the one that is wrong.
     pub fn validate(&self) -> Result<(), String> {
         if self.rank < 1 {
@@ -95,12 +105,7 @@ mod tests {
     use super::*;
 
     fn cfg(targets: &[&str]) -> LoraConfig {
-        LoraConfig {
-            rank: 4,
-            alpha: 8.0,
-            dropout: 0.0,
-            target_modules: targets.iter().map(|s| s.to_string()).collect(),
-        }
+        LoraConfig::new(4, 8.0, targets)
     }
 
     #[test]

@@ -10,12 +10,7 @@ use rrlhf_testkit::models::models;
 use rrlhf_train::data_parallel::UpdatePlan;
 
 fn lora() -> LoraConfig {
-    LoraConfig {
-        rank: 4,
-        alpha: 8.0,
-        dropout: 0.0,
-        target_modules: vec!["q_proj".into(), "v_proj".into(), "up_proj".into()],
-    }
+    LoraConfig::new(4, 8.0, &["q_proj", "v_proj", "up_proj"])
 }
 
 fn job() -> TrainJob {

@@ -9,12 +9,7 @@ use tch::{Kind, Tensor};
 use crate::common::{hashed_noise, init, run_python, tiny_model};
 
 fn lora(targets: &[&str]) -> LoraConfig {
-    LoraConfig {
-        rank: 4,
-        alpha: 8.0,
-        dropout: 0.0,
-        target_modules: targets.iter().map(|s| s.to_string()).collect(),
-    }
+    LoraConfig::new(4, 8.0, targets)
 }
 
 fn batch() -> Batch {

@@ -204,12 +204,7 @@ fn a_lora_critic_adapter_scores_like_peft_sequence_classification() {
     stage1.save(&rm).unwrap();
     let mut critic = RewardModel::from_dir(&rm, Placement::default()).unwrap();
     critic
-        .add_lora(&LoraConfig {
-            rank: 4,
-            alpha: 8.0,
-            dropout: 0.0,
-            target_modules: vec!["q_proj".into(), "o_proj".into(), "gate_proj".into()],
-        })
+        .add_lora(&LoraConfig::new(4, 8.0, &["q_proj", "o_proj", "gate_proj"]))
         .unwrap();
     {
         let _guard = tch::no_grad_guard();

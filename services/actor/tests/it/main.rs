@@ -422,12 +422,11 @@ async fn a_lora_actor_serves_its_base_as_the_reference() {
         max_length: 128,
         ..Default::default()
     };
-    cfg.service.lora = Some(rrlhf_model::LoraConfig {
-        rank: 4,
-        alpha: 16.0,
-        dropout: 0.0,
-        target_modules: vec!["q_proj".into(), "v_proj".into(), "up_proj".into()],
-    });
+    cfg.service.lora = Some(rrlhf_model::LoraConfig::new(
+        4,
+        16.0,
+        &["q_proj", "v_proj", "up_proj"],
+    ));
     let actor = spawn::<ActorServer>(cfg).await;
     let reference = spawn::<ReferenceServer>(ReferenceServiceConfig {
         model: policy.clone(),
