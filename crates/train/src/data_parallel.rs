@@ -424,7 +424,7 @@ impl<S> MinibatchLoss<S> {
 /// loss fails, every rank stops at that update with an error (the weights have then taken the
 /// updates before it, on every rank alike).
 pub fn run_updates<S: TokenMean>(
-    opt: &mut impl Optimizer,
+    opt: &mut dyn Optimizer,
     dp: Option<&DataParallel>,
     samples: usize,
     plan: &UpdatePlan,
@@ -492,7 +492,7 @@ pub fn run_updates<S: TokenMean>(
 /// micro-batches' stats and the token count (none when `idx` is empty: zero gradients). A
 /// failing or panicking loss is this rank's error.
 fn accumulate<S: TokenMean>(
-    opt: &mut impl Optimizer,
+    opt: &mut dyn Optimizer,
     idx: &[usize],
     micro: usize,
     loss_of: &mut impl FnMut(&[usize]) -> Result<MinibatchLoss<S>>,
@@ -521,7 +521,9 @@ pub trait Optimizer {
     /// Zeroes (or releases) the gradients before an update's first backward.
     fn zero_grad(&mut self) -> Result<()>;
     /// Backpropagates `loss`, adding to the gradients already there.
-    fn accumulate(&mut self, loss: &Tensor) -> Result<()>;
+    fn accumulate(&mut self, loss: &Tensor) -> Result<()> {
+        Ok(loss.f_backward()?)
+    }
     /// Ends an update whose gradients of token-summed losses this rank holds: with `dp`,
     /// combines them with every other rank's; divides by `tokens` (all ranks' count), clips to
     /// `max_norm` (if > 0) and steps at `lr`. Returns the gradient norm before clipping.
@@ -537,10 +539,6 @@ pub trait Optimizer {
 impl Optimizer for AdamW {
     fn zero_grad(&mut self) -> Result<()> {
         AdamW::zero_grad(self)
-    }
-
-    fn accumulate(&mut self, loss: &Tensor) -> Result<()> {
-        AdamW::accumulate(self, loss)
     }
 
     fn finish_update(

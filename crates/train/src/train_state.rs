@@ -21,31 +21,11 @@ enum TrainOptimizer {
     Sharded(ShardedAdamW),
 }
 
-impl Optimizer for TrainOptimizer {
-    fn zero_grad(&mut self) -> Result<()> {
+impl TrainOptimizer {
+    fn as_dyn(&mut self) -> &mut dyn Optimizer {
         match self {
-            Self::Replicated(o) => Optimizer::zero_grad(o),
-            Self::Sharded(o) => o.zero_grad(),
-        }
-    }
-
-    fn accumulate(&mut self, loss: &Tensor) -> Result<()> {
-        match self {
-            Self::Replicated(o) => Optimizer::accumulate(o, loss),
-            Self::Sharded(o) => o.accumulate(loss),
-        }
-    }
-
-    fn finish_update(
-        &mut self,
-        dp: Option<&DataParallel>,
-        tokens: f64,
-        lr: f64,
-        max_norm: f64,
-    ) -> Result<f64> {
-        match self {
-            Self::Replicated(o) => o.finish_update(dp, tokens, lr, max_norm),
-            Self::Sharded(o) => o.finish_update(dp, tokens, lr, max_norm),
+            Self::Replicated(o) => o,
+            Self::Sharded(o) => o,
         }
     }
 }
@@ -86,7 +66,7 @@ impl TrainState {
             *slot = Some(self.fresh_optimizer(vs).inspect_err(|_| self.reject())?);
         }
         let opt = slot.as_mut().expect("created above");
-        data_parallel::run_updates(opt, self.dp.as_ref(), samples, plan, loss_of)
+        data_parallel::run_updates(opt.as_dyn(), self.dp.as_ref(), samples, plan, loss_of)
     }
 
     /// A `Train` call this rank rejected: the other ranks hear so instead of waiting for it.

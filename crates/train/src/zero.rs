@@ -340,12 +340,28 @@ impl ShardedAdamW {
     /// All-gathers the master shards into the working weights, bucket by bucket.
     fn gather_weights(&self, dp: &DataParallel) -> Result<()> {
         for bucket in &self.layout.buckets {
-            let full = self.bucket_buffer(bucket)?;
-            dp.all_gather(&self.shard_of(&self.master, bucket)?, &full)?;
-            for s in &bucket.segments {
-                self.vars[s.var]
-                    .1
-                    .f_view([-1])?
+            self.gather_bucket(dp, &self.master, bucket, |v| {
+                Some(self.vars[v].1.shallow_clone())
+            })?;
+        }
+        Ok(())
+    }
+
+    /// All-gathers `bucket` of the shard tensor `shard` and copies each variable's part into
+    /// `dest(var)` (a tensor shaped like the variable; skipped where `None`): the inverse of
+    /// [`Self::pack`].
+    fn gather_bucket(
+        &self,
+        dp: &DataParallel,
+        shard: &Tensor,
+        bucket: &Bucket,
+        dest: impl Fn(usize) -> Option<Tensor>,
+    ) -> Result<()> {
+        let full = self.bucket_buffer(bucket)?;
+        dp.all_gather(&self.shard_of(shard, bucket)?, &full)?;
+        for s in &bucket.segments {
+            if let Some(into) = dest(s.var) {
+                into.f_view([-1])?
                     .f_narrow(0, s.var_start, s.len)?
                     .f_copy_(&full.f_narrow(0, s.bucket_start, s.len)?)?;
             }
@@ -360,39 +376,25 @@ impl ShardedAdamW {
     pub fn gather_state(&self, dp: &DataParallel) -> Result<Option<Vec<(String, Tensor)>>> {
         let _guard = tch::no_grad_guard();
         let root = dp.rank() == 0;
-        // Per variable: first moment, second moment, master (only for non-fp32 variables).
+        // On rank 0, per variable: first moment, second moment, master (only for variables
+        // not held in fp32).
         let host = |v: &Tensor| Tensor::f_zeros(v.size(), (Kind::Float, Device::Cpu));
         let mut full_state: Vec<[Option<Tensor>; 3]> = Vec::new();
-        if root {
-            for (_, v) in &self.vars {
-                full_state.push([
-                    Some(host(v)?),
-                    Some(host(v)?),
-                    if v.kind() == Kind::Float {
-                        None
-                    } else {
-                        Some(host(v)?)
-                    },
-                ]);
-            }
+        for (_, v) in self.vars.iter().filter(|_| root) {
+            let master = (v.kind() != Kind::Float).then(|| host(v)).transpose()?;
+            full_state.push([Some(host(v)?), Some(host(v)?), master]);
         }
         for bucket in &self.layout.buckets {
             for (k, shard) in [&self.exp_avg, &self.exp_avg_sq, &self.master]
                 .into_iter()
                 .enumerate()
             {
-                let full = self.bucket_buffer(bucket)?;
-                dp.all_gather(&self.shard_of(shard, bucket)?, &full)?;
-                if !root {
-                    continue;
-                }
-                for s in &bucket.segments {
-                    if let Some(into) = &full_state[s.var][k] {
-                        into.f_view([-1])?
-                            .f_narrow(0, s.var_start, s.len)?
-                            .f_copy_(&full.f_narrow(0, s.bucket_start, s.len)?)?;
-                    }
-                }
+                self.gather_bucket(dp, shard, bucket, |v| {
+                    full_state
+                        .get(v)
+                        .and_then(|t| t[k].as_ref())
+                        .map(Tensor::shallow_clone)
+                })?;
             }
         }
         if !root {
@@ -462,10 +464,6 @@ impl ShardedAdamW {
 impl Optimizer for ShardedAdamW {
     fn zero_grad(&mut self) -> Result<()> {
         self.release_or_zero_grads()
-    }
-
-    fn accumulate(&mut self, loss: &Tensor) -> Result<()> {
-        Ok(loss.f_backward()?)
     }
 
     fn finish_update(
