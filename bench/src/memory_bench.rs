@@ -343,67 +343,23 @@ fn main() -> Result<()> {
         let model = CausalLm::new(cfg.clone(), Placement::default())?;
         model.save(dir.path())?;
     }
+    // Every setting, as its `--case` spec: one rank (f32, bf16, accumulation, checkpointing,
+    // LoRA r16), then two ranks at each ZeRO stage.
     let settings = [
-        Setting {
-            bf16: false,
-            micro: 0,
-            checkpointing: false,
-            lora: 0,
-            zero: None,
-        },
-        Setting {
-            bf16: true,
-            micro: 0,
-            checkpointing: false,
-            lora: 0,
-            zero: None,
-        },
-        Setting {
-            bf16: true,
-            micro: 2,
-            checkpointing: false,
-            lora: 0,
-            zero: None,
-        },
-        Setting {
-            bf16: true,
-            micro: 0,
-            checkpointing: true,
-            lora: 0,
-            zero: None,
-        },
-        Setting {
-            bf16: true,
-            micro: 2,
-            checkpointing: true,
-            lora: 0,
-            zero: None,
-        },
-        Setting {
-            bf16: true,
-            micro: 0,
-            checkpointing: false,
-            lora: 16,
-            zero: None,
-        },
-        Setting {
-            bf16: true,
-            micro: 2,
-            checkpointing: true,
-            lora: 16,
-            zero: None,
-        },
-    ];
-    let zero_settings = [0, 1, 2].map(|z| Setting {
-        bf16: true,
-        micro: 2,
-        checkpointing: true,
-        lora: 0,
-        zero: Some(z),
-    });
+        "f32:0:0:0",
+        "bf16:0:0:0",
+        "bf16:2:0:0",
+        "bf16:0:1:0",
+        "bf16:2:1:0",
+        "bf16:0:0:16",
+        "bf16:2:1:16",
+        "bf16:2:1:0:z0",
+        "bf16:2:1:0:z1",
+        "bf16:2:1:0:z2",
+    ]
+    .map(|spec| Setting::parse(spec).expect("a valid spec"));
     let chosen: Vec<Setting> = settings
         .into_iter()
-        .chain(zero_settings)
         .filter(|s| a.settings.is_empty() || a.settings.contains(&s.spec()))
         .collect();
     let exe = std::env::current_exe()?;

@@ -128,8 +128,9 @@ fn load_outcome(dir: &Path) -> Result<Value> {
 }
 
 pub fn run(a: RunArgs) -> Result<()> {
-    // The PPO stage's settings are checked before an hour of SFT and reward modelling.
-    ppo_config(&a)?;
+    // The PPO stage's settings are built and checked before an hour of SFT and reward
+    // modelling.
+    let ppo_cfg = ppo_config(&a)?;
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
     let (tok_dir, init_dir, sft_dir) = (
         a.out.join("tokenizer"),
@@ -253,7 +254,7 @@ pub fn run(a: RunArgs) -> Result<()> {
         "[7/8] reward-robust PPO: {} steps × {} samples, {services}",
         a.ppo_steps, a.ppo_batch
     );
-    let ppo = ppo(&a, &sft_dir, &rm1_dir, &brme_dir)?;
+    let ppo = ppo(&a, ppo_cfg, &sft_dir, &rm1_dir, &brme_dir)?;
     let policy_dir = ppo
         .dir
         .join("checkpoints")
@@ -395,9 +396,14 @@ fn default_lambda() -> Lambda {
     Lambda::new(0.4).expect("0.4 is in [0, 1]")
 }
 
-/// Starts the four services on loopback and runs (or resumes) PPO in `a.out/ppo`.
-fn ppo(a: &RunArgs, sft_dir: &Path, rm1_dir: &Path, brme_dir: &Path) -> Result<PpoResult> {
-    let cfg = ppo_config(a)?;
+/// Starts the four services on loopback and runs (or resumes) PPO with `cfg` in `a.out/ppo`.
+fn ppo(
+    a: &RunArgs,
+    cfg: OrchestratorConfig,
+    sft_dir: &Path,
+    rm1_dir: &Path,
+    brme_dir: &Path,
+) -> Result<PpoResult> {
     let max_length = a.max_len.max(cfg.sampling.max_new_tokens as usize + 16);
     let info = crate::embedded_ppo::run(
         cfg,
