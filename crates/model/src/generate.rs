@@ -176,11 +176,15 @@ pub fn generate(
     let mut out: Vec<Option<Generation>> = vec![None; prompts.len()];
     let mut tokens: Vec<Vec<i64>> = vec![vec![]; prompts.len()];
     let mut logprobs: Vec<Vec<f32>> = vec![vec![]; prompts.len()];
-    let stop_ids = Tensor::from_slice(&params.stop_ids).to_device(device);
+    // The stop tokens masked out of the first `min_new_tokens` steps.
+    let early_stops = (params.min_new_tokens > 0 && !params.stop_ids.is_empty())
+        .then(|| Tensor::from_slice(&params.stop_ids).to_device(device));
     for step in 0..params.max_new_tokens {
-        if step < params.min_new_tokens && !params.stop_ids.is_empty() {
-            // Too early to stop: the stop tokens leave the distribution.
-            let _ = logits.f_index_fill_(1, &stop_ids, f64::NEG_INFINITY)?;
+        if let Some(stops) = early_stops
+            .as_ref()
+            .filter(|_| step < params.min_new_tokens)
+        {
+            let _ = logits.f_index_fill_(1, stops, f64::NEG_INFINITY)?;
         }
         let (next, next_logp) = sample_next(&logits, params, &mut rng)?;
         let next_ids = Vec::<i64>::try_from(&next)?;
