@@ -12,7 +12,7 @@ use crate::config::ModelConfig;
 use crate::device::{Placement, dtype_name};
 use crate::error::{ModelError, Result};
 use crate::heads::LmHead;
-use crate::kv_cache::KvCache;
+use crate::kv_cache::CacheStep;
 use crate::llama::{Backbone, ParamInit};
 use crate::lora::{self, LoraConfig, PeftTask};
 
@@ -141,10 +141,29 @@ impl CausalLm {
         ids: &Tensor,
         mask: Option<&Tensor>,
         positions: &Tensor,
-        cache: Option<&mut KvCache>,
+        cache: Option<CacheStep<'_>>,
     ) -> Tensor {
         let hidden = self.backbone.forward(ids, mask, positions, cache);
         self.lm_head.forward(&hidden).to_kind(Kind::Float)
+    }
+
+    /// Logits `[B, V]` (f32) at one position per row, `at[b]`: what generation needs, without
+    /// the `[B, T, V]` logits of every position.
+    pub fn logits_at(
+        &self,
+        ids: &Tensor,
+        positions: &Tensor,
+        cache: Option<CacheStep<'_>>,
+        at: &[i64],
+    ) -> Tensor {
+        let hidden = self.backbone.forward(ids, None, positions, cache);
+        let (b, _, h) = hidden.size3().expect("hidden states are [B, T, H]");
+        let index = Tensor::from_slice(at)
+            .to_device(hidden.device())
+            .view([b, 1, 1])
+            .expand([b, 1, h], false);
+        let picked = hidden.gather(1, &index, false).squeeze_dim(1);
+        self.lm_head.forward(&picked).to_kind(Kind::Float)
     }
 
     /// Logits of a padded batch.

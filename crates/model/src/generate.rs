@@ -1,14 +1,11 @@
-//! Batched autoregressive sampling with a KV cache: prompts of mixed length are left-padded into
-//! one batch, finished rows are dropped from the cache as they end, and each finished sample is
-//! handed to a callback at once (the actor service streams them from there).
+//! Sampling settings, the next-token sampler and the `generate` entry point: continuations of
+//! many prompts, each finished sample handed to a callback at once (the actor service streams
+//! them from there). The engine underneath is [`crate::rollout`].
 
-use rrlhf_robust::rng::Rng;
 use tch::{Kind, Tensor};
 
-use crate::batch::{Batch, PadSide};
 use crate::causal_lm::CausalLm;
 use crate::error::{ModelError, Result};
-use crate::kv_cache::KvCache;
 
 /// How to pick each next token.
 #[derive(Debug, Clone)]
@@ -92,10 +89,15 @@ pub struct Generation {
 
 /// Picks one token per row from `[B, V]` logits; returns (tokens `[B]`, logprobs `[B]`).
 ///
-/// Sampling inverts each row's CDF at a uniform draw from `rng`, so only B random numbers
-/// cross from the host and results do not depend on libtorch's global generator (which other
-/// threads may be using).
-pub fn sample_next(logits: &Tensor, p: &SamplingParams, rng: &mut Rng) -> Result<(Tensor, Tensor)> {
+/// Sampling inverts each row's CDF at `uniforms[b]` (in (0, 1), one per row; unused when
+/// greedy), so only B numbers cross from the host, nothing waits for the device, and each row's
+/// draw is its own: results depend neither on libtorch's global generator (which other threads
+/// may be using) nor on which other rows share the batch.
+pub fn sample_next(
+    logits: &Tensor,
+    p: &SamplingParams,
+    uniforms: &[f64],
+) -> Result<(Tensor, Tensor)> {
     let logits = logits.f_to_kind(Kind::Float)?;
     if p.temperature == 0.0 {
         let tokens = logits.f_argmax(-1, false)?;
@@ -125,8 +127,14 @@ pub fn sample_next(logits: &Tensor, p: &SamplingParams, rng: &mut Rng) -> Result
     }
     let logp = scores.f_log_softmax(-1, Kind::Float)?;
     let cdf = logp.exp().f_cumsum(-1, Kind::Float)?;
-    let rows = cdf.size()[0];
-    let draws: Vec<f32> = (0..rows).map(|_| rng.uniform() as f32).collect();
+    let rows = cdf.size()[0] as usize;
+    if uniforms.len() != rows {
+        return Err(ModelError::InvalidInput(format!(
+            "{} uniform draws for {rows} rows",
+            uniforms.len()
+        )));
+    }
+    let draws: Vec<f32> = uniforms.iter().map(|&u| u as f32).collect();
     // Scale by the row total so rounding in the cumulative sum cannot leave u above the end.
     let u = Tensor::from_slice(&draws)
         .to_device(cdf.device())
@@ -141,99 +149,36 @@ pub fn sample_next(logits: &Tensor, p: &SamplingParams, rng: &mut Rng) -> Result
 
 /// Generates continuations of `prompts` (token ids, any lengths) and calls `on_done` for each
 /// sample as soon as it finishes. Returns the samples in prompt order.
+///
+/// Runs on the continuous-batching engine ([`crate::rollout`]) with its default options; prompt
+/// `i` samples from its own generator, seeded from `params.seed` and `i`
+/// ([`prompt_seed`]), so its tokens do not depend on the other prompts of the request.
+/// `pad_id` fills the prefill batches' padding (never attended to).
 pub fn generate(
     model: &CausalLm,
     prompts: &[Vec<i64>],
     pad_id: i64,
     params: &SamplingParams,
-    mut on_done: impl FnMut(&Generation),
+    on_done: impl FnMut(&Generation),
 ) -> Result<Vec<Generation>> {
-    params.validate()?;
     let seed = params.seed.unwrap_or_else(|| {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64)
     });
-    let mut rng = Rng::new(seed);
-    let _guard = tch::no_grad_guard();
-    let device = model.device();
-    let batch = Batch::pad(prompts, pad_id, PadSide::Left, device)?;
-    let vocab = model.cfg.vocab_size;
-    if let Some(bad) = prompts.iter().flatten().find(|&&t| t < 0 || t >= vocab) {
-        return Err(ModelError::InvalidInput(format!(
-            "token id {bad} is outside the vocabulary (size {vocab})"
-        )));
-    }
-    let mut cache = KvCache::new(model.backbone.num_layers());
-    let mut mask = batch.mask.shallow_clone();
-    let mut positions = batch.positions.narrow(1, batch.width() - 1, 1);
-    let mut logits = model
-        .logits(&batch.ids, Some(&mask), &batch.positions, Some(&mut cache))
-        .select(1, batch.width() - 1);
+    let seeds: Vec<u64> = (0..prompts.len()).map(|i| prompt_seed(seed, i)).collect();
+    crate::rollout::generate_seeded(
+        model,
+        prompts,
+        &seeds,
+        pad_id,
+        params,
+        &crate::rollout::RolloutOptions::default(),
+        on_done,
+    )
+}
 
-    // `rows[i]` is the prompt index of cache row i; finished rows are removed.
-    let mut rows: Vec<usize> = (0..prompts.len()).collect();
-    let mut out: Vec<Option<Generation>> = vec![None; prompts.len()];
-    let mut tokens: Vec<Vec<i64>> = vec![vec![]; prompts.len()];
-    let mut logprobs: Vec<Vec<f32>> = vec![vec![]; prompts.len()];
-    // The stop tokens masked out of the first `min_new_tokens` steps.
-    let early_stops = (params.min_new_tokens > 0 && !params.stop_ids.is_empty())
-        .then(|| Tensor::from_slice(&params.stop_ids).to_device(device));
-    for step in 0..params.max_new_tokens {
-        if let Some(stops) = early_stops
-            .as_ref()
-            .filter(|_| step < params.min_new_tokens)
-        {
-            let _ = logits.f_index_fill_(1, stops, f64::NEG_INFINITY)?;
-        }
-        let (next, next_logp) = sample_next(&logits, params, &mut rng)?;
-        let next_ids = Vec::<i64>::try_from(&next)?;
-        let next_lp = Vec::<f32>::try_from(&next_logp)?;
-        let mut keep = Vec::with_capacity(rows.len());
-        for (r, &prompt) in rows.iter().enumerate() {
-            tokens[prompt].push(next_ids[r]);
-            logprobs[prompt].push(next_lp[r]);
-            let finish = if params.stop_ids.contains(&next_ids[r]) {
-                Some(FinishReason::Stop)
-            } else if step + 1 == params.max_new_tokens {
-                Some(FinishReason::Length)
-            } else {
-                None
-            };
-            match finish {
-                Some(finish) => {
-                    let g = Generation {
-                        index: prompt,
-                        tokens: std::mem::take(&mut tokens[prompt]),
-                        logprobs: std::mem::take(&mut logprobs[prompt]),
-                        finish,
-                    };
-                    on_done(&g);
-                    out[prompt] = Some(g);
-                }
-                None => keep.push(r as i64),
-            }
-        }
-        if keep.is_empty() {
-            break;
-        }
-        let mut next = next.unsqueeze(-1);
-        if keep.len() < rows.len() {
-            let idx = Tensor::from_slice(&keep).to_device(device);
-            cache.select_rows(&idx);
-            mask = mask.index_select(0, &idx);
-            positions = positions.index_select(0, &idx);
-            next = next.index_select(0, &idx);
-            rows = keep.iter().map(|&r| rows[r as usize]).collect();
-        }
-        mask = Tensor::cat(&[&mask, &mask.ones_like().narrow(1, 0, 1)], 1);
-        positions += 1;
-        logits = model
-            .logits(&next, Some(&mask), &positions, Some(&mut cache))
-            .select(1, 0);
-    }
-    Ok(out
-        .into_iter()
-        .map(|g| g.expect("every row finishes by max_new_tokens"))
-        .collect())
+/// The sampling seed of prompt `index` in a request seeded with `seed`.
+pub fn prompt_seed(seed: u64, index: usize) -> u64 {
+    rrlhf_util::rng::stream_seed(seed, index as u64)
 }

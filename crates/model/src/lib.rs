@@ -2,7 +2,7 @@
 //!
 //! A Llama-family decoder ([`llama`]) that loads Hugging Face checkpoints unchanged
 //! ([`config`], [`checkpoint`]), heads for language modelling, values and the Bayesian reward
-//! ensemble ([`heads`]), KV-cache batched sampling ([`generate`]), the RLHF losses ([`losses`]) and
+//! ensemble ([`heads`]), continuous-batching sampling over a preallocated KV cache ([`generate`], [`rollout`]), the RLHF losses ([`losses`]) and
 //! HF tokenizers ([`tokenizer`]). Nothing here does networking: services wrap these types.
 
 pub mod batch;
@@ -22,6 +22,7 @@ pub mod losses;
 pub mod mask;
 pub mod recompute;
 pub mod reward_model;
+pub mod rollout;
 pub mod rope;
 pub mod scoring;
 pub mod tensor_files;

@@ -11,9 +11,9 @@ use tch::nn::{self, Module};
 use tch::{Kind, Tensor};
 
 use crate::config::ModelConfig;
-use crate::kv_cache::KvCache;
+use crate::kv_cache::{CacheStep, LayerCache};
 use crate::lora::{Adapter, AdapterSwitch, LoraConfig};
-use crate::mask::causal_padding_mask;
+use crate::mask::{causal_padding_mask, decode_mask};
 use crate::rope::{self, Rope};
 
 /// Weight init used for fresh models (transformers' `initializer_range` default).
@@ -177,20 +177,38 @@ impl Attention {
         cos: &Tensor,
         sin: &Tensor,
         mask: Option<&Tensor>,
-        cache: Option<&mut (Option<Tensor>, Option<Tensor>)>,
+        cache: Option<LayerCache<'_>>,
     ) -> Tensor {
         let (b, t, _) = xs.size3().expect("hidden states are [B, T, H]");
         let split = |x: Tensor, n: i64| x.view([b, t, n, self.head_dim]).transpose(1, 2);
         let q = rope::apply(&split(self.q_proj.forward(xs), self.heads), cos, sin);
         let mut k = rope::apply(&split(self.k_proj.forward(xs), self.kv_heads), cos, sin);
         let mut v = split(self.v_proj.forward(xs), self.kv_heads);
-        if let Some((ck, cv)) = cache {
-            if let (Some(pk), Some(pv)) = (ck.as_ref(), cv.as_ref()) {
-                k = Tensor::cat(&[pk, &k], 2);
-                v = Tensor::cat(&[pv, &v], 2);
+        match cache {
+            None => {}
+            // The prompts attend to themselves; their keys are stored for the decode steps.
+            Some(LayerCache::Prefill {
+                keys,
+                values,
+                slots,
+            }) => {
+                let _ = keys.narrow(2, 0, t).index_copy_(0, slots, &k);
+                let _ = values.narrow(2, 0, t).index_copy_(0, slots, &v);
             }
-            *ck = Some(k.shallow_clone());
-            *cv = Some(v.shallow_clone());
+            // Each row writes its one new key in place, then attends over its slot's prefix.
+            Some(LayerCache::Decode {
+                keys,
+                values,
+                write_at,
+                rows,
+                span,
+            }) => {
+                let at = write_at.expand([rows, self.kv_heads, 1, self.head_dim], false);
+                let _ = keys.narrow(0, 0, rows).scatter_(2, &at, &k);
+                let _ = values.narrow(0, 0, rows).scatter_(2, &at, &v);
+                k = keys.narrow(0, 0, rows).narrow(2, 0, span);
+                v = values.narrow(0, 0, rows).narrow(2, 0, span);
+            }
         }
         // Without a mask there is no padding and no cache: plain causal attention.
         let is_causal = mask.is_none();
@@ -294,7 +312,7 @@ impl DecoderLayer {
         cos: &Tensor,
         sin: &Tensor,
         mask: Option<&Tensor>,
-        cache: Option<&mut (Option<Tensor>, Option<Tensor>)>,
+        cache: Option<LayerCache<'_>>,
     ) -> Tensor {
         let normed = self.input_layernorm.forward(xs);
         let xs = xs + self.self_attn.forward(&normed, cos, sin, mask, cache);
@@ -416,30 +434,26 @@ impl Backbone {
 
     /// Final-norm hidden states `[B, T, H]` for `input_ids` `[B, T]`.
     ///
-    /// `attention_mask` is `[B, past + T]` (1 = real token, 0 = padding) and covers the cached
-    /// keys too; `None` means no padding anywhere. `positions` is `[B, T]`. With a `cache`,
-    /// keys and values of these tokens are appended to it.
+    /// `attention_mask` is `[B, T]` (1 = real token, 0 = padding); `None` means no padding.
+    /// `positions` is `[B, T]`. With a `cache`, a prefill stores the keys and values of these
+    /// tokens, and a decode step (one token per row) also attends to the slots' cached prefixes.
     pub fn forward(
         &self,
         input_ids: &Tensor,
         attention_mask: Option<&Tensor>,
         positions: &Tensor,
-        mut cache: Option<&mut KvCache>,
+        cache: Option<CacheStep<'_>>,
     ) -> Tensor {
         let mut xs = self.embed_tokens.forward(input_ids);
         let kind = xs.kind();
         let (cos, sin) = self.rope.tables(positions, kind);
         let t = input_ids.size()[1];
-        let past = cache.as_ref().map_or(0, |c| c.len());
-        // `is_causal` in SDPA aligns the triangle top-left, which is wrong once cached keys
-        // precede the queries, so a cache always gets an explicit mask.
-        let mask = match (attention_mask, past) {
-            (Some(m), _) => Some(causal_padding_mask(m, t, kind)),
-            (None, 0) => None,
-            (None, p) => {
-                let ones = Tensor::ones([input_ids.size()[0], p + t], (Kind::Int64, xs.device()));
-                Some(causal_padding_mask(&ones, t, kind))
-            }
+        let index = cache.as_ref().map(|c| c.index(xs.device()));
+        let mask = match (&cache, attention_mask) {
+            (Some(CacheStep::Decode { lens, .. }), _) => Some(decode_mask(lens, kind, xs.device())),
+            (_, Some(m)) => Some(causal_padding_mask(m, t, kind)),
+            // No padding, no cached prefix: SDPA's own causal triangle.
+            (_, None) => None,
         };
         let checkpointed = self.activation_checkpointing && cache.is_none();
         if checkpointed
@@ -456,7 +470,10 @@ impl Backbone {
             xs = if checkpointed {
                 layer.forward_checkpointed(&xs, &cos, &sin, mask.as_ref())
             } else {
-                let layer_cache = cache.as_deref_mut().map(|c| c.layer_mut(i));
+                let layer_cache = cache
+                    .as_ref()
+                    .zip(index.as_ref())
+                    .map(|(c, x)| c.layer(i, x));
                 layer.forward(&xs, &cos, &sin, mask.as_ref(), layer_cache)
             };
         }

@@ -1,6 +1,6 @@
 //! Attention masks and position ids for padded batches (left or right padding).
 
-use tch::{Kind, Tensor};
+use tch::{Device, Kind, Tensor};
 
 /// Position ids from a `[B, T]` 0/1 attention mask: each real token's index among the real
 /// tokens of its row; pads get 0 (their outputs are never used). This is what transformers'
@@ -24,13 +24,29 @@ pub fn causal_padding_mask(key_mask: &Tensor, queries: i64, kind: Kind) -> Tenso
     let causal = k_idx.le_tensor(&q_idx).unsqueeze(0).unsqueeze(0);
     let not_pad = key_mask.to_kind(Kind::Bool).unsqueeze(1).unsqueeze(1);
     let allowed = causal.logical_and(&not_pad);
+    additive(&allowed, kind)
+}
+
+/// Additive mask `[A, 1, 1, span]` for one decode step over cache slots: row `a`'s query sits
+/// at position `lens[a]` and may attend to positions `0..=lens[a]`; `span` is the longest.
+pub fn decode_mask(lens: &[i64], kind: Kind, device: Device) -> Tensor {
+    let span = lens.iter().max().map_or(0, |m| m + 1);
+    let last = Tensor::from_slice(lens).to_device(device).view([-1, 1]);
+    let keys = Tensor::arange(span, (Kind::Int64, device)).view([1, -1]);
+    additive(&keys.le_tensor(&last).unsqueeze(1).unsqueeze(1), kind)
+}
+
+/// 0 where `allowed`, the dtype's lowest finite value elsewhere (so a row that sees nothing
+/// stays finite and no NaN leaks into the batch).
+fn additive(allowed: &Tensor, kind: Kind) -> Tensor {
+    let device = allowed.device();
     let lowest = match kind {
         Kind::BFloat16 => -3.389_531_4e38,
         Kind::Half => -65504.0,
         _ => f32::MIN as f64,
     };
     Tensor::zeros([1], (kind, device))
-        .where_self(&allowed, &Tensor::full([1], lowest, (kind, device)))
+        .where_self(allowed, &Tensor::full([1], lowest, (kind, device)))
 }
 
 #[cfg(test)]

@@ -7,3 +7,4 @@ mod loading;
 mod lora;
 mod parity;
 mod reward;
+mod rollout;
