@@ -16,11 +16,12 @@ use crate::config::ModelConfig;
 pub struct KvCache {
     keys: Vec<Tensor>,
     values: Vec<Tensor>,
-    capacity: i64,
 }
 
 impl KvCache {
-    /// An empty cache for `slots` sequences of up to `capacity` positions each.
+    /// An empty cache for `slots` sequences of up to `capacity` positions each. Zero-filled, not
+    /// left uninitialised: masked positions still enter `q·k`, and garbage there could be NaN,
+    /// which no additive mask removes.
     pub fn new(cfg: &ModelConfig, slots: i64, capacity: i64, kind: Kind, device: Device) -> Self {
         let dims = [slots, cfg.num_key_value_heads, capacity, cfg.head_dim];
         let zeros = || -> Vec<Tensor> {
@@ -31,16 +32,11 @@ impl KvCache {
         Self {
             keys: zeros(),
             values: zeros(),
-            capacity,
         }
     }
 
     pub fn slots(&self) -> i64 {
         self.keys.first().map_or(0, |k| k.size()[0])
-    }
-
-    pub fn capacity(&self) -> i64 {
-        self.capacity
     }
 
     /// Bytes a cache of `slots × capacity` positions takes for `cfg` in `kind`.
@@ -99,53 +95,63 @@ pub(crate) enum LayerCache<'a> {
     },
 }
 
-/// Index tensors a [`CacheStep`] needs in every layer.
-pub(crate) struct StepIndex {
-    pub slots: Option<Tensor>,
-    pub write_at: Option<Tensor>,
-    pub span: i64,
+/// A [`CacheStep`]'s tensors, built once per forward pass and shared by every layer.
+pub(crate) enum StepIndex {
+    Prefill {
+        slots: Tensor,
+    },
+    Decode {
+        /// `[A, 1, 1, 1]` write positions.
+        write_at: Tensor,
+        /// The decode step's additive attention mask ([`crate::mask::decode_mask`]).
+        mask: Tensor,
+        span: i64,
+    },
+}
+
+impl StepIndex {
+    /// The attention mask the step imposes, if any (a prefill attends causally to itself).
+    pub(crate) fn mask(&self) -> Option<&Tensor> {
+        match self {
+            StepIndex::Prefill { .. } => None,
+            StepIndex::Decode { mask, .. } => Some(mask),
+        }
+    }
 }
 
 impl CacheStep<'_> {
-    pub(crate) fn index(&self, device: Device) -> StepIndex {
+    pub(crate) fn index(&self, kind: Kind, device: Device) -> StepIndex {
         match *self {
-            CacheStep::Prefill { slots, .. } => StepIndex {
-                slots: Some(Tensor::from_slice(slots).to_device(device)),
-                write_at: None,
-                span: 0,
+            CacheStep::Prefill { slots, .. } => StepIndex::Prefill {
+                slots: Tensor::from_slice(slots).to_device(device),
             },
-            CacheStep::Decode { lens, .. } => StepIndex {
-                slots: None,
-                write_at: Some(
-                    Tensor::from_slice(lens)
-                        .to_device(device)
-                        .view([-1, 1, 1, 1]),
-                ),
-                span: lens.iter().max().map_or(0, |m| m + 1),
-            },
-        }
-    }
-
-    pub(crate) fn cache(&self) -> &KvCache {
-        match *self {
-            CacheStep::Prefill { cache, .. } | CacheStep::Decode { cache, .. } => cache,
+            CacheStep::Decode { lens, .. } => {
+                let span = lens.iter().max().map_or(0, |m| m + 1);
+                let lens = Tensor::from_slice(lens).to_device(device);
+                StepIndex::Decode {
+                    mask: crate::mask::decode_mask(&lens, span, kind),
+                    write_at: lens.view([-1, 1, 1, 1]),
+                    span,
+                }
+            }
         }
     }
 
     pub(crate) fn layer<'a>(&'a self, i: usize, index: &'a StepIndex) -> LayerCache<'a> {
-        let (keys, values) = self.cache().layer(i);
-        match *self {
-            CacheStep::Prefill { .. } => LayerCache::Prefill {
+        let (CacheStep::Prefill { cache, .. } | CacheStep::Decode { cache, .. }) = *self;
+        let (keys, values) = cache.layer(i);
+        match index {
+            StepIndex::Prefill { slots } => LayerCache::Prefill {
                 keys,
                 values,
-                slots: index.slots.as_ref().expect("prefill index has slots"),
+                slots,
             },
-            CacheStep::Decode { lens, .. } => LayerCache::Decode {
+            StepIndex::Decode { write_at, span, .. } => LayerCache::Decode {
                 keys,
                 values,
-                write_at: index.write_at.as_ref().expect("decode index has positions"),
-                rows: lens.len() as i64,
-                span: index.span,
+                write_at,
+                rows: write_at.size()[0],
+                span: *span,
             },
         }
     }

@@ -2,8 +2,8 @@
 //!
 //! A Llama-family decoder ([`llama`]) that loads Hugging Face checkpoints unchanged
 //! ([`config`], [`checkpoint`]), heads for language modelling, values and the Bayesian reward
-//! ensemble ([`heads`]), continuous-batching sampling over a preallocated KV cache ([`generate`], [`rollout`]), the RLHF losses ([`losses`]) and
-//! HF tokenizers ([`tokenizer`]). Nothing here does networking: services wrap these types.
+//! ensemble ([`heads`]), continuous-batching sampling over a preallocated KV cache
+//! ([`generate`], [`rollout`]), the RLHF losses ([`losses`]) and HF tokenizers ([`tokenizer`]). Nothing here does networking: services wrap these types.
 
 pub mod batch;
 pub mod causal_lm;

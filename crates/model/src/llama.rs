@@ -13,7 +13,7 @@ use tch::{Kind, Tensor};
 use crate::config::ModelConfig;
 use crate::kv_cache::{CacheStep, LayerCache};
 use crate::lora::{Adapter, AdapterSwitch, LoraConfig};
-use crate::mask::{causal_padding_mask, decode_mask};
+use crate::mask::causal_padding_mask;
 use crate::rope::{self, Rope};
 
 /// Weight init used for fresh models (transformers' `initializer_range` default).
@@ -448,12 +448,12 @@ impl Backbone {
         let kind = xs.kind();
         let (cos, sin) = self.rope.tables(positions, kind);
         let t = input_ids.size()[1];
-        let index = cache.as_ref().map(|c| c.index(xs.device()));
-        let mask = match (&cache, attention_mask) {
-            (Some(CacheStep::Decode { lens, .. }), _) => Some(decode_mask(lens, kind, xs.device())),
-            (_, Some(m)) => Some(causal_padding_mask(m, t, kind)),
+        let index = cache.as_ref().map(|c| c.index(kind, xs.device()));
+        let mask = match (index.as_ref().and_then(|i| i.mask()), attention_mask) {
+            (Some(step_mask), _) => Some(step_mask.shallow_clone()),
+            (None, Some(m)) => Some(causal_padding_mask(m, t, kind)),
             // No padding, no cached prefix: SDPA's own causal triangle.
-            (_, None) => None,
+            (None, None) => None,
         };
         let checkpointed = self.activation_checkpointing && cache.is_none();
         if checkpointed

@@ -1,6 +1,6 @@
 //! Attention masks and position ids for padded batches (left or right padding).
 
-use tch::{Device, Kind, Tensor};
+use tch::{Kind, Tensor};
 
 /// Position ids from a `[B, T]` 0/1 attention mask: each real token's index among the real
 /// tokens of its row; pads get 0 (their outputs are never used). This is what transformers'
@@ -28,12 +28,17 @@ pub fn causal_padding_mask(key_mask: &Tensor, queries: i64, kind: Kind) -> Tenso
 }
 
 /// Additive mask `[A, 1, 1, span]` for one decode step over cache slots: row `a`'s query sits
-/// at position `lens[a]` and may attend to positions `0..=lens[a]`; `span` is the longest.
-pub fn decode_mask(lens: &[i64], kind: Kind, device: Device) -> Tensor {
-    let span = lens.iter().max().map_or(0, |m| m + 1);
-    let last = Tensor::from_slice(lens).to_device(device).view([-1, 1]);
-    let keys = Tensor::arange(span, (Kind::Int64, device)).view([1, -1]);
-    additive(&keys.le_tensor(&last).unsqueeze(1).unsqueeze(1), kind)
+/// at position `lens[a]` (`lens` is `[A]`) and may attend to positions `0..=lens[a]`; `span`
+/// covers the longest.
+pub fn decode_mask(lens: &Tensor, span: i64, kind: Kind) -> Tensor {
+    let keys = Tensor::arange(span, (Kind::Int64, lens.device())).view([1, -1]);
+    additive(
+        &keys
+            .le_tensor(&lens.view([-1, 1]))
+            .unsqueeze(1)
+            .unsqueeze(1),
+        kind,
+    )
 }
 
 /// 0 where `allowed`, the dtype's lowest finite value elsewhere (so a row that sees nothing

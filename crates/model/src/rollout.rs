@@ -113,9 +113,8 @@ pub fn generate_seeded(
         let next_ids = Vec::<i64>::try_from(&next)?;
         let next_lp = Vec::<f32>::try_from(&next_logp)?;
 
-        // Record the tokens; finished rows leave, the others keep their next input token.
-        let mut live: Vec<(Row, i64)> = Vec::with_capacity(rows.len());
-        let mut holes: Vec<i64> = Vec::new();
+        // Record the tokens; finished rows leave, the others feed their last token back.
+        let mut live: Vec<(i64, Row)> = Vec::with_capacity(rows.len());
         for (slot, mut row) in rows.drain(..).enumerate() {
             let token = next_ids[slot];
             row.tokens.push(token);
@@ -138,30 +137,32 @@ pub fn generate_seeded(
                     on_done(&g);
                     let index = g.index;
                     out[index] = Some(g);
-                    holes.push(slot as i64);
                 }
-                None => live.push((row, token)),
+                None => live.push((slot as i64, row)),
             }
         }
-        let live = compact(&cache, live, &holes, slots);
+        rows = compact(&cache, live);
 
         // Continuing rows decode one token; waiting prompts take the free slots.
         let mut parts: Vec<Tensor> = Vec::with_capacity(2);
-        if !live.is_empty() {
-            let lens: Vec<i64> = live.iter().map(|(r, _)| r.len).collect();
-            let ids: Vec<i64> = live.iter().map(|&(_, t)| t).collect();
-            let n = live.len() as i64;
+        if !rows.is_empty() {
+            let lens: Vec<i64> = rows.iter().map(|r| r.len).collect();
+            let ids: Vec<i64> = rows.iter().map(|r| r.tokens[r.tokens.len() - 1]).collect();
+            let n = rows.len() as i64;
             let ids = Tensor::from_slice(&ids).to_device(device).view([n, 1]);
             let positions = Tensor::from_slice(&lens).to_device(device).view([n, 1]);
             let step = CacheStep::Decode {
                 cache: &cache,
                 lens: &lens,
             };
-            parts.push(model.logits_at(&ids, &positions, Some(step), &vec![0; live.len()]));
-            rows.extend(live.into_iter().map(|(mut r, _)| {
-                r.len += 1;
-                r
-            }));
+            parts.push(
+                model
+                    .logits(&ids, None, &positions, Some(step))
+                    .select(1, 0),
+            );
+            for row in &mut rows {
+                row.len += 1;
+            }
         }
         if let Some(admitted) = admit_waiting(&mut rows)? {
             parts.push(admitted);
@@ -196,36 +197,31 @@ fn check_prompts(model: &CausalLm, prompts: &[Vec<i64>], seeds: &[u64]) -> Resul
     Ok(())
 }
 
-/// Moves the last live rows into the holes left by finished ones so the live rows fill slots
-/// `0..live.len()` (in slot order, except for the moved rows); returns them in their new order.
-fn compact(
-    cache: &KvCache,
-    mut live_by_slot: Vec<(Row, i64)>,
-    holes: &[i64],
-    slots: i64,
-) -> Vec<(Row, i64)> {
-    // Slot of each live row before compaction: the slots in order, minus the holes.
-    let mut slot_of: Vec<i64> = (0..slots).filter(|s| !holes.contains(s)).collect();
-    slot_of.truncate(live_by_slot.len());
-    let target = live_by_slot.len() as i64;
-    for &hole in holes.iter().filter(|&&h| h < target) {
-        // The live row in the highest slot fills the lowest hole below `target`.
-        let (last, _) = slot_of
-            .iter()
-            .enumerate()
-            .max_by_key(|&(_, s)| *s)
-            .expect("a hole below the live count means a live row above it");
-        let from = slot_of[last];
-        cache.move_slot(from, hole, live_by_slot[last].0.len);
-        slot_of[last] = hole;
+/// Moves the rows whose slots lie at or above `live.len()` into the free slots below it, so
+/// the live rows (given with their slots, in slot order) fill slots `0..live.len()` and a
+/// decode step reads contiguous views of the cache; returns the rows in their new slot order.
+fn compact(cache: &KvCache, live: Vec<(i64, Row)>) -> Vec<Row> {
+    let n = live.len() as i64;
+    let mut placed: Vec<Option<Row>> = (0..n).map(|_| None).collect();
+    let mut strays = Vec::new();
+    for (slot, row) in live {
+        if slot < n {
+            placed[slot as usize] = Some(row);
+        } else {
+            strays.push((slot, row));
+        }
     }
-    // Order the rows by their (new) slot.
-    let mut order: Vec<usize> = (0..live_by_slot.len()).collect();
-    order.sort_by_key(|&i| slot_of[i]);
-    let mut taken: Vec<Option<(Row, i64)>> = live_by_slot.drain(..).map(Some).collect();
-    order
+    let mut strays = strays.into_iter();
+    for (hole, place) in placed.iter_mut().enumerate().filter(|(_, p)| p.is_none()) {
+        let (from, row) = strays
+            .next()
+            .expect("as many rows above n as holes below it");
+        cache.move_slot(from, hole as i64, row.len);
+        *place = Some(row);
+    }
+    placed
         .into_iter()
-        .map(|i| taken[i].take().expect("each row once"))
+        .map(|r| r.expect("every slot below n is filled"))
         .collect()
 }
 

@@ -19,20 +19,25 @@ fn prompts() -> Vec<Vec<i64>> {
         .collect()
 }
 
+/// The engine with at most `slots` rows decoding at once.
+fn slots(slots: usize) -> RolloutOptions {
+    RolloutOptions {
+        max_slots: slots,
+        prefill_tokens: 24,
+        ..Default::default()
+    }
+}
+
+/// Generates, checking that each sample is streamed once.
 fn run(
     model: &CausalLm,
     prompts: &[Vec<i64>],
     seeds: &[u64],
     p: &SamplingParams,
-    slots: usize,
+    opts: &RolloutOptions,
 ) -> Vec<Generation> {
-    let opts = RolloutOptions {
-        max_slots: slots,
-        prefill_tokens: 24,
-        ..Default::default()
-    };
     let mut streamed = vec![];
-    let out = generate_seeded(model, prompts, seeds, 0, p, &opts, |g| {
+    let out = generate_seeded(model, prompts, seeds, 0, p, opts, |g| {
         streamed.push(g.index)
     })
     .unwrap();
@@ -56,7 +61,7 @@ fn continuous_batching_equals_generating_each_prompt_alone() {
         max_new_tokens: 10,
         ..Default::default()
     };
-    let free = run(&model, &prompts(), &seeds, &probe, 9);
+    let free = run(&model, &prompts(), &seeds, &probe, &slots(9));
     let stop = free[2].tokens[3];
     for (temperature, top_k, top_p) in [(0.0, 0, 1.0), (1.0, 0, 1.0), (0.9, 20, 0.95)] {
         let params = SamplingParams {
@@ -67,7 +72,7 @@ fn continuous_batching_equals_generating_each_prompt_alone() {
             max_new_tokens: 10,
             ..Default::default()
         };
-        let together = run(&model, &prompts(), &seeds, &params, 3);
+        let together = run(&model, &prompts(), &seeds, &params, &slots(3));
         assert!(
             together.iter().any(|g| g.finish == FinishReason::Stop)
                 && together.iter().any(|g| g.finish == FinishReason::Length),
@@ -79,7 +84,7 @@ fn continuous_batching_equals_generating_each_prompt_alone() {
                 std::slice::from_ref(prompt),
                 &seeds[i..=i],
                 &params,
-                1,
+                &slots(1),
             );
             let (a, b) = (&together[i], &alone[0]);
             assert_eq!(a.index, i);
@@ -105,14 +110,14 @@ fn the_cache_budget_limits_the_slots_and_bad_requests_are_named() {
         max_new_tokens: 6,
         ..Default::default()
     };
-    let wide = run(&model, &prompts(), &seeds, &params, 256);
+    let wide = run(&model, &prompts(), &seeds, &params, &slots(256));
     // A budget of one slot's cache: the prompts run one at a time, with the same results.
     let one = rrlhf_model::kv_cache::KvCache::bytes(&model.cfg, 1, 13 + 6, model.kind());
     let opts = RolloutOptions {
         kv_cache_bytes: one,
         ..Default::default()
     };
-    let narrow = generate_seeded(&model, &prompts(), &seeds, 0, &params, &opts, |_| {}).unwrap();
+    let narrow = run(&model, &prompts(), &seeds, &params, &opts);
     for (a, b) in wide.iter().zip(&narrow) {
         assert_eq!(a.tokens, b.tokens);
     }
