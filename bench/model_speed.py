@@ -9,6 +9,11 @@ thread count measures on both implementations, with the same batch and token ids
 
 and prints tokens/s and the ratio rrlhf / transformers (> 1: rrlhf is faster). Medians of
 --repeats timed calls after one warm-up. Run via `make bench` (builds the release binary first).
+
+For generation it also states the compute bound: the machine's sgemm peak at that thread count
+(a 2048² f32 matmul, the best case for the same MKL kernels) divided by the model's FLOPs per
+generated token (2 per weight of every linear layer and the LM head, plus attention over the
+mean context), and the share of it that rrlhf reaches.
 """
 
 import argparse
@@ -87,6 +92,24 @@ def measure_transformers(model, args, vocab):
     }
 
 
+def peak_flops(repeats=5):
+    """f32 FLOP/s of a 2048 × 2048 matmul at the current thread count (median of `repeats`)."""
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    secs = median_secs(repeats, lambda: torch.mm(a, b))
+    return 2 * 2048**3 / secs
+
+
+def flops_per_token(model, args):
+    """Matmul FLOPs to generate one token: every linear weight once, plus attention scores and
+    the weighted sum over the mean context (prompt + half the new tokens)."""
+    cfg = model.config
+    linear = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
+    context = args.prompt_len + args.new_tokens / 2
+    head_dim = cfg.hidden_size // cfg.num_attention_heads
+    attention = 2 * 2 * cfg.num_hidden_layers * cfg.num_attention_heads * head_dim * context
+    return 2 * linear + attention
+
+
 def measure_rrlhf(model_dir, args, threads):
     cmd = [
         args.rrlhf_bench, "--model", model_dir, "--threads", str(threads), "--batch", str(args.batch),
@@ -121,17 +144,19 @@ def main():
             torch.set_num_threads(threads)
             ours = measure_rrlhf(tmp, args, threads)
             theirs = measure_transformers(model, args, vocab)
-            results.append({"threads": threads, "rrlhf": ours, "transformers": theirs})
+            bound = peak_flops() / flops_per_token(model, args)
+            results.append({"threads": threads, "rrlhf": ours, "transformers": theirs, "generate_bound": bound})
 
     print(f"model {args.size} Llama, batch {args.batch}, generate {args.prompt_len}+{args.new_tokens} tokens, "
           f"train length {args.train_len}, torch {torch.__version__}, median of {args.repeats}")
-    print("| threads | task | rrlhf tok/s | transformers tok/s | ratio |")
-    print("|---|---|---|---|---|")
+    print("| threads | task | rrlhf tok/s | transformers tok/s | ratio | compute bound tok/s | rrlhf ÷ bound |")
+    print("|---|---|---|---|---|---|---|")
     for r in results:
         for task in ("generate", "train"):
             a = r["rrlhf"][f"{task}_tokens_per_s"]
             b = r["transformers"][f"{task}_tokens_per_s"]
-            print(f"| {r['threads']} | {task} | {a:,.0f} | {b:,.0f} | {a / b:.2f} |")
+            bound = f"{r['generate_bound']:,.0f} | {a / r['generate_bound']:.2f}" if task == "generate" else "— | —"
+            print(f"| {r['threads']} | {task} | {a:,.0f} | {b:,.0f} | {a / b:.2f} | {bound} |")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"args": vars(args), "results": results}, f, indent=2)

@@ -146,40 +146,38 @@ fn main() -> Result<()> {
         anyhow::Ok(())
     })?;
 
-    let peer = if kind == rrlhf_model::RewardKind::BradleyTerry && a.python.exists() {
+    // transformers on the same ids: length-sorted batches, then batches in arrival order.
+    let mut peers = Vec::new();
+    if kind == rrlhf_model::RewardKind::BradleyTerry && a.python.exists() {
         let dir = tempfile::tempdir()?;
         let path = dir.path().join("ids.json");
         std::fs::write(&path, serde_json::to_string(&ids)?)?;
-        let out = std::process::Command::new(&a.python)
-            .arg("bench/reward_peer.py")
-            .args([
-                "--model",
-                &a.model.display().to_string(),
-                "--ids",
-                &path.display().to_string(),
-            ])
-            .args([
-                "--batch",
-                &a.batch.to_string(),
-                "--threads",
-                &a.threads.to_string(),
-            ])
-            .output()?;
-        anyhow::ensure!(
-            out.status.success(),
-            "peer failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let rate: f64 = String::from_utf8_lossy(&out.stdout)
-            .trim()
-            .lines()
-            .last()
-            .unwrap_or("nan")
-            .parse()?;
-        Some(rate)
-    } else {
-        None
-    };
+        for (order, flag) in [
+            ("length-sorted", None),
+            ("arrival-order", Some("--arrival-order")),
+        ] {
+            let out = std::process::Command::new(&a.python)
+                .arg("bench/reward_peer.py")
+                .args(["--model", &a.model.display().to_string()])
+                .args(["--ids", &path.display().to_string()])
+                .args(["--batch", &a.batch.to_string()])
+                .args(["--threads", &a.threads.to_string()])
+                .args(flag)
+                .output()?;
+            anyhow::ensure!(
+                out.status.success(),
+                "peer failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let rate: f64 = String::from_utf8_lossy(&out.stdout)
+                .trim()
+                .lines()
+                .last()
+                .unwrap_or("nan")
+                .parse()?;
+            peers.push((order, rate));
+        }
+    }
 
     println!(
         "reward model {} ({kind:?}), {} HH-RLHF samples, max length {}, batch {}, {} threads",
@@ -194,9 +192,10 @@ fn main() -> Result<()> {
     for (name, rate) in &rows {
         println!("| {name} | {rate:.1} | {:.2} |", rate / engine_rate);
     }
-    if let Some(p) = peer {
+    for (order, p) in &peers {
         println!(
-            "| transformers `*ForSequenceClassification`, same ids, batch {} | {p:.1} | {:.2} |",
+            "| transformers `*ForSequenceClassification`, same ids, {order} batches of {} | \
+             {p:.1} | {:.2} |",
             a.batch,
             p / engine_rate
         );

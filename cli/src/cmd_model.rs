@@ -222,15 +222,7 @@ pub fn init(
 ) -> Result<CausalLm> {
     let tok = TextTokenizer::load(tokenizer).context("loading the tokenizer")?;
     let preset = SizePreset::by_name(size).with_context(|| format!("unknown size `{size}`"))?;
-    let cfg = ModelConfig::new_random(
-        arch,
-        &preset,
-        tok.vocab_size() as i64,
-        None,
-        tok.eos_id,
-        Some(tok.pad_id),
-        max_positions,
-    );
+    let cfg = ModelConfig::new_random_for(arch, &preset, &tok, max_positions);
     tch::manual_seed(seed);
     let model = CausalLm::new(cfg, Default::default())?;
     model

@@ -1,16 +1,18 @@
 //! The experience of one step: the actor's `Generate` streams (one per actor rank, each with
-//! its shard of the prompts) deliver samples as they finish; each one is immediately sent to
-//! the reward service's `ScoreStream`, and each chunk of `sequences_per_call` consecutive
-//! prompts, once all its samples are in, goes to the reference's `LogProbs` and the critic's
-//! `Values` (and the actor's `LogProbs` when the sampling was not plain) as one call each,
-//! concurrently, so scoring overlaps generation. Chunks are cut by prompt index, not by arrival,
-//! so a call's sequences (and its results) do not depend on timing. Every call survives a service restart: transient failures are retried
-//! with backoff, a broken score stream is reopened and the unanswered samples resent.
+//! its shard of the prompts) deliver samples as they finish; each chunk of
+//! `sequences_per_call` consecutive prompts, once all its samples are in, goes as one request
+//! each to a reward replica's `ScoreStream` (chunk c to replica c mod R, one stream per
+//! replica), the reference's `LogProbs` and the critic's `Values` (and the actor's `LogProbs`
+//! when the config asks for recomputed behaviour log-probs, or an actor reports no policy
+//! log-probs for reshaped sampling), concurrently, so scoring overlaps generation. Chunks are
+//! cut by prompt index, not by arrival, so a call's sequences (and its results) do not depend
+//! on timing. Every call survives a service restart: transient failures are retried with
+//! backoff, a broken score stream is reopened and the unanswered samples resent.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Instant;
 
-use rrlhf_proto::actor::v1::{GenerateRequest, GeneratedSample, Prompt, SamplingParams};
+use rrlhf_proto::actor::v1::{GenerateRequest, GeneratedSample, SamplingParams};
 use rrlhf_proto::common::v1::{LogProbsRequest, Sequence};
 use rrlhf_proto::critic::v1::ValuesRequest;
 use rrlhf_proto::reward::v1::{Sample, SampleScore, ScoreRequest};
@@ -22,6 +24,7 @@ use tracing::Instrument;
 use crate::clients::{Backoff, Services, is_transient, retry};
 use crate::config::{RetrySettings, Sampling};
 use crate::error::{OrchestratorError, Result};
+use crate::prompts::PromptInput;
 
 /// One scored sample with everything PPO needs.
 #[derive(Debug, Clone, PartialEq)]
@@ -55,7 +58,7 @@ pub struct Timings {
 /// What a step needs to know to collect its experience.
 #[derive(Debug, Clone)]
 pub struct Request<'a> {
-    pub prompts: &'a [String],
+    pub prompts: &'a [PromptInput],
     pub sampling: &'a Sampling,
     pub seed: u64,
     /// The actor's EOS id, appended when a sample's ids are sent to the reward service.
@@ -88,7 +91,7 @@ pub async fn collect(
         if range.is_empty() {
             continue;
         }
-        let prompts: Vec<(usize, String)> =
+        let prompts: Vec<(usize, PromptInput)> =
             range.clone().map(|i| (i, req.prompts[i].clone())).collect();
         let client = services.actor.rank(rank);
         let tx = arrive_tx.clone();
@@ -102,14 +105,18 @@ pub async fn collect(
     }
     drop(arrive_tx);
 
-    let (score_tx, score_rx) = mpsc::unbounded_channel::<Sample>();
-    let scorer = {
+    // One score stream per reward replica; chunk c of the prompts goes to stream c mod R.
+    let mut score_txs = Vec::with_capacity(services.reward.len());
+    let mut scorers = JoinSet::new();
+    for replica in 0..services.reward.len() {
+        let (tx, rx) = mpsc::unbounded_channel::<Vec<Sample>>();
+        score_txs.push(tx);
         let services = services.clone();
         let retry_cfg = retry_cfg.clone();
-        tokio::spawn(
-            async move { score_stream(&services, &retry_cfg, score_rx).await }.in_current_span(),
-        )
-    };
+        scorers.spawn(
+            async move { score_stream(&services, &retry_cfg, replica, rx).await }.in_current_span(),
+        );
+    }
 
     let mut arrived: Vec<Option<GeneratedSample>> = vec![None; n];
     let per_call = req.sequences_per_call.max(1);
@@ -129,8 +136,6 @@ pub async fn collect(
             continue;
         }
         generated_tokens += sample.token_ids.len();
-        let id = format!("{}{index}", req.id_prefix);
-        let _ = score_tx.send(reward_sample(&id, &req.prompts[index], &sample, req.eos_id));
         arrived[index] = Some(sample);
         let chunk = index / per_call;
         missing[chunk] -= 1;
@@ -138,12 +143,32 @@ pub async fn collect(
             continue;
         }
         let first = chunk * per_call;
-        let seqs: Vec<Sequence> = (first..first + per_call.min(n - first))
+        let members = first..first + per_call.min(n - first);
+        let seqs: Vec<Sequence> = members
+            .clone()
             .map(|i| sequence(i, arrived[i].as_ref().expect("the chunk is complete")))
             .collect();
+        // The chunk's samples are scored together: one request, so one model batch whatever
+        // the timing (runs stay reproducible without merging concurrent requests).
+        let to_score: Vec<Sample> = members
+            .map(|i| {
+                let id = format!("{}{i}", req.id_prefix);
+                let sample = arrived[i].as_ref().expect("the chunk is complete");
+                reward_sample(&id, &req.prompts[i], sample, req.eos_id)
+            })
+            .collect();
+        let _ = score_txs[chunk % score_txs.len()].send(to_score);
         let services = services.clone();
         let retry_cfg = retry_cfg.clone();
-        let recompute = !req.sampling.is_plain();
+        // The actor's policy log-probs stand for the training forward's unless the config asks
+        // for the latter, or an actor without them sampled from a reshaped distribution.
+        let recompute = req.sampling.recompute_logprobs
+            || (!req.sampling.is_plain()
+                && (first..first + seqs.len()).any(|i| {
+                    arrived[i]
+                        .as_ref()
+                        .is_some_and(|s| s.policy_logprobs.is_empty())
+                }));
         evaluations.spawn(
             async move {
                 let r = enrich(&services, &retry_cfg, seqs, recompute).await;
@@ -152,7 +177,7 @@ pub async fn collect(
             .in_current_span(),
         );
     }
-    drop(score_tx);
+    drop(score_txs);
     let task = |what| move |error| OrchestratorError::Task { what, error };
     while let Some(r) = generators.join_next().await {
         r.map_err(task("generation"))??;
@@ -166,7 +191,10 @@ pub async fn collect(
             extras[first + i] = Some(e);
         }
     }
-    let mut scores = scorer.await.map_err(task("scoring"))??;
+    let mut scores = HashMap::with_capacity(n);
+    while let Some(r) = scorers.join_next().await {
+        scores.extend(r.map_err(task("scoring"))??);
+    }
     let score_tail_secs = started.elapsed().as_secs_f64() - generate_secs;
 
     let mut out = Vec::with_capacity(n);
@@ -187,7 +215,13 @@ pub async fn collect(
                 format!("sample {id} was not scored"),
             )
         })?;
-        let logprobs = extra.policy_logprobs.unwrap_or(sample.logprobs);
+        let logprobs = extra
+            .policy_logprobs
+            .unwrap_or(if sample.policy_logprobs.is_empty() {
+                sample.logprobs
+            } else {
+                sample.policy_logprobs
+            });
         let check = |call: &str, what: &str, len: usize| {
             if len == sample.token_ids.len() {
                 Ok(())
@@ -209,7 +243,7 @@ pub async fn collect(
         )?;
         check("critic Values", "values", extra.values.len())?;
         out.push(Rollout {
-            prompt: req.prompts[index].clone(),
+            prompt: req.prompts[index].text().to_string(),
             prompt_ids: sample.prompt_ids,
             response_ids: sample.token_ids,
             response_text: sample.text,
@@ -231,10 +265,11 @@ pub async fn collect(
     ))
 }
 
-/// The reward service's view of a sample: its texts, or (for a response that decodes to
-/// nothing, e.g. an immediate EOS) its ids, which the service would otherwise reject.
-fn reward_sample(id: &str, prompt: &str, s: &GeneratedSample, eos_id: i64) -> Sample {
-    if s.text.trim().is_empty() {
+/// The reward service's view of a sample: its texts, or its ids for a prompt given as ids or
+/// a response that decodes to nothing (e.g. an immediate EOS), which the service would
+/// otherwise reject. Ids assume the reward model shares the actor's vocabulary.
+fn reward_sample(id: &str, prompt: &PromptInput, s: &GeneratedSample, eos_id: i64) -> Sample {
+    if matches!(prompt, PromptInput::Ids(_)) || s.text.trim().is_empty() {
         let mut ids: Vec<i64> = s.prompt_ids.iter().chain(&s.token_ids).copied().collect();
         if s.token_ids.last() != Some(&eos_id) {
             ids.push(eos_id);
@@ -247,7 +282,7 @@ fn reward_sample(id: &str, prompt: &str, s: &GeneratedSample, eos_id: i64) -> Sa
     } else {
         Sample {
             id: id.into(),
-            prompt: prompt.into(),
+            prompt: prompt.text().into(),
             response: s.text.clone(),
             token_ids: vec![],
         }
@@ -259,23 +294,19 @@ fn reward_sample(id: &str, prompt: &str, s: &GeneratedSample, eos_id: i64) -> Sa
 async fn generate_shard(
     client: rrlhf_proto::actor::v1::actor_service_client::ActorServiceClient<crate::clients::Svc>,
     retry_cfg: &RetrySettings,
-    prompts: Vec<(usize, String)>,
+    prompts: Vec<(usize, PromptInput)>,
     sampling: &Sampling,
     seed: u64,
     out: mpsc::UnboundedSender<Arrived>,
 ) -> Result<()> {
-    let mut missing: BTreeMap<usize, String> = prompts.into_iter().collect();
+    let mut missing: BTreeMap<usize, PromptInput> = prompts.into_iter().collect();
     let mut backoff = Backoff::new(retry_cfg);
     while !missing.is_empty() {
         let order: Vec<usize> = missing.keys().copied().collect();
         let request = GenerateRequest {
             prompts: order
                 .iter()
-                .map(|i| Prompt {
-                    id: i.to_string(),
-                    prompt_ids: vec![],
-                    text: missing[i].clone(),
-                })
+                .map(|i| missing[i].to_proto(i.to_string()))
                 .collect(),
             sampling: Some(SamplingParams {
                 temperature: sampling.temperature,
@@ -408,31 +439,38 @@ async fn enrich(
         .collect())
 }
 
-/// Scores samples as they come through one `ScoreStream`; when the stream breaks it is opened
-/// again (round-robin over replicas) and the samples still unanswered are sent again.
+/// Scores groups of samples as they come through one `ScoreStream` to reward replica
+/// `replica`, a request per group; when the stream breaks it is opened again (round-robin over
+/// replicas) and the samples still unanswered are sent again.
 async fn score_stream(
     services: &Services,
     retry_cfg: &RetrySettings,
-    mut incoming: mpsc::UnboundedReceiver<Sample>,
+    replica: usize,
+    mut incoming: mpsc::UnboundedReceiver<Vec<Sample>>,
 ) -> Result<HashMap<String, SampleScore>> {
     let mut pending: BTreeMap<String, Sample> = BTreeMap::new();
     let mut done: HashMap<String, SampleScore> = HashMap::new();
     let mut incoming_open = true;
     let mut backoff = Backoff::new(retry_cfg);
-    let request = |s: &Sample| ScoreRequest {
-        samples: vec![s.clone()],
+    let request = |samples: Vec<Sample>| ScoreRequest {
+        samples,
         strategy: "nominal".into(),
         ..Default::default()
     };
+    let mut first_attempt = true;
     loop {
         if !incoming_open && pending.is_empty() {
             return Ok(done);
         }
         let (tx, rx) = mpsc::unbounded_channel::<ScoreRequest>();
         for s in pending.values() {
-            let _ = tx.send(request(s));
+            let _ = tx.send(request(vec![s.clone()]));
         }
-        let mut client = services.reward.any();
+        let mut client = if std::mem::take(&mut first_attempt) {
+            services.reward.rank(replica)
+        } else {
+            services.reward.any()
+        };
         let mut tx = Some(tx);
         let mut responses = match client
             .score_stream(tokio_stream::wrappers::UnboundedReceiverStream::new(rx))
@@ -451,11 +489,11 @@ async fn score_stream(
             }
             tokio::select! {
                 next = incoming.recv(), if incoming_open => match next {
-                    Some(s) => {
+                    Some(group) => {
                         if let Some(t) = &tx {
-                            let _ = t.send(request(&s));
+                            let _ = t.send(request(group.clone()));
                         }
-                        pending.insert(s.id.clone(), s);
+                        pending.extend(group.into_iter().map(|s| (s.id.clone(), s)));
                     }
                     None => {
                         incoming_open = false;

@@ -250,7 +250,7 @@ impl Runner {
         .await?
         .into_inner()
         .eos_id;
-        let prompt_texts = prompts::load(&cfg.prompts)?;
+        let prompt_list = prompts::load(&cfg.prompts)?;
 
         let metrics_path = self.dir.join("metrics.jsonl");
         let resumed = if self.opts.resume {
@@ -289,7 +289,7 @@ impl Runner {
         let json = serde_json::to_vec_pretty(&state.config).expect("the config serialises");
         checkpoint::write_atomic(&self.dir.join("config.json"), &json)
             .map_err(|e| OrchestratorError::io("writing config.json", e))?;
-        let mut stream = PromptStream::new(prompt_texts, state.config.run.seed, state.cursor);
+        let mut stream = PromptStream::new(prompt_list, state.config.run.seed, state.cursor);
         self.sync_info(&state);
         self.set_status(RunStatus::Running);
 

@@ -216,8 +216,11 @@ async fn zero2_ranks_train_save_and_resume_in_step() {
     cluster.stop().await;
 }
 
-/// Reference log-probs and critic values fetched in calls of several sequences (the default)
-/// give the steps that one call per sample gives, within 1e-4: the same rewards, KL, losses.
+/// Reference log-probs, critic values and rewards fetched in calls of several sequences give
+/// the steps that one call per sample gives, within 1e-4: the same rewards, KL, losses; so do
+/// chunks spread over two reward streams. And with sampling that reshapes the distribution (a
+/// masked EOS), the policy log-probs the actor reports give the steps that recomputing them
+/// with an actor `LogProbs` pass gives.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batched_experience_calls_give_the_per_sample_steps() {
     use rrlhf_proto::actor::v1::actor_service_client::ActorServiceClient;
@@ -229,8 +232,16 @@ async fn batched_experience_calls_give_the_per_sample_steps() {
     let dirs = rrlhf_testkit::cluster::dirs();
     let endpoints = cluster.endpoints(None);
     let mut runs = Vec::new();
-    for (id, per_call) in [("single", 1), ("chunks", 3)] {
-        // Both runs start from the same weights and fresh optimizers.
+    // (id, sequences per call, reward streams, min_new_tokens, recompute the log-probs)
+    let settings = [
+        ("single", 1, 1, 0, false),
+        ("chunks", 3, 1, 0, false),
+        ("spread", 3, 2, 0, false),
+        ("reported", 3, 1, 3, false),
+        ("recomputed", 3, 1, 3, true),
+    ];
+    for (id, per_call, streams, min_new, recompute) in settings {
+        // Every run starts from the same weights and fresh optimizers.
         let path = |d: &std::path::Path| d.display().to_string();
         ActorServiceClient::connect(endpoints.actor[0].clone())
             .await
@@ -250,18 +261,30 @@ async fn batched_experience_calls_give_the_per_sample_steps() {
             .unwrap();
         let mut cfg = config(&cluster, out.path(), id, 2);
         cfg.run.sequences_per_call = per_call;
+        // The same service listed twice: two replicas as the orchestrator sees them.
+        cfg.endpoints.reward = vec![endpoints.reward[0].clone(); streams];
+        cfg.sampling.min_new_tokens = min_new;
+        cfg.sampling.recompute_logprobs = recompute;
         run_to_the_end(cfg).await;
         runs.push(metrics_of(out.path(), id));
     }
-    for (a, b) in runs[0].iter().zip(&runs[1]) {
-        let close = |what: &str, x: f32, y: f32| {
-            assert!((x - y).abs() <= 1e-4, "step {}: {what} {x} vs {y}", a.step);
-        };
-        close("reward", a.rewards.aggregated, b.rewards.aggregated);
-        close("KL", a.kl, b.kl);
-        close("policy loss", a.train.policy_loss, b.train.policy_loss);
-        close("value loss", a.train.value_loss, b.train.value_loss);
+    for (x, y) in [(0, 1), (0, 2), (3, 4)] {
+        assert_eq!(runs[y].len(), 2);
+        for (a, b) in runs[x].iter().zip(&runs[y]) {
+            let close = |what: &str, p: f32, q: f32| {
+                assert!(
+                    (p - q).abs() <= 1e-4,
+                    "{} vs {}, step {}: {what} {p} vs {q}",
+                    settings[x].0,
+                    settings[y].0,
+                    a.step
+                );
+            };
+            close("reward", a.rewards.aggregated, b.rewards.aggregated);
+            close("KL", a.kl, b.kl);
+            close("policy loss", a.train.policy_loss, b.train.policy_loss);
+            close("value loss", a.train.value_loss, b.train.value_loss);
+        }
     }
-    assert_eq!(runs[1].len(), 2);
     cluster.stop().await;
 }

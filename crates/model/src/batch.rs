@@ -95,16 +95,51 @@ pub const SCORING_BATCH_TOKENS: usize = 16_384;
 /// `lengths`. Sorting keeps padding small when a call mixes short and long sequences; the
 /// passes depend only on the lengths, so a call's results do not depend on timing.
 pub fn length_buckets(lengths: &[usize], max_tokens: usize) -> Vec<Vec<usize>> {
+    padded_passes(
+        lengths,
+        &PassLimits {
+            max_tokens,
+            max_rows: usize::MAX,
+            max_padding: f64::INFINITY,
+        },
+    )
+}
+
+/// Bounds of one forward pass over sequences of mixed lengths.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PassLimits {
+    /// Padded tokens (rows × the longest) per pass.
+    pub max_tokens: usize,
+    /// Rows per pass.
+    pub max_rows: usize,
+    /// Padding as a fraction of the real tokens a pass may carry before it is cut: a batch
+    /// merged from concurrent requests mixes lengths, and padding is work thrown away.
+    pub max_padding: f64,
+}
+
+/// [`length_buckets`] with every bound of `limits`: sorted by length, cut when the next item
+/// would exceed the padded-token budget, the row count or the padding share. Depends only on
+/// the lengths.
+pub fn padded_passes(lengths: &[usize], limits: &PassLimits) -> Vec<Vec<usize>> {
     let mut order: Vec<usize> = (0..lengths.len()).collect();
     order.sort_by_key(|&i| lengths[i]);
     let mut out: Vec<Vec<usize>> = Vec::new();
     let mut current: Vec<usize> = Vec::new();
+    let mut real = 0usize;
     for i in order {
         // Sorted ascending, so item i is the longest of the pass if it joins.
-        if !current.is_empty() && (current.len() + 1) * lengths[i] > max_tokens {
+        let padded = (current.len() + 1) * lengths[i];
+        let padding = (padded - (real + lengths[i])) as f64 / (real + lengths[i]).max(1) as f64;
+        if !current.is_empty()
+            && (padded > limits.max_tokens
+                || current.len() >= limits.max_rows
+                || padding > limits.max_padding)
+        {
             out.push(std::mem::take(&mut current));
+            real = 0;
         }
         current.push(i);
+        real += lengths[i];
     }
     if !current.is_empty() {
         out.push(current);
@@ -134,6 +169,30 @@ pub fn by_length_buckets<T>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn passes_are_cut_by_rows_and_padding_too() {
+        let limits = |max_rows, max_padding| PassLimits {
+            max_tokens: 1000,
+            max_rows,
+            max_padding,
+        };
+        let lengths = [10, 100, 11, 9, 98, 12, 101, 10];
+        // No padding bound: one pass of everything (8 × 101 ≤ 1000).
+        assert_eq!(
+            padded_passes(&lengths, &limits(usize::MAX, f64::INFINITY)).len(),
+            1
+        );
+        // A 25 % bound separates the short from the long ones.
+        assert_eq!(
+            padded_passes(&lengths, &limits(usize::MAX, 0.25)),
+            vec![vec![3, 0, 7, 2, 5], vec![4, 1, 6]]
+        );
+        assert_eq!(
+            padded_passes(&lengths, &limits(2, 0.25)),
+            vec![vec![3, 0], vec![7, 2], vec![5], vec![4, 1], vec![6]]
+        );
+    }
 
     #[test]
     fn buckets_sort_by_length_and_respect_the_budget() {

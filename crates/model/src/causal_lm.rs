@@ -171,11 +171,36 @@ impl CausalLm {
         self.logits(&batch.ids, batch.attention_mask(), &batch.positions, None)
     }
 
+    /// Logits `[B, T-from, V]` (f32) of a padded batch at positions `from..T` only: every
+    /// position still attends to all before it, but the LM head (a large share of a small
+    /// model's work, and of its memory) and anything computed from its output skip the
+    /// positions before `from`, such as a prompt whose tokens are never scored.
+    pub fn window_logits(&self, batch: &Batch, from: i64) -> Tensor {
+        let hidden =
+            self.backbone
+                .forward(&batch.ids, batch.attention_mask(), &batch.positions, None);
+        let t = hidden.size()[1];
+        let from = from.clamp(0, t - 1);
+        self.lm_head
+            .forward(&hidden.narrow(1, from, t - from))
+            .to_kind(Kind::Float)
+    }
+
     /// `[B, T-1]` log-probabilities of each token given those before it (`out[:, t-1]` is
     /// log p(ids[t] | ids[..t])). Entries whose target is padding are meaningless; mask them.
     pub fn token_logprobs(&self, batch: &Batch) -> Tensor {
-        let logits = self.batch_logits(batch);
-        shifted_logprobs(&logits, &batch.ids)
+        self.token_logprobs_from(batch, 0)
+    }
+
+    /// Columns `from..` of [`Self::token_logprobs`] (`[B, T-1-from]`: `out[:, t-1-from]` is
+    /// log p(ids[t] | ids[..t])), computing the LM head only where they need it.
+    pub fn token_logprobs_from(&self, batch: &Batch, from: i64) -> Tensor {
+        let logits = self.window_logits(batch, from);
+        let width = logits.size()[1];
+        shifted_logprobs(
+            &logits,
+            &batch.ids.narrow(1, batch.ids.size()[1] - width, width),
+        )
     }
 }
 
@@ -215,14 +240,17 @@ impl CausalLm {
                 .map(|&i| pairs[i].0.iter().chain(&pairs[i].1).copied().collect())
                 .collect();
             let batch = Batch::pad(&seqs, 0, crate::batch::PadSide::Right, self.device())?;
-            let rows = crate::batch::rows_f32(&self.token_logprobs(&batch))?;
+            // Only the positions from the shortest prompt's last token on predict a response.
+            let from = idx.iter().map(|&i| pairs[i].0.len() - 1).min().unwrap_or(0);
+            let rows = crate::batch::rows_f32(&self.token_logprobs_from(&batch, from as i64))?;
             // Row b, shifted position p_len - 1 + t predicts response token t.
             Ok(rows
                 .into_iter()
                 .zip(idx)
                 .map(|(row, &i)| {
                     let (p, r) = &pairs[i];
-                    row[p.len() - 1..p.len() - 1 + r.len()].to_vec()
+                    let start = p.len() - 1 - from;
+                    row[start..start + r.len()].to_vec()
                 })
                 .collect())
         })

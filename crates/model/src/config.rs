@@ -323,6 +323,24 @@ impl ModelConfig {
         Ok((theta, scaling))
     }
 
+    /// [`Self::new_random`] for `tok`'s vocabulary and special tokens (no BOS).
+    pub fn new_random_for(
+        arch: Arch,
+        preset: &SizePreset,
+        tok: &crate::TextTokenizer,
+        max_positions: i64,
+    ) -> Self {
+        Self::new_random(
+            arch,
+            preset,
+            tok.vocab_size() as i64,
+            None,
+            tok.eos_id,
+            Some(tok.pad_id),
+            max_positions,
+        )
+    }
+
     /// A fresh config for a randomly initialised model (`rrlhf model init`), written in the
     /// transformers 4.x spelling, which 5.x also reads.
     #[allow(clippy::too_many_arguments)]

@@ -43,6 +43,16 @@ impl Default for SamplingParams {
 }
 
 impl SamplingParams {
+    /// Whether the distribution tokens are drawn from differs from the model's own, so that
+    /// the drawn log-probs are not the policy's (greedy picks report the model's own).
+    pub fn reshapes(&self) -> bool {
+        self.temperature != 0.0
+            && (self.temperature != 1.0
+                || self.top_k > 0
+                || self.top_p < 1.0
+                || (self.min_new_tokens > 0 && !self.stop_ids.is_empty()))
+    }
+
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(ModelError::InvalidInput(m));
         if !(self.temperature.is_finite() && self.temperature >= 0.0) {
@@ -84,6 +94,11 @@ pub struct Generation {
     /// Log-probability of each token under the distribution it was drawn from (after
     /// temperature and top-k/top-p; the raw model distribution when greedy).
     pub logprobs: Vec<f32>,
+    /// Log-probability of each token under the model's own distribution (the raw logits,
+    /// before temperature, top-k/top-p and the early-stop mask): what a training forward pass
+    /// of the same sequence computes, so PPO can use it as the behaviour log-prob without
+    /// recomputing it. Equal to `logprobs` when sampling did not reshape the distribution.
+    pub policy_logprobs: Vec<f32>,
     pub finish: FinishReason,
 }
 

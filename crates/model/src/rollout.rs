@@ -53,6 +53,7 @@ struct Row {
     len: i64,
     tokens: Vec<i64>,
     logprobs: Vec<f32>,
+    policy_logprobs: Vec<f32>,
 }
 
 /// Like [`crate::generate()`], with prompt `i` sampling from `Rng::new(seeds[i])` and the
@@ -100,7 +101,10 @@ pub fn generate_seeded(
         )
     };
     let mut logits = admit_waiting(&mut rows)?;
+    let reshaped = params.reshapes();
     while let Some(mut step_logits) = logits.take() {
+        // The model's own log-probs, before the mask and the sampler reshape the logits.
+        let model_logp = reshaped.then(|| step_logits.log_softmax(-1, Kind::Float));
         if let Some(stops) = &stops {
             mask_early_stops(&mut step_logits, &rows, stops, params.min_new_tokens)?;
         }
@@ -112,6 +116,12 @@ pub fn generate_seeded(
         let (next, next_logp) = sample_next(&step_logits, params, &uniforms)?;
         let next_ids = Vec::<i64>::try_from(&next)?;
         let next_lp = Vec::<f32>::try_from(&next_logp)?;
+        let next_policy_lp = match &model_logp {
+            Some(logp) => {
+                Vec::<f32>::try_from(logp.gather(-1, &next.unsqueeze(-1), false).squeeze_dim(-1))?
+            }
+            None => next_lp.clone(),
+        };
 
         // Record the tokens; finished rows leave, the others feed their last token back.
         let mut live: Vec<(i64, Row)> = Vec::with_capacity(rows.len());
@@ -119,6 +129,7 @@ pub fn generate_seeded(
             let token = next_ids[slot];
             row.tokens.push(token);
             row.logprobs.push(next_lp[slot]);
+            row.policy_logprobs.push(next_policy_lp[slot]);
             let finish = if params.stop_ids.contains(&token) {
                 Some(FinishReason::Stop)
             } else if row.tokens.len() == params.max_new_tokens {
@@ -132,6 +143,7 @@ pub fn generate_seeded(
                         index: row.prompt,
                         tokens: row.tokens,
                         logprobs: row.logprobs,
+                        policy_logprobs: row.policy_logprobs,
                         finish,
                     };
                     on_done(&g);
@@ -272,6 +284,7 @@ fn admit(
         len: prompts[p].len() as i64,
         tokens: Vec::new(),
         logprobs: Vec::new(),
+        policy_logprobs: Vec::new(),
     }));
     Ok(Some(logits))
 }

@@ -2,13 +2,14 @@
 //! and reward, min/max/mean/median and the reward of a requested aggregation strategy.
 //!
 //! Samples are tokenised as `prompt + response + EOS` (the reward is read at the EOS), sorted
-//! by length into padded batches of at most `batch_size`, and put back in request order. A
-//! sample's head outputs do not depend on which other samples share its batch.
+//! by length into padded passes of at most `batch_size` rows and 25 % padding
+//! ([`crate::batch::padded_passes`]), and put back in request order. A sample's head outputs
+//! do not depend on which other samples share its batch.
 
 use rrlhf_robust::strategy::Aggregated;
 use rrlhf_robust::{HeadOutputs, Strategy, UncertaintySet, aggregate};
 
-use crate::batch::{Batch, PadSide, rows_f32};
+use crate::batch::{Batch, PadSide, PassLimits, rows_f32};
 use crate::error::{ModelError, Result};
 use crate::reward_model::RewardModel;
 use crate::tokenizer::TextTokenizer;
@@ -28,6 +29,11 @@ pub struct Scored {
     pub heads: HeadOutputs,
     pub aggregated: Aggregated,
 }
+
+/// Padding a scoring pass may carry, as a fraction of its real tokens, before it is cut: a
+/// batch merged from concurrent requests mixes lengths, and at these sizes a few more passes
+/// cost less than scoring padding (`bench/README.md`, reward service).
+const MAX_PADDING: f64 = 0.25;
 
 #[derive(Debug)]
 pub struct RewardScorer {
@@ -74,11 +80,18 @@ impl RewardScorer {
                 "sample {i}: token id {t} is outside the vocabulary (size {vocab})"
             )));
         }
-        let mut order: Vec<usize> = (0..seqs.len()).collect();
-        order.sort_by_key(|&i| seqs[i].len());
+        let lengths: Vec<usize> = seqs.iter().map(Vec::len).collect();
+        let passes = crate::batch::padded_passes(
+            &lengths,
+            &PassLimits {
+                max_tokens: crate::batch::SCORING_BATCH_TOKENS,
+                max_rows: self.batch_size.max(1),
+                max_padding: MAX_PADDING,
+            },
+        );
         let mut out: Vec<Option<HeadOutputs>> = vec![None; seqs.len()];
         let _guard = tch::no_grad_guard();
-        for chunk in order.chunks(self.batch_size.max(1)) {
+        for chunk in &passes {
             let batch_seqs: Vec<Vec<i64>> = chunk.iter().map(|&i| seqs[i].clone()).collect();
             let batch = Batch::pad(
                 &batch_seqs,

@@ -60,15 +60,7 @@ fn micro_batches_give_the_same_updates_in_both_stages() {
         .flat_map(|p| [p.prompt.clone() + &p.chosen, p.prompt + &p.rejected]);
     let tok = train_bpe(texts, 300, &base).unwrap();
     let preset = SizePreset::by_name("tiny").unwrap();
-    let cfg = ModelConfig::new_random(
-        Arch::Llama,
-        &preset,
-        tok.vocab_size() as i64,
-        None,
-        tok.eos_id,
-        Some(tok.pad_id),
-        128,
-    );
+    let cfg = ModelConfig::new_random_for(Arch::Llama, &preset, &tok, 128);
     tch::manual_seed(1);
     CausalLm::new(cfg, Placement::default())
         .unwrap()

@@ -185,6 +185,7 @@ pub(crate) fn sample_to_proto(
         token_ids: s.tokens,
         text: s.text,
         logprobs: s.logprobs,
+        policy_logprobs: s.policy_logprobs,
         finish_reason: match s.finish {
             FinishReason::Stop => "stop".into(),
             FinishReason::Length => "length".into(),

@@ -29,6 +29,7 @@ pub struct Sampled {
     pub tokens: Vec<i64>,
     pub text: String,
     pub logprobs: Vec<f32>,
+    pub policy_logprobs: Vec<f32>,
     pub finish: FinishReason,
 }
 
@@ -157,6 +158,7 @@ impl Policy {
                     tokens: g.tokens.clone(),
                     text,
                     logprobs: g.logprobs.clone(),
+                    policy_logprobs: g.policy_logprobs.clone(),
                     finish: g.finish,
                 };
                 // A caller that hung up stops receiving; generation of the batch still completes.
@@ -229,14 +231,25 @@ impl Policy {
             })
             .collect();
         let batch = Batch::pad(&seqs, self.pad_id(), PadSide::Right, self.model.device())?;
-        let logits = self.model.batch_logits(&batch);
-        let logp = shifted_logprobs(&logits, &batch.ids);
+        // The LM head runs only from the shortest prompt's last token on: the positions before
+        // it predict no response token.
+        let from = idx
+            .iter()
+            .map(|&i| job.pairs[i].0.len() - 1)
+            .min()
+            .unwrap_or(0);
+        let logits = self.model.window_logits(&batch, from as i64);
+        let total = batch.ids.size()[1];
+        let logp = shifted_logprobs(
+            &logits,
+            &batch.ids.narrow(1, from as i64, total - from as i64),
+        );
         let width = logp.size()[1] as usize;
         let mut old = vec![0f32; idx.len() * width];
         let mut adv = vec![0f32; idx.len() * width];
         let mut mask = vec![0f32; idx.len() * width];
         for (r, &i) in idx.iter().enumerate() {
-            let start = job.pairs[i].0.len() - 1;
+            let start = job.pairs[i].0.len() - 1 - from;
             for t in 0..job.pairs[i].1.len() {
                 let k = r * width + start + t;
                 old[k] = job.old_logprobs[i][t];
@@ -248,8 +261,17 @@ impl Policy {
         let to = |v: &[f32]| Tensor::from_slice(v).view(shape).to_device(logp.device());
         let mask_t = to(&mask);
         let pl = ppo_policy_loss(&logp, &to(&old), &to(&adv), &mask_t, job.clip_eps);
-        let ent = entropy(&logits.narrow(1, 0, width as i64), &mask_t);
-        let loss = &pl.loss - &ent * job.entropy_coef;
+        let window = logits.narrow(1, 0, width as i64);
+        // Without a bonus the entropy is only reported: no graph (and no vocabulary-wide
+        // backward) for it.
+        let (ent, loss) = if job.entropy_coef == 0.0 {
+            let ent = tch::no_grad(|| entropy(&window, &mask_t));
+            (ent, pl.loss.shallow_clone())
+        } else {
+            let ent = entropy(&window, &mask_t);
+            let loss = &pl.loss - &ent * job.entropy_coef;
+            (ent, loss)
+        };
         let v = |t: &Tensor| t.to_kind(Kind::Double).double_value(&[]);
         let stats = (
             v(&pl.loss),

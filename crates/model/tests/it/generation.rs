@@ -264,5 +264,19 @@ fn log_probs_in_length_buckets_equal_one_sequence_at_a_time() {
         for (a, b) in together[i].iter().zip(&alone[0]) {
             assert!((a - b).abs() < 1e-5, "sequence {i}: {a} vs {b}");
         }
+        // The scorer applies the LM head from the prompt's end only; every position's is the
+        // same as in the full-sequence log-probs.
+        let seq: Vec<i64> = pair.0.iter().chain(&pair.1).copied().collect();
+        let batch =
+            rrlhf_model::Batch::pad(&[seq], 0, rrlhf_model::PadSide::Right, tch::Device::Cpu)
+                .unwrap();
+        let full = rrlhf_model::batch::rows_f32(&model.token_logprobs(&batch)).unwrap();
+        let start = pair.0.len() - 1;
+        for (a, b) in together[i].iter().zip(&full[0][start..]) {
+            assert!(
+                (a - b).abs() < 1e-5,
+                "sequence {i}, full forward: {a} vs {b}"
+            );
+        }
     }
 }

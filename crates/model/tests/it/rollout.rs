@@ -136,3 +136,51 @@ fn the_cache_budget_limits_the_slots_and_bad_requests_are_named() {
     .unwrap_err();
     assert!(err.to_string().contains("prompt 1 is empty"), "{err}");
 }
+
+/// What the engine reports as the policy's log-prob of each drawn token is what a training
+/// forward pass over the finished sequence computes, however the sampler reshaped the
+/// distribution (temperature, top-k/top-p, the early-stop mask): PPO can take it as the
+/// behaviour log-prob without a second pass.
+#[test]
+fn policy_logprobs_are_the_training_forwards() {
+    init();
+    let model = tiny_model(Arch::Llama, false, 96, 13);
+    let seeds: Vec<u64> = (0..prompts().len()).map(|i| prompt_seed(5, i)).collect();
+    for (temperature, top_k, top_p, min_new) in [
+        (1.0, 0, 1.0, 0),
+        (0.7, 20, 0.9, 0),
+        (1.0, 0, 1.0, 6),
+        (0.0, 0, 1.0, 0),
+    ] {
+        let params = SamplingParams {
+            temperature,
+            top_k,
+            top_p,
+            min_new_tokens: min_new,
+            stop_ids: vec![5, 17],
+            max_new_tokens: 8,
+            ..Default::default()
+        };
+        let out = run(&model, &prompts(), &seeds, &params, &slots(4));
+        let pairs: Vec<(Vec<i64>, Vec<i64>)> = prompts()
+            .into_iter()
+            .zip(&out)
+            .map(|(p, g)| (p, g.tokens.clone()))
+            .collect();
+        let forward = model.response_logprobs(&pairs).unwrap();
+        for (g, want) in out.iter().zip(&forward) {
+            assert_eq!(g.policy_logprobs.len(), g.tokens.len());
+            for (x, y) in g.policy_logprobs.iter().zip(want) {
+                assert!(
+                    (x - y).abs() < 1e-4,
+                    "prompt {}, t = {temperature}, k = {top_k}, p = {top_p}, min {min_new}: \
+                     {x} vs {y}",
+                    g.index
+                );
+            }
+            if !params.reshapes() {
+                assert_eq!(g.policy_logprobs, g.logprobs, "plain sampling draws from π");
+            }
+        }
+    }
+}
