@@ -35,6 +35,10 @@ struct Args {
     batch: usize,
     #[arg(long, default_value_t = 2)]
     threads: usize,
+    /// How long the service's engine waits for more requests before running a batch
+    /// (`engine.batch_wait_ms`).
+    #[arg(long, default_value_t = 2)]
+    batch_wait_ms: u64,
     /// Python of the transformers peer (skipped when absent).
     #[arg(long, default_value = ".venv/bin/python")]
     python: PathBuf,
@@ -100,6 +104,7 @@ fn main() -> Result<()> {
         cfg.server.addr = "127.0.0.1:0".into();
         cfg.engine.threads = a.threads;
         cfg.engine.batch_max_sequences = a.batch;
+        cfg.engine.batch_wait_ms = a.batch_wait_ms;
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let running = rrlhf_reward_service::start(cfg, async {
             let _ = stopped.await;
