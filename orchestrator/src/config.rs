@@ -286,6 +286,8 @@ pub struct TrainSettings {
     pub minibatch_size: u32,
     /// Samples per forward/backward pass inside a mini-batch (0: the whole mini-batch); the
     /// service accumulates their gradients into the same update. Bounds activation memory.
+    /// The mini-batch's samples are sorted by length before they are cut, so each pass pads
+    /// little; the update sums the same samples' losses either way.
     pub micro_batch_size: u32,
     /// PPO ratio clip ε (actor) or value clip (critic).
     pub clip: f32,

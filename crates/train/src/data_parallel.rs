@@ -335,7 +335,8 @@ pub struct UpdatePlan {
     /// Samples per update on this rank (0: all of them).
     pub minibatch_size: usize,
     /// Samples per forward/backward pass within an update (0: the whole mini-batch); the
-    /// micro-batches' gradients are accumulated, token-weighted, into the update.
+    /// micro-batches' gradients are accumulated, token-weighted, into the update. They are cut
+    /// from the mini-batch sorted by length (packing), which leaves the mini-batch alone.
     pub micro_batch_size: usize,
     pub epochs: usize,
     pub seed: u64,
@@ -426,11 +427,11 @@ impl<S> MinibatchLoss<S> {
 pub fn run_updates<S: TokenMean>(
     opt: &mut dyn Optimizer,
     dp: Option<&DataParallel>,
-    samples: usize,
+    lengths: &[usize],
     plan: &UpdatePlan,
     mut loss_of: impl FnMut(&[usize]) -> Result<MinibatchLoss<S>>,
 ) -> Result<Vec<(S, f64)>> {
-    let n = samples;
+    let n = lengths.len();
     let mb = if plan.minibatch_size == 0 {
         n
     } else {
@@ -456,7 +457,7 @@ pub fn run_updates<S: TokenMean>(
         // This rank's part of the update: the gradient of the *sum* of its token losses,
         // accumulated over micro-batches; the division by every rank's token total comes after
         // the (fp32) gradient sum, so the update equals one pass over the whole mini-batch.
-        let part = accumulate(opt, &idx, plan.micro_batch_size, &mut loss_of);
+        let part = accumulate(opt, &idx, lengths, plan.micro_batch_size, &mut loss_of);
         let (tokens, failed) = match &part {
             Ok(p) => (p.as_ref().map_or(0.0, |p| p.1), 0.0),
             Err(_) => (0.0, 1.0),
@@ -487,13 +488,24 @@ pub fn run_updates<S: TokenMean>(
     Ok(out)
 }
 
+/// Token lengths (prompt + response) of `(prompt, response)` pairs: what [`run_updates`] packs
+/// micro-batches by.
+pub fn pair_lengths(pairs: &[(Vec<i64>, Vec<i64>)]) -> Vec<usize> {
+    pairs.iter().map(|(p, r)| p.len() + r.len()).collect()
+}
+
 /// Backpropagates the token-summed loss of samples `idx` in micro-batches of `micro` samples
 /// (0: all at once), adding up the gradients; returns the token-weighted mean of the
 /// micro-batches' stats and the token count (none when `idx` is empty: zero gradients). A
 /// failing or panicking loss is this rank's error.
+///
+/// Micro-batches are packed by length: the mini-batch's samples are sorted by `lengths` (ties
+/// in mini-batch order) before they are cut, so each micro-batch pads to similar lengths. The
+/// update is unchanged: it sums the same samples' token losses, in another order.
 fn accumulate<S: TokenMean>(
     opt: &mut dyn Optimizer,
     idx: &[usize],
+    lengths: &[usize],
     micro: usize,
     loss_of: &mut impl FnMut(&[usize]) -> Result<MinibatchLoss<S>>,
 ) -> Result<Option<(S, f64)>> {
@@ -502,8 +514,12 @@ fn accumulate<S: TokenMean>(
         return Ok(None);
     }
     let micro = if micro == 0 { idx.len() } else { micro };
+    let mut packed = idx.to_vec();
+    if micro < idx.len() {
+        packed.sort_by_key(|&i| lengths[i]);
+    }
     let mut parts = Vec::with_capacity(idx.len().div_ceil(micro));
-    for chunk in idx.chunks(micro) {
+    for chunk in packed.chunks(micro) {
         // A panicking libtorch call (tch's non-`f_` operations) becomes this rank's error, so
         // it still joins the agreement that follows.
         let m = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| loss_of(chunk)))
@@ -598,4 +614,51 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
         .or_else(|| panic.downcast_ref::<&str>().copied())
         .unwrap_or("a panic without a message");
     format!("computing the loss panicked: {text}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::nn::Module;
+    use tch::{Device, Kind};
+
+    /// Micro-batches are cut from the mini-batch sorted by length, so each pads to similar
+    /// lengths; the mini-batches themselves (which samples share an update) are the plan's.
+    #[test]
+    fn micro_batches_are_packed_by_length() {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let layer = nn::linear(vs.root() / "layer", 1, 1, Default::default());
+        let mut opt = crate::optim::AdamW::new(&vs, 0.0).unwrap();
+        let lengths = [9, 1, 8, 2, 7, 3, 6, 4];
+        let plan = |micro_batch_size| UpdatePlan {
+            minibatch_size: 4,
+            micro_batch_size,
+            epochs: 1,
+            seed: 3,
+            lr: 0.01,
+            max_grad_norm: 0.0,
+        };
+        let mut calls: Vec<Vec<usize>> = Vec::new();
+        for micro in [0, 2] {
+            run_updates(&mut opt, None, &lengths, &plan(micro), |idx| {
+                calls.push(idx.to_vec());
+                let x = Tensor::ones([idx.len() as i64, 1], (Kind::Float, Device::Cpu));
+                Ok(MinibatchLoss {
+                    loss: layer.forward(&x).sum(Kind::Float),
+                    tokens: idx.len() as f64,
+                    stats: (),
+                })
+            })
+            .unwrap();
+        }
+        // Without micro-batches: two updates of 4. With micro-batches of 2: the same two
+        // mini-batches, each cut after sorting its samples by length.
+        let (whole, micro) = calls.split_at(2);
+        assert_eq!(micro.len(), 4);
+        for (mini, parts) in whole.iter().zip(micro.chunks(2)) {
+            let mut sorted = mini.clone();
+            sorted.sort_by_key(|&i| lengths[i]);
+            assert_eq!(parts.concat(), sorted, "{mini:?} → {parts:?}");
+        }
+    }
 }

@@ -52,12 +52,12 @@ impl TrainState {
     }
 
     /// A `Train` call: the optimizer (created with fresh moments on first use, and kept across
-    /// calls), then [`data_parallel::run_updates`] over `samples` samples. A rank that cannot
-    /// create its optimizer still tells the others.
+    /// calls), then [`data_parallel::run_updates`] over samples of the given token `lengths`. A
+    /// rank that cannot create its optimizer still tells the others.
     pub fn train<S: TokenMean>(
         &self,
         vs: &nn::VarStore,
-        samples: usize,
+        lengths: &[usize],
         plan: &UpdatePlan,
         loss_of: impl FnMut(&[usize]) -> Result<MinibatchLoss<S>>,
     ) -> Result<Vec<(S, f64)>> {
@@ -66,7 +66,7 @@ impl TrainState {
             *slot = Some(self.fresh_optimizer(vs).inspect_err(|_| self.reject())?);
         }
         let opt = slot.as_mut().expect("created above");
-        data_parallel::run_updates(opt.as_dyn(), self.dp.as_ref(), samples, plan, loss_of)
+        data_parallel::run_updates(opt.as_dyn(), self.dp.as_ref(), lengths, plan, loss_of)
     }
 
     /// A `Train` call this rank rejected: the other ranks hear so instead of waiting for it.

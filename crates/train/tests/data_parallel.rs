@@ -66,7 +66,7 @@ fn train_rank(
         max_grad_norm: 0.0,
     };
     let mut calls = 0;
-    let result = run_updates(&mut opt, Some(&dp), samples, &plan, |idx| {
+    let result = run_updates(&mut opt, Some(&dp), &vec![1; samples], &plan, |idx| {
         calls += 1;
         match fault {
             Some(Fault::Error(at)) if at == calls - 1 => {

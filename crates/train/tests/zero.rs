@@ -135,7 +135,7 @@ fn train(
 ) -> Result<usize, TrainError> {
     let mut done = 0;
     for call in calls {
-        state.train(&net.vs, samples.len(), &plan(call), |idx| {
+        state.train(&net.vs, &vec![1; samples.len()], &plan(call), |idx| {
             if fail_at == Some(call) {
                 return Err(TrainError::Invalid(format!("cannot build call {call}")));
             }

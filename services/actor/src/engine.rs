@@ -14,7 +14,9 @@ use rrlhf_model::losses::{entropy, ppo_policy_loss};
 use rrlhf_model::{CausalLm, LoraConfig, ModelError, Placement, SamplingParams, TextTokenizer};
 use rrlhf_runtime::engine::run_in_arrival_order;
 use rrlhf_runtime::training_rpc::{TrainDone, TrainWork, Trainable};
-use rrlhf_train::data_parallel::{DataParallel, MinibatchLoss, UpdatePlan, UpdateSummary, mean_of};
+use rrlhf_train::data_parallel::{
+    DataParallel, MinibatchLoss, UpdatePlan, UpdateSummary, mean_of, pair_lengths,
+};
 use rrlhf_train::train_state::TrainState;
 use tch::{Kind, Tensor};
 use tokio::sync::mpsc::UnboundedSender;
@@ -199,11 +201,12 @@ impl Policy {
 
     /// PPO's clipped surrogate (minus the entropy bonus) over mini-batches × epochs.
     pub fn ppo_update(&self, job: &PpoJob) -> Result<PpoStats, ModelError> {
-        let acc = self
-            .training
-            .train(&self.model.vs, job.pairs.len(), &job.plan, |idx| {
-                self.minibatch_loss(job, idx)
-            })?;
+        let acc = self.training.train(
+            &self.model.vs,
+            &pair_lengths(&job.pairs),
+            &job.plan,
+            |idx| self.minibatch_loss(job, idx),
+        )?;
         let mean = |f: fn(&(f64, f64, f64, f64)) -> f64| mean_of(acc.iter().map(|(s, _)| f(s)));
         Ok(PpoStats {
             summary: UpdateSummary::of(&acc, |s| s.0, &self.model.vs),

@@ -11,7 +11,9 @@ use rrlhf_model::reward_model::{RewardKind, RewardModel};
 use rrlhf_model::{LoraConfig, ModelError, Placement};
 use rrlhf_runtime::engine::run_in_arrival_order;
 use rrlhf_runtime::training_rpc::{TrainDone, TrainWork, Trainable};
-use rrlhf_train::data_parallel::{DataParallel, MinibatchLoss, UpdatePlan, UpdateSummary};
+use rrlhf_train::data_parallel::{
+    DataParallel, MinibatchLoss, UpdatePlan, UpdateSummary, pair_lengths,
+};
 use rrlhf_train::train_state::TrainState;
 use tch::{Kind, Tensor};
 
@@ -122,11 +124,12 @@ impl Critic {
 
     /// Mini-batch × epoch updates with the clipped value loss.
     pub fn value_update(&self, job: &TrainJob) -> Result<TrainStats, ModelError> {
-        let done = self
-            .training
-            .train(&self.model.vs, job.pairs.len(), &job.plan, |idx| {
-                self.minibatch_loss(job, idx)
-            })?;
+        let done = self.training.train(
+            &self.model.vs,
+            &pair_lengths(&job.pairs),
+            &job.plan,
+            |idx| self.minibatch_loss(job, idx),
+        )?;
         Ok(UpdateSummary::of(&done, |loss| *loss, &self.model.vs))
     }
 
