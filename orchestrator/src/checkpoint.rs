@@ -13,7 +13,7 @@ use rrlhf_proto::common::v1::{LoadCheckpointRequest, SaveCheckpointRequest};
 use serde::{Deserialize, Serialize};
 use tonic::Status;
 
-use crate::clients::{Pool, Services, retry};
+use crate::clients::{Pool, Services, retry, with_deadline};
 use crate::config::{OrchestratorConfig, RetrySettings};
 use crate::error::{OrchestratorError, Result};
 use crate::prompts::Cursor;
@@ -44,20 +44,29 @@ fn sync_dir(dir: &Path) -> std::io::Result<()> {
 macro_rules! on_trained_services {
     ($services:expr, $retry:expr, $dir:expr, $rpc:literal, $method:ident, $request:ident) => {{
         let path = |svc: &str| $dir.join(svc).display().to_string();
+        let deadline = $retry.deadlines.checkpoint_secs;
         tokio::try_join!(
             on_all_ranks(
                 &$services.actor,
                 $retry,
                 concat!("actor ", $rpc),
                 path("actor"),
-                |mut c, path| async move { c.$method($request { path }).await.map(drop) },
+                move |mut c, path| async move {
+                    c.$method(with_deadline($request { path }, deadline))
+                        .await
+                        .map(drop)
+                },
             ),
             on_all_ranks(
                 &$services.critic,
                 $retry,
                 concat!("critic ", $rpc),
                 path("critic"),
-                |mut c, path| async move { c.$method($request { path }).await.map(drop) },
+                move |mut c, path| async move {
+                    c.$method(with_deadline($request { path }, deadline))
+                        .await
+                        .map(drop)
+                },
             ),
         )
     }};

@@ -193,6 +193,13 @@ impl<'a> Backoff<'a> {
 }
 
 /// Runs `call` until it succeeds, retrying transient failures with backoff.
+/// `message` as a request the server abandons after `secs` (sent as `grpc-timeout`).
+pub fn with_deadline<T>(message: T, secs: f64) -> Request<T> {
+    let mut request = Request::new(message);
+    request.set_timeout(Duration::from_secs_f64(secs));
+    request
+}
+
 pub async fn retry<T, F, Fut>(settings: &RetrySettings, what: &str, mut call: F) -> Result<T>
 where
     F: FnMut() -> Fut,

@@ -317,6 +317,8 @@ pub struct RetrySettings {
     pub max_ms: u64,
     /// Give up (the run fails with the reason) after this long without success.
     pub give_up_secs: u64,
+    /// How long each kind of call may take before the orchestrator gives up on it.
+    pub deadlines: Deadlines,
 }
 
 impl Default for RetrySettings {
@@ -325,7 +327,62 @@ impl Default for RetrySettings {
             initial_ms: 100,
             max_ms: 5_000,
             give_up_secs: 600,
+            deadlines: Deadlines::default(),
         }
+    }
+}
+
+/// Deadlines per kind of call, in seconds (each in (0, 86400]). A call sends its deadline as
+/// `grpc-timeout`; when it passes the call ends with DEADLINE_EXCEEDED (retried like any
+/// transient failure, within `give_up_secs`), and the service drops the work it had queued for
+/// it. Streams (`Generate`, the reward `ScoreStream`, which lives as long as generation) have
+/// one deadline for the whole stream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Deadlines {
+    pub generate_secs: f64,
+    pub score_secs: f64,
+    pub log_probs_secs: f64,
+    pub values_secs: f64,
+    pub train_secs: f64,
+    pub checkpoint_secs: f64,
+    pub info_secs: f64,
+}
+
+impl Default for Deadlines {
+    fn default() -> Self {
+        Self {
+            generate_secs: 1800.0,
+            score_secs: 1800.0,
+            log_probs_secs: 600.0,
+            values_secs: 600.0,
+            train_secs: 3600.0,
+            checkpoint_secs: 1800.0,
+            info_secs: 30.0,
+        }
+    }
+}
+
+impl Deadlines {
+    fn check(&self) -> Result<(), OrchestratorError> {
+        let d = self;
+        for (name, secs) in [
+            ("generate_secs", d.generate_secs),
+            ("score_secs", d.score_secs),
+            ("log_probs_secs", d.log_probs_secs),
+            ("values_secs", d.values_secs),
+            ("train_secs", d.train_secs),
+            ("checkpoint_secs", d.checkpoint_secs),
+            ("info_secs", d.info_secs),
+        ] {
+            if !(secs.is_finite() && secs > 0.0 && secs <= 86_400.0) {
+                return Err(OrchestratorError::invalid(
+                    format!("retry.deadlines.{name}"),
+                    format!("must be in (0, 86400] seconds, got {secs}"),
+                ));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -494,6 +551,7 @@ impl OrchestratorConfig {
         if self.retry.initial_ms == 0 || self.retry.max_ms < self.retry.initial_ms {
             return Err(invalid("retry", "need 0 < initial_ms ≤ max_ms"));
         }
+        self.retry.deadlines.check()?;
         self.telemetry.as_server_config()?;
         Ok(())
     }
@@ -537,6 +595,17 @@ mod tests {
             assert!(err.starts_with(field), "{field}: {err}");
         }
         OrchestratorConfig::default().validate().unwrap();
+    }
+
+    #[test]
+    fn deadlines_are_bounded_and_named() {
+        let mut cfg = OrchestratorConfig::default();
+        cfg.validate().unwrap();
+        for bad in [0.0, -1.0, f64::NAN, 1e9] {
+            cfg.retry.deadlines.train_secs = bad;
+            let e = cfg.validate().unwrap_err().to_string();
+            assert!(e.contains("retry.deadlines.train_secs"), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -21,7 +21,7 @@ use tokio::task::JoinSet;
 use tonic::Status;
 use tracing::Instrument;
 
-use crate::clients::{Backoff, Services, is_transient, retry};
+use crate::clients::{Backoff, Services, is_transient, retry, with_deadline};
 use crate::config::{RetrySettings, Sampling};
 use crate::error::{OrchestratorError, Result};
 use crate::prompts::PromptInput;
@@ -321,7 +321,11 @@ async fn generate_shard(
         };
         let mut c = client.clone();
         let result = async {
-            let mut stream = c.generate(request).await?.into_inner();
+            let deadline = retry_cfg.deadlines.generate_secs;
+            let mut stream = c
+                .generate(with_deadline(request, deadline))
+                .await?
+                .into_inner();
             while let Some(sample) = stream.message().await? {
                 let index = order[sample.prompt_index as usize];
                 missing.remove(&index);
@@ -367,6 +371,7 @@ async fn enrich(
             .reference_from_actor_base
             .then(|| services.actor.any());
         let reference = services.reference.clone();
+        let req = with_deadline(req, retry_cfg.deadlines.log_probs_secs);
         async move {
             match from_base {
                 Some(mut actor) => actor.base_log_probs(req).await,
@@ -379,6 +384,7 @@ async fn enrich(
         let req = ValuesRequest {
             sequences: seqs.clone(),
         };
+        let req = with_deadline(req, retry_cfg.deadlines.values_secs);
         async move { c.values(req).await }
     });
     let policy = async {
@@ -390,6 +396,7 @@ async fn enrich(
             let req = LogProbsRequest {
                 sequences: seqs.clone(),
             };
+            let req = with_deadline(req, retry_cfg.deadlines.log_probs_secs);
             async move { c.log_probs(req).await }
         })
         .await?;
@@ -473,7 +480,10 @@ async fn score_stream(
         };
         let mut tx = Some(tx);
         let mut responses = match client
-            .score_stream(tokio_stream::wrappers::UnboundedReceiverStream::new(rx))
+            .score_stream(with_deadline(
+                tokio_stream::wrappers::UnboundedReceiverStream::new(rx),
+                retry_cfg.deadlines.score_secs,
+            ))
             .await
         {
             Ok(r) => r.into_inner(),

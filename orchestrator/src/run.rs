@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::Instrument;
 
 use crate::checkpoint::{self, RunState};
-use crate::clients::{Services, retry};
+use crate::clients::{Services, retry, with_deadline};
 use crate::config::OrchestratorConfig;
 use crate::error::{OrchestratorError, Result};
 use crate::experience;
@@ -245,7 +245,8 @@ impl Runner {
         let retry_cfg = cfg.retry.clone();
         let eos_id = retry(&retry_cfg, "actor Info", || {
             let mut c = self.services.actor.rank(0);
-            async move { c.info(InfoRequest {}).await }
+            let req = with_deadline(InfoRequest {}, retry_cfg.deadlines.info_secs);
+            async move { c.info(req).await }
         })
         .await?
         .into_inner()

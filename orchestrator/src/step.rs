@@ -16,7 +16,7 @@ use tracing::Instrument;
 
 use std::future::Future;
 
-use crate::clients::{Pool, Services, retry};
+use crate::clients::{Pool, Services, retry, with_deadline};
 use crate::config::{PpoSettings, RetrySettings};
 use crate::error::{OrchestratorError, Result};
 use crate::experience::Rollout;
@@ -267,6 +267,7 @@ pub async fn train(
     seed: u64,
 ) -> Result<TrainStats> {
     let (a, c) = (ppo.actor.clone(), ppo.critic.clone());
+    let deadline = retry_cfg.deadlines.train_secs;
     let actor = train_ranks(
         &services.actor,
         prepared.actor,
@@ -285,7 +286,10 @@ pub async fn train(
                 seed,
             };
             async move {
-                let r = client.train(req).await?.into_inner();
+                let r = client
+                    .train(with_deadline(req, deadline))
+                    .await?
+                    .into_inner();
                 Ok((
                     [
                         r.policy_loss_mean,
@@ -316,7 +320,10 @@ pub async fn train(
                 seed,
             };
             async move {
-                let r = client.train(req).await?.into_inner();
+                let r = client
+                    .train(with_deadline(req, deadline))
+                    .await?
+                    .into_inner();
                 Ok(([r.loss_mean, r.grad_norm_mean], r.param_checksum))
             }
         },

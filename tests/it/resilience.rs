@@ -118,3 +118,25 @@ async fn resume_continues_exactly_where_the_checkpoint_left_off() {
         "{a:?}\n{b:?}"
     );
 }
+
+/// Every call carries its kind's deadline: a critic `Values` deadline too short for any answer
+/// ends the call with DEADLINE_EXCEEDED, retried until `give_up_secs`, and the run fails naming
+/// the call (before deadlines, the orchestrator waited for as long as the service took).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_past_its_deadline_is_given_up() {
+    let out = tempfile::tempdir().unwrap();
+    let cluster = cluster().await;
+    let mut cfg = config(&cluster, out.path(), "deadline", 1);
+    cfg.retry.deadlines.values_secs = 1e-6;
+    cfg.retry.give_up_secs = 1;
+    let run = spawn_run(cfg, RunOptions::default()).unwrap();
+    assert_eq!(run.finished().await, RunStatus::Failed);
+    let error = run.info().error.unwrap_or_default();
+    let lower = error.to_lowercase();
+    assert!(
+        error.contains("critic Values")
+            && (lower.contains("deadline") || lower.contains("timeout")),
+        "{error}"
+    );
+    cluster.stop().await;
+}

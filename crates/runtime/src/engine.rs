@@ -4,6 +4,11 @@
 //! `max_items` items or `max_cost` cost units (e.g. padded tokens), waiting at most `max_wait`
 //! for company after the first request — and the results are handed back per request.
 //!
+//! A request whose caller has gone by the time its batch is formed (its deadline passed, the
+//! client hung up: the server then drops the handler, and with it the reply's receiver) is
+//! dropped without running, and counted (`rrlhf_engine_abandoned_requests_total`), so a burst
+//! of abandoned large calls cannot keep a later small one waiting.
+//!
 //! A panic while running a batch (a libtorch error surfacing as a Rust panic, a bug) is caught:
 //! every request of that batch gets [`EngineError::Panicked`] (INTERNAL, with the panic's
 //! message), and [`PanicPolicy`] decides what happens next. A frozen model cannot be left
@@ -57,6 +62,8 @@ pub struct EngineStats {
     pub max_requests_per_batch: AtomicU64,
     /// Batches that panicked.
     pub panics: AtomicU64,
+    /// Requests dropped unrun because their caller had gone.
+    pub abandoned: AtomicU64,
 }
 
 #[derive(Debug, Clone, thiserror::Error, PartialEq)]
@@ -193,8 +200,22 @@ fn serve<M, I, O>(
     let batch_requests =
         metrics::histogram!("rrlhf_engine_batch_requests", "engine" => engine.clone());
     let items_total = metrics::counter!("rrlhf_engine_items_total", "engine" => engine.clone());
-    let failures = metrics::counter!("rrlhf_engine_failed_batches_total", "engine" => engine);
+    let failures =
+        metrics::counter!("rrlhf_engine_failed_batches_total", "engine" => engine.clone());
+    let abandoned = metrics::counter!("rrlhf_engine_abandoned_requests_total", "engine" => engine);
+    // Whether a request's caller is gone (nobody would read its result): it is then dropped.
+    let gone = |job: &Job<I, O>| {
+        let gone = job.reply.is_closed();
+        if gone {
+            stats.abandoned.fetch_add(1, Ordering::Relaxed);
+            abandoned.increment(1);
+        }
+        gone
+    };
     while let Ok(first) = rx.recv() {
+        if gone(&first) {
+            continue;
+        }
         let batch_cost = |jobs: &[Job<I, O>]| -> (usize, usize) {
             let items: usize = jobs.iter().map(|j| j.items.len()).sum();
             let widest = jobs
@@ -214,6 +235,7 @@ fn serve<M, I, O>(
                 break;
             }
             match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(job) if gone(&job) => {}
                 Ok(job) => jobs.push(job),
                 Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
             }
@@ -442,6 +464,53 @@ mod tests {
         assert_eq!(engine.stats.panics.load(Ordering::Relaxed), 1);
         let not_yet = tokio::time::timeout(Duration::from_millis(50), engine.stopped()).await;
         assert!(not_yet.is_err(), "a read-only engine does not stop");
+    }
+
+    /// A request whose caller gave up while it waited is dropped unrun and counted; the
+    /// engine serves the next one.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn work_whose_caller_is_gone_is_dropped() {
+        let (release, gate) = std::sync::mpsc::channel::<()>();
+        let gate = std::sync::Mutex::new(gate);
+        // Unmerged, so no waiting request can join the busy batch.
+        let unmerged = BatchConfig {
+            merge_requests: false,
+            ..cfg(0)
+        };
+        let (engine, ()) = Engine::<i64, i64>::spawn(
+            "t",
+            unmerged,
+            || Ok::<_, LoadError>(((), ())),
+            // Item 0 holds the engine until the test releases it.
+            move |_, xs| {
+                if xs.contains(&0) {
+                    gate.lock().unwrap().recv().unwrap();
+                }
+                Ok(xs.to_vec())
+            },
+            |_| 1,
+        )
+        .unwrap();
+        let busy = {
+            let e = engine.clone();
+            tokio::spawn(async move { e.submit(vec![0]).await })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        // These callers give up (a deadline) while the engine is busy.
+        for i in 1..=3 {
+            let gave_up =
+                tokio::time::timeout(Duration::from_millis(10), engine.submit(vec![i])).await;
+            assert!(gave_up.is_err(), "request {i} cannot have run yet");
+        }
+        release.send(()).unwrap();
+        assert_eq!(busy.await.unwrap().unwrap(), vec![0]);
+        assert_eq!(engine.submit(vec![7]).await.unwrap(), vec![7]);
+        assert_eq!(engine.stats.abandoned.load(Ordering::Relaxed), 3);
+        assert_eq!(
+            engine.stats.items.load(Ordering::Relaxed),
+            2,
+            "only 0 and 7 ran"
+        );
     }
 
     #[tokio::test]

@@ -100,6 +100,7 @@ async fn every_error_gets_the_status_of_its_kind() {
         initial_ms: 1,
         max_ms: 1,
         give_up_secs: 0,
+        ..Default::default()
     };
     let app = router(Api::new(base));
 
