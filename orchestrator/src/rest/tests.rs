@@ -175,3 +175,126 @@ fn service_failures_are_gateway_errors() {
         StatusCode::UNAUTHORIZED
     );
 }
+
+/// Seeded random bodies for every route (objects built from the config's own keys with values
+/// of every JSON type, plus byte garbage): no panic, no 5xx but the gateway errors of runs whose
+/// services are unreachable, and the API still answers afterwards.
+#[tokio::test]
+async fn random_bodies_never_crash_the_api_or_answer_internal_errors() {
+    use rrlhf_util::rng::Rng;
+    const KEYS: [&str; 24] = [
+        "run",
+        "prompts",
+        "sampling",
+        "objective",
+        "ppo",
+        "retry",
+        "deadlines",
+        "id",
+        "steps",
+        "batch_size",
+        "seed",
+        "lambda",
+        "beta",
+        "strategy",
+        "temperature",
+        "top_k",
+        "top_p",
+        "max_new_tokens",
+        "min_new_tokens",
+        "kl",
+        "actor",
+        "critic",
+        "lr",
+        "uncertainty_set",
+    ];
+    fn value(rng: &mut Rng, depth: u32) -> Value {
+        let strings = [
+            "",
+            "tradeoff:0.3",
+            "tradeoff:NaN",
+            "min",
+            "../../x",
+            "ü\u{0}",
+            "1e999",
+        ];
+        let numbers = [0.0, -1.0, 0.5, 1.0, 1e308, -1e308, 3.0e9, 1e-300];
+        match rng.next_u64() % if depth > 2 { 5 } else { 7 } {
+            0 => Value::Null,
+            1 => Value::Bool(rng.next_u64() % 2 == 0),
+            2 => json!(numbers[(rng.next_u64() % numbers.len() as u64) as usize]),
+            3 => json!(rng.next_u64() as i64),
+            4 => json!(strings[(rng.next_u64() % strings.len() as u64) as usize]),
+            5 => Value::Array(
+                (0..rng.next_u64() % 3)
+                    .map(|_| value(rng, depth + 1))
+                    .collect(),
+            ),
+            _ => object(rng, depth + 1),
+        }
+    }
+    fn object(rng: &mut Rng, depth: u32) -> Value {
+        let mut map = serde_json::Map::new();
+        for _ in 0..1 + rng.next_u64() % 4 {
+            let key = KEYS[(rng.next_u64() % KEYS.len() as u64) as usize];
+            map.insert(key.into(), value(rng, depth));
+        }
+        Value::Object(map)
+    }
+    let out = tempfile::tempdir().unwrap();
+    let nowhere = vec!["http://127.0.0.1:1".to_owned()];
+    let mut base = OrchestratorConfig::default();
+    base.run.out_dir = out.path().into();
+    base.endpoints = Endpoints {
+        actor: nowhere.clone(),
+        critic: nowhere.clone(),
+        reference: nowhere.clone(),
+        reward: nowhere,
+        reference_from_actor_base: false,
+        auth_token: None,
+    };
+    base.retry = RetrySettings {
+        initial_ms: 1,
+        max_ms: 1,
+        give_up_secs: 0,
+        ..Default::default()
+    };
+    let app = router(Api::new(base));
+    let (code, v) = call(&app, "POST", "/v1/runs", r#"{"run": {"id": "r"}}"#).await;
+    assert_eq!(code, StatusCode::CREATED, "{v}");
+    let mut rng = Rng::new(16);
+    for i in 0..300 {
+        let body = if i % 10 == 9 {
+            let bytes: Vec<u8> = (0..rng.next_u64() % 40)
+                .map(|_| rng.next_u64() as u8)
+                .collect();
+            String::from_utf8_lossy(&bytes).into_owned()
+        } else {
+            object(&mut rng, 0).to_string()
+        };
+        let action = ["pause", "resume", "stop", "checkpoint", "x"][i % 5];
+        for (method, path) in [
+            ("POST", "/v1/runs".to_string()),
+            ("PATCH", "/v1/runs/r".to_string()),
+            ("POST", format!("/v1/runs/r/{action}")),
+        ] {
+            let (code, v) = call(&app, method, &path, &body).await;
+            let gateway = [StatusCode::BAD_GATEWAY, StatusCode::SERVICE_UNAVAILABLE];
+            assert!(
+                code.as_u16() < 500 || gateway.contains(&code),
+                "{method} {path} {body}: {code} {v}"
+            );
+            if !code.is_success() {
+                assert!(
+                    !error_of(&v).is_empty(),
+                    "{method} {path} {body}: {code} {v}"
+                );
+            }
+        }
+    }
+    let (code, v) = call(&app, "GET", "/v1/runs", "").await;
+    assert_eq!(code, StatusCode::OK);
+    assert!(v["runs"].as_array().is_some_and(|r| !r.is_empty()), "{v}");
+    let (code, _) = call(&app, "GET", "/healthz", "").await;
+    assert_eq!(code, StatusCode::OK);
+}

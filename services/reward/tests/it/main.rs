@@ -3,6 +3,7 @@
 
 mod basics;
 mod fixture;
+mod fuzz;
 mod python_client;
 mod security;
 mod streaming;
