@@ -81,12 +81,12 @@ async fn listeners(n: usize) -> Vec<tokio::net::TcpListener> {
     out
 }
 
-#[tokio::test]
-async fn every_error_gets_the_status_of_its_kind() {
-    let out = tempfile::tempdir().unwrap();
+/// The API over services that refuse connections, writing under `out`, with no patience: the
+/// first refused connection fails a run.
+fn unreachable_services(out: &std::path::Path) -> Router {
     let nowhere = vec!["http://127.0.0.1:1".to_owned()];
     let mut base = OrchestratorConfig::default();
-    base.run.out_dir = out.path().into();
+    base.run.out_dir = out.into();
     base.endpoints = Endpoints {
         actor: nowhere.clone(),
         critic: nowhere.clone(),
@@ -95,14 +95,19 @@ async fn every_error_gets_the_status_of_its_kind() {
         reference_from_actor_base: false,
         auth_token: None,
     };
-    // No patience: the first refused connection fails the run.
     base.retry = RetrySettings {
         initial_ms: 1,
         max_ms: 1,
         give_up_secs: 0,
         ..Default::default()
     };
-    let app = router(Api::new(base));
+    router(Api::new(base))
+}
+
+#[tokio::test]
+async fn every_error_gets_the_status_of_its_kind() {
+    let out = tempfile::tempdir().unwrap();
+    let app = unreachable_services(out.path());
 
     let (code, v) = call(&app, "POST", "/v1/runs", "{not json").await;
     assert_eq!(code, StatusCode::BAD_REQUEST);
@@ -242,24 +247,7 @@ async fn random_bodies_never_crash_the_api_or_answer_internal_errors() {
         Value::Object(map)
     }
     let out = tempfile::tempdir().unwrap();
-    let nowhere = vec!["http://127.0.0.1:1".to_owned()];
-    let mut base = OrchestratorConfig::default();
-    base.run.out_dir = out.path().into();
-    base.endpoints = Endpoints {
-        actor: nowhere.clone(),
-        critic: nowhere.clone(),
-        reference: nowhere.clone(),
-        reward: nowhere,
-        reference_from_actor_base: false,
-        auth_token: None,
-    };
-    base.retry = RetrySettings {
-        initial_ms: 1,
-        max_ms: 1,
-        give_up_secs: 0,
-        ..Default::default()
-    };
-    let app = router(Api::new(base));
+    let app = unreachable_services(out.path());
     let (code, v) = call(&app, "POST", "/v1/runs", r#"{"run": {"id": "r"}}"#).await;
     assert_eq!(code, StatusCode::CREATED, "{v}");
     let mut rng = Rng::new(16);
