@@ -243,6 +243,14 @@ pub struct EngineConfig {
     pub batch_wait_ms: u64,
     /// Requests waiting for the engine; beyond it calls get RESOURCE_EXHAUSTED.
     pub queue_capacity: usize,
+    /// Tokens of work waiting for the engine (each sequence counted up to `batch_max_tokens`,
+    /// a call that never merges — Generate, Train — as one full batch); a call that would go
+    /// beyond it gets RESOURCE_EXHAUSTED at once, with a `retry-after-ms` hint (unless the
+    /// queue is empty).
+    pub queue_max_tokens: usize,
+    /// A call that waited this long for its batch gets RESOURCE_EXHAUSTED instead of running
+    /// late.
+    pub queue_max_wait_ms: u64,
     /// Merge concurrent requests into shared batches (throughput). `false` runs every request
     /// as its own batch, so its results never depend on what arrived with it: bit-reproducible
     /// runs, at the cost of throughput.
@@ -259,6 +267,8 @@ impl Default for EngineConfig {
             batch_max_tokens: 16_384,
             batch_wait_ms: 2,
             queue_capacity: 1024,
+            queue_max_tokens: 1 << 20,
+            queue_max_wait_ms: 600_000,
             merge_requests: true,
         }
     }
@@ -290,6 +300,12 @@ impl EngineConfig {
         if self.queue_capacity == 0 {
             return bad("queue_capacity", "must be ≥ 1");
         }
+        if self.queue_max_tokens == 0 {
+            return bad("queue_max_tokens", "must be ≥ 1");
+        }
+        if self.queue_max_wait_ms == 0 {
+            return bad("queue_max_wait_ms", "must be ≥ 1");
+        }
         Ok(())
     }
 
@@ -300,6 +316,8 @@ impl EngineConfig {
             max_cost: self.batch_max_tokens,
             max_wait: std::time::Duration::from_millis(self.batch_wait_ms),
             queue_capacity: self.queue_capacity,
+            max_queued_cost: self.queue_max_tokens,
+            max_queue_wait: std::time::Duration::from_millis(self.queue_max_wait_ms),
             on_panic,
             merge_requests: self.merge_requests,
         }

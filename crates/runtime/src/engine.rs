@@ -19,7 +19,7 @@
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
 use std::time::{Duration, Instant};
 
@@ -33,6 +33,14 @@ pub struct BatchConfig {
     pub max_wait: Duration,
     /// Requests that may wait; beyond it submissions fail with [`EngineError::Busy`].
     pub queue_capacity: usize,
+    /// Cost units (tokens) that may wait, each item counted up to `max_cost` (a request that
+    /// never merges counts as one full batch); a request that would go beyond it fails at once
+    /// with [`EngineError::Overloaded`] (unless the queue is empty), so admission follows the
+    /// work queued, not the number of calls.
+    pub max_queued_cost: usize,
+    /// A request that waited longer than this before its batch formed is answered
+    /// [`EngineError::Overloaded`] instead of running late.
+    pub max_queue_wait: Duration,
     /// What the engine does after a batch panicked.
     pub on_panic: PanicPolicy,
     /// Merge concurrent requests into one batch (throughput), or run each request as its own
@@ -64,12 +72,17 @@ pub struct EngineStats {
     pub panics: AtomicU64,
     /// Requests dropped unrun because their caller had gone.
     pub abandoned: AtomicU64,
+    /// Requests refused by the queued-cost bound or answered after waiting too long.
+    pub overloaded: AtomicU64,
 }
 
 #[derive(Debug, Clone, thiserror::Error, PartialEq)]
 pub enum EngineError {
     #[error("the engine queue is full ({0} requests waiting); retry later")]
     Busy(usize),
+    /// Too much work queued, or queued too long: the message says which, and when to retry.
+    #[error("{0}")]
+    Overloaded(String),
     #[error("the model engine is not running")]
     Down,
     /// The batch failed; the message comes from the model.
@@ -86,12 +99,23 @@ type RunBatch<M, I, O> = dyn Fn(&M, &[I]) -> Result<Vec<O>, String>;
 struct Job<I, O> {
     items: Vec<I>,
     reply: oneshot::Sender<Result<Vec<O>, EngineError>>,
+    /// The items' share of the queued-cost bound.
+    cost: usize,
+    enqueued: Instant,
 }
+
+/// An item's cost: what `Engine::spawn`'s caller says it is.
+type Cost<I> = dyn Fn(&I) -> usize + Send + Sync;
 
 /// The async side's handle: cheap to clone, safe to share.
 pub struct Engine<I, O> {
     tx: SyncSender<Job<I, O>>,
     capacity: usize,
+    cost: Arc<Cost<I>>,
+    /// Cost of the requests in the queue (added on submit, removed when the engine takes them).
+    queued: Arc<AtomicUsize>,
+    max_cost: usize,
+    max_queued_cost: usize,
     pub stats: Arc<EngineStats>,
     /// Turns `true` when the engine thread has stopped serving.
     stopped: watch::Receiver<bool>,
@@ -102,6 +126,10 @@ impl<I, O> Clone for Engine<I, O> {
         Self {
             tx: self.tx.clone(),
             capacity: self.capacity,
+            cost: self.cost.clone(),
+            queued: self.queued.clone(),
+            max_cost: self.max_cost,
+            max_queued_cost: self.max_queued_cost,
             stats: self.stats.clone(),
             stopped: self.stopped.clone(),
         }
@@ -126,7 +154,7 @@ impl<I: Send + 'static, O: Send + 'static> Engine<I, O> {
         cfg: BatchConfig,
         load: impl FnOnce() -> Result<(M, R), E> + Send + 'static,
         run: impl Fn(&M, &[I]) -> Result<Vec<O>, String> + Send + 'static,
-        cost: impl Fn(&I) -> usize + Send + 'static,
+        cost: impl Fn(&I) -> usize + Send + Sync + 'static,
     ) -> Result<(Self, R), E>
     where
         M: 'static,
@@ -138,6 +166,10 @@ impl<I: Send + 'static, O: Send + 'static> Engine<I, O> {
         let (stopped_tx, stopped) = watch::channel(false);
         let stats = Arc::new(EngineStats::default());
         let thread_stats = stats.clone();
+        let cost: Arc<Cost<I>> = Arc::new(cost);
+        let thread_cost = cost.clone();
+        let queued = Arc::new(AtomicUsize::new(0));
+        let thread_queued = queued.clone();
         let thread_name = name.to_string();
         std::thread::Builder::new()
             .name(thread_name.clone())
@@ -145,7 +177,19 @@ impl<I: Send + 'static, O: Send + 'static> Engine<I, O> {
                 match catch_unwind(AssertUnwindSafe(load)) {
                     Ok(Ok((model, report))) => {
                         let _ = ready_tx.send(Ok(report));
-                        serve(&model, rx, cfg, &thread_stats, &run, &cost, &thread_name);
+                        let queue = Queue {
+                            rx,
+                            queued: &thread_queued,
+                        };
+                        serve(
+                            &model,
+                            queue,
+                            cfg,
+                            &thread_stats,
+                            &run,
+                            &*thread_cost,
+                            &thread_name,
+                        );
                         tracing::info!(engine = thread_name, "engine stopped");
                     }
                     Ok(Err(e)) => {
@@ -164,6 +208,10 @@ impl<I: Send + 'static, O: Send + 'static> Engine<I, O> {
             Self {
                 tx,
                 capacity: cfg.queue_capacity,
+                cost,
+                queued,
+                max_cost: cfg.max_cost,
+                max_queued_cost: cfg.max_queued_cost,
                 stats,
                 stopped,
             },
@@ -172,21 +220,59 @@ impl<I: Send + 'static, O: Send + 'static> Engine<I, O> {
     }
 
     /// Runs `items` (possibly merged with other requests' items); fails fast when the queue
-    /// is full.
+    /// is full, in requests or in queued cost.
     pub async fn submit(&self, items: Vec<I>) -> Result<Vec<O>, EngineError> {
+        let cost: usize = items
+            .iter()
+            .map(|i| (self.cost)(i).min(self.max_cost))
+            .sum();
+        let before = self.queued.fetch_add(cost, Ordering::SeqCst);
+        if before > 0 && before + cost > self.max_queued_cost {
+            self.queued.fetch_sub(cost, Ordering::SeqCst);
+            self.stats.overloaded.fetch_add(1, Ordering::Relaxed);
+            return Err(EngineError::Overloaded(format!(
+                "the engine has {before} tokens of work queued; this request's {cost} would \
+                 exceed the bound of {} (engine.queue_max_tokens): retry with backoff",
+                self.max_queued_cost
+            )));
+        }
         let (reply, rx) = oneshot::channel();
-        match self.tx.try_send(Job { items, reply }) {
+        let job = Job {
+            items,
+            reply,
+            cost,
+            enqueued: Instant::now(),
+        };
+        match self.tx.try_send(job) {
             Ok(()) => {}
-            Err(TrySendError::Full(_)) => return Err(EngineError::Busy(self.capacity)),
-            Err(TrySendError::Disconnected(_)) => return Err(EngineError::Down),
+            Err(e) => {
+                self.queued.fetch_sub(cost, Ordering::SeqCst);
+                return Err(match e {
+                    TrySendError::Full(_) => EngineError::Busy(self.capacity),
+                    TrySendError::Disconnected(_) => EngineError::Down,
+                });
+            }
         }
         rx.await.unwrap_or(Err(EngineError::Down))
     }
 }
 
+/// The engine thread's end of the queue, and the queued cost it releases as it takes jobs.
+struct Queue<'a, I, O> {
+    rx: Receiver<Job<I, O>>,
+    queued: &'a AtomicUsize,
+}
+
+impl<I, O> Queue<'_, I, O> {
+    fn taken(&self, job: Job<I, O>) -> Job<I, O> {
+        self.queued.fetch_sub(job.cost, Ordering::SeqCst);
+        job
+    }
+}
+
 fn serve<M, I, O>(
     model: &M,
-    rx: Receiver<Job<I, O>>,
+    queue: Queue<'_, I, O>,
     cfg: BatchConfig,
     stats: &EngineStats,
     run: &RunBatch<M, I, O>,
@@ -202,20 +288,36 @@ fn serve<M, I, O>(
     let items_total = metrics::counter!("rrlhf_engine_items_total", "engine" => engine.clone());
     let failures =
         metrics::counter!("rrlhf_engine_failed_batches_total", "engine" => engine.clone());
-    let abandoned = metrics::counter!("rrlhf_engine_abandoned_requests_total", "engine" => engine);
-    // Whether a request's caller is gone (nobody would read its result): it is then dropped.
-    let gone = |job: &Job<I, O>| {
-        let gone = job.reply.is_closed();
-        if gone {
+    let abandoned =
+        metrics::counter!("rrlhf_engine_abandoned_requests_total", "engine" => engine.clone());
+    let overloaded =
+        metrics::counter!("rrlhf_engine_overloaded_requests_total", "engine" => engine);
+    // Whether a request is not to run: its caller is gone (nobody would read its result), or it
+    // waited past the bound (it is answered so, and its caller backs off).
+    let skip = |job: Job<I, O>| -> Option<Job<I, O>> {
+        if job.reply.is_closed() {
             stats.abandoned.fetch_add(1, Ordering::Relaxed);
             abandoned.increment(1);
+            return None;
         }
-        gone
+        let waited = job.enqueued.elapsed();
+        if waited > cfg.max_queue_wait {
+            stats.overloaded.fetch_add(1, Ordering::Relaxed);
+            overloaded.increment(1);
+            let _ = job.reply.send(Err(EngineError::Overloaded(format!(
+                "waited {} ms in the engine queue, beyond its bound of {} ms \
+                 (engine.queue_max_wait_ms): retry with backoff",
+                waited.as_millis(),
+                cfg.max_queue_wait.as_millis()
+            ))));
+            return None;
+        }
+        Some(job)
     };
-    while let Ok(first) = rx.recv() {
-        if gone(&first) {
+    while let Ok(first) = queue.rx.recv() {
+        let Some(first) = skip(queue.taken(first)) else {
             continue;
-        }
+        };
         let batch_cost = |jobs: &[Job<I, O>]| -> (usize, usize) {
             let items: usize = jobs.iter().map(|j| j.items.len()).sum();
             let widest = jobs
@@ -234,9 +336,11 @@ fn serve<M, I, O>(
             if !cfg.merge_requests || items >= cfg.max_items || padded >= cfg.max_cost {
                 break;
             }
-            match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-                Ok(job) if gone(&job) => {}
-                Ok(job) => jobs.push(job),
+            match queue
+                .rx
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            {
+                Ok(job) => jobs.extend(skip(queue.taken(job))),
                 Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
             }
         }
@@ -373,9 +477,78 @@ mod tests {
             max_cost: 1 << 20,
             max_wait: Duration::from_millis(wait_ms),
             queue_capacity: 64,
+            max_queued_cost: usize::MAX,
+            max_queue_wait: Duration::from_secs(600),
             on_panic: PanicPolicy::KeepServing,
             merge_requests: true,
         }
+    }
+
+    /// An engine that runs unmerged batches and blocks on item 0 until `release` gets a
+    /// message; items cost their value.
+    fn gated(cfg: BatchConfig) -> (Engine<i64, i64>, std::sync::mpsc::Sender<()>) {
+        let (release, gate) = std::sync::mpsc::channel::<()>();
+        let gate = std::sync::Mutex::new(gate);
+        let (engine, ()) = Engine::<i64, i64>::spawn(
+            "t",
+            BatchConfig {
+                merge_requests: false,
+                ..cfg
+            },
+            || Ok::<_, LoadError>(((), ())),
+            move |_, xs| {
+                if xs.contains(&0) {
+                    gate.lock().unwrap().recv().unwrap();
+                }
+                Ok(xs.to_vec())
+            },
+            |&x| x as usize,
+        )
+        .unwrap();
+        (engine, release)
+    }
+
+    /// Admission by queued work: with 0 running, requests queue up to the cost bound; the next
+    /// is refused at once (RESOURCE_EXHAUSTED with a retry hint), and one that waited past the
+    /// wait bound is answered so instead of running.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn admission_follows_queued_work_and_waits_are_bounded() {
+        let (engine, release) = gated(BatchConfig {
+            max_queued_cost: 100,
+            max_queue_wait: Duration::from_millis(200),
+            ..cfg(0)
+        });
+        let submit = |x: i64| {
+            let e = engine.clone();
+            tokio::spawn(async move { e.submit(vec![x]).await })
+        };
+        let busy = submit(0);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let waiting = submit(60);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let refused = engine.submit(vec![50]).await.unwrap_err();
+        assert!(
+            matches!(&refused, EngineError::Overloaded(m) if m.contains("60 tokens of work queued")),
+            "{refused:?}"
+        );
+        let status = tonic::Status::from(refused);
+        assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+        assert!(status.metadata().get("retry-after-ms").is_some());
+        // A request within the bound still queues; then the wait bound passes for both.
+        let small = submit(30);
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        release.send(()).unwrap();
+        assert_eq!(busy.await.unwrap().unwrap(), vec![0]);
+        for late in [waiting, small] {
+            let e = late.await.unwrap().unwrap_err();
+            assert!(
+                matches!(&e, EngineError::Overloaded(m) if m.contains("in the engine queue")),
+                "{e:?}"
+            );
+        }
+        assert_eq!(engine.stats.overloaded.load(Ordering::Relaxed), 3);
+        // The queue is empty again: work is admitted and runs.
+        assert_eq!(engine.submit(vec![90]).await.unwrap(), vec![90]);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -470,27 +643,7 @@ mod tests {
     /// engine serves the next one.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn work_whose_caller_is_gone_is_dropped() {
-        let (release, gate) = std::sync::mpsc::channel::<()>();
-        let gate = std::sync::Mutex::new(gate);
-        // Unmerged, so no waiting request can join the busy batch.
-        let unmerged = BatchConfig {
-            merge_requests: false,
-            ..cfg(0)
-        };
-        let (engine, ()) = Engine::<i64, i64>::spawn(
-            "t",
-            unmerged,
-            || Ok::<_, LoadError>(((), ())),
-            // Item 0 holds the engine until the test releases it.
-            move |_, xs| {
-                if xs.contains(&0) {
-                    gate.lock().unwrap().recv().unwrap();
-                }
-                Ok(xs.to_vec())
-            },
-            |_| 1,
-        )
-        .unwrap();
+        let (engine, release) = gated(cfg(0));
         let busy = {
             let e = engine.clone();
             tokio::spawn(async move { e.submit(vec![0]).await })
@@ -563,7 +716,14 @@ impl From<EngineError> for tonic::Status {
     /// failed batch is the server's fault.
     fn from(e: EngineError) -> Self {
         match e {
-            EngineError::Busy(_) => tonic::Status::resource_exhausted(e.to_string()),
+            EngineError::Busy(_) | EngineError::Overloaded(_) => {
+                let mut status = tonic::Status::resource_exhausted(e.to_string());
+                // A hint for clients that read it: the first backoff to try.
+                status
+                    .metadata_mut()
+                    .insert("retry-after-ms", tonic::metadata::MetadataValue::from(100));
+                status
+            }
             EngineError::Down => tonic::Status::unavailable(e.to_string()),
             EngineError::Failed(msg) => tonic::Status::internal(format!("model error: {msg}")),
             EngineError::Panicked(_) => tonic::Status::internal(e.to_string()),

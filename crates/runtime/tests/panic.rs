@@ -65,6 +65,8 @@ async fn serve(policy: PanicPolicy) -> (String, tokio::sync::oneshot::Sender<()>
         max_cost: 1 << 20,
         max_wait: Duration::from_millis(1),
         queue_capacity: 8,
+        max_queued_cost: usize::MAX,
+        max_queue_wait: Duration::from_secs(600),
         on_panic: policy,
         merge_requests: true,
     };

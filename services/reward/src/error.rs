@@ -11,6 +11,9 @@ pub enum ServiceError {
     /// The engine queue is full.
     #[error("the scoring queue is full ({0} requests waiting); retry later")]
     Busy(usize),
+    /// Too much work queued, or queued too long (the message says which).
+    #[error("{0}")]
+    Overloaded(String),
     /// The engine thread is gone (shutting down, or it failed).
     #[error("the model engine is not running")]
     EngineDown,
@@ -29,6 +32,7 @@ impl From<EngineError> for ServiceError {
     fn from(e: EngineError) -> Self {
         match e {
             EngineError::Busy(n) => Self::Busy(n),
+            EngineError::Overloaded(why) => Self::Overloaded(why),
             EngineError::Down => Self::EngineDown,
             EngineError::Failed(msg) => Self::Engine(msg),
             EngineError::Panicked(msg) => Self::Panicked(msg),
@@ -50,7 +54,7 @@ impl From<ServiceError> for Status {
         let msg = e.to_string();
         match e {
             ServiceError::InvalidArgument { .. } => Status::invalid_argument(msg),
-            ServiceError::Busy(_) => Status::resource_exhausted(msg),
+            ServiceError::Busy(_) | ServiceError::Overloaded(_) => Status::resource_exhausted(msg),
             ServiceError::EngineDown => Status::unavailable(msg),
             ServiceError::Model(_) | ServiceError::Engine(_) | ServiceError::Panicked(_) => {
                 Status::internal(msg)
