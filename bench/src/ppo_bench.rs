@@ -212,6 +212,7 @@ fn main() -> Result<()> {
                 resume: false,
                 print_progress: true,
                 gold: None,
+                pause_on_bad_batch: false,
             },
         )?;
         let status = run.finished().await;

@@ -80,12 +80,14 @@ pub fn run(a: OrchestrateArgs) -> Result<()> {
             rrlhf_runtime::server::termination_signal().await;
             return Ok(());
         }
+        let resumable = cfg.rest.addr.is_some();
         let handle = spawn_run(
             cfg,
             RunOptions {
                 resume: a.resume,
                 print_progress: true,
                 gold: None,
+                pause_on_bad_batch: resumable,
             },
         )?;
         api.adopt(handle.clone());

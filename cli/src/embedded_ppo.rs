@@ -59,6 +59,7 @@ pub fn run(
                 resume: true,
                 print_progress: true,
                 gold,
+                pause_on_bad_batch: rest.is_some(),
             },
         )?;
         if let Some(addr) = rest {

@@ -81,6 +81,12 @@ pub enum OrchestratorError {
         what: &'static str,
         error: tokio::task::JoinError,
     },
+    /// The batch's numbers are not finite (a broken reward model, an absurd setting): the step
+    /// is not trained on; the run rolls it back and pauses.
+    #[error(
+        "non-finite {what} in this batch ({detail}); the step was rolled back and the run paused: fix the cause (a reward model, a setting) and resume"
+    )]
+    NonFinite { what: &'static str, detail: String },
     /// A failure of one PPO step, numbered from 1.
     #[error("step {step}: {error}")]
     Step {
@@ -149,6 +155,20 @@ impl OrchestratorError {
             Self::Rpc { status, .. } => Some(status.code()),
             Self::Step { error, .. } => error.code(),
             _ => None,
+        }
+    }
+
+    /// Whether the failure is in the batch's numbers (non-finite rewards, advantages or
+    /// returns; head rewards the robust objective refuses; a service reporting DATA_LOSS for
+    /// its model's non-finite output), found before anything was trained:
+    /// the run rolls the step back and pauses instead of failing.
+    pub fn pauses_run(&self) -> bool {
+        match self {
+            Self::NonFinite { .. } | Self::Objective(_) => true,
+            // A service whose model's output is corrupt (non-finite) says so with DATA_LOSS.
+            Self::Rpc { status, .. } => status.code() == tonic::Code::DataLoss,
+            Self::Step { error, .. } => error.pauses_run(),
+            _ => false,
         }
     }
 

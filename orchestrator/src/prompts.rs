@@ -209,6 +209,14 @@ impl PromptStream {
         self.prompts.is_empty()
     }
 
+    /// Goes back to `cursor` (a step that is rolled back gives its prompts to the next try).
+    pub fn rewind(&mut self, cursor: Cursor) {
+        if cursor.epoch != self.cursor.epoch {
+            self.order = permutation(self.prompts.len(), self.seed, cursor.epoch);
+        }
+        self.cursor = cursor;
+    }
+
     /// The next `n` prompts, crossing into the next epoch (and its order) when needed.
     pub fn next_batch(&mut self, n: usize) -> Vec<PromptInput> {
         let mut out = Vec::with_capacity(n);

@@ -75,7 +75,7 @@ fn status_of(e: &OrchestratorError) -> StatusCode {
         // A service that is down or busy may come back; one that refused or answered nonsense
         // will not by itself.
         E::Rpc { .. } if e.is_retryable() => StatusCode::SERVICE_UNAVAILABLE,
-        E::Rpc { .. } | E::BadResponse { .. } => StatusCode::BAD_GATEWAY,
+        E::Rpc { .. } | E::BadResponse { .. } | E::NonFinite { .. } => StatusCode::BAD_GATEWAY,
         E::Step { error, .. } => status_of(error),
         E::Io { .. }
         | E::Prompts(_)
@@ -266,6 +266,7 @@ async fn create_run(
             resume: q.resume,
             print_progress: api.print_progress,
             gold: None,
+            pause_on_bad_batch: true,
         },
     )?;
     let info = run.info();

@@ -132,6 +132,10 @@ pub struct RunOptions {
     /// Print each step's summary line on stderr.
     pub print_progress: bool,
     pub gold: Option<GoldReward>,
+    /// A step whose batch turns out non-finite is rolled back and the run pauses with the
+    /// reason (someone can fix the cause and resume it over the REST API), instead of failing.
+    /// Only where something can resume it: a paused run with no REST API would wait forever.
+    pub pause_on_bad_batch: bool,
 }
 
 impl std::fmt::Debug for RunOptions {
@@ -140,6 +144,7 @@ impl std::fmt::Debug for RunOptions {
             .field("resume", &self.resume)
             .field("print_progress", &self.print_progress)
             .field("gold", &self.gold.is_some())
+            .field("pause_on_bad_batch", &self.pause_on_bad_batch)
             .finish()
     }
 }
@@ -304,14 +309,34 @@ impl Runner {
             }
             let span =
                 tracing::info_span!("ppo_step", run = %state.config.run.id, step = state.step + 1);
-            let m = self
+            let before = (state.kl, state.reward_norm, stream.cursor);
+            let step = self
                 .step(&mut state, &mut stream, eos_id)
                 .instrument(span)
                 .await
                 .map_err(|e| OrchestratorError::Step {
                     step: state.step + 1,
                     error: Box::new(e),
-                })?;
+                });
+            let m = match step {
+                Ok(m) => m,
+                Err(e) if self.opts.pause_on_bad_batch && e.pauses_run() => {
+                    // Nothing was trained: restoring the controller, the reward statistics and
+                    // the prompt cursor undoes the step. The run waits, paused, for a fix.
+                    (state.kl, state.reward_norm) = (before.0, before.1);
+                    stream.rewind(before.2);
+                    tracing::warn!(error = %e, "step rolled back; run paused");
+                    self.info.lock().expect("run info lock").error = Some(e.to_string());
+                    self.set_status(RunStatus::Paused);
+                    if let Next::Stop = self.handle_control(&mut state, true).await? {
+                        self.checkpoint(&state, &mut checkpointed_at).await?;
+                        return Ok(RunStatus::Stopped);
+                    }
+                    self.info.lock().expect("run info lock").error = None;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             metrics::append(&metrics_path, &m)?;
             m.record(&state.config.run.id);
             if self.opts.print_progress {

@@ -53,6 +53,33 @@ pub struct Prepared {
     pub response_length: f32,
 }
 
+/// Refuses a batch whose rewards, advantages or returns are not all finite, naming the first
+/// offender: training on it would write NaN into the actor and critic.
+fn check_finite(
+    actor: &[actor::TrainSample],
+    critic: &[critic::TrainSample],
+    stats: &RewardStats,
+) -> Result<()> {
+    let bad = |what: &'static str, detail: String| OrchestratorError::NonFinite { what, detail };
+    if !stats.aggregated.is_finite() {
+        return Err(bad(
+            "reward",
+            format!("mean aggregated reward {}", stats.aggregated),
+        ));
+    }
+    for (i, s) in actor.iter().enumerate() {
+        if let Some(a) = s.advantages.iter().find(|a| !a.is_finite()) {
+            return Err(bad("advantages", format!("sample {i}: {a}")));
+        }
+    }
+    for (i, s) in critic.iter().enumerate() {
+        if let Some(r) = s.returns.iter().find(|r| !r.is_finite()) {
+            return Err(bad("returns", format!("sample {i}: {r}")));
+        }
+    }
+    Ok(())
+}
+
 fn mean(xs: impl Iterator<Item = f32>) -> f32 {
     let (sum, n) = xs.fold((0.0f64, 0usize), |(s, n), x| (s + x as f64, n + 1));
     if n == 0 { 0.0 } else { (sum / n as f64) as f32 }
@@ -137,7 +164,7 @@ pub fn prepare(
         prompt_ids: r.prompt_ids.clone(),
         response_ids: r.response_ids.clone(),
     };
-    let actor_samples = rollouts
+    let actor_samples: Vec<actor::TrainSample> = rollouts
         .iter()
         .zip(advantages)
         .enumerate()
@@ -147,7 +174,7 @@ pub fn prepare(
             advantages: adv,
         })
         .collect();
-    let critic_samples = rollouts
+    let critic_samples: Vec<critic::TrainSample> = rollouts
         .iter()
         .zip(returns)
         .enumerate()
@@ -157,6 +184,7 @@ pub fn prepare(
             returns: ret,
         })
         .collect();
+    check_finite(&actor_samples[..], &critic_samples[..], &stats)?;
     Ok(Prepared {
         actor: actor_samples,
         critic: critic_samples,

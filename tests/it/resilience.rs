@@ -140,3 +140,58 @@ async fn a_call_past_its_deadline_is_given_up() {
     );
     cluster.stop().await;
 }
+
+/// A reward model that answers NaN: the step is refused before anything trains, rolled back,
+/// and the run pauses with the reason instead of failing (which ended `rrlhf run` and its REST
+/// API); the paused run still takes commands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_non_finite_batch_pauses_the_run_instead_of_failing_it() {
+    use rrlhf_model::reward_model::RewardModel;
+    use rrlhf_model::{Placement, TextTokenizer};
+
+    let out = tempfile::tempdir().unwrap();
+    // A copy of the test kit's BRME whose heads answer NaN.
+    let broken = out.path().join("broken-brme");
+    let rm = RewardModel::from_dir(&dirs().reward, Placement::default()).unwrap();
+    tch::no_grad(|| {
+        for (name, mut v) in rm.vs.variables() {
+            if name.starts_with("brme.mu") {
+                let _ = v.fill_(f64::NAN);
+            }
+        }
+    });
+    rm.save(&broken).unwrap();
+    TextTokenizer::load(&dirs().reward)
+        .unwrap()
+        .save_to(&broken)
+        .unwrap();
+    let models = rrlhf_embedded::ModelDirs {
+        reward: broken,
+        ..dirs()
+    };
+    let cluster = Cluster::start(&models, &Options::default()).await.unwrap();
+    let cfg = config(&cluster, out.path(), "nan", 2);
+    let options = RunOptions {
+        pause_on_bad_batch: true,
+        ..RunOptions::default()
+    };
+    let run = spawn_run(cfg, options).unwrap();
+    wait_for("the pause", || {
+        !matches!(run.info().status, RunStatus::Created | RunStatus::Running)
+    })
+    .await;
+    let info = run.info();
+    assert_eq!(info.status, RunStatus::Paused, "{:?}", info.error);
+    assert_eq!(info.step, 0, "the step was rolled back");
+    let error = info.error.unwrap_or_default();
+    assert!(
+        error.starts_with("step 1:") && error.contains("corrupt") && error.contains("NaN"),
+        "{error}"
+    );
+    assert!(
+        !out.path().join("nan/metrics.jsonl").exists() || metrics_of(out.path(), "nan").is_empty()
+    );
+    run.request(Control::Stop).await.unwrap();
+    assert_eq!(run.finished().await, RunStatus::Stopped);
+    cluster.stop().await;
+}

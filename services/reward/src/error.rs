@@ -14,6 +14,9 @@ pub enum ServiceError {
     /// Too much work queued, or queued too long (the message says which).
     #[error("{0}")]
     Overloaded(String),
+    /// The model's own output is unusable (non-finite head rewards): DATA_LOSS.
+    #[error("the reward model's output is corrupt: {0}")]
+    CorruptModel(String),
     /// The engine thread is gone (shutting down, or it failed).
     #[error("the model engine is not running")]
     EngineDown,
@@ -55,6 +58,7 @@ impl From<ServiceError> for Status {
         match e {
             ServiceError::InvalidArgument { .. } => Status::invalid_argument(msg),
             ServiceError::Busy(_) | ServiceError::Overloaded(_) => Status::resource_exhausted(msg),
+            ServiceError::CorruptModel(_) => Status::data_loss(msg),
             ServiceError::EngineDown => Status::unavailable(msg),
             ServiceError::Model(_) | ServiceError::Engine(_) | ServiceError::Panicked(_) => {
                 Status::internal(msg)

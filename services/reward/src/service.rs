@@ -65,8 +65,14 @@ impl RewardServer {
         let ids = self.encode(&req.samples)?;
         let lengths: Vec<usize> = ids.iter().map(Vec::len).collect();
         let heads = self.engine.score(ids).await?;
-        let aggregated = aggregate(&heads, strategy, set, req.seed)
-            .map_err(|e| ServiceError::invalid("samples", e.to_string()))?;
+        let aggregated = aggregate(&heads, strategy, set, req.seed).map_err(|e| match e {
+            // The heads come from this service's own model: non-finite ones mean corrupt
+            // weights, not a bad request.
+            rrlhf_robust::RobustError::BadSample { .. } => {
+                ServiceError::CorruptModel(e.to_string())
+            }
+            e => ServiceError::invalid("samples", e.to_string()),
+        })?;
         let scores = req
             .samples
             .iter()
