@@ -251,6 +251,17 @@ async fn create_run(
     merge(&mut merged, overrides);
     let cfg: OrchestratorConfig = parse(&serde_json::to_vec(&merged).expect("a JSON value"))?;
     cfg.validate()?;
+    // Where runs write is the operator's choice, not a caller's: a body could otherwise make
+    // the orchestrator write anywhere its process may.
+    if cfg.run.out_dir != api.base.run.out_dir {
+        return Err(OrchestratorError::invalid(
+            "run.out_dir",
+            format!(
+                "is set by the orchestrator's configuration ({}); a request cannot change it",
+                api.base.run.out_dir.display()
+            ),
+        ));
+    }
     if !cfg.run.id.is_empty() {
         let runs = api.runs.lock().expect("runs lock");
         if runs

@@ -127,6 +127,10 @@ async fn every_error_gets_the_status_of_its_kind() {
     let (code, v) = call(&app, "POST", "/v1/runs", r#"{"run": {"steps": 0}}"#).await;
     assert_eq!(code, StatusCode::BAD_REQUEST);
     assert!(error_of(&v).starts_with("run.steps"), "{v}");
+    let body = r#"{"run": {"id": "elsewhere", "out_dir": "/tmp/somewhere-else"}}"#;
+    let (code, v) = call(&app, "POST", "/v1/runs", body).await;
+    assert_eq!(code, StatusCode::BAD_REQUEST);
+    assert!(error_of(&v).starts_with("run.out_dir: is set by"), "{v}");
     let (code, _) = call(&app, "GET", "/v1/runs/nope", "").await;
     assert_eq!(code, StatusCode::NOT_FOUND);
 
