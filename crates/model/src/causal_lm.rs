@@ -195,12 +195,17 @@ impl CausalLm {
     /// Columns `from..` of [`Self::token_logprobs`] (`[B, T-1-from]`: `out[:, t-1-from]` is
     /// log p(ids[t] | ids[..t])), computing the LM head only where they need it.
     pub fn token_logprobs_from(&self, batch: &Batch, from: i64) -> Tensor {
+        self.window_logprobs(batch, from).1
+    }
+
+    /// [`Self::window_logits`] and the log-probs they give ([`Self::token_logprobs_from`]),
+    /// for callers that need both (training, whose entropy reads the logits).
+    pub fn window_logprobs(&self, batch: &Batch, from: i64) -> (Tensor, Tensor) {
         let logits = self.window_logits(batch, from);
         let width = logits.size()[1];
-        shifted_logprobs(
-            &logits,
-            &batch.ids.narrow(1, batch.ids.size()[1] - width, width),
-        )
+        let targets = batch.ids.narrow(1, batch.ids.size()[1] - width, width);
+        let logp = shifted_logprobs(&logits, &targets);
+        (logits, logp)
     }
 }
 
@@ -240,8 +245,7 @@ impl CausalLm {
                 .map(|&i| pairs[i].0.iter().chain(&pairs[i].1).copied().collect())
                 .collect();
             let batch = Batch::pad(&seqs, 0, crate::batch::PadSide::Right, self.device())?;
-            // Only the positions from the shortest prompt's last token on predict a response.
-            let from = idx.iter().map(|&i| pairs[i].0.len() - 1).min().unwrap_or(0);
+            let from = response_window_start(idx.iter().map(|&i| pairs[i].0.len()));
             let rows = crate::batch::rows_f32(&self.token_logprobs_from(&batch, from as i64))?;
             // Row b, shifted position p_len - 1 + t predicts response token t.
             Ok(rows
@@ -255,6 +259,12 @@ impl CausalLm {
                 .collect())
         })
     }
+}
+
+/// Where a batch's log-prob window starts: the last token of its shortest prompt, the first
+/// position that predicts a response token (0 for no prompts).
+pub fn response_window_start(prompt_lens: impl Iterator<Item = usize>) -> usize {
+    prompt_lens.min().map_or(0, |l| l.saturating_sub(1))
 }
 
 /// Log-probability of `ids[:, 1:]` under `logits[:, :-1]`, computed in f32.

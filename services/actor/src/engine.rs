@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 
 use rrlhf_model::batch::{Batch, PadSide};
-use rrlhf_model::causal_lm::shifted_logprobs;
+use rrlhf_model::causal_lm::response_window_start;
 use rrlhf_model::generate::{FinishReason, Generation};
 use rrlhf_model::lora::AdapterSwitch;
 use rrlhf_model::losses::{entropy, ppo_policy_loss};
@@ -236,17 +236,8 @@ impl Policy {
         let batch = Batch::pad(&seqs, self.pad_id(), PadSide::Right, self.model.device())?;
         // The LM head runs only from the shortest prompt's last token on: the positions before
         // it predict no response token.
-        let from = idx
-            .iter()
-            .map(|&i| job.pairs[i].0.len() - 1)
-            .min()
-            .unwrap_or(0);
-        let logits = self.model.window_logits(&batch, from as i64);
-        let total = batch.ids.size()[1];
-        let logp = shifted_logprobs(
-            &logits,
-            &batch.ids.narrow(1, from as i64, total - from as i64),
-        );
+        let from = response_window_start(idx.iter().map(|&i| job.pairs[i].0.len()));
+        let (logits, logp) = self.model.window_logprobs(&batch, from as i64);
         let width = logp.size()[1] as usize;
         let mut old = vec![0f32; idx.len() * width];
         let mut adv = vec![0f32; idx.len() * width];
