@@ -16,6 +16,7 @@ use tonic::Status;
 use crate::clients::{Pool, Services, retry, with_deadline};
 use crate::config::{OrchestratorConfig, RetrySettings};
 use crate::error::{OrchestratorError, Result};
+use crate::instances::Instances;
 use crate::prompts::Cursor;
 
 /// Everything besides the services' weights that a resumed run needs.
@@ -81,12 +82,15 @@ fn step_name(step: usize) -> String {
 }
 
 /// Saves the services and `state` as the checkpoint of `state.step`; returns its directory.
+/// With `known`, the services' instances are compared with it once they have written: a
+/// checkpoint written by a restarted service (its start weights) never becomes `latest`.
 pub async fn save(
     services: &Services,
     retry_cfg: &RetrySettings,
     run_dir: &Path,
     state: &RunState,
     keep: usize,
+    known: Option<&Instances>,
 ) -> Result<PathBuf> {
     let io = |what: &str, e| OrchestratorError::io(format!("checkpoint: {what}"), e);
     let root = checkpoints_dir(run_dir);
@@ -109,6 +113,9 @@ pub async fn save(
         save_checkpoint,
         SaveCheckpointRequest
     )?;
+    if let Some(known) = known {
+        known.ensure_unchanged(services, retry_cfg).await?;
+    }
     let json = serde_json::to_vec_pretty(state).expect("the run state serialises");
     write_atomic(&tmp.join(STATE_FILE), &json).map_err(|e| io("writing state.json", e))?;
     let final_dir = root.join(&name);

@@ -87,6 +87,13 @@ pub enum OrchestratorError {
         "non-finite {what} in this batch ({detail}); the step was rolled back and the run paused: fix the cause (a reward model, a setting) and resume"
     )]
     NonFinite { what: &'static str, detail: String },
+    /// Trained services restarted (their weights and optimizer state went with the old
+    /// process) and no checkpoint exists to reload into them.
+    #[error(
+        "{} restarted and came back with its start weights; the run has no checkpoint to reload",
+        .services.join(", ")
+    )]
+    Restarted { services: Vec<String> },
     /// A failure of one PPO step, numbered from 1.
     #[error("step {step}: {error}")]
     Step {
@@ -164,10 +171,19 @@ impl OrchestratorError {
     /// the run rolls the step back and pauses instead of failing.
     pub fn pauses_run(&self) -> bool {
         match self {
-            Self::NonFinite { .. } | Self::Objective(_) => true,
+            Self::NonFinite { .. } | Self::Objective(_) | Self::Restarted { .. } => true,
             // A service whose model's output is corrupt (non-finite) says so with DATA_LOSS.
             Self::Rpc { status, .. } => status.code() == tonic::Code::DataLoss,
             Self::Step { error, .. } => error.pauses_run(),
+            _ => false,
+        }
+    }
+
+    /// Whether a trained service restarted under the operation.
+    pub fn is_restart(&self) -> bool {
+        match self {
+            Self::Restarted { .. } => true,
+            Self::Step { error, .. } => error.is_restart(),
             _ => false,
         }
     }

@@ -13,6 +13,7 @@
 //! - [`step`]: robust rewards, PPO math and the training calls of one step.
 //! - [`metrics`]: per-step metrics (JSONL, Prometheus).
 //! - [`checkpoint`]: atomic run checkpoints (services + orchestrator state) and resume.
+//! - [`instances`]: which process serves each trained rank (restart detection).
 //! - [`lock`]: one orchestrator per run directory.
 //! - [`run`]: the run lifecycle (created → running ⇄ paused → finished | stopped | failed).
 //! - [`rest`]: the REST control API (axum) with its OpenAPI document.
@@ -23,6 +24,7 @@ pub mod clients;
 pub mod config;
 pub mod error;
 pub mod experience;
+pub mod instances;
 pub mod lock;
 pub mod metrics;
 pub mod prompts;

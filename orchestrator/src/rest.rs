@@ -71,7 +71,9 @@ fn status_of(e: &OrchestratorError) -> StatusCode {
         | E::NotPaused
         | E::AlreadyExists { .. }
         | E::Active { .. }
-        | E::Locked { .. } => StatusCode::CONFLICT,
+        | E::Locked { .. }
+        // A checkpoint asked for after a restart would hold the restarted service's weights.
+        | E::Restarted { .. } => StatusCode::CONFLICT,
         // A service that is down or busy may come back; one that refused or answered nonsense
         // will not by itself.
         E::Rpc { .. } if e.is_retryable() => StatusCode::SERVICE_UNAVAILABLE,

@@ -16,9 +16,10 @@ use tracing::Instrument;
 
 use crate::checkpoint::{self, RunState};
 use crate::clients::{Services, retry, with_deadline};
-use crate::config::OrchestratorConfig;
+use crate::config::{OrchestratorConfig, RetrySettings};
 use crate::error::{OrchestratorError, Result};
 use crate::experience;
+use crate::instances::Instances;
 use crate::metrics::{self, StepMetrics};
 use crate::prompts::{self, Cursor, PromptStream};
 use crate::step;
@@ -199,6 +200,8 @@ pub fn spawn_run(mut cfg: OrchestratorConfig, opts: RunOptions) -> Result<RunHan
         status: status_tx,
         control: rx,
         opts,
+        retry: cfg.retry.clone(),
+        instances: None,
     };
     tokio::spawn(async move {
         let outcome = runner.drive(cfg).await;
@@ -230,6 +233,9 @@ struct Runner {
     status: watch::Sender<RunStatus>,
     control: mpsc::UnboundedReceiver<Control>,
     opts: RunOptions,
+    retry: RetrySettings,
+    /// The actor and critic instances the run's weights live in (known once it started).
+    instances: Option<Instances>,
 }
 
 /// What the control loop tells the step loop.
@@ -264,6 +270,7 @@ impl Runner {
         } else {
             None
         };
+        let resumed_at = resumed.as_ref().map(|(_, saved)| saved.step);
         let mut state = match resumed {
             Some((ckpt, state)) => {
                 checkpoint::restore_services(&self.services, &retry_cfg, &ckpt).await?;
@@ -296,21 +303,32 @@ impl Runner {
         checkpoint::write_atomic(&self.dir.join("config.json"), &json)
             .map_err(|e| OrchestratorError::io("writing config.json", e))?;
         let mut stream = PromptStream::new(prompt_list, state.config.run.seed, state.cursor);
+        self.instances = Some(Instances::observe(&self.services, &retry_cfg).await?);
         self.sync_info(&state);
         self.set_status(RunStatus::Running);
 
-        let mut checkpointed_at = None;
+        let mut checkpointed_at = resumed_at;
+        if resumed_at.is_none() && state.config.run.checkpoint_every > 0 {
+            // The start, too, is a checkpoint: a service that restarts before the first regular
+            // one can then be given back its start, and the run goes on instead of pausing.
+            self.checkpoint(&state, &mut checkpointed_at).await?;
+        }
         while state.step < state.config.run.steps {
             if let Next::Stop = self.handle_control(&mut state, false).await? {
-                if checkpointed_at != Some(state.step) {
-                    self.checkpoint(&state, &mut checkpointed_at).await?;
+                return self.stop(&state, checkpointed_at).await;
+            }
+            // Nothing may be trained on a service that lost its weights since the last look.
+            if let Err(e) = self.ensure_same_instances().await {
+                let next = self.after_restart(e, &mut state, &mut stream, &mut checkpointed_at);
+                if let Next::Stop = next.await? {
+                    return self.stop(&state, checkpointed_at).await;
                 }
-                return Ok(RunStatus::Stopped);
+                continue;
             }
             let span =
                 tracing::info_span!("ppo_step", run = %state.config.run.id, step = state.step + 1);
             let before = (state.kl, state.reward_norm, stream.cursor);
-            let step = self
+            let mut step = self
                 .step(&mut state, &mut stream, eos_id)
                 .instrument(span)
                 .await
@@ -318,22 +336,32 @@ impl Runner {
                     step: state.step + 1,
                     error: Box::new(e),
                 });
+            // A step that failed, or that trained, may have met a restarted service (a lone
+            // rank's calls are retried on whatever answers at its address): look again before
+            // its results count.
+            if let Err(e) = self.ensure_same_instances().await
+                && (e.is_restart() || step.is_ok())
+            {
+                step = Err(e);
+            }
             let m = match step {
                 Ok(m) => m,
+                Err(e) if e.is_restart() => {
+                    let next = self.after_restart(e, &mut state, &mut stream, &mut checkpointed_at);
+                    if let Next::Stop = next.await? {
+                        return self.stop(&state, checkpointed_at).await;
+                    }
+                    continue;
+                }
                 Err(e) if self.opts.pause_on_bad_batch && e.pauses_run() => {
                     // Nothing was trained: restoring the controller, the reward statistics and
                     // the prompt cursor undoes the step. The run waits, paused, for a fix.
                     (state.kl, state.reward_norm) = (before.0, before.1);
                     stream.rewind(before.2);
-                    tracing::warn!(error = %e, "step rolled back; run paused");
-                    self.info.lock().expect("run info lock").error = Some(e.to_string());
-                    self.set_status(RunStatus::Paused);
-                    if let Next::Stop = self.handle_control(&mut state, true).await? {
-                        self.checkpoint(&state, &mut checkpointed_at).await?;
-                        return Ok(RunStatus::Stopped);
+                    match self.pause_for(e, &mut state).await? {
+                        Next::Continue => continue,
+                        Next::Stop => return self.stop(&state, checkpointed_at).await,
                     }
-                    self.info.lock().expect("run info lock").error = None;
-                    continue;
                 }
                 Err(e) => return Err(e),
             };
@@ -346,7 +374,17 @@ impl Runner {
             self.sync_info(&state);
             let every = state.config.run.checkpoint_every;
             if every > 0 && state.step % every == 0 {
-                self.checkpoint(&state, &mut checkpointed_at).await?;
+                match self.checkpoint(&state, &mut checkpointed_at).await {
+                    Ok(_) => {}
+                    Err(e) if e.is_restart() => {
+                        let next =
+                            self.after_restart(e, &mut state, &mut stream, &mut checkpointed_at);
+                        if let Next::Stop = next.await? {
+                            return self.stop(&state, checkpointed_at).await;
+                        }
+                    }
+                    Err(e) => return Err(e),
+                }
             }
         }
         if checkpointed_at != Some(state.step) {
@@ -357,6 +395,106 @@ impl Runner {
         Ok(RunStatus::Finished)
     }
 
+    /// Ends a stopped run with a checkpoint of where it stands, unless one exists already or
+    /// a trained service restarted (its weights are not the run's; `latest` stays as it is).
+    async fn stop(&self, state: &RunState, checkpointed_at: Option<usize>) -> Result<RunStatus> {
+        if checkpointed_at != Some(state.step) {
+            match self.checkpoint(state, &mut None).await {
+                Err(e) if e.is_restart() => {
+                    tracing::warn!(error = %e, "stopped without a final checkpoint");
+                }
+                r => drop(r?),
+            }
+        }
+        Ok(RunStatus::Stopped)
+    }
+
+    /// After a restart: the latest checkpoint reloaded, the run goes on; without one, it
+    /// pauses (or fails, see [`Runner::pause_for`]).
+    async fn after_restart(
+        &mut self,
+        e: OrchestratorError,
+        state: &mut RunState,
+        stream: &mut PromptStream,
+        checkpointed_at: &mut Option<usize>,
+    ) -> Result<Next> {
+        match self.recover(e, state, stream).await {
+            Ok(at) => {
+                *checkpointed_at = at;
+                Ok(Next::Continue)
+            }
+            Err(e) => self.pause_for(e, state).await,
+        }
+    }
+
+    /// Pauses the run with `e` as the reason and waits for a command: resumed, the run goes
+    /// on (`Next::Continue`); after a restart, the services it sees then are the ones it trains.
+    async fn pause_for(&mut self, e: OrchestratorError, state: &mut RunState) -> Result<Next> {
+        if !self.opts.pause_on_bad_batch {
+            return Err(e);
+        }
+        tracing::warn!(error = %e, "run paused");
+        self.info.lock().expect("run info lock").error = Some(e.to_string());
+        self.set_status(RunStatus::Paused);
+        let next = self.handle_control(state, true).await?;
+        if let Next::Continue = next {
+            self.info.lock().expect("run info lock").error = None;
+            if e.is_restart() {
+                // Resumed knowing that the restarted services hold their start weights.
+                let retry_cfg = &state.config.retry;
+                self.instances = Some(Instances::observe(&self.services, retry_cfg).await?);
+            }
+        }
+        Ok(next)
+    }
+
+    /// Fails with [`OrchestratorError::Restarted`] when an actor or critic rank now runs
+    /// another process instance than the one the run last knew.
+    async fn ensure_same_instances(&self) -> Result<()> {
+        match &self.instances {
+            Some(known) => known.ensure_unchanged(&self.services, &self.retry).await,
+            None => Ok(()),
+        }
+    }
+
+    /// After a restart (`cause`): loads the latest checkpoint into every actor and critic rank
+    /// and rolls the run back to it — step, prompt cursor, KL controller, reward statistics,
+    /// metrics — so the lost steps are taken again; live changes of λ and the strategy stay.
+    /// Returns the step now checkpointed. Without a checkpoint there is nothing to reload:
+    /// the restart error is returned.
+    async fn recover(
+        &mut self,
+        cause: OrchestratorError,
+        state: &mut RunState,
+        stream: &mut PromptStream,
+    ) -> Result<Option<usize>> {
+        let Some((ckpt, saved)) = checkpoint::latest(&self.dir)? else {
+            return Err(cause);
+        };
+        tracing::warn!(error = %cause, step = saved.step, dir = %ckpt.display(),
+            "a trained service restarted; reloading the latest checkpoint");
+        ::metrics::counter!("rrlhf_orchestrator_service_restarts_total").increment(1);
+        let retry_cfg = state.config.retry.clone();
+        // A service restarting again while the checkpoint loads would get its start weights
+        // back: load until the instances are the same before and after.
+        let instances = loop {
+            let before = Instances::observe(&self.services, &retry_cfg).await?;
+            checkpoint::restore_services(&self.services, &retry_cfg, &ckpt).await?;
+            let after = Instances::observe(&self.services, &retry_cfg).await?;
+            if before == after {
+                break after;
+            }
+        };
+        self.instances = Some(instances);
+        metrics::truncate_after(&self.dir.join("metrics.jsonl"), saved.step)?;
+        let config = state.config.clone();
+        *state = RunState { config, ..saved };
+        stream.rewind(state.cursor);
+        self.info.lock().expect("run info lock").last_checkpoint = Some(ckpt);
+        self.sync_info(state);
+        Ok(Some(state.step))
+    }
+
     fn sync_info(&self, state: &RunState) {
         let mut info = self.info.lock().expect("run info lock");
         info.step = state.step;
@@ -365,13 +503,17 @@ impl Runner {
         info.beta = state.kl.beta();
     }
 
+    /// Saves a checkpoint of `state`, unless a trained service restarted (before or while it
+    /// wrote): its weights are not the run's.
     async fn checkpoint(&self, state: &RunState, at: &mut Option<usize>) -> Result<PathBuf> {
+        self.ensure_same_instances().await?;
         let dir = checkpoint::save(
             &self.services,
             &state.config.retry,
             &self.dir,
             state,
             state.config.run.keep_checkpoints,
+            self.instances.as_ref(),
         )
         .await?;
         *at = Some(state.step);

@@ -6,3 +6,4 @@ mod ppo;
 mod reproducible;
 mod resilience;
 mod rest;
+mod restarts;

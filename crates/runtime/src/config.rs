@@ -71,6 +71,10 @@ pub struct ServerConfig {
     /// the weights are all-gathered); 2 also frees each gradient once it is reduced into its
     /// owner's shard. Every rank of a group must use the same stage; other services ignore it.
     pub zero_stage: u32,
+    /// Set by [`crate::service::start`] for each start: reported in `Info` so that a client can
+    /// tell a restarted service (whose in-memory state is gone) from the one it knew.
+    #[serde(skip)]
+    pub instance_id: String,
 }
 
 impl Default for ServerConfig {
@@ -94,6 +98,7 @@ impl Default for ServerConfig {
             dist_backend: None,
             dist_timeout_secs: 600.0,
             zero_stage: 0,
+            instance_id: String::new(),
         }
     }
 }

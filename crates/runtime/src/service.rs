@@ -194,6 +194,7 @@ impl<X: ServiceSettings> ModelServiceConfig<X> {
             rank: self.server.rank,
             world_size: self.server.world_size,
             device: self.engine.device.clone(),
+            instance_id: self.server.instance_id.clone(),
         }
     }
 }
@@ -245,10 +246,11 @@ pub type StartError = Box<dyn std::error::Error + Send + Sync>;
 /// warm-up pass), binds `cfg.server.addr` and serves until `shutdown` resolves. Health turns
 /// SERVING once the model is warm, and NOT_SERVING if the engine stops.
 pub async fn start<S: ModelService>(
-    cfg: Config<S>,
+    mut cfg: Config<S>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<Running<S::Engine>, StartError> {
     cfg.validate()?;
+    cfg.server.instance_id = fresh_instance_id();
     let server_cfg = cfg.server.clone();
     let svc = tokio::task::spawn_blocking(move || S::load(cfg)).await??;
     let engine = svc.engine();
@@ -266,6 +268,19 @@ pub async fn start<S: ModelService>(
         engine,
         task: launched.task,
     })
+}
+
+/// A new instance id: 64 random bits (std's per-process random hash keys, mixed with the clock
+/// and a counter so two starts in one process differ too), as 16 hex digits.
+fn fresh_instance_id() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    static STARTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(STARTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+    h.write_u32(std::process::id());
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+    h.write_u128(now.map_or(0, |d| d.as_nanos()));
+    format!("{:016x}", h.finish())
 }
 
 #[cfg(test)]

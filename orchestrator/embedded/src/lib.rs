@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use rrlhf_actor_service::{ActorServer, ActorServiceConfig};
-use rrlhf_critic_service::CriticServer;
+use rrlhf_critic_service::{CriticServer, CriticServiceConfig};
 use rrlhf_orchestrator::config::Endpoints;
 use rrlhf_reference_service::ReferenceServer;
 use rrlhf_reward_service::{RewardServer, RewardServiceConfig};
@@ -108,6 +108,22 @@ pub fn reward_config(model: &Path, addr: &str, o: &Options) -> RewardServiceConf
     cfg
 }
 
+fn actor_cfg(model: &Path, server: ServerConfig, o: &Options) -> ActorServiceConfig {
+    let mut cfg: ActorServiceConfig = config(model, server, o);
+    cfg.service.lora = o.actor_lora.clone();
+    cfg
+}
+
+/// A lone actor's config at `addr` (public so a test can restart it on the same port).
+pub fn actor_config(model: &Path, addr: &str, o: &Options) -> ActorServiceConfig {
+    actor_cfg(model, server(addr, o), o)
+}
+
+/// A lone critic's config at `addr` (public so a test can restart it on the same port).
+pub fn critic_config(model: &Path, addr: &str, o: &Options) -> CriticServiceConfig {
+    config(model, server(addr, o), o)
+}
+
 type Served = JoinHandle<Result<(), ServeError>>;
 
 /// One running service: its address, its stop signal and its serving task.
@@ -162,6 +178,8 @@ pub struct Cluster {
     /// Further instances of each service, beyond the first.
     pub extra: Vec<Service>,
     extra_urls: ExtraUrls,
+    dirs: ModelDirs,
+    options: Options,
 }
 
 #[derive(Debug, Default)]
@@ -226,11 +244,7 @@ async fn start_ranks(
         tasks.spawn(async move {
             let server = place.server(&o);
             let started = match which {
-                Trained::Actor => {
-                    let mut cfg: ActorServiceConfig = config(&dirs.policy, server, &o);
-                    cfg.service.lora = o.actor_lora.clone();
-                    start::<ActorServer>(cfg).await
-                }
+                Trained::Actor => start::<ActorServer>(actor_cfg(&dirs.policy, server, &o)).await,
                 Trained::Critic => start::<CriticServer>(config(&dirs.critic, server, &o)).await,
             };
             (rank, started)
@@ -276,6 +290,8 @@ impl Cluster {
             reward: start_reward(reward_cfg()).await?,
             extra: Vec::new(),
             extra_urls: ExtraUrls::default(),
+            dirs: dirs.clone(),
+            options: o.clone(),
         };
         for (a, c) in actors.zip(critics) {
             cluster.extra_urls.actor.push(a.url());
@@ -313,6 +329,36 @@ impl Cluster {
             reference_from_actor_base: self.reference.is_none(),
             auth_token,
         }
+    }
+
+    /// Stops the actor, keeps it away for `down`, and starts a fresh one at the same address:
+    /// what a crashed and restarted process looks like from outside (start weights, a new
+    /// instance id). A lone actor only: a rank of a group cannot rejoin its group alone.
+    pub async fn restart_actor(self, down: std::time::Duration) -> anyhow::Result<Self> {
+        anyhow::ensure!(
+            self.extra_urls.actor.is_empty(),
+            "restart: the actor is a group"
+        );
+        let addr = self.actor.addr.to_string();
+        self.actor.stop().await;
+        tokio::time::sleep(down).await;
+        let cfg = actor_config(&self.dirs.policy, &addr, &self.options);
+        let actor = start::<ActorServer>(cfg).await?;
+        Ok(Self { actor, ..self })
+    }
+
+    /// [`Cluster::restart_actor`] for the critic.
+    pub async fn restart_critic(self, down: std::time::Duration) -> anyhow::Result<Self> {
+        anyhow::ensure!(
+            self.extra_urls.critic.is_empty(),
+            "restart: the critic is a group"
+        );
+        let addr = self.critic.addr.to_string();
+        self.critic.stop().await;
+        tokio::time::sleep(down).await;
+        let cfg = critic_config(&self.dirs.critic, &addr, &self.options);
+        let critic = start::<CriticServer>(cfg).await?;
+        Ok(Self { critic, ..self })
     }
 
     pub async fn stop(self) {
