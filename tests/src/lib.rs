@@ -5,10 +5,12 @@
 //!   heads — and [`models::causal_lm`] for a test that needs its own architecture or vocabulary.
 //! - [`serve`]: a service started on `127.0.0.1:0` (one libtorch thread), waiting until health
 //!   says SERVING; clients connect to its URL.
+//! - [`fuzz`]: seeded hostile inputs and the assertion every fuzz test makes of the answers.
 //! - [`cluster`]: all four services in this process, and a quick PPO run against them.
 //!
 //! The end-to-end tests across services live beside this library, in `tests/it/`.
 
 pub mod cluster;
+pub mod fuzz;
 pub mod models;
 pub mod serve;

@@ -147,9 +147,36 @@ where
     if req.path.trim().is_empty() {
         return Err(invalid("path", "must not be empty"));
     }
-    let work = TrainWork::<J>::Save(PathBuf::from(&req.path));
+    if req.path.contains('\0') {
+        return Err(invalid("path", "must not contain NUL"));
+    }
+    let path = PathBuf::from(&req.path);
+    // A save replaces the directory at `path` whole: only ever an earlier checkpoint (or an
+    // empty directory), never whatever else a caller names.
+    if path.exists() && !(is_checkpoint(&path) || is_empty_dir(&path)) {
+        return Err(invalid(
+            "path",
+            format!(
+                "{} exists and is not a checkpoint; a save never replaces it",
+                path.display()
+            ),
+        ));
+    }
+    let work = TrainWork::<J>::Save(path);
     engine.submit(vec![work.into()]).await?;
     Ok(Response::new(SaveCheckpointResponse { path: req.path }))
+}
+
+/// A model directory, or a LoRA actor's checkpoint: a PEFT adapter directory.
+fn is_checkpoint(path: &std::path::Path) -> bool {
+    path.is_dir()
+        && ["config.json", "adapter_config.json"]
+            .iter()
+            .any(|f| path.join(f).is_file())
+}
+
+fn is_empty_dir(path: &std::path::Path) -> bool {
+    std::fs::read_dir(path).is_ok_and(|mut entries| entries.next().is_none())
 }
 
 /// Checks that `path` is a model (or adapter) directory — unless the service is one rank of a group
@@ -167,11 +194,7 @@ where
     O: Send + 'static,
 {
     let path = PathBuf::from(req.path);
-    // A model directory, or a LoRA actor's checkpoint: a PEFT adapter directory.
-    let is_checkpoint = ["config.json", "adapter_config.json"]
-        .iter()
-        .any(|f| path.join(f).exists());
-    if !grouped && !is_checkpoint {
+    if !grouped && !is_checkpoint(&path) {
         return Err(invalid(
             "path",
             format!("{} is not a checkpoint directory", path.display()),

@@ -9,6 +9,10 @@ use tonic::Status;
 /// A prompt/response pair of token ids.
 pub type Pair = (Vec<i64>, Vec<i64>);
 
+/// The most passes over its samples one `Train` call may ask for: PPO takes a few (1–4 is
+/// usual), and a call asking for billions would hold the model for days.
+pub const MAX_EPOCHS: u32 = 100;
+
 /// INVALID_ARGUMENT whose message starts with the field.
 pub fn invalid(field: impl std::fmt::Display, message: impl std::fmt::Display) -> Status {
     Status::invalid_argument(format!("{field}: {message}"))

@@ -7,7 +7,7 @@ use rrlhf_model::generate::FinishReason;
 use rrlhf_proto::actor::v1::{
     GenerateRequest, GeneratedSample, Prompt, TrainRequest, TrainResponse, TrainSample,
 };
-use rrlhf_runtime::validate::{SampleParts, invalid, train_samples};
+use rrlhf_runtime::validate::{MAX_EPOCHS, SampleParts, invalid, train_samples};
 use rrlhf_train::data_parallel::UpdatePlan;
 use tonic::Status;
 
@@ -85,7 +85,7 @@ impl ActorServer {
             return Err(invalid("samples", "at least one sample is required"));
         }
         for (name, value, ok) in [
-            ("lr", req.lr, req.lr.is_finite() && req.lr > 0.0),
+            ("lr", req.lr, req.lr > 0.0 && req.lr <= 1.0),
             (
                 "clip_eps",
                 req.clip_eps,
@@ -105,6 +105,12 @@ impl ActorServer {
             if !ok {
                 return Err(invalid(name, format!("out of range: {value}")));
             }
+        }
+        if req.epochs > MAX_EPOCHS {
+            return Err(invalid(
+                "epochs",
+                format!("must be ≤ {MAX_EPOCHS}, got {}", req.epochs),
+            ));
         }
         let pairs = train_samples(&req.samples, parts, self.vocab_size, self.cfg.max_length)?;
         let each = |f: fn(&TrainSample) -> &Vec<f32>| req.samples.iter().map(f).cloned().collect();

@@ -3,7 +3,7 @@
 //! request can never fail a merged batch.
 
 use rrlhf_proto::critic::v1::{TrainRequest, TrainResponse, TrainSample};
-use rrlhf_runtime::validate::{SampleParts, invalid, train_samples};
+use rrlhf_runtime::validate::{MAX_EPOCHS, SampleParts, invalid, train_samples};
 use rrlhf_train::data_parallel::UpdatePlan;
 use tonic::Status;
 
@@ -17,8 +17,14 @@ impl CriticServer {
         if req.samples.is_empty() && !self.cfg.is_grouped() {
             return Err(invalid("samples", "at least one sample is required"));
         }
-        if !(req.lr.is_finite() && req.lr > 0.0) {
-            return Err(invalid("lr", format!("must be > 0, got {}", req.lr)));
+        if !(req.lr > 0.0 && req.lr <= 1.0) {
+            return Err(invalid("lr", format!("must be in (0, 1], got {}", req.lr)));
+        }
+        if req.epochs > MAX_EPOCHS {
+            return Err(invalid(
+                "epochs",
+                format!("must be ≤ {MAX_EPOCHS}, got {}", req.epochs),
+            ));
         }
         if !(req.value_clip.is_finite() && req.value_clip >= 0.0) {
             return Err(invalid(

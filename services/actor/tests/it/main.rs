@@ -1,6 +1,8 @@
 //! End-to-end tests of the actor service on 127.0.0.1:0 with a real tiny model and tokenizer:
 //! streamed generation, log-probabilities, PPO training, save → load, bad input.
 
+mod fuzz;
+
 use std::sync::atomic::Ordering;
 
 use rrlhf_actor_service::{ActorServer, ActorServiceConfig};

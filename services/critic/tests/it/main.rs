@@ -1,6 +1,8 @@
 //! End-to-end tests of the critic service on 127.0.0.1:0 with a real tiny stage-1 checkpoint:
 //! values, training lowers the value loss, save → load restores identical outputs, bad input.
 
+mod fuzz;
+
 use rrlhf_critic_service::{CriticServer, CriticServiceConfig};
 use rrlhf_model::TextTokenizer;
 use rrlhf_proto::common::v1::{LoadCheckpointRequest, SaveCheckpointRequest, Sequence};

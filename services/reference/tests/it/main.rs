@@ -1,5 +1,7 @@
 //! End-to-end tests of the reference service on 127.0.0.1:0 with a real tiny checkpoint.
 
+mod fuzz;
+
 use rrlhf_model::Arch;
 use rrlhf_proto::common::v1::{LogProbsRequest, Sequence};
 use rrlhf_proto::reference::v1::InfoRequest;
