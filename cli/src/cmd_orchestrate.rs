@@ -76,21 +76,41 @@ pub fn run(a: OrchestrateArgs) -> Result<()> {
         } else if a.api_only {
             bail!("rest.addr: --api-only needs an address to serve on");
         }
+        // Runs of an earlier orchestrator: listed again, and continued if it was driving them.
+        // (Only with the REST API: without it nothing could control them.)
+        if cfg.rest.addr.is_some() {
+            for id in api.restore()? {
+                eprintln!("resumed interrupted run {id}");
+            }
+        }
         if a.api_only {
             rrlhf_runtime::server::termination_signal().await;
             return Ok(());
         }
-        let resumable = cfg.rest.addr.is_some();
-        let handle = spawn_run(
-            cfg,
-            RunOptions {
-                resume: a.resume,
-                print_progress: true,
-                gold: None,
-                pause_on_bad_batch: resumable,
-            },
-        )?;
-        api.adopt(handle.clone());
+        let live = api
+            .runs
+            .lock()
+            .expect("runs lock")
+            .get(&cfg.run.id)
+            .cloned();
+        let handle = match live {
+            // This orchestrator's own run, interrupted and resumed by `restore` just now.
+            Some(h) => h,
+            None => {
+                let resumable = cfg.rest.addr.is_some();
+                let h = spawn_run(
+                    cfg,
+                    RunOptions {
+                        resume: a.resume,
+                        print_progress: true,
+                        gold: None,
+                        pause_on_bad_batch: resumable,
+                    },
+                )?;
+                api.adopt(h.clone());
+                h
+            }
+        };
         let status = handle.finished().await;
         let info = handle.info();
         eprintln!(

@@ -393,6 +393,10 @@ pub struct RestSettings {
     pub addr: Option<String>,
     /// Require `authorization: Bearer …` on every route but /healthz and /readyz.
     pub auth_token: Option<String>,
+    /// At start, `rrlhf orchestrate` lists the runs recorded under `run.out_dir`; those a
+    /// previous orchestrator was driving when it died (recorded running) are resumed from
+    /// their latest checkpoint when this is set, else listed as `interrupted`.
+    pub resume_interrupted: bool,
 }
 
 impl Default for RestSettings {
@@ -400,6 +404,7 @@ impl Default for RestSettings {
         Self {
             addr: Some("127.0.0.1:8080".into()),
             auth_token: None,
+            resume_interrupted: true,
         }
     }
 }

@@ -42,6 +42,11 @@ pub enum OrchestratorError {
     AlreadyExists { id: String, dir: PathBuf },
     #[error("run.id: run `{id}` is still active")]
     Active { id: String },
+    /// A run recorded on disk that no orchestrator drives (its own stopped).
+    #[error(
+        "run `{id}` is interrupted (the orchestrator driving it stopped); POST /v1/runs/{id}/resume continues it"
+    )]
+    NotDriven { id: String },
     /// Another live process holds the run directory's lock.
     #[error(
         "run.id: {} is being driven by process {pid}{} (lock {})",

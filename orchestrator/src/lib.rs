@@ -14,6 +14,7 @@
 //! - [`metrics`]: per-step metrics (JSONL, Prometheus).
 //! - [`checkpoint`]: atomic run checkpoints (services + orchestrator state) and resume.
 //! - [`instances`]: which process serves each trained rank (restart detection).
+//! - [`record`]: each run's state on disk, so a restarted orchestrator lists and resumes it.
 //! - [`lock`]: one orchestrator per run directory.
 //! - [`run`]: the run lifecycle (created → running ⇄ paused → finished | stopped | failed).
 //! - [`rest`]: the REST control API (axum) with its OpenAPI document.
@@ -28,6 +29,7 @@ pub mod instances;
 pub mod lock;
 pub mod metrics;
 pub mod prompts;
+pub mod record;
 pub mod report;
 pub mod rest;
 pub mod run;

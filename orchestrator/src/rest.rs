@@ -8,7 +8,7 @@
 //! |---|---|
 //! | `POST /v1/runs[?resume=true]` | start a run (body: config overrides) |
 //! | `GET /v1/runs`, `GET /v1/runs/{id}` | list, inspect |
-//! | `POST /v1/runs/{id}/pause\|resume\|stop\|checkpoint` | control |
+//! | `POST /v1/runs/{id}/pause\|resume\|stop\|checkpoint` | control (`resume` also restarts a run recorded on disk that nothing drives) |
 //! | `PATCH /v1/runs/{id}` | `{"lambda", "strategy", "beta"}` from the next step |
 //! | `GET /metrics`, `/healthz`, `/readyz` | Prometheus text, liveness, readiness (every service endpoint reachable) |
 
@@ -27,7 +27,7 @@ use serde_json::{Value, json};
 
 use crate::config::OrchestratorConfig;
 use crate::error::{OrchestratorError, Result};
-use crate::run::{Control, Patch, RunHandle, RunOptions, spawn_run};
+use crate::run::{Control, Patch, RunHandle, RunInfo, RunOptions, RunStatus, spawn_run};
 
 /// The OpenAPI 3.1 document of this API.
 pub const OPENAPI: &str = include_str!("openapi.json");
@@ -36,7 +36,10 @@ pub const OPENAPI: &str = include_str!("openapi.json");
 pub struct Api {
     /// Defaults every created run starts from.
     pub base: OrchestratorConfig,
+    /// The runs this process drives.
     pub runs: Mutex<BTreeMap<String, RunHandle>>,
+    /// Runs found recorded on disk that nothing here drives: listed, and resumable.
+    pub stored: Mutex<BTreeMap<String, RunInfo>>,
     pub token: Option<String>,
     pub print_progress: bool,
 }
@@ -47,16 +50,96 @@ impl Api {
             token: base.rest.auth_token.clone(),
             base,
             runs: Mutex::new(BTreeMap::new()),
+            stored: Mutex::new(BTreeMap::new()),
             print_progress: false,
         })
     }
 
     /// Registers a run started elsewhere (e.g. by the CLI) so the API can control it.
     pub fn adopt(&self, run: RunHandle) {
+        self.stored.lock().expect("stored lock").remove(&run.id);
         self.runs
             .lock()
             .expect("runs lock")
             .insert(run.id.clone(), run);
+    }
+
+    /// Lists the runs recorded under `run.out_dir` (see [`crate::record`]). Those recorded as
+    /// created, running or paused were being driven by an orchestrator that is gone: they are
+    /// listed as `interrupted`, and the ones that were running (or about to) are resumed from
+    /// their latest checkpoint when `rest.resume_interrupted` is set. Returns the resumed ids.
+    pub fn restore(&self) -> Result<Vec<String>> {
+        let mut resumed = Vec::new();
+        for mut info in crate::record::scan(&self.base.run.out_dir)? {
+            if self.runs.lock().expect("runs lock").contains_key(&info.id) {
+                continue;
+            }
+            let was = info.status;
+            if !was.is_terminal() {
+                info.status = RunStatus::Interrupted;
+            }
+            let id = info.id.clone();
+            self.stored
+                .lock()
+                .expect("stored lock")
+                .insert(id.clone(), info);
+            if self.base.rest.resume_interrupted
+                && matches!(was, RunStatus::Created | RunStatus::Running)
+            {
+                match self.resume_stored(&id) {
+                    Ok(_) => resumed.push(id),
+                    Err(e) => {
+                        tracing::warn!(run = %id, error = %e, "could not resume an interrupted run");
+                        if let Some(info) = self.stored.lock().expect("stored lock").get_mut(&id) {
+                            info.error = Some(format!("resuming after a restart: {e}"));
+                        }
+                    }
+                }
+            }
+        }
+        Ok(resumed)
+    }
+
+    /// Continues a recorded run from its latest checkpoint with its own configuration
+    /// (`config.json`; this orchestrator's endpoints, REST, telemetry and output directory).
+    pub fn resume_stored(&self, id: &str) -> Result<RunHandle> {
+        if !self.stored.lock().expect("stored lock").contains_key(id) {
+            return Err(OrchestratorError::NoRun { id: id.into() });
+        }
+        let path = self.base.run.out_dir.join(id).join("config.json");
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| OrchestratorError::io(format!("reading {}", path.display()), e))?;
+        let mut cfg: OrchestratorConfig = serde_json::from_str(&text)
+            .map_err(|e| OrchestratorError::invalid(path.display().to_string(), e))?;
+        cfg.endpoints = self.base.endpoints.clone();
+        cfg.rest = self.base.rest.clone();
+        cfg.telemetry = self.base.telemetry.clone();
+        cfg.run.out_dir = self.base.run.out_dir.clone();
+        cfg.run.id = id.into();
+        let run = spawn_run(
+            cfg,
+            RunOptions {
+                resume: true,
+                print_progress: self.print_progress,
+                gold: None,
+                pause_on_bad_batch: true,
+            },
+        )?;
+        self.adopt(run.clone());
+        Ok(run)
+    }
+
+    /// What is known of run `id`: live, or recorded.
+    fn info_of(&self, id: &str) -> Result<RunInfo> {
+        if let Some(run) = self.runs.lock().expect("runs lock").get(id) {
+            return Ok(run.info());
+        }
+        self.stored
+            .lock()
+            .expect("stored lock")
+            .get(id)
+            .cloned()
+            .ok_or_else(|| OrchestratorError::NoRun { id: id.into() })
     }
 }
 
@@ -72,6 +155,7 @@ fn status_of(e: &OrchestratorError) -> StatusCode {
         | E::AlreadyExists { .. }
         | E::Active { .. }
         | E::Locked { .. }
+        | E::NotDriven { .. }
         // A checkpoint asked for after a restart would hold the restarted service's weights.
         | E::Restarted { .. } => StatusCode::CONFLICT,
         // A service that is down or busy may come back; one that refused or answered nonsense
@@ -288,23 +372,33 @@ async fn create_run(
 }
 
 async fn list_runs(State(api): State<Arc<Api>>) -> Response {
-    let runs: Vec<_> = api
-        .runs
+    let mut runs: BTreeMap<String, RunInfo> = api
+        .stored
         .lock()
-        .expect("runs lock")
-        .values()
-        .map(RunHandle::info)
+        .expect("stored lock")
+        .iter()
+        .map(|(id, info)| (id.clone(), info.clone()))
         .collect();
+    for (id, run) in api.runs.lock().expect("runs lock").iter() {
+        runs.insert(id.clone(), run.info());
+    }
+    let runs: Vec<RunInfo> = runs.into_values().collect();
     axum::Json(json!({ "runs": runs })).into_response()
 }
 
+/// The live run `id`; a recorded one that nothing drives is an error saying how to resume it.
 fn find(api: &Api, id: &str) -> Result<RunHandle> {
-    api.runs
-        .lock()
-        .expect("runs lock")
-        .get(id)
-        .cloned()
-        .ok_or_else(|| OrchestratorError::NoRun { id: id.into() })
+    if let Some(run) = api.runs.lock().expect("runs lock").get(id) {
+        return Ok(run.clone());
+    }
+    match api.stored.lock().expect("stored lock").get(id) {
+        Some(info) if info.status.is_terminal() => Err(OrchestratorError::Ended {
+            id: id.into(),
+            status: Some(info.status),
+        }),
+        Some(_) => Err(OrchestratorError::NotDriven { id: id.into() }),
+        None => Err(OrchestratorError::NoRun { id: id.into() }),
+    }
 }
 
 /// A run that has ended takes no more commands.
@@ -320,13 +414,19 @@ fn still_going(run: &RunHandle) -> Result<()> {
 }
 
 async fn get_run(State(api): State<Arc<Api>>, Path(id): Path<String>) -> Result<Response> {
-    Ok(axum::Json(find(&api, &id)?.info()).into_response())
+    Ok(axum::Json(api.info_of(&id)?).into_response())
 }
 
 async fn control_run(
     State(api): State<Arc<Api>>,
     Path((id, action)): Path<(String, String)>,
 ) -> Result<Response> {
+    // A recorded run that nothing here drives (after a restart) is resumed by starting it.
+    let live = api.runs.lock().expect("runs lock").contains_key(&id);
+    if !live && action == "resume" && api.stored.lock().expect("stored lock").contains_key(&id) {
+        let run = api.resume_stored(&id)?;
+        return Ok(axum::Json(run.info()).into_response());
+    }
     let run = find(&api, &id)?;
     still_going(&run)?;
     let body = match action.as_str() {

@@ -22,6 +22,7 @@ use crate::experience;
 use crate::instances::Instances;
 use crate::metrics::{self, StepMetrics};
 use crate::prompts::{self, Cursor, PromptStream};
+use crate::record;
 use crate::step;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -33,9 +34,13 @@ pub enum RunStatus {
     Finished,
     Stopped,
     Failed,
+    /// Recorded as created, running or paused by an orchestrator that is gone (found on disk
+    /// after a restart): nothing drives it until it is resumed.
+    Interrupted,
 }
 
 impl RunStatus {
+    /// Whether the run is over for good (an interrupted run is not: it can be resumed).
     pub fn is_terminal(self) -> bool {
         matches!(self, Self::Finished | Self::Stopped | Self::Failed)
     }
@@ -65,8 +70,9 @@ pub enum Control {
     Patch(Patch, Reply<()>),
 }
 
-/// What the outside can see of a run.
-#[derive(Debug, Clone, Serialize)]
+/// What the outside can see of a run; also recorded in `<run dir>/run.json` at every change of
+/// status and every step, so a restarted orchestrator can list the run ([`record`]).
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RunInfo {
     pub id: String,
     pub status: RunStatus,
@@ -247,7 +253,16 @@ enum Next {
 impl Runner {
     fn set_status(&self, s: RunStatus) {
         self.info.lock().expect("run info lock").status = s;
+        self.record();
         let _ = self.status.send(s);
+    }
+
+    /// Writes the run's record (a failure is logged: the run itself goes on).
+    fn record(&self) {
+        let info = self.info.lock().expect("run info lock").clone();
+        if let Err(e) = record::write(&self.dir, &info) {
+            tracing::warn!(error = %e, "could not record the run's state");
+        }
     }
 
     async fn drive(&mut self, cfg: OrchestratorConfig) -> Result<RunStatus> {
@@ -291,13 +306,20 @@ impl Runner {
                     ..state
                 }
             }
-            None => RunState {
-                step: 0,
-                cursor: Cursor::default(),
-                kl: cfg.ppo.kl,
-                reward_norm: RewardNorm::default(),
-                config: cfg.clone(),
-            },
+            None => {
+                // Resumed before its first checkpoint: it starts over, without the lines of
+                // steps nothing was saved of.
+                if metrics_path.exists() {
+                    metrics::truncate_after(&metrics_path, 0)?;
+                }
+                RunState {
+                    step: 0,
+                    cursor: Cursor::default(),
+                    kl: cfg.ppo.kl,
+                    reward_norm: RewardNorm::default(),
+                    config: cfg.clone(),
+                }
+            }
         };
         let json = serde_json::to_vec_pretty(&state.config).expect("the config serialises");
         checkpoint::write_atomic(&self.dir.join("config.json"), &json)
@@ -372,6 +394,7 @@ impl Runner {
             }
             self.info.lock().expect("run info lock").last_metrics = Some(m);
             self.sync_info(&state);
+            self.record();
             let every = state.config.run.checkpoint_every;
             if every > 0 && state.step % every == 0 {
                 match self.checkpoint(&state, &mut checkpointed_at).await {

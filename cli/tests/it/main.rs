@@ -1,6 +1,7 @@
 //! End-to-end tests of the `rrlhf` binary on the shared HH-RLHF data, one test binary.
 
 mod bf16;
+mod chaos;
 mod commands;
 mod errors;
 mod fixture;

@@ -84,6 +84,10 @@ async fn listeners(n: usize) -> Vec<tokio::net::TcpListener> {
 /// The API over services that refuse connections, writing under `out`, with no patience: the
 /// first refused connection fails a run.
 fn unreachable_services(out: &std::path::Path) -> Router {
+    router(unreachable_api(out))
+}
+
+fn unreachable_api(out: &std::path::Path) -> Arc<Api> {
     let nowhere = vec!["http://127.0.0.1:1".to_owned()];
     let mut base = OrchestratorConfig::default();
     base.run.out_dir = out.into();
@@ -101,7 +105,87 @@ fn unreachable_services(out: &std::path::Path) -> Router {
         give_up_secs: 0,
         ..Default::default()
     };
-    router(Api::new(base))
+    Api::new(base)
+}
+
+/// A run record as an orchestrator that died (or finished) left it, with its config (`base`
+/// under another id).
+fn recorded(base: &OrchestratorConfig, id: &str, status: RunStatus) {
+    let dir = base.run.out_dir.join(id);
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut cfg = base.clone();
+    cfg.run.id = id.into();
+    std::fs::write(dir.join("config.json"), serde_json::to_vec(&cfg).unwrap()).unwrap();
+    let info = RunInfo {
+        id: id.into(),
+        status,
+        step: 3,
+        steps: 10,
+        dir: dir.clone(),
+        strategy: cfg.objective.strategy,
+        beta: 0.05,
+        error: None,
+        last_checkpoint: None,
+        last_metrics: None,
+    };
+    crate::record::write(&dir, &info).unwrap();
+}
+
+/// A restarted orchestrator lists the runs recorded in its output directory with their state
+/// (before, it listed none): one it was driving as `interrupted`, refusing commands but
+/// `resume`, which starts it again; a finished one as finished.
+#[tokio::test]
+async fn recorded_runs_are_listed_after_a_restart_and_resume_on_request() {
+    let out = tempfile::tempdir().unwrap();
+    let api = unreachable_api(out.path());
+    recorded(&api.base, "was-running", RunStatus::Running);
+    recorded(&api.base, "done", RunStatus::Finished);
+    std::fs::create_dir_all(out.path().join("not-a-run")).unwrap();
+    let mut base = api.base.clone();
+    base.rest.resume_interrupted = false;
+    let api = Arc::new(Api {
+        base,
+        ..Arc::into_inner(api).unwrap()
+    });
+    assert!(
+        api.restore().unwrap().is_empty(),
+        "resume_interrupted is off"
+    );
+    let app = router(api.clone());
+
+    let (code, v) = call(&app, "GET", "/v1/runs", "").await;
+    assert_eq!(code, StatusCode::OK);
+    let listed: Vec<(&str, &str, u64)> = v["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let s = |k: &str| r[k].as_str().unwrap();
+            (s("id"), s("status"), r["step"].as_u64().unwrap())
+        })
+        .collect();
+    assert_eq!(
+        listed,
+        vec![("done", "finished", 3), ("was-running", "interrupted", 3)]
+    );
+    let (code, v) = call(&app, "POST", "/v1/runs/was-running/pause", "").await;
+    assert_eq!(code, StatusCode::CONFLICT);
+    assert!(error_of(&v).contains("/v1/runs/was-running/resume"), "{v}");
+    let (code, _) = call(&app, "PATCH", "/v1/runs/was-running", r#"{"beta": 0.1}"#).await;
+    assert_eq!(code, StatusCode::CONFLICT);
+    let (code, v) = call(&app, "POST", "/v1/runs/done/stop", "").await;
+    assert_eq!(code, StatusCode::CONFLICT, "{v}");
+
+    // Resumed: driven by this orchestrator now (its services are unreachable, so it fails).
+    let (code, v) = call(&app, "POST", "/v1/runs/was-running/resume", "").await;
+    assert_eq!(code, StatusCode::OK, "{v}");
+    assert!(api.runs.lock().unwrap().contains_key("was-running"));
+    assert!(!api.stored.lock().unwrap().contains_key("was-running"));
+    let run = api.runs.lock().unwrap()["was-running"].clone();
+    assert_eq!(run.finished().await, RunStatus::Failed);
+    // Its record follows it.
+    let again = crate::record::scan(out.path()).unwrap();
+    assert_eq!(again[1].status, RunStatus::Failed);
 }
 
 #[tokio::test]
