@@ -64,7 +64,7 @@ pub fn run(a: OrchestrateArgs) -> Result<()> {
         rrlhf_runtime::telemetry::init(&cfg.telemetry.as_server_config()?, "rrlhf-orchestrator")?
     };
     rt.block_on(async move {
-        let api = Api::new(cfg.clone());
+        let api = Api::new(cfg.clone())?;
         if let Some(addr) = &cfg.rest.addr {
             let (local, _task) = serve(
                 addr,

@@ -11,9 +11,10 @@ use rrlhf_proto::reward::v1::{Sample, ScoreRequest};
 use rrlhf_reference_service::ReferenceServer;
 use rrlhf_reward_service::RewardServer;
 use rrlhf_runtime::ModelService;
+use rrlhf_runtime::secrets::ClientTls;
 use rrlhf_runtime::service::{self, Config};
 use serde_json::{Map, Value, json};
-use tonic::transport::{Certificate, Channel, ClientTlsConfig};
+use tonic::transport::Channel;
 
 #[derive(Subcommand, Debug)]
 pub enum ServeCommand {
@@ -48,9 +49,11 @@ pub struct ServeArgs {
     threads: Option<usize>,
     #[arg(long)]
     max_length: Option<usize>,
-    /// Require `authorization: Bearer TOKEN` on every call but health.
+    /// Require `authorization: Bearer TOKEN` on every call but health, TOKEN being this
+    /// file's contents (or set `RRLHF__SERVER__AUTH_TOKEN`; a token is never an argument,
+    /// which anyone on the machine can read in the process list).
     #[arg(long)]
-    auth_token: Option<String>,
+    auth_token_file: Option<PathBuf>,
 }
 
 impl ServeArgs {
@@ -75,8 +78,8 @@ impl ServeArgs {
         put(&mut server, "addr", self.addr.clone().map(Value::from));
         put(
             &mut server,
-            "auth_token",
-            self.auth_token.clone().map(Value::from),
+            "auth_token_file",
+            self.auth_token_file.as_ref().map(|p| json!(p)),
         );
         if !server.is_empty() {
             root.insert("server".into(), Value::Object(server));
@@ -129,12 +132,17 @@ pub struct ScoreArgs {
     strategy: String,
     #[arg(long)]
     lambda: Option<f32>,
-    /// Bearer token, when the service requires one.
+    /// A file holding the bearer token, when the service requires one (or set `RRLHF_TOKEN`).
     #[arg(long)]
-    token: Option<String>,
+    token_file: Option<PathBuf>,
     /// PEM CA certificate: connect with TLS and trust this CA.
     #[arg(long)]
     ca: Option<PathBuf>,
+    /// PEM client certificate and key, for a service that requires them (mutual TLS).
+    #[arg(long, requires = "key", requires = "ca")]
+    cert: Option<PathBuf>,
+    #[arg(long, requires = "cert")]
+    key: Option<PathBuf>,
     /// Server name to verify with TLS (default: the host of --addr).
     #[arg(long)]
     domain: Option<String>,
@@ -149,14 +157,12 @@ pub fn score(a: ScoreArgs) -> Result<()> {
         let tls = a.ca.is_some();
         let url = if a.addr.contains("://") { a.addr.clone() } else { format!("{}://{}", if tls { "https" } else { "http" }, a.addr) };
         let mut endpoint = Channel::from_shared(url.clone()).with_context(|| format!("bad address {url}"))?;
-        if let Some(ca) = &a.ca {
-            let pem = std::fs::read(ca).with_context(|| format!("reading {}", ca.display()))?;
-            let mut tls_cfg = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem));
-            if let Some(d) = &a.domain {
-                tls_cfg = tls_cfg.domain_name(d.clone());
-            }
+        let tls = ClientTls { ca: a.ca.clone(), cert: a.cert.clone(), key: a.key.clone(), domain: a.domain.clone() };
+        if let Some(tls_cfg) = tls.config("--ca/--cert/--key")? {
             endpoint = endpoint.tls_config(tls_cfg)?;
         }
+        let env_token = std::env::var("RRLHF_TOKEN").ok().filter(|t| !t.is_empty());
+        let token = rrlhf_runtime::secrets::token("--token-file", env_token.as_deref().filter(|_| a.token_file.is_none()), a.token_file.as_deref())?;
         let channel = endpoint.connect().await.with_context(|| format!("connecting to {url}"))?;
         let mut client = RewardServiceClient::new(channel);
         let mut request = tonic::Request::new(ScoreRequest {
@@ -165,7 +171,7 @@ pub fn score(a: ScoreArgs) -> Result<()> {
             lambda: a.lambda,
             ..Default::default()
         });
-        if let Some(t) = &a.token {
+        if let Some(t) = &token {
             request.metadata_mut().insert("authorization", format!("Bearer {t}").parse().context("token is not valid metadata")?);
         }
         let response = client.score(request).await.map_err(|s| anyhow::anyhow!("{:?}: {}", s.code(), s.message()))?.into_inner();

@@ -63,7 +63,7 @@ pub fn run(
             },
         )?;
         if let Some(addr) = rest {
-            let api = rrlhf_orchestrator::rest::Api::new(base);
+            let api = rrlhf_orchestrator::rest::Api::new(base)?;
             api.adopt(run.clone());
             let (local, _task) =
                 rrlhf_orchestrator::rest::serve(addr, api, std::future::pending()).await?;

@@ -80,8 +80,14 @@ const MAX_MESSAGE: usize = 256 << 20;
 
 impl Services {
     pub fn connect(e: &Endpoints) -> Result<Self> {
+        let token = rrlhf_runtime::secrets::token(
+            "endpoints.auth_token",
+            e.auth_token.as_deref(),
+            e.auth_token_file.as_deref(),
+        )?;
+        let tls = e.tls.config("endpoints.tls")?;
         let auth = Auth(
-            e.auth_token
+            token
                 .as_ref()
                 .map(|t| {
                     format!("Bearer {t}").parse().map_err(|_| {
@@ -90,54 +96,63 @@ impl Services {
                 })
                 .transpose()?,
         );
-        fn pool<C>(
-            name: &str,
-            urls: &[String],
-            auth: &Auth,
-            make: impl Fn(Svc) -> C,
-        ) -> Result<Pool<C>> {
-            let clients = urls
-                .iter()
+        let pool = |name: &str, urls: &[String]| -> Result<Vec<Channel>> {
+            urls.iter()
                 .map(|u| {
-                    let ch = Endpoint::from_shared(u.clone())
-                        .map_err(|e| {
-                            OrchestratorError::invalid(
-                                format!("endpoints.{name}"),
-                                format!("`{u}`: {e}"),
-                            )
-                        })?
+                    let bad = |e: &dyn std::fmt::Display| {
+                        OrchestratorError::invalid(
+                            format!("endpoints.{name}"),
+                            format!("`{u}`: {e}"),
+                        )
+                    };
+                    let mut endpoint = Endpoint::from_shared(u.clone())
+                        .map_err(|e| bad(&e))?
                         .connect_timeout(Duration::from_secs(5))
-                        .tcp_nodelay(true)
-                        .connect_lazy();
-                    Ok(make(InterceptedService::new(ch, auth.clone())))
+                        .tcp_nodelay(true);
+                    if u.starts_with("https://") {
+                        let tls = tls.clone().ok_or_else(|| {
+                            OrchestratorError::invalid(
+                                "endpoints.tls.ca",
+                                format!("is needed for `{u}`"),
+                            )
+                        })?;
+                        endpoint = endpoint.tls_config(tls).map_err(|e| bad(&e))?;
+                    }
+                    Ok(endpoint.connect_lazy())
                 })
-                .collect::<Result<Vec<_>>>()?;
-            Ok(Pool {
+                .collect()
+        };
+        fn clients<C>(channels: Vec<Channel>, auth: &Auth, make: impl Fn(Svc) -> C) -> Pool<C> {
+            let clients = channels
+                .into_iter()
+                .map(|ch| make(InterceptedService::new(ch, auth.clone())))
+                .collect();
+            Pool {
                 clients: Arc::new(clients),
                 next: Arc::new(AtomicUsize::new(0)),
-            })
+            }
         }
         Ok(Self {
-            actor: pool("actor", &e.actor, &auth, |s| {
+            actor: clients(pool("actor", &e.actor)?, &auth, |s| {
                 ActorServiceClient::new(s)
                     .max_decoding_message_size(MAX_MESSAGE)
                     .max_encoding_message_size(MAX_MESSAGE)
-            })?,
-            critic: pool("critic", &e.critic, &auth, |s| {
+            }),
+            critic: clients(pool("critic", &e.critic)?, &auth, |s| {
                 CriticServiceClient::new(s)
                     .max_decoding_message_size(MAX_MESSAGE)
                     .max_encoding_message_size(MAX_MESSAGE)
-            })?,
-            reference: pool("reference", &e.reference, &auth, |s| {
+            }),
+            reference: clients(pool("reference", &e.reference)?, &auth, |s| {
                 ReferenceServiceClient::new(s)
                     .max_decoding_message_size(MAX_MESSAGE)
                     .max_encoding_message_size(MAX_MESSAGE)
-            })?,
-            reward: pool("reward", &e.reward, &auth, |s| {
+            }),
+            reward: clients(pool("reward", &e.reward)?, &auth, |s| {
                 RewardServiceClient::new(s)
                     .max_decoding_message_size(MAX_MESSAGE)
                     .max_encoding_message_size(MAX_MESSAGE)
-            })?,
+            }),
             reference_from_actor_base: e.reference_from_actor_base,
         })
     }

@@ -82,8 +82,14 @@ pub struct Endpoints {
     /// base, which is the SFT policy) instead of a reference service; `reference` may then be
     /// empty.
     pub reference_from_actor_base: bool,
-    /// Sent as `authorization: Bearer …` to every service.
+    /// Sent as `authorization: Bearer …` to every service (better from
+    /// `RRLHF__ENDPOINTS__AUTH_TOKEN` or `auth_token_file`).
     pub auth_token: Option<String>,
+    /// A file holding that token (e.g. a mounted Secret); not with `auth_token`.
+    pub auth_token_file: Option<std::path::PathBuf>,
+    /// TLS for `https://` endpoints: the CA of the services' certificates, and the client
+    /// certificate for services that require one (`[endpoints.tls]`).
+    pub tls: rrlhf_runtime::secrets::ClientTls,
 }
 
 impl Default for Endpoints {
@@ -97,6 +103,8 @@ impl Default for Endpoints {
             reward: one(50061),
             reference_from_actor_base: false,
             auth_token: None,
+            auth_token_file: None,
+            tls: Default::default(),
         }
     }
 }
@@ -393,6 +401,11 @@ pub struct RestSettings {
     pub addr: Option<String>,
     /// Require `authorization: Bearer …` on every route but /healthz and /readyz.
     pub auth_token: Option<String>,
+    /// A file holding that token; not with `auth_token`.
+    pub auth_token_file: Option<std::path::PathBuf>,
+    /// PEM certificate chain and key: the API is served over HTTPS only.
+    pub tls_cert: Option<std::path::PathBuf>,
+    pub tls_key: Option<std::path::PathBuf>,
     /// At start, `rrlhf orchestrate` lists the runs recorded under `run.out_dir`; those a
     /// previous orchestrator was driving when it died (recorded running) are resumed from
     /// their latest checkpoint when this is set, else listed as `interrupted`.
@@ -404,6 +417,9 @@ impl Default for RestSettings {
         Self {
             addr: Some("127.0.0.1:8080".into()),
             auth_token: None,
+            auth_token_file: None,
+            tls_cert: None,
+            tls_key: None,
             resume_interrupted: true,
         }
     }
@@ -440,6 +456,42 @@ impl OrchestratorConfig {
             {
                 return Err(invalid(name, format!("`{bad}` is not an http(s):// URL")));
             }
+            if let Some(tls) = list.iter().find(|e| e.starts_with("https://"))
+                && self.endpoints.tls.ca.is_none()
+            {
+                return Err(invalid(
+                    "endpoints.tls.ca",
+                    format!(
+                        "is needed for `{tls}` (the CA that signed the services' certificates)"
+                    ),
+                ));
+            }
+        }
+        self.endpoints.tls.validate("endpoints.tls")?;
+        for (field, value, file) in [
+            (
+                "endpoints.auth_token",
+                &self.endpoints.auth_token,
+                &self.endpoints.auth_token_file,
+            ),
+            (
+                "rest.auth_token",
+                &self.rest.auth_token,
+                &self.rest.auth_token_file,
+            ),
+        ] {
+            if value.is_some() && file.is_some() {
+                return Err(invalid(
+                    field,
+                    format!("and {field}_file are both set; give one"),
+                ));
+            }
+        }
+        if self.rest.tls_cert.is_some() != self.rest.tls_key.is_some() {
+            return Err(invalid(
+                "rest.tls_cert",
+                "and rest.tls_key must be set together",
+            ));
         }
         if self.run.steps == 0 {
             return Err(invalid("run.steps", "must be ≥ 1"));

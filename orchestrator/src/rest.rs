@@ -45,14 +45,21 @@ pub struct Api {
 }
 
 impl Api {
-    pub fn new(base: OrchestratorConfig) -> Arc<Self> {
-        Arc::new(Self {
-            token: base.rest.auth_token.clone(),
+    /// The API over `base`; its bearer token is `rest.auth_token` or read from
+    /// `rest.auth_token_file` now (an unreadable file is an error naming the field).
+    pub fn new(base: OrchestratorConfig) -> Result<Arc<Self>> {
+        let token = rrlhf_runtime::secrets::token(
+            "rest.auth_token",
+            base.rest.auth_token.as_deref(),
+            base.rest.auth_token_file.as_deref(),
+        )?;
+        Ok(Arc::new(Self {
+            token,
             base,
             runs: Mutex::new(BTreeMap::new()),
             stored: Mutex::new(BTreeMap::new()),
             print_progress: false,
-        })
+        }))
     }
 
     /// Registers a run started elsewhere (e.g. by the CLI) so the API can control it.
@@ -460,8 +467,9 @@ async fn patch_run(
     Ok(axum::Json(run.info()).into_response())
 }
 
-/// Serves the API on `addr` until `shutdown` resolves; returns the bound address and the
-/// serving task, which ends with the server's own I/O result.
+/// Serves the API on `addr` until `shutdown` resolves — over HTTPS when `rest.tls_cert` and
+/// `rest.tls_key` are set; returns the bound address and the serving task, which ends with
+/// the server's own I/O result.
 pub async fn serve(
     addr: &str,
     api: Arc<Api>,
@@ -473,14 +481,30 @@ pub async fn serve(
     let binding = |e| OrchestratorError::io(format!("rest.addr: listening on {addr}"), e);
     let listener = tokio::net::TcpListener::bind(addr).await.map_err(binding)?;
     let local = listener.local_addr().map_err(binding)?;
+    let https = match (&api.base.rest.tls_cert, &api.base.rest.tls_key) {
+        (Some(cert), Some(key)) => Some((cert.clone(), key.clone())),
+        _ => None,
+    };
     let app = router(api);
-    let task = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await
-    });
+    let task = match https {
+        Some((cert, key)) => {
+            let listener = tls::TlsListener::new(listener, &cert, &key)?;
+            tokio::spawn(async move {
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(shutdown)
+                    .await
+            })
+        }
+        None => tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown)
+                .await
+        }),
+    };
     Ok((local, task))
 }
+
+mod tls;
 
 #[cfg(test)]
 mod tests;

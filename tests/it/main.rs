@@ -7,3 +7,4 @@ mod reproducible;
 mod resilience;
 mod rest;
 mod restarts;
+mod tls;

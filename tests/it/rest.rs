@@ -67,7 +67,7 @@ async fn rest_api_drives_a_run() {
     base.run.batch_size = 4;
     base.sampling.max_new_tokens = 4;
     base.rest.auth_token = Some("sesame".into());
-    let api = Api::new(base);
+    let api = Api::new(base).unwrap();
     let (addr, _task) = serve("127.0.0.1:0", api, std::future::pending())
         .await
         .unwrap();

@@ -3,6 +3,7 @@
 //! - [`models`]: tiny models built once per test binary in a temporary directory — a policy with
 //!   its tokenizer, a stage-1 reward model (the critic's start), a 3-head BRME with spread-out
 //!   heads — and [`models::causal_lm`] for a test that needs its own architecture or vocabulary.
+//! - [`pki`]: a CA with server and client certificates, for TLS and mutual-TLS tests.
 //! - [`serve`]: a service started on `127.0.0.1:0` (one libtorch thread), waiting until health
 //!   says SERVING; clients connect to its URL.
 //! - [`fuzz`]: seeded hostile inputs and the assertion every fuzz test makes of the answers.
@@ -13,4 +14,5 @@
 pub mod cluster;
 pub mod fuzz;
 pub mod models;
+pub mod pki;
 pub mod serve;

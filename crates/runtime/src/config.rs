@@ -39,11 +39,17 @@ pub struct ServerConfig {
     pub max_concurrent_requests: usize,
     /// How long in-flight requests may finish after SIGTERM/SIGINT.
     pub shutdown_grace_secs: f64,
-    /// When set, every call except health must carry `authorization: Bearer <token>`.
+    /// When set, every call except health must carry `authorization: Bearer <token>`. Better
+    /// given as `RRLHF__SERVER__AUTH_TOKEN` or in `auth_token_file` than in a config file.
     pub auth_token: Option<String>,
+    /// A file holding the token (e.g. a mounted Kubernetes Secret); not with `auth_token`.
+    pub auth_token_file: Option<PathBuf>,
     /// PEM certificate chain and key; when set the server speaks TLS only.
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
+    /// PEM CA certificate(s): when set (with TLS), every client must present a certificate
+    /// signed by one of them (mutual TLS).
+    pub tls_client_ca: Option<PathBuf>,
     /// When set, Prometheus metrics are served at `http://<metrics_addr>/metrics`.
     pub metrics_addr: Option<String>,
     /// Log lines as JSON instead of text.
@@ -85,8 +91,10 @@ impl Default for ServerConfig {
             max_concurrent_requests: 256,
             shutdown_grace_secs: 10.0,
             auth_token: None,
+            auth_token_file: None,
             tls_cert: None,
             tls_key: None,
+            tls_client_ca: None,
             metrics_addr: None,
             log_json: false,
             log_filter: "info".into(),
@@ -104,6 +112,15 @@ impl Default for ServerConfig {
 }
 
 impl ServerConfig {
+    /// The bearer token in force: `auth_token`, or the contents of `auth_token_file`.
+    pub fn token(&self) -> Result<Option<String>, ConfigError> {
+        crate::secrets::token(
+            "server.auth_token",
+            self.auth_token.as_deref(),
+            self.auth_token_file.as_deref(),
+        )
+    }
+
     pub fn dist_timeout(&self) -> std::time::Duration {
         std::time::Duration::from_secs_f64(self.dist_timeout_secs)
     }
@@ -151,6 +168,18 @@ impl ServerConfig {
         }
         if self.tls_cert.is_some() != self.tls_key.is_some() {
             return bad("tls_cert", "and server.tls_key must be set together".into());
+        }
+        if self.tls_client_ca.is_some() && self.tls_cert.is_none() {
+            return bad(
+                "tls_client_ca",
+                "needs server.tls_cert and server.tls_key (mutual TLS runs over TLS)".into(),
+            );
+        }
+        if self.auth_token.is_some() && self.auth_token_file.is_some() {
+            return bad(
+                "auth_token",
+                "and server.auth_token_file are both set; give one".into(),
+            );
         }
         if let Some(m) = &self.metrics_addr
             && m.parse::<std::net::SocketAddr>().is_err()

@@ -10,6 +10,8 @@
 //! - [`server`]: the gRPC server around a service: `grpc.health.v1` (NOT_SERVING until the
 //!   service says it can work), reflection, optional TLS and bearer-token auth, a message-size
 //!   limit, a concurrency limit answered with RESOURCE_EXHAUSTED, and graceful shutdown.
+//! - [`secrets`]: bearer tokens from files or the environment, and client TLS (private CA,
+//!   client certificate for mutual TLS).
 //! - [`engine`]: the model thread every service runs its model on (dynamic batching, panic
 //!   isolation).
 //! - [`service`]: the skeleton of the four model services — one config shape, the
@@ -20,6 +22,7 @@ pub mod config;
 pub mod engine;
 pub mod limit;
 pub mod metrics;
+pub mod secrets;
 pub mod server;
 pub mod service;
 pub mod telemetry;

@@ -32,6 +32,8 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
     #[error("reflection: {0}")]
     Reflection(String),
+    #[error("{0}")]
+    Config(#[from] crate::config::ConfigError),
 }
 
 /// The health service and its reporter; every service starts NOT_SERVING.
@@ -110,7 +112,13 @@ pub async fn serve(
             })
         };
         let identity = Identity::from_pem(read(cert)?, read(key)?);
-        builder = builder.tls_config(ServerTlsConfig::new().identity(identity))?;
+        let mut tls = ServerTlsConfig::new().identity(identity);
+        if let Some(ca) = &cfg.tls_client_ca {
+            // Mutual TLS: a client without a certificate from this CA is turned away in the
+            // handshake, before any RPC.
+            tls = tls.client_ca_root(tonic::transport::Certificate::from_pem(read(ca)?));
+        }
+        builder = builder.tls_config(tls)?;
     }
     let routes = routes
         .add_service(health_service)
@@ -200,6 +208,7 @@ where
         + 'static,
     S::Future: Send + 'static,
 {
+    let token = cfg.token()?;
     let listener = bind(cfg).await?;
     let addr = listener.local_addr().map_err(|err| ServeError::Bind {
         addr: cfg.addr.clone(),
@@ -208,7 +217,7 @@ where
     let (reporter, health_service) = health();
     let api = tonic::service::interceptor::InterceptedService::new(
         service,
-        crate::auth::BearerAuth::new(cfg.auth_token.as_deref()),
+        crate::auth::BearerAuth::new(token.as_deref()),
     );
     let routes = Routes::new(api);
     set_serving(&reporter, &[S::NAME]).await;

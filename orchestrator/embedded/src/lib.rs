@@ -328,6 +328,8 @@ impl Cluster {
             reward: with(&self.reward, &x.reward),
             reference_from_actor_base: self.reference.is_none(),
             auth_token,
+            auth_token_file: None,
+            tls: Default::default(),
         }
     }
 

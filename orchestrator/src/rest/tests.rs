@@ -35,7 +35,7 @@ fn error_of(v: &Value) -> &str {
 /// answer an empty body).
 #[tokio::test]
 async fn unknown_routes_and_methods_answer_in_the_error_shape() {
-    let app = router(Api::new(OrchestratorConfig::default()));
+    let app = router(Api::new(OrchestratorConfig::default()).unwrap());
     let (code, v) = call(&app, "GET", "/v1/nothing", "").await;
     assert_eq!(code, StatusCode::NOT_FOUND);
     assert_eq!(error_of(&v), "no route /v1/nothing", "{v}");
@@ -55,7 +55,7 @@ async fn readiness_follows_the_services() {
     base.endpoints.critic = vec![url(&listeners[1])];
     base.endpoints.reference = vec![url(&listeners[2])];
     base.endpoints.reward = vec![url(&listeners[3])];
-    let app = router(Api::new(base.clone()));
+    let app = router(Api::new(base.clone()).unwrap());
     let req = || {
         Request::builder()
             .uri("/readyz")
@@ -97,7 +97,7 @@ fn unreachable_api(out: &std::path::Path) -> Arc<Api> {
         reference: nowhere.clone(),
         reward: nowhere,
         reference_from_actor_base: false,
-        auth_token: None,
+        ..Endpoints::default()
     };
     base.retry = RetrySettings {
         initial_ms: 1,
@@ -105,7 +105,7 @@ fn unreachable_api(out: &std::path::Path) -> Arc<Api> {
         give_up_secs: 0,
         ..Default::default()
     };
-    Api::new(base)
+    Api::new(base).unwrap()
 }
 
 /// A run record as an orchestrator that died (or finished) left it, with its config (`base`
