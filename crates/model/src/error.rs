@@ -39,6 +39,10 @@ pub enum ModelError {
     Tokenizer { path: PathBuf, message: String },
     #[error("invalid input: {0}")]
     InvalidInput(String),
+    /// The work was stopped between steps: nobody waits for its result any more
+    /// ([`rrlhf_util::cancel`]).
+    #[error("stopped: every caller has gone")]
+    Abandoned,
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),
 }

@@ -103,6 +103,10 @@ pub fn generate_seeded(
     let mut logits = admit_waiting(&mut rows)?;
     let reshaped = params.reshapes();
     while let Some(mut step_logits) = logits.take() {
+        // Between decoding steps: a batch whose callers all gave up stops here.
+        if rrlhf_util::cancel::abandoned() {
+            return Err(ModelError::Abandoned);
+        }
         // The model's own log-probs, before the mask and the sampler reshape the logits.
         let model_logp = reshaped.then(|| step_logits.log_softmax(-1, Kind::Float));
         if let Some(stops) = &stops {

@@ -92,6 +92,10 @@ impl RewardScorer {
         let mut out: Vec<Option<HeadOutputs>> = vec![None; seqs.len()];
         let _guard = tch::no_grad_guard();
         for chunk in &passes {
+            // Between passes: a batch whose callers all gave up stops here.
+            if rrlhf_util::cancel::abandoned() {
+                return Err(ModelError::Abandoned);
+            }
             let batch_seqs: Vec<Vec<i64>> = chunk.iter().map(|&i| seqs[i].clone()).collect();
             let batch = Batch::pad(
                 &batch_seqs,

@@ -7,7 +7,9 @@
 //! A request whose caller has gone by the time its batch is formed (its deadline passed, the
 //! client hung up: the server then drops the handler, and with it the reply's receiver) is
 //! dropped without running, and counted (`rrlhf_engine_abandoned_requests_total`), so a burst
-//! of abandoned large calls cannot keep a later small one waiting.
+//! of abandoned large calls cannot keep a later small one waiting. A batch already running
+//! stops between its steps (decoding steps, scoring passes) once every one of its callers has
+//! gone: the model asks [`rrlhf_util::cancel::abandoned`].
 //!
 //! A panic while running a batch (a libtorch error surfacing as a Rust panic, a bug) is caught:
 //! every request of that batch gets [`EngineError::Panicked`] (INTERNAL, with the panic's
@@ -270,7 +272,7 @@ impl<I, O> Queue<'_, I, O> {
     }
 }
 
-fn serve<M, I, O>(
+fn serve<M, I, O: 'static>(
     model: &M,
     queue: Queue<'_, I, O>,
     cfg: BatchConfig,
@@ -351,7 +353,17 @@ fn serve<M, I, O>(
             all.extend(job.items);
             replies.push(job.reply);
         }
-        let (result, panicked) = match catch_unwind(AssertUnwindSafe(|| run(model, &all))) {
+        // While the batch runs, the model may ask between its steps whether any caller still
+        // waits (`rrlhf_util::cancel::abandoned`), and stop early when none does.
+        let replies = std::rc::Rc::new(replies);
+        let waiting = replies.clone();
+        let still_wanted = move || waiting.iter().any(|r| !r.is_closed());
+        let ran = catch_unwind(AssertUnwindSafe(|| {
+            rrlhf_util::cancel::with_probe(still_wanted, || run(model, &all))
+        }));
+        let replies = std::rc::Rc::try_unwrap(replies)
+            .unwrap_or_else(|_| unreachable!("the probe is dropped when the batch ends"));
+        let (result, panicked) = match ran {
             Ok(r) => (r.map_err(EngineError::Failed), false),
             Err(panic) => {
                 let msg = panic_message(panic.as_ref());
@@ -372,7 +384,15 @@ fn serve<M, I, O>(
         batch_requests.record(replies.len() as f64);
         items_total.increment(all.len() as u64);
         if result.is_err() {
-            failures.increment(1);
+            if replies.iter().all(|r| r.is_closed()) {
+                // Stopped (or failed) with nobody left to tell: abandoned work, not a failure.
+                stats
+                    .abandoned
+                    .fetch_add(replies.len() as u64, Ordering::Relaxed);
+                abandoned.increment(replies.len() as u64);
+            } else {
+                failures.increment(1);
+            }
         }
         match result {
             Ok(outputs) if outputs.len() == all.len() => {
@@ -664,6 +684,46 @@ mod tests {
             2,
             "only 0 and 7 ran"
         );
+    }
+
+    /// A running batch of many steps whose caller gives up stops between its steps (it ran to
+    /// the end before, holding the model for work nobody read), counted as abandoned; one whose
+    /// caller waits runs to the end.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_running_batch_stops_when_its_callers_are_gone() {
+        let steps_run = Arc::new(AtomicU64::new(0));
+        let counted = steps_run.clone();
+        let (engine, ()) = Engine::<i64, i64>::spawn(
+            "t",
+            cfg(0),
+            || Ok::<_, LoadError>(((), ())),
+            move |_, xs| {
+                // 200 steps of 5 ms, asking between them whether anyone still waits.
+                for _ in 0..200 {
+                    if rrlhf_util::cancel::abandoned() {
+                        return Err("stopped".into());
+                    }
+                    counted.fetch_add(1, Ordering::Relaxed);
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Ok(xs.to_vec())
+            },
+            |_| 1,
+        )
+        .unwrap();
+        let gave_up =
+            tokio::time::timeout(Duration::from_millis(100), engine.submit(vec![1])).await;
+        assert!(gave_up.is_err(), "a second's work cannot be done in 100 ms");
+        // The next request waits for the engine: it runs once the abandoned batch has stopped.
+        let started = std::time::Instant::now();
+        assert_eq!(engine.submit(vec![2]).await.unwrap(), vec![2]);
+        let abandoned_steps = steps_run.load(Ordering::Relaxed) - 200;
+        assert!(
+            abandoned_steps < 100,
+            "the abandoned batch ran {abandoned_steps} of its 200 steps"
+        );
+        assert!(started.elapsed() < Duration::from_millis(1900));
+        assert_eq!(engine.stats.abandoned.load(Ordering::Relaxed), 1);
     }
 
     #[tokio::test]

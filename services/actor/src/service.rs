@@ -156,6 +156,9 @@ impl ActorService for ActorServer {
                         None => break,
                     },
                     r = &mut submit, if result.is_none() => result = Some(r),
+                    // The client went away between samples: dropping the submission tells the
+                    // engine, which stops the generation at its next step.
+                    () = out_tx.closed() => return,
                 }
             }
             let result = match result {

@@ -501,3 +501,49 @@ async fn a_lora_actor_serves_its_base_as_the_reference() {
     assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
     full.stop().await;
 }
+
+/// A client that drops its `Generate` stream mid-way stops the generation at the engine's next
+/// decoding step (it used to run to the end, holding the model for samples nobody read); the
+/// abandoned batch is counted, and the next call is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_generation_nobody_reads_stops_early() {
+    let served = spawn::<ActorServer>(ActorServiceConfig {
+        model: models().policy.clone(),
+        max_length: 512,
+        ..Default::default()
+    })
+    .await;
+    let mut c = ActorServiceClient::connect(served.url()).await.unwrap();
+    let long = SamplingParams {
+        temperature: 1.0,
+        max_new_tokens: 480,
+        min_new_tokens: 480,
+        seed: Some(3),
+        ..greedy(480, vec![])
+    };
+    let request = |n: usize| GenerateRequest {
+        prompts: (0..n)
+            .map(|i| prompt(&format!("p{i}"), &[5, 6, 7]))
+            .collect(),
+        sampling: Some(long.clone()),
+        samples_per_prompt: 1,
+    };
+    // How long the whole generation takes when someone waits for it.
+    let started = std::time::Instant::now();
+    assert_eq!(collect(&mut c, request(16)).await.len(), 16);
+    let whole = started.elapsed();
+
+    let stream = c.generate(request(16)).await.unwrap().into_inner();
+    tokio::time::sleep(whole / 10).await;
+    drop(stream);
+    let engine = &served.running.engine;
+    let started = std::time::Instant::now();
+    while engine.stats.abandoned.load(Ordering::SeqCst) == 0 {
+        assert!(
+            started.elapsed() < whole / 2,
+            "the abandoned generation ran on ({whole:?} for the whole)"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    assert_eq!(collect(&mut c, request(1)).await.len(), 1);
+}
