@@ -92,6 +92,12 @@ pub enum OrchestratorError {
         "non-finite {what} in this batch ({detail}); the step was rolled back and the run paused: fix the cause (a reward model, a setting) and resume"
     )]
     NonFinite { what: &'static str, detail: String },
+    /// Training came back non-finite: the actor's or critic's weights may be corrupt. The run
+    /// reloads its latest checkpoint into them, rolls back to it, and pauses.
+    #[error(
+        "training turned non-finite ({detail}); where the run can be resumed it went back to its latest checkpoint and paused: fix the cause (a learning rate, a setting) and resume"
+    )]
+    Diverged { detail: String },
     /// Trained services restarted (their weights and optimizer state went with the old
     /// process) and no checkpoint exists to reload into them.
     #[error(
@@ -176,7 +182,10 @@ impl OrchestratorError {
     /// the run rolls the step back and pauses instead of failing.
     pub fn pauses_run(&self) -> bool {
         match self {
-            Self::NonFinite { .. } | Self::Objective(_) | Self::Restarted { .. } => true,
+            Self::NonFinite { .. }
+            | Self::Objective(_)
+            | Self::Restarted { .. }
+            | Self::Diverged { .. } => true,
             // A service whose model's output is corrupt (non-finite) says so with DATA_LOSS.
             Self::Rpc { status, .. } => status.code() == tonic::Code::DataLoss,
             Self::Step { error, .. } => error.pauses_run(),
@@ -189,6 +198,15 @@ impl OrchestratorError {
         match self {
             Self::Restarted { .. } => true,
             Self::Step { error, .. } => error.is_restart(),
+            _ => false,
+        }
+    }
+
+    /// Whether the actor's or critic's weights may be corrupt (training diverged).
+    pub fn is_divergence(&self) -> bool {
+        match self {
+            Self::Diverged { .. } => true,
+            Self::Step { error, .. } => error.is_divergence(),
             _ => false,
         }
     }

@@ -168,7 +168,9 @@ fn status_of(e: &OrchestratorError) -> StatusCode {
         // A service that is down or busy may come back; one that refused or answered nonsense
         // will not by itself.
         E::Rpc { .. } if e.is_retryable() => StatusCode::SERVICE_UNAVAILABLE,
-        E::Rpc { .. } | E::BadResponse { .. } | E::NonFinite { .. } => StatusCode::BAD_GATEWAY,
+        E::Rpc { .. } | E::BadResponse { .. } | E::NonFinite { .. } | E::Diverged { .. } => {
+            StatusCode::BAD_GATEWAY
+        }
         E::Step { error, .. } => status_of(error),
         E::Io { .. }
         | E::Prompts(_)

@@ -375,6 +375,19 @@ impl Runner {
                     }
                     continue;
                 }
+                Err(e) if e.is_divergence() => {
+                    // The weights may hold NaN: they and the run go back to the latest
+                    // checkpoint (as after a restart), then the run pauses with the reason.
+                    // Without a checkpoint nothing can repair them: the run fails.
+                    match self.recover(&e, &mut state, &mut stream).await? {
+                        Some(at) => checkpointed_at = Some(at),
+                        None => return Err(e),
+                    }
+                    match self.pause_for(e, &mut state).await? {
+                        Next::Continue => continue,
+                        Next::Stop => return self.stop(&state, checkpointed_at).await,
+                    }
+                }
                 Err(e) if self.opts.pause_on_bad_batch && e.pauses_run() => {
                     // Nothing was trained: restoring the controller, the reward statistics and
                     // the prompt cursor undoes the step. The run waits, paused, for a fix.
@@ -441,12 +454,12 @@ impl Runner {
         stream: &mut PromptStream,
         checkpointed_at: &mut Option<usize>,
     ) -> Result<Next> {
-        match self.recover(e, state, stream).await {
-            Ok(at) => {
-                *checkpointed_at = at;
+        match self.recover(&e, state, stream).await? {
+            Some(at) => {
+                *checkpointed_at = Some(at);
                 Ok(Next::Continue)
             }
-            Err(e) => self.pause_for(e, state).await,
+            None => self.pause_for(e, state).await,
         }
     }
 
@@ -480,23 +493,28 @@ impl Runner {
         }
     }
 
-    /// After a restart (`cause`): loads the latest checkpoint into every actor and critic rank
-    /// and rolls the run back to it — step, prompt cursor, KL controller, reward statistics,
-    /// metrics — so the lost steps are taken again; live changes of λ and the strategy stay.
-    /// Returns the step now checkpointed. Without a checkpoint there is nothing to reload:
-    /// the restart error is returned.
+    /// After a restart or a divergence (`cause`): loads the latest checkpoint into every actor
+    /// and critic rank and rolls the run back to it — step, prompt cursor, KL controller,
+    /// reward statistics, metrics — so the lost steps are taken again; live changes of λ and
+    /// the strategy stay. Returns the step now checkpointed, or `None` when there is no
+    /// checkpoint to reload (nothing changed).
     async fn recover(
         &mut self,
-        cause: OrchestratorError,
+        cause: &OrchestratorError,
         state: &mut RunState,
         stream: &mut PromptStream,
     ) -> Result<Option<usize>> {
         let Some((ckpt, saved)) = checkpoint::latest(&self.dir)? else {
-            return Err(cause);
+            return Ok(None);
         };
         tracing::warn!(error = %cause, step = saved.step, dir = %ckpt.display(),
-            "a trained service restarted; reloading the latest checkpoint");
-        ::metrics::counter!("rrlhf_orchestrator_service_restarts_total").increment(1);
+            "reloading the latest checkpoint into the actor and critic");
+        let counter = if cause.is_divergence() {
+            "rrlhf_orchestrator_divergences_total"
+        } else {
+            "rrlhf_orchestrator_service_restarts_total"
+        };
+        ::metrics::counter!(counter).increment(1);
         let retry_cfg = state.config.retry.clone();
         // A service restarting again while the checkpoint loads would get its start weights
         // back: load until the instances are the same before and after.
@@ -633,6 +651,7 @@ impl Runner {
         );
         let train_started = Instant::now();
         let train = step::train(&self.services, &cfg.retry, prepared, &cfg.ppo, seed).await?;
+        train.check_finite()?;
         let train_secs = train_started.elapsed().as_secs_f64();
         let gold = self.opts.gold.as_ref().map(|g| {
             let total: f64 = rollouts

@@ -217,6 +217,33 @@ pub struct TrainStats {
     pub critic_checksum_spread: f64,
 }
 
+impl TrainStats {
+    /// Fails with [`OrchestratorError::Diverged`] when a loss, gradient norm or weight checksum
+    /// came back non-finite: the update may have written NaN or ∞ into the weights.
+    pub fn check_finite(&self) -> Result<()> {
+        let values = [
+            ("actor policy loss", self.policy_loss as f64),
+            ("actor gradient norm", self.actor_grad_norm as f64),
+            ("actor weights", self.actor_checksum),
+            ("critic value loss", self.value_loss as f64),
+            ("critic gradient norm", self.critic_grad_norm as f64),
+            ("critic weights", self.critic_checksum),
+        ];
+        let bad: Vec<String> = values
+            .iter()
+            .filter(|(_, v)| !v.is_finite())
+            .map(|(what, v)| format!("{what} {v}"))
+            .collect();
+        if bad.is_empty() {
+            Ok(())
+        } else {
+            Err(OrchestratorError::Diverged {
+                detail: bad.join(", "),
+            })
+        }
+    }
+}
+
 /// Rank 0's checksum and the largest distance of any rank's from it.
 fn checksum_summary(checksums: &[f64]) -> (f64, f64) {
     let first = checksums.first().copied().unwrap_or(0.0);

@@ -141,36 +141,40 @@ async fn a_call_past_its_deadline_is_given_up() {
     cluster.stop().await;
 }
 
-/// A reward model that answers NaN: the step is refused before anything trains, rolled back,
-/// and the run pauses with the reason instead of failing (which ended `rrlhf run` and its REST
-/// API); the paused run still takes commands.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_non_finite_batch_pauses_the_run_instead_of_failing_it() {
+/// A copy of the reward model at `src` in `dst` whose variables named by `pick` are filled
+/// with `value` (a broken or absurdly scaled model, as a user might deploy by mistake).
+fn altered_reward_model(
+    src: &std::path::Path,
+    dst: std::path::PathBuf,
+    pick: impl Fn(&str) -> bool,
+    value: f64,
+) -> std::path::PathBuf {
     use rrlhf_model::reward_model::RewardModel;
     use rrlhf_model::{Placement, TextTokenizer};
 
-    let out = tempfile::tempdir().unwrap();
-    // A copy of the test kit's BRME whose heads answer NaN.
-    let broken = out.path().join("broken-brme");
-    let rm = RewardModel::from_dir(&dirs().reward, Placement::default()).unwrap();
+    let rm = RewardModel::from_dir(src, Placement::default()).unwrap();
     tch::no_grad(|| {
         for (name, mut v) in rm.vs.variables() {
-            if name.starts_with("brme.mu") {
-                let _ = v.fill_(f64::NAN);
+            if pick(&name) {
+                let _ = v.fill_(value);
             }
         }
     });
-    rm.save(&broken).unwrap();
-    TextTokenizer::load(&dirs().reward)
-        .unwrap()
-        .save_to(&broken)
-        .unwrap();
-    let models = rrlhf_embedded::ModelDirs {
-        reward: broken,
-        ..dirs()
-    };
-    let cluster = Cluster::start(&models, &Options::default()).await.unwrap();
-    let cfg = config(&cluster, out.path(), "nan", 2);
+    rm.save(&dst).unwrap();
+    TextTokenizer::load(src).unwrap().save_to(&dst).unwrap();
+    dst
+}
+
+/// Starts `models` and a resumable run `id` of `steps` steps under `out`; returns once it
+/// has left `running` (paused, or ended), with its cluster.
+async fn run_until_it_stops_running(
+    models: &rrlhf_embedded::ModelDirs,
+    out: &std::path::Path,
+    id: &str,
+    steps: usize,
+) -> (Cluster, rrlhf_orchestrator::RunHandle) {
+    let cluster = Cluster::start(models, &Options::default()).await.unwrap();
+    let cfg = config(&cluster, out, id, steps);
     let options = RunOptions {
         pause_on_bad_batch: true,
         ..RunOptions::default()
@@ -180,6 +184,27 @@ async fn a_non_finite_batch_pauses_the_run_instead_of_failing_it() {
         !matches!(run.info().status, RunStatus::Created | RunStatus::Running)
     })
     .await;
+    (cluster, run)
+}
+
+/// A reward model that answers NaN: the step is refused before anything trains, rolled back,
+/// and the run pauses with the reason instead of failing (which ended `rrlhf run` and its REST
+/// API); the paused run still takes commands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_non_finite_batch_pauses_the_run_instead_of_failing_it() {
+    let out = tempfile::tempdir().unwrap();
+    // A copy of the test kit's BRME whose heads answer NaN.
+    let broken = altered_reward_model(
+        &dirs().reward,
+        out.path().join("broken-brme"),
+        |name| name.starts_with("brme.mu"),
+        f64::NAN,
+    );
+    let models = rrlhf_embedded::ModelDirs {
+        reward: broken,
+        ..dirs()
+    };
+    let (cluster, run) = run_until_it_stops_running(&models, out.path(), "nan", 2).await;
     let info = run.info();
     assert_eq!(info.status, RunStatus::Paused, "{:?}", info.error);
     assert_eq!(info.step, 0, "the step was rolled back");
@@ -190,6 +215,50 @@ async fn a_non_finite_batch_pauses_the_run_instead_of_failing_it() {
     );
     assert!(
         !out.path().join("nan/metrics.jsonl").exists() || metrics_of(out.path(), "nan").is_empty()
+    );
+    run.request(Control::Stop).await.unwrap();
+    assert_eq!(run.finished().await, RunStatus::Stopped);
+    cluster.stop().await;
+}
+
+/// Training that turns the weights non-finite is caught after the step: here a critic whose
+/// value head is scaled by 1e36 — its values are finite, so the batch passes, but the value
+/// loss and its gradients overflow into NaN. The actor and critic get the latest checkpoint
+/// back, the run rolls back to it and pauses with the reason (before, the NaN weights stayed:
+/// the next step's values were NaN and the run failed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn training_that_diverges_rolls_back_to_the_checkpoint_and_pauses() {
+    let out = tempfile::tempdir().unwrap();
+    let scaled = altered_reward_model(
+        &dirs().critic,
+        out.path().join("scaled-critic"),
+        |name| name == "score.weight",
+        1e36,
+    );
+    let models = rrlhf_embedded::ModelDirs {
+        critic: scaled,
+        ..dirs()
+    };
+    let (cluster, run) = run_until_it_stops_running(&models, out.path(), "diverge", 4).await;
+    let info = run.info();
+    assert_eq!(info.status, RunStatus::Paused, "{:?}", info.error);
+    let error = info.error.unwrap_or_default();
+    assert!(
+        error.starts_with("step 1: training turned non-finite (")
+            && error.contains("critic weights NaN"),
+        "{error}"
+    );
+    let (_, saved) = checkpoint::latest(&out.path().join("diverge"))
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (info.step, saved.step),
+        (0, 0),
+        "back at the step-0 checkpoint"
+    );
+    assert!(
+        metrics_of(out.path(), "diverge").is_empty(),
+        "no step recorded"
     );
     run.request(Control::Stop).await.unwrap();
     assert_eq!(run.finished().await, RunStatus::Stopped);
