@@ -72,7 +72,10 @@ pub fn run(a: OrchestrateArgs) -> Result<()> {
                 rrlhf_runtime::server::termination_signal(),
             )
             .await?;
-            eprintln!("REST control API on http://{local} (OpenAPI: /v1/openapi.json)");
+            let scheme = if cfg.rest.tls_cert.is_some() { "https" } else { "http" };
+            eprintln!(
+                "REST control API on {scheme}://{local} (OpenAPI: /v1/openapi.json) · dashboard: {scheme}://{local}/"
+            );
         } else if a.api_only {
             bail!("rest.addr: --api-only needs an address to serve on");
         }

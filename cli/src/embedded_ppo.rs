@@ -67,7 +67,7 @@ pub fn run(
             api.adopt(run.clone());
             let (local, _task) =
                 rrlhf_orchestrator::rest::serve(addr, api, std::future::pending()).await?;
-            eprintln!("      REST control API on http://{local}");
+            eprintln!("      REST control API on http://{local} · dashboard: http://{local}/");
         }
         let status = run.finished().await;
         cluster.stop().await;

@@ -406,6 +406,11 @@ pub struct RestSettings {
     /// PEM certificate chain and key: the API is served over HTTPS only.
     pub tls_cert: Option<std::path::PathBuf>,
     pub tls_key: Option<std::path::PathBuf>,
+    /// Scored samples each run keeps per step for `GET /v1/runs/{id}/samples` and the
+    /// dashboard (the first of the step's batch), in [0, 256].
+    pub samples_per_step: usize,
+    /// Steps whose samples are kept (the latest ones), in [1, 10000].
+    pub sample_steps: usize,
     /// At start, `rrlhf orchestrate` lists the runs recorded under `run.out_dir`; those a
     /// previous orchestrator was driving when it died (recorded running) are resumed from
     /// their latest checkpoint when this is set, else listed as `interrupted`.
@@ -420,6 +425,8 @@ impl Default for RestSettings {
             auth_token_file: None,
             tls_cert: None,
             tls_key: None,
+            samples_per_step: 8,
+            sample_steps: 20,
             resume_interrupted: true,
         }
     }
@@ -486,6 +493,18 @@ impl OrchestratorConfig {
                     format!("and {field}_file are both set; give one"),
                 ));
             }
+        }
+        if self.rest.samples_per_step > 256 {
+            return Err(invalid(
+                "rest.samples_per_step",
+                format!("must be in [0, 256], got {}", self.rest.samples_per_step),
+            ));
+        }
+        if !(1..=10_000).contains(&self.rest.sample_steps) {
+            return Err(invalid(
+                "rest.sample_steps",
+                format!("must be in [1, 10000], got {}", self.rest.sample_steps),
+            ));
         }
         if self.rest.tls_cert.is_some() != self.rest.tls_key.is_some() {
             return Err(invalid(

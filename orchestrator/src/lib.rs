@@ -17,6 +17,7 @@
 //! - [`record`]: each run's state on disk, so a restarted orchestrator lists and resumes it.
 //! - [`lock`]: one orchestrator per run directory.
 //! - [`run`]: the run lifecycle (created → running ⇄ paused → finished | stopped | failed).
+//! - [`samples`]: the bounded store of scored samples the dashboard shows.
 //! - [`rest`]: the REST control API (axum) with its OpenAPI document.
 //! - [`report`]: plots and the short report written at the end of a run.
 
@@ -33,6 +34,7 @@ pub mod record;
 pub mod report;
 pub mod rest;
 pub mod run;
+pub mod samples;
 pub mod step;
 
 pub use config::OrchestratorConfig;

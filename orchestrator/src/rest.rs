@@ -10,6 +10,8 @@
 //! | `GET /v1/runs`, `GET /v1/runs/{id}` | list, inspect |
 //! | `POST /v1/runs/{id}/pause\|resume\|stop\|checkpoint` | control (`resume` also restarts a run recorded on disk that nothing drives) |
 //! | `PATCH /v1/runs/{id}` | `{"lambda", "strategy", "beta"}` from the next step |
+//! | `GET /v1/runs/{id}/metrics[?since=N]`, `GET /v1/runs/{id}/samples[?step=S&limit=N]` | a run's step metrics; its kept scored samples |
+//! | `GET /` | the dashboard (one embedded page) |
 //! | `GET /metrics`, `/healthz`, `/readyz` | Prometheus text, liveness, readiness (every service endpoint reachable) |
 
 use std::collections::BTreeMap;
@@ -17,7 +19,7 @@ use std::sync::{Arc, Mutex};
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::{Path, RawQuery, Request, State};
 use axum::http::{Method, StatusCode, Uri, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -193,10 +195,14 @@ pub fn router(api: Arc<Api>) -> Router {
         .route("/v1/runs", post(create_run).get(list_runs))
         .route("/v1/runs/{id}", get(get_run).patch(patch_run))
         .route("/v1/runs/{id}/{action}", post(control_run))
+        .route("/v1/runs/{id}/samples", get(get_samples))
+        .route("/v1/runs/{id}/metrics", get(get_metrics))
         .route("/v1/openapi.json", get(openapi))
         .route("/metrics", get(prometheus))
         .route_layer(middleware::from_fn_with_state(api.clone(), require_token));
     Router::new()
+        // The dashboard holds no data itself: with a token set, it asks for it and sends it.
+        .route("/", get(dashboard))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .merge(protected)
@@ -284,6 +290,77 @@ async fn readyz(State(api): State<Arc<Api>>) -> Response {
     }
 }
 
+/// The dashboard: one self-contained page (HTML, CSS, JavaScript, SVG charts).
+const DASHBOARD: &str = include_str!("rest/ui/index.html");
+
+async fn dashboard() -> Response {
+    axum::response::Html(DASHBOARD).into_response()
+}
+
+/// Parses a URL query string, naming the parameter on error (in the API's error shape).
+fn query<T: serde::de::DeserializeOwned>(raw: Option<String>) -> Result<T> {
+    serde_urlencoded::from_str(raw.as_deref().unwrap_or(""))
+        .map_err(|e| OrchestratorError::invalid("query", e))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SamplesQuery {
+    step: Option<usize>,
+    limit: Option<usize>,
+}
+
+/// Most samples one answer carries.
+const MAX_SAMPLES: usize = 256;
+
+/// `{"run", "samples": [...]}`: the kept scored samples of a step (default the latest). A run
+/// recorded on disk but not driven here has none.
+async fn get_samples(
+    State(api): State<Arc<Api>>,
+    Path(id): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response> {
+    let q: SamplesQuery = query(raw)?;
+    let limit = q.limit.unwrap_or(MAX_SAMPLES);
+    if !(1..=MAX_SAMPLES).contains(&limit) {
+        return Err(OrchestratorError::invalid(
+            "limit",
+            format!("must be in [1, {MAX_SAMPLES}], got {limit}"),
+        ));
+    }
+    let live = api.runs.lock().expect("runs lock").get(&id).cloned();
+    let samples = match live {
+        Some(run) => run.samples(q.step, limit)?,
+        None => {
+            api.info_of(&id)?;
+            Vec::new()
+        }
+    };
+    Ok(axum::Json(json!({ "run": id, "samples": samples })).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MetricsQuery {
+    since: Option<usize>,
+}
+
+/// `{"run", "metrics": [...]}`: every recorded step's metrics after `since` (default all).
+async fn get_metrics(
+    State(api): State<Arc<Api>>,
+    Path(id): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response> {
+    let q: MetricsQuery = query(raw)?;
+    let info = api.info_of(&id)?;
+    let since = q.since.unwrap_or(0);
+    let metrics: Vec<_> = crate::metrics::read_all(&info.dir.join("metrics.jsonl"))?
+        .into_iter()
+        .filter(|m| m.step > since)
+        .collect();
+    Ok(axum::Json(json!({ "run": id, "metrics": metrics })).into_response())
+}
+
 async fn openapi() -> Response {
     ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
 }
@@ -321,6 +398,7 @@ fn merge(base: &mut Value, overrides: Value) {
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct CreateQuery {
     #[serde(default)]
     resume: bool,
@@ -328,9 +406,10 @@ struct CreateQuery {
 
 async fn create_run(
     State(api): State<Arc<Api>>,
-    Query(q): Query<CreateQuery>,
+    RawQuery(raw): RawQuery,
     body: Bytes,
 ) -> Result<Response> {
+    let q: CreateQuery = query(raw)?;
     let overrides: Value = if body.iter().all(u8::is_ascii_whitespace) {
         json!({})
     } else {

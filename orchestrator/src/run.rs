@@ -23,6 +23,7 @@ use crate::instances::Instances;
 use crate::metrics::{self, StepMetrics};
 use crate::prompts::{self, Cursor, PromptStream};
 use crate::record;
+use crate::samples::{SampleStore, ScoredSample};
 use crate::step;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -92,6 +93,7 @@ pub struct RunInfo {
 pub struct RunHandle {
     pub id: String,
     info: Arc<Mutex<RunInfo>>,
+    samples: Arc<Mutex<SampleStore>>,
     control: mpsc::UnboundedSender<Control>,
     status: watch::Receiver<RunStatus>,
 }
@@ -99,6 +101,15 @@ pub struct RunHandle {
 impl RunHandle {
     pub fn info(&self) -> RunInfo {
         self.info.lock().expect("run info lock").clone()
+    }
+
+    /// The kept samples of `step` (default: the latest step), at most `limit`.
+    pub fn samples(&self, step: Option<usize>, limit: usize) -> Result<Vec<ScoredSample>> {
+        self.samples
+            .lock()
+            .expect("samples lock")
+            .get(step, limit)
+            .map_err(|e| OrchestratorError::invalid("step", e))
     }
 
     /// Sends a command and waits for the run's answer.
@@ -193,9 +204,14 @@ pub fn spawn_run(mut cfg: OrchestratorConfig, opts: RunOptions) -> Result<RunHan
     }));
     let (control, rx) = mpsc::unbounded_channel();
     let (status_tx, status) = watch::channel(RunStatus::Created);
+    let samples = Arc::new(Mutex::new(SampleStore::new(
+        cfg.rest.samples_per_step,
+        cfg.rest.sample_steps,
+    )));
     let handle = RunHandle {
         id: cfg.run.id.clone(),
         info: info.clone(),
+        samples: samples.clone(),
         control,
         status,
     };
@@ -208,6 +224,7 @@ pub fn spawn_run(mut cfg: OrchestratorConfig, opts: RunOptions) -> Result<RunHan
         opts,
         retry: cfg.retry.clone(),
         instances: None,
+        samples,
     };
     tokio::spawn(async move {
         let outcome = runner.drive(cfg).await;
@@ -242,6 +259,7 @@ struct Runner {
     retry: RetrySettings,
     /// The actor and critic instances the run's weights live in (known once it started).
     instances: Option<Instances>,
+    samples: Arc<Mutex<SampleStore>>,
 }
 
 /// What the control loop tells the step loop.
@@ -528,6 +546,10 @@ impl Runner {
         };
         self.instances = Some(instances);
         metrics::truncate_after(&self.dir.join("metrics.jsonl"), saved.step)?;
+        self.samples
+            .lock()
+            .expect("samples lock")
+            .forget_after(saved.step);
         let config = state.config.clone();
         *state = RunState { config, ..saved };
         stream.rewind(state.cursor);
@@ -662,6 +684,10 @@ impl Runner {
         });
         state.step += 1;
         state.cursor = stream.cursor;
+        self.samples
+            .lock()
+            .expect("samples lock")
+            .record(state.step, &rollouts);
         Ok(StepMetrics {
             step: state.step,
             strategy,

@@ -10,7 +10,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use rrlhf_testkit::cluster::{cluster, config};
 
 /// One HTTP/1.1 request; returns the status code and the body parsed as JSON (or a string).
-async fn http(
+pub(crate) async fn http(
     addr: SocketAddr,
     method: &str,
     path: &str,

@@ -7,10 +7,12 @@
 //! - [`serve`]: a service started on `127.0.0.1:0` (one libtorch thread), waiting until health
 //!   says SERVING; clients connect to its URL.
 //! - [`fuzz`]: seeded hostile inputs and the assertion every fuzz test makes of the answers.
+//! - [`browser`]: a headless Chromium driven over the DevTools protocol (dashboard tests).
 //! - [`cluster`]: all four services in this process, and a quick PPO run against them.
 //!
 //! The end-to-end tests across services live beside this library, in `tests/it/`.
 
+pub mod browser;
 pub mod cluster;
 pub mod fuzz;
 pub mod models;
