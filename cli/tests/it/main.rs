@@ -3,6 +3,7 @@
 mod bf16;
 mod chaos;
 mod commands;
+mod dashboard;
 mod errors;
 mod fixture;
 mod launch;
