@@ -6,7 +6,11 @@ invariants: one score per sample in order, K heads, nominal = μ of the smallest
 min/max/mean over the heads, reward = λ·nominal + (1 − λ)·min for the trade-off, and
 INVALID_ARGUMENT naming the field for a bad request. Prints "N passed, 0 failed".
 
-    python python/grpc_client/score_client.py --addr 127.0.0.1:50061 [--token T]
+    RRLHF_TOKEN=T python python/grpc_client/score_client.py --addr 127.0.0.1:50061
+    python python/grpc_client/score_client.py --addr 127.0.0.1:50061 --token-file /run/secrets/token
+
+The bearer token (when the service wants one) comes from RRLHF_TOKEN or a file, never from the
+command line, where anyone on the machine can read it.
 """
 
 import argparse
@@ -38,11 +42,16 @@ def compile_protos(out_dir):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--addr", required=True)
-    ap.add_argument("--token")
+    ap.add_argument("--token-file", help="a file holding the bearer token (else RRLHF_TOKEN)")
     args = ap.parse_args()
+    if args.token_file:
+        with open(args.token_file) as f:
+            token = f.read().strip()
+    else:
+        token = os.environ.get("RRLHF_TOKEN", "")
     with tempfile.TemporaryDirectory() as tmp:
         pb, pb_grpc = compile_protos(tmp)
-        metadata = [("authorization", f"Bearer {args.token}")] if args.token else []
+        metadata = [("authorization", f"Bearer {token}")] if token else []
         checks = run_checks(pb, pb_grpc, args.addr, metadata)
     failed = [name for name, ok in checks if not ok]
     for name, ok in checks:

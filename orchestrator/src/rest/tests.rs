@@ -188,6 +188,24 @@ async fn recorded_runs_are_listed_after_a_restart_and_resume_on_request() {
     assert_eq!(again[1].status, RunStatus::Failed);
 }
 
+/// A run created with an empty `run.id` gets a derived id and writes under the configured
+/// output directory (it used to write under the process's working directory).
+#[tokio::test]
+async fn an_empty_run_id_is_derived_and_stays_in_the_output_directory() {
+    let out = tempfile::tempdir().unwrap();
+    let app = unreachable_services(out.path());
+    let (code, v) = call(&app, "POST", "/v1/runs", r#"{"run": {"id": ""}}"#).await;
+    assert_eq!(code, StatusCode::CREATED, "{v}");
+    let id = v["id"].as_str().unwrap();
+    assert!(id.starts_with("run-"), "{v}");
+    let dir = std::path::PathBuf::from(v["dir"].as_str().unwrap());
+    assert_eq!(dir, out.path().join(id));
+    assert!(
+        dir.exists(),
+        "the run writes where the orchestrator's output goes"
+    );
+}
+
 #[tokio::test]
 async fn every_error_gets_the_status_of_its_kind() {
     let out = tempfile::tempdir().unwrap();

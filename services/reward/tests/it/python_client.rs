@@ -24,7 +24,8 @@ async fn python_grpcio_client_scores_against_the_rust_service() {
     let out = tokio::task::spawn_blocking(move || {
         Command::new(python)
             .arg(root.join("python/grpc_client/score_client.py"))
-            .args(["--addr", &addr, "--token", "py-token"])
+            .args(["--addr", &addr])
+            .env("RRLHF_TOKEN", "py-token")
             .output()
             .unwrap()
     })
