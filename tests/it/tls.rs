@@ -2,7 +2,8 @@
 //! client certificates (mutual TLS) and a bearer token read from a file answers the
 //! orchestrator's clients configured with the CA, their certificate and the token file, and
 //! turns away a client without a certificate; the REST API served over HTTPS answers a client
-//! that trusts the CA and not a plain-HTTP one.
+//! that trusts the CA (without waiting behind a client that never finishes its handshake) and
+//! not a plain-HTTP one.
 
 use std::sync::Arc;
 
@@ -103,6 +104,10 @@ async fn the_rest_api_speaks_https_when_given_a_certificate() {
         .unwrap()
         .with_root_certificates(roots)
         .with_no_client_auth();
+    // A client that connects and never starts its handshake delays nobody else's.
+    let _silent = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    let started = std::time::Instant::now();
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     let mut tls = TlsConnector::from(Arc::new(client))
         .connect(ServerName::try_from("localhost").unwrap(), tcp)
@@ -115,6 +120,11 @@ async fn the_rest_api_speaks_https_when_given_a_certificate() {
     let _ = tls.read_to_string(&mut answer).await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert!(answer.ends_with("ok"), "{answer}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "waited {:?} behind a silent client",
+        started.elapsed()
+    );
 
     // Plain HTTP gets no HTTP answer.
     let mut plain = tokio::net::TcpStream::connect(addr).await.unwrap();

@@ -1,5 +1,5 @@
 //! HTTPS for the REST API (`rest.tls_cert` / `rest.tls_key`): a listener that completes each
-//! connection's TLS handshake (rustls, ring) before axum serves HTTP/1.1 on it.
+//! connection's TLS handshake (rustls, ring), concurrently, before axum serves HTTP/1.1 on it.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -18,40 +18,71 @@ use crate::error::{OrchestratorError, Result};
 /// How long a client may take over its handshake before it is dropped.
 const HANDSHAKE: Duration = Duration::from_secs(10);
 
-/// A TCP listener whose connections are TLS.
+/// A TCP listener whose connections are TLS. A background task accepts TCP connections and
+/// runs each handshake in its own task, so a slow or silent client delays nobody else's; the
+/// connections that complete their handshake wait in a queue for axum.
 pub struct TlsListener {
-    tcp: TcpListener,
-    acceptor: TlsAcceptor,
+    ready: tokio::sync::mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
+    local: SocketAddr,
+    accepting: tokio::task::JoinHandle<()>,
 }
+
+type TlsStream<S> = tokio_rustls::server::TlsStream<S>;
 
 impl TlsListener {
     pub fn new(tcp: TcpListener, cert: &Path, key: &Path) -> Result<Self> {
+        let acceptor = acceptor(cert, key)?;
+        let local = tcp
+            .local_addr()
+            .map_err(|e| OrchestratorError::io("rest.addr: the listener's address", e))?;
+        let (tx, ready) = tokio::sync::mpsc::channel(64);
+        let accepting = tokio::spawn(async move {
+            let mut tcp = tcp;
+            loop {
+                let (stream, addr) = Listener::accept(&mut tcp).await;
+                let (acceptor, tx) = (acceptor.clone(), tx.clone());
+                tokio::spawn(async move {
+                    // A failed handshake (a plain-HTTP client, a wrong certificate) ends that
+                    // connection only.
+                    match tokio::time::timeout(HANDSHAKE, acceptor.accept(stream)).await {
+                        Ok(Ok(tls)) => drop(tx.send((tls, addr)).await),
+                        Ok(Err(e)) => {
+                            tracing::debug!(%addr, error = %e, "REST TLS handshake failed")
+                        }
+                        Err(_) => tracing::debug!(%addr, "REST TLS handshake timed out"),
+                    }
+                });
+            }
+        });
         Ok(Self {
-            tcp,
-            acceptor: acceptor(cert, key)?,
+            ready,
+            local,
+            accepting,
         })
     }
 }
 
+impl Drop for TlsListener {
+    fn drop(&mut self) {
+        self.accepting.abort();
+    }
+}
+
 impl Listener for TlsListener {
-    type Io = tokio_rustls::server::TlsStream<TcpStream>;
+    type Io = TlsStream<TcpStream>;
     type Addr = SocketAddr;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        loop {
-            let (tcp, addr) = Listener::accept(&mut self.tcp).await;
-            // A failed handshake (a plain-HTTP client, a wrong certificate) ends that
-            // connection only.
-            match tokio::time::timeout(HANDSHAKE, self.acceptor.accept(tcp)).await {
-                Ok(Ok(tls)) => return (tls, addr),
-                Ok(Err(e)) => tracing::debug!(%addr, error = %e, "REST TLS handshake failed"),
-                Err(_) => tracing::debug!(%addr, "REST TLS handshake timed out"),
-            }
+        match self.ready.recv().await {
+            Some(connection) => connection,
+            // The accepting task is gone (only when the listener is dropped): nothing more
+            // will come.
+            None => std::future::pending().await,
         }
     }
 
     fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        self.tcp.local_addr()
+        Ok(self.local)
     }
 }
 
