@@ -16,6 +16,7 @@
 //! - [`instances`]: which process serves each trained rank (restart detection).
 //! - [`record`]: each run's state on disk, so a restarted orchestrator lists and resumes it.
 //! - [`lock`]: one orchestrator per run directory.
+//! - [`patch`]: live changes of λ, strategy and β, checked and applied whole.
 //! - [`run`]: the run lifecycle (created → running ⇄ paused → finished | stopped | failed).
 //! - [`samples`]: the bounded store of scored samples the dashboard shows.
 //! - [`rest`]: the REST control API (axum) with its OpenAPI document.
@@ -29,6 +30,7 @@ pub mod experience;
 pub mod instances;
 pub mod lock;
 pub mod metrics;
+pub mod patch;
 pub mod prompts;
 pub mod record;
 pub mod report;
