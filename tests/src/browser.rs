@@ -20,6 +20,8 @@ pub struct Browser {
     _profile: tempfile::TempDir,
     page: WebSocket<MaybeTlsStream<TcpStream>>,
     next_id: u64,
+    /// The page's console messages and uncaught exceptions, newest last (for failure reports).
+    console: Vec<String>,
 }
 
 impl Browser {
@@ -84,12 +86,15 @@ impl Browser {
         std::thread::spawn(move || for _ in lines {});
         let url = page_websocket(&port)?;
         let (page, _) = tungstenite::connect(url.as_str()).map_err(|e| e.to_string())?;
-        Ok(Self {
+        let mut browser = Self {
             child,
             _profile: profile,
             page,
             next_id: 0,
-        })
+            console: Vec::new(),
+        };
+        browser.call("Runtime.enable", json!({}));
+        Ok(browser)
     }
 
     /// Sends a DevTools command to the page and returns its result (events are skipped).
@@ -104,10 +109,48 @@ impl Browser {
             let msg = self.page.read().expect("read from the browser");
             let Message::Text(text) = msg else { continue };
             let v: Value = serde_json::from_str(&text).expect("DevTools speaks JSON");
+            self.keep_console(&v);
             if v["id"] == json!(id) {
                 assert!(v.get("error").is_none(), "{method}: {v}");
                 return v["result"].clone();
             }
+        }
+    }
+
+    /// Keeps what the page printed or threw, so a failed wait can show it.
+    fn keep_console(&mut self, event: &Value) {
+        let line = match event["method"].as_str() {
+            Some("Runtime.consoleAPICalled") => {
+                let args = event["params"]["args"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default();
+                let texts: Vec<String> = args
+                    .iter()
+                    .map(|a| match &a["value"] {
+                        Value::String(s) => s.clone(),
+                        Value::Null => a["description"].as_str().unwrap_or("?").to_owned(),
+                        v => v.to_string(),
+                    })
+                    .collect();
+                format!(
+                    "console.{}: {}",
+                    event["params"]["type"].as_str().unwrap_or("log"),
+                    texts.join(" ")
+                )
+            }
+            Some("Runtime.exceptionThrown") => {
+                let d = &event["params"]["exceptionDetails"];
+                let what = d["exception"]["description"]
+                    .as_str()
+                    .or(d["text"].as_str());
+                format!("uncaught: {}", what.unwrap_or("?"))
+            }
+            _ => return,
+        };
+        self.console.push(line);
+        if self.console.len() > 20 {
+            self.console.remove(0);
         }
     }
 
@@ -138,21 +181,45 @@ impl Browser {
             if ok(&v) {
                 return v;
             }
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {what} (last: {v})"
-            );
+            if Instant::now() >= deadline {
+                let text = self.eval("document.body ? document.body.innerText.slice(0, 600) : ''");
+                panic!(
+                    "timed out waiting for {what} (last: {v})\npage console:\n{}\npage text:\n{}",
+                    self.console.join("\n"),
+                    text.as_str().unwrap_or_default()
+                );
+            }
             std::thread::sleep(Duration::from_millis(100));
         }
     }
 
-    /// A left click in the middle of the element with id `id`, as a mouse would.
+    /// A left click in the middle of the element with id `id`, as a mouse would. The element is
+    /// scrolled into view first and the click waits until the page has settled there (the point
+    /// really hits the element): newer Chromium finishes a scroll after the call that asked
+    /// for it, and a click at the pre-scroll position lands beside the element.
     pub fn click(&mut self, id: &str) {
-        let rect = self.eval(&format!(
-            "(() => {{ const e = document.getElementById({id:?}); e.scrollIntoView(); \
-             const r = e.getBoundingClientRect(); return [r.x + r.width / 2, r.y + r.height / 2]; }})()"
-        ));
-        let (x, y) = (rect[0].as_f64().expect("x"), rect[1].as_f64().expect("y"));
+        let locate = format!(
+            "(async () => {{ const e = document.getElementById({id:?}); \
+             if (!e) return null; \
+             e.scrollIntoView({{ block: 'center', inline: 'center', behavior: 'instant' }}); \
+             await new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r))); \
+             const r = e.getBoundingClientRect(); const x = r.x + r.width / 2, y = r.y + r.height / 2; \
+             const hit = document.elementFromPoint(x, y); \
+             return [x, y, !!hit && (hit === e || e.contains(hit))]; }})()"
+        );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let (x, y) = loop {
+            let at = self.eval(&locate);
+            assert!(!at.is_null(), "no element with id {id:?} on the page");
+            if at[2] == json!(true) {
+                break (at[0].as_f64().expect("x"), at[1].as_f64().expect("y"));
+            }
+            assert!(
+                Instant::now() < deadline,
+                "element {id:?} is covered or off screen at {at}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        };
         for kind in ["mousePressed", "mouseReleased"] {
             self.call(
                 "Input.dispatchMouseEvent",
@@ -161,10 +228,18 @@ impl Browser {
         }
     }
 
-    /// Clicks the input `id` and types `text` into it.
+    /// Clicks the input `id`, waits until it has the focus and types `text` into it.
     pub fn type_into(&mut self, id: &str, text: &str) {
         self.click(id);
+        let focused = format!("document.activeElement && document.activeElement.id === {id:?}");
+        self.wait_for(&format!("the focus on {id:?}"), 10, &focused, |v| {
+            v == &json!(true)
+        });
         self.call("Input.insertText", json!({ "text": text }));
+        let value = format!("document.getElementById({id:?}).value");
+        self.wait_for(&format!("{text:?} in {id:?}"), 10, &value, |v| {
+            v.as_str().is_some_and(|s| s.ends_with(text))
+        });
     }
 
     /// A PNG screenshot of the page.
