@@ -1,4 +1,5 @@
-//! `rrlhf rm train|eval|calibrate`: the two-stage reward model (Bradley–Terry, then BRME).
+//! `rrlhf rm train|eval|calibrate|ensemble`: the two-stage reward model (Bradley–Terry, then
+//! BRME), and deep ensembles of stage-1 models served as one K-head model.
 
 use std::path::{Path, PathBuf};
 
@@ -7,7 +8,7 @@ use clap::{Args, Subcommand, ValueEnum};
 use rrlhf_data::preference::{OnMalformed, PairData, PairOptions, load_pairs};
 use rrlhf_model::reward_model::RewardModel;
 use rrlhf_model::{ModelConfig, TextTokenizer};
-use rrlhf_train::rm::{RmConfig, split_pairs, train_stage1, train_stage2};
+use rrlhf_train::rm::{HeadData, HeadDiversity, RmConfig, split_pairs, train_stage1, train_stage2};
 use rrlhf_train::rm_eval::{EvalOptions, EvalReport, calibrate, evaluate};
 
 use crate::args::RuntimeArgs;
@@ -21,6 +22,20 @@ pub enum RmCommand {
     Eval(EvalArgs),
     /// Measure a reward source's mean/std on a reference set and store them with the model.
     Calibrate(CalibrateArgs),
+    /// Stack independently trained stage-1 models (a deep ensemble) into one K-head model that
+    /// the reward service serves like a BRME (member 0 is the nominal head).
+    Ensemble(EnsembleArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct EnsembleArgs {
+    /// A stage-1 reward model; give K ≥ 2 of them, the nominal one first.
+    #[arg(long = "member", required = true)]
+    pub members: Vec<PathBuf>,
+    #[arg(long)]
+    pub out: PathBuf,
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -108,6 +123,17 @@ pub struct TrainArgs {
     /// Stage 2: scale α of the targets α(p̂ − ½).
     #[arg(long, default_value_t = 2.0, allow_negative_numbers = true)]
     pub alpha: f64,
+    /// Stage 2: how pairs reach the heads: `partition` (each pair trains one head, the paper's
+    /// BRME) or `bootstrap` (each head trains on its own resample of all pairs).
+    #[arg(long, default_value = "partition")]
+    pub head_data: HeadData,
+    /// Stage 2: decoder layers each head owns, copied from the top of the stage-1 backbone
+    /// (0: the heads share the whole backbone and differ only in their output rows).
+    #[arg(long, default_value_t = 0)]
+    pub tower_layers: usize,
+    /// Stage 2: relative std of per-head noise added to the towers' starting weights.
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
+    pub tower_init_noise: f64,
     #[command(flatten)]
     pub runtime: RuntimeArgs,
 }
@@ -201,7 +227,25 @@ pub fn run(cmd: RmCommand) -> Result<()> {
             );
             Ok(())
         }
+        RmCommand::Ensemble(a) => ensemble(&a),
     }
+}
+
+/// Assembles the deep ensemble and saves it with member 0's tokenizer.
+pub fn ensemble(a: &EnsembleArgs) -> Result<()> {
+    let members: Vec<&Path> = a.members.iter().map(PathBuf::as_path).collect();
+    let tok = TextTokenizer::load(members[0])
+        .with_context(|| format!("{} has no usable tokenizer", members[0].display()))?;
+    let model = rrlhf_model::ensemble::assemble(&members, a.runtime.placement()?)?;
+    model.save(&a.out)?;
+    tok.save_to(&a.out)?;
+    println!(
+        "deep ensemble of {} stage-1 models → {} (nominal head: {})",
+        members.len(),
+        a.out.display(),
+        members[0].display()
+    );
+    Ok(())
 }
 
 /// Trains one stage and writes `rm_summary.json` next to the checkpoint.
@@ -236,6 +280,9 @@ impl TrainArgs {
             seed: 0,
             heads: 5,
             alpha: 2.0,
+            head_data: HeadData::Partition,
+            tower_layers: 0,
+            tower_init_noise: 0.0,
             runtime,
         }
     }
@@ -262,6 +309,11 @@ pub fn train(a: &TrainArgs, show_progress: bool) -> Result<rrlhf_train::rm::RmOu
         show_progress,
         heads: a.heads,
         alpha: a.alpha,
+        diversity: HeadDiversity {
+            data: a.head_data,
+            tower_layers: a.tower_layers,
+            tower_init_noise: a.tower_init_noise,
+        },
         ..RmConfig::default()
     };
     let outcome = match a.stage {
@@ -369,6 +421,18 @@ fn print_report(r: &EvalReport) {
         .map(|s| format!("{s:.3}"))
         .collect();
     println!("mean σ per head:        {}", sig.join(" "));
+    if let Some(d) = &r.disagreement {
+        println!(
+            "head disagreement (std over heads of the margin): {:.4} overall, {:.4} where the \
+             nominal head is wrong ({:.1}% of pairs), {:.4} where it is right; AUROC of \
+             disagreement for a wrong nominal ranking: {}",
+            d.mean,
+            d.mean_when_wrong,
+            d.nominal_wrong * 100.0,
+            d.mean_when_right,
+            d.auroc.map_or("n/a".into(), |a| format!("{a:.3}"))
+        );
+    }
     for (name, path) in &r.plots {
         println!("plot {name}: {path}");
     }

@@ -4,7 +4,10 @@
 //! it on the chosen dialogues, train the two-stage reward model (Bradley–Terry, then a K-head
 //! BRME), evaluate it on held-out pairs, then run reward-robust PPO: the four services start on
 //! loopback ports (real gRPC, the code of the distributed deployment) and the orchestrator
-//! drives them. Finally the trained policy answers held-out prompts, scored by the BRME.
+//! drives them. PPO runs twice from the same SFT start and seed: standard RLHF (the BRME's
+//! nominal head, λ = 1) and the reward-robust objective, so the summary can put their gold-free
+//! signals side by side (proxy reward, the worst head, head disagreement, KL, length, replies).
+//! Finally both policies answer held-out prompts, scored by the BRME.
 //!
 //! Stages whose output already exists in the run directory are reused, and PPO resumes from
 //! its latest checkpoint, so an interrupted `make run` continues where it stopped.
@@ -92,6 +95,10 @@ pub struct RunArgs {
     /// for bit — merged batches change floating-point summation order with arrival timing.
     #[arg(long)]
     merge_requests: bool,
+    /// Skip the standard-RLHF run (the nominal head, λ = 1) that the summary compares the
+    /// robust run with.
+    #[arg(long)]
+    no_standard: bool,
     /// PPO with LoRA adapters on the actor (SFT and the reward models still train fully); the
     /// actor's frozen base then serves the reference log-probs, so no reference model is loaded.
     #[command(flatten)]
@@ -250,22 +257,29 @@ pub fn run(a: RunArgs) -> Result<()> {
     } else {
         "four services on loopback"
     };
+    let dirs = (sft_dir.as_path(), rm1_dir.as_path(), brme_dir.as_path());
+    let standard = if a.no_standard {
+        None
+    } else {
+        eprintln!(
+            "[7/8] PPO from the SFT policy, {} steps × {} samples, {services}: first standard RLHF (nominal head)",
+            a.ppo_steps, a.ppo_batch
+        );
+        let mut cfg = ppo_cfg.clone();
+        cfg.run.id = "ppo-standard".into();
+        cfg.objective.strategy = Strategy::Nominal;
+        Some(ppo(&a, cfg, dirs, None)?)
+    };
     eprintln!(
-        "[7/8] reward-robust PPO: {} steps × {} samples, {services}",
-        a.ppo_steps, a.ppo_batch
+        "[7/8] reward-robust PPO ({}) from the same start and seed",
+        ppo_cfg.objective.strategy
     );
-    let ppo = ppo(&a, ppo_cfg, &sft_dir, &rm1_dir, &brme_dir)?;
-    let policy_dir = ppo
-        .dir
-        .join("checkpoints")
-        .join(std::fs::read_to_string(ppo.dir.join("checkpoints/latest"))?.trim())
-        .join("actor");
+    let ppo = ppo(&a, ppo_cfg, dirs, a.rest.as_deref())?;
 
     eprintln!(
-        "[8/8] samples: the PPO policy answers {} held-out prompts, scored by the BRME",
+        "[8/8] samples: the PPO policies answer {} held-out prompts, scored by the BRME",
         a.samples
     );
-    let (lm, tok2) = load_with_tokenizer(&policy_dir, a.runtime.placement()?)?;
     let data = rrlhf_data::sft::load(&a.data)?;
     let (_, held_out) = rrlhf_data::split::train_test(data.examples, a.seed, 0.05);
     let prompts: Vec<String> = held_out
@@ -282,8 +296,15 @@ pub fn run(a: RunArgs) -> Result<()> {
         top_p: 0.95,
         seed: Some(a.seed),
     };
-    let replies = sample(&lm, &tok2, &prompts, 1, &sampling)?;
-    drop(lm);
+    let answer = |run: &PpoResult| -> Result<Vec<(String, String)>> {
+        let (lm, tok) = load_with_tokenizer(&run.policy()?, a.runtime.placement()?)?;
+        sample(&lm, &tok, &prompts, 1, &sampling)
+    };
+    let replies = answer(&ppo)?;
+    let standard_replies = match &standard {
+        Some(run) => answer(run)?,
+        None => Vec::new(),
+    };
     let scorer = RewardScorer {
         model: RewardModel::from_dir(&brme_dir, a.runtime.placement()?)?,
         tokenizer: TextTokenizer::load(&brme_dir)?,
@@ -295,11 +316,14 @@ pub fn run(a: RunArgs) -> Result<()> {
         lambda: a.lambda.unwrap_or_else(default_lambda),
     };
     // `--samples 0` (benchmarks) skips the answers; the scorer refuses an empty batch.
-    let scored = if replies.is_empty() {
-        Vec::new()
-    } else {
-        scorer.score(&replies, strategy, UncertaintySet::Mean, a.seed)?
+    let score = |replies: &[(String, String)]| -> Result<Vec<_>> {
+        if replies.is_empty() {
+            return Ok(Vec::new());
+        }
+        Ok(scorer.score(replies, strategy, UncertaintySet::Mean, a.seed)?)
     };
+    let scored = score(&replies)?;
+    let standard_scored = score(&standard_replies)?;
 
     let summary = json!({
         "data": a.data,
@@ -308,7 +332,12 @@ pub fn run(a: RunArgs) -> Result<()> {
         "sft": sft_outcome,
         "reward_model": {"stage1": rm1, "brme": brme, "eval": report},
         "ppo": {"dir": ppo.dir, "first": ppo.first, "last": ppo.last},
+        "ppo_standard": standard.as_ref().map(|s| json!({"dir": s.dir, "first": s.first, "last": s.last})),
         "samples": replies.iter().zip(&scored).map(|((p, r), s)| json!({
+            "prompt": p, "reply": r, "heads_mu": s.heads.mu, "heads_sigma": s.heads.sigma,
+            "summary": s.aggregated.summary, "reward": s.aggregated.reward, "strategy": strategy,
+        })).collect::<Vec<_>>(),
+        "standard_samples": standard_replies.iter().zip(&standard_scored).map(|((p, r), s)| json!({
             "prompt": p, "reply": r, "heads_mu": s.heads.mu, "heads_sigma": s.heads.sigma,
             "summary": s.aggregated.summary, "reward": s.aggregated.reward, "strategy": strategy,
         })).collect::<Vec<_>>(),
@@ -347,39 +376,22 @@ pub fn run(a: RunArgs) -> Result<()> {
         pct("mean"),
         pct("min")
     );
-    let (m0, m1) = (&ppo.first, &ppo.last);
-    println!(
-        "ppo          {} steps of {} ({}): aggregated reward {:+.3} → {:+.3}, nominal {:+.3} → {:+.3}, min {:+.3} → {:+.3}",
-        m1.step,
+    crate::run_summary::print_ppo(
+        standard.as_ref().map(|s| (&s.first, &s.last)),
+        (&ppo.first, &ppo.last),
         a.ppo_batch,
-        m1.strategy,
-        m0.rewards.aggregated,
-        m1.rewards.aggregated,
-        m0.rewards.nominal,
-        m1.rewards.nominal,
-        m0.rewards.min,
-        m1.rewards.min
     );
     println!(
-        "             KL to SFT {:.3} → {:.3}, head disagreement {:.3} → {:.3}, length {:.1} → {:.1}; report {}",
-        m0.kl,
-        m1.kl,
-        m0.rewards.head_disagreement,
-        m1.rewards.head_disagreement,
-        m0.response_length,
-        m1.response_length,
+        "             report {}",
         ppo.dir.join("report.md").display()
     );
-    for ((p, r), s) in replies.iter().zip(&scored) {
-        let last_turn = p.rsplit("Human:").next().unwrap_or(p).trim();
-        let question = last_turn.trim_end_matches("Assistant:").trim();
-        let sum = s.aggregated.summary;
-        println!("\nHuman: {question}\nAssistant:{r}");
-        println!(
-            "  reward: nominal {:+.3} (head {}), min {:+.3}, {strategy} → {:+.3}",
-            sum.nominal, sum.nominal_head, sum.min, s.aggregated.reward
-        );
-    }
+    crate::run_summary::print_replies(
+        &replies,
+        &scored,
+        &standard_replies,
+        &standard_scored,
+        strategy,
+    );
     println!("\nwritten: {}", a.out.join("summary.json").display());
     Ok(())
 }
@@ -391,18 +403,30 @@ struct PpoResult {
     last: StepMetrics,
 }
 
+impl PpoResult {
+    /// The actor of the run's latest checkpoint.
+    fn policy(&self) -> Result<PathBuf> {
+        let latest = std::fs::read_to_string(self.dir.join("checkpoints/latest"))?;
+        Ok(self
+            .dir
+            .join("checkpoints")
+            .join(latest.trim())
+            .join("actor"))
+    }
+}
+
 /// λ of the default objective `tradeoff:0.4`.
 fn default_lambda() -> Lambda {
     Lambda::new(0.4).expect("0.4 is in [0, 1]")
 }
 
-/// Starts the four services on loopback and runs (or resumes) PPO with `cfg` in `a.out/ppo`.
+/// Starts the four services on loopback and runs (or resumes) PPO with `cfg` in
+/// `a.out/{cfg.run.id}`; `dirs` are the SFT policy, the stage-1 RM and the BRME.
 fn ppo(
     a: &RunArgs,
     cfg: OrchestratorConfig,
-    sft_dir: &Path,
-    rm1_dir: &Path,
-    brme_dir: &Path,
+    (sft_dir, rm1_dir, brme_dir): (&Path, &Path, &Path),
+    rest: Option<&str>,
 ) -> Result<PpoResult> {
     let max_length = a.max_len.max(cfg.sampling.max_new_tokens as usize + 16);
     let info = crate::embedded_ppo::run(
@@ -413,7 +437,7 @@ fn ppo(
             ..crate::embedded_ppo::options(max_length, &a.runtime, a.merge_requests)
         },
         None,
-        a.rest.as_deref(),
+        rest,
     )?;
     let steps = rrlhf_orchestrator::metrics::read_all(&info.dir.join("metrics.jsonl"))?;
     let (first, last) = match (steps.first(), steps.last()) {

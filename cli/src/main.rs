@@ -14,6 +14,8 @@ mod cmd_sft;
 mod cmd_tokenizer;
 mod cmd_toy;
 mod embedded_ppo;
+mod overopt_proxy;
+mod run_summary;
 
 use clap::{Parser, Subcommand};
 

@@ -70,9 +70,20 @@ pub struct Services {
     pub actor: Pool<ActorServiceClient<Svc>>,
     pub critic: Pool<CriticServiceClient<Svc>>,
     pub reference: Pool<ReferenceServiceClient<Svc>>,
-    pub reward: Pool<RewardServiceClient<Svc>>,
+    pub reward: RewardPool,
+    /// The further reward sources (`endpoints.extra_rewards`), in config order.
+    pub extra_rewards: Vec<NamedRewardPool>,
     /// Reference log-probs come from the actor's `BaseLogProbs` (`endpoints.reference_from_actor_base`).
     pub reference_from_actor_base: bool,
+}
+
+pub type RewardPool = Pool<RewardServiceClient<Svc>>;
+
+/// The clients of one extra reward source.
+#[derive(Clone, Debug)]
+pub struct NamedRewardPool {
+    pub name: String,
+    pub pool: RewardPool,
 }
 
 /// Messages up to 256 MiB: a batch of 128 long sequences with per-token floats is large.
@@ -148,14 +159,28 @@ impl Services {
                     .max_decoding_message_size(MAX_MESSAGE)
                     .max_encoding_message_size(MAX_MESSAGE)
             }),
-            reward: clients(pool("reward", &e.reward)?, &auth, |s| {
-                RewardServiceClient::new(s)
-                    .max_decoding_message_size(MAX_MESSAGE)
-                    .max_encoding_message_size(MAX_MESSAGE)
-            }),
+            reward: clients(pool("reward", &e.reward)?, &auth, reward_client),
+            extra_rewards: e
+                .extra_rewards
+                .iter()
+                .enumerate()
+                .map(|(i, s)| {
+                    let channels = pool(&format!("extra_rewards[{i}].urls"), &s.urls)?;
+                    Ok(NamedRewardPool {
+                        name: s.name.clone(),
+                        pool: clients(channels, &auth, reward_client),
+                    })
+                })
+                .collect::<Result<_>>()?,
             reference_from_actor_base: e.reference_from_actor_base,
         })
     }
+}
+
+fn reward_client(s: Svc) -> RewardServiceClient<Svc> {
+    RewardServiceClient::new(s)
+        .max_decoding_message_size(MAX_MESSAGE)
+        .max_encoding_message_size(MAX_MESSAGE)
 }
 
 /// Whether a failed call may succeed when repeated (see [`is_transient_code`]).

@@ -78,6 +78,16 @@ pub struct Endpoints {
     pub critic: Vec<String>,
     pub reference: Vec<String>,
     pub reward: Vec<String>,
+    /// Name of the `reward` source in fused runs' metrics and errors (default `reward`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reward_name: Option<String>,
+    /// Calibration of `reward` for fusion, overriding what its service reports.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reward_calibration: Option<crate::sources::CalibrationSetting>,
+    /// Further reward sources whose normalised heads join `reward`'s in one uncertainty set
+    /// (heterologous fusion, [`crate::sources`]); empty: `reward` alone, unnormalised.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub extra_rewards: Vec<crate::sources::RewardSource>,
     /// Take the reference log-probs from the actor's `BaseLogProbs` (a LoRA actor's frozen
     /// base, which is the SFT policy) instead of a reference service; `reference` may then be
     /// empty.
@@ -101,6 +111,9 @@ impl Default for Endpoints {
             critic: one(50081),
             reference: one(50071),
             reward: one(50061),
+            reward_name: None,
+            reward_calibration: None,
+            extra_rewards: Vec::new(),
             reference_from_actor_base: false,
             auth_token: None,
             auth_token_file: None,
@@ -446,12 +459,19 @@ impl OrchestratorConfig {
     /// Checks every value a run depends on; the error names the field. (The objective needs no
     /// check here: it cannot be read in invalid.)
     pub fn validate(&self) -> Result<(), OrchestratorError> {
+        let extra = self.endpoints.extra_rewards.iter().enumerate();
+        let extra = extra.map(|(i, s)| (format!("endpoints.extra_rewards[{i}].urls"), &s.urls));
         for (name, list) in [
             ("endpoints.actor", &self.endpoints.actor),
             ("endpoints.critic", &self.endpoints.critic),
             ("endpoints.reference", &self.endpoints.reference),
             ("endpoints.reward", &self.endpoints.reward),
-        ] {
+        ]
+        .map(|(n, l)| (n.to_string(), l))
+        .into_iter()
+        .chain(extra)
+        {
+            let name = name.as_str();
             let optional =
                 name == "endpoints.reference" && self.endpoints.reference_from_actor_base;
             if list.is_empty() && !optional {
@@ -475,6 +495,7 @@ impl OrchestratorConfig {
             }
         }
         self.endpoints.tls.validate("endpoints.tls")?;
+        crate::sources::validate(&self.endpoints)?;
         for (field, value, file) in [
             (
                 "endpoints.auth_token",

@@ -6,8 +6,10 @@
 //! when the config asks for recomputed behaviour log-probs, or an actor reports no policy
 //! log-probs for reshaped sampling), concurrently, so scoring overlaps generation. Chunks are
 //! cut by prompt index, not by arrival, so a call's sequences (and its results) do not depend
-//! on timing. Every call survives a service restart: transient failures are retried with
-//! backoff, a broken score stream is reopened and the unanswered samples resent.
+//! on timing. With extra reward sources (`endpoints.extra_rewards`) every chunk also goes to
+//! each source's streams, and each sample keeps every source's heads. Every call survives a
+//! service restart: transient failures are retried with backoff, a broken score stream is
+//! reopened and the unanswered samples resent.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Instant;
@@ -16,18 +18,19 @@ use rrlhf_proto::actor::v1::{GenerateRequest, GeneratedSample, SamplingParams};
 use rrlhf_proto::common::v1::{LogProbsRequest, Sequence};
 use rrlhf_proto::critic::v1::ValuesRequest;
 use rrlhf_proto::reward::v1::{Sample, SampleScore, ScoreRequest};
+use rrlhf_robust::HeadOutputs;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tonic::Status;
 use tracing::Instrument;
 
-use crate::clients::{Backoff, Services, is_transient, retry, with_deadline};
+use crate::clients::{Backoff, RewardPool, Services, is_transient, retry, with_deadline};
 use crate::config::{RetrySettings, Sampling};
 use crate::error::{OrchestratorError, Result};
 use crate::prompts::PromptInput;
 
 /// One scored sample with everything PPO needs.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct Rollout {
     pub prompt: String,
     pub prompt_ids: Vec<i64>,
@@ -40,9 +43,13 @@ pub struct Rollout {
     pub ref_logprobs: Vec<f32>,
     /// V(s_t) before each response token.
     pub values: Vec<f32>,
-    /// Every BRME head's μ and σ.
+    /// Every BRME head's μ and σ (the fused set's, once [`crate::sources::Fusion::apply`]
+    /// ran; until then the `endpoints.reward` source's).
     pub heads_mu: Vec<f32>,
     pub heads_sigma: Vec<f32>,
+    /// Each reward source's raw heads, `endpoints.reward` first, when there are extra
+    /// sources; empty otherwise.
+    pub source_heads: Vec<HeadOutputs>,
 }
 
 /// Wall-clock split of the experience phase.
@@ -105,17 +112,32 @@ pub async fn collect(
     }
     drop(arrive_tx);
 
-    // One score stream per reward replica; chunk c of the prompts goes to stream c mod R.
-    let mut score_txs = Vec::with_capacity(services.reward.len());
+    // One score stream per replica of each reward source; chunk c of the prompts goes to
+    // stream c mod R of every source.
+    let sources: Vec<(String, RewardPool)> =
+        std::iter::once(("reward ScoreStream".to_string(), services.reward.clone()))
+            .chain(services.extra_rewards.iter().map(|s| {
+                (
+                    format!("reward source `{}` ScoreStream", s.name),
+                    s.pool.clone(),
+                )
+            }))
+            .collect();
+    let mut score_txs: Vec<Vec<mpsc::UnboundedSender<Vec<Sample>>>> = vec![vec![]; sources.len()];
     let mut scorers = JoinSet::new();
-    for replica in 0..services.reward.len() {
-        let (tx, rx) = mpsc::unbounded_channel::<Vec<Sample>>();
-        score_txs.push(tx);
-        let services = services.clone();
-        let retry_cfg = retry_cfg.clone();
-        scorers.spawn(
-            async move { score_stream(&services, &retry_cfg, replica, rx).await }.in_current_span(),
-        );
+    for (source, (what, pool)) in sources.iter().enumerate() {
+        for replica in 0..pool.len() {
+            let (tx, rx) = mpsc::unbounded_channel::<Vec<Sample>>();
+            score_txs[source].push(tx);
+            let (pool, what, retry_cfg) = (pool.clone(), what.clone(), retry_cfg.clone());
+            scorers.spawn(
+                async move {
+                    let scores = score_stream(&pool, &what, &retry_cfg, replica, rx).await;
+                    scores.map(|s| (source, s))
+                }
+                .in_current_span(),
+            );
+        }
     }
 
     let mut arrived: Vec<Option<GeneratedSample>> = vec![None; n];
@@ -157,7 +179,9 @@ pub async fn collect(
                 reward_sample(&id, &req.prompts[i], sample, req.eos_id)
             })
             .collect();
-        let _ = score_txs[chunk % score_txs.len()].send(to_score);
+        for txs in &score_txs {
+            let _ = txs[chunk % txs.len()].send(to_score.clone());
+        }
         let services = services.clone();
         let retry_cfg = retry_cfg.clone();
         // The actor's policy log-probs stand for the training forward's unless the config asks
@@ -191,9 +215,11 @@ pub async fn collect(
             extras[first + i] = Some(e);
         }
     }
-    let mut scores = HashMap::with_capacity(n);
+    let mut scores: Vec<HashMap<String, SampleScore>> =
+        vec![HashMap::with_capacity(n); sources.len()];
     while let Some(r) = scorers.join_next().await {
-        scores.extend(r.map_err(task("scoring"))??);
+        let (source, done) = r.map_err(task("scoring"))??;
+        scores[source].extend(done);
     }
     let score_tail_secs = started.elapsed().as_secs_f64() - generate_secs;
 
@@ -209,12 +235,22 @@ pub async fn collect(
         let extra = extra.ok_or_else(|| {
             OrchestratorError::bad_response("evaluation", format!("sample {id} was not evaluated"))
         })?;
-        let score = scores.remove(&id).ok_or_else(|| {
-            OrchestratorError::bad_response(
-                "reward ScoreStream",
-                format!("sample {id} was not scored"),
-            )
-        })?;
+        let mut heads = Vec::with_capacity(sources.len());
+        for ((what, _), scores) in sources.iter().zip(&mut scores) {
+            let score = scores.remove(&id).ok_or_else(|| {
+                OrchestratorError::bad_response(what, format!("sample {id} was not scored"))
+            })?;
+            heads.push(HeadOutputs {
+                mu: score.heads.iter().map(|h| h.mu).collect(),
+                sigma: score.heads.iter().map(|h| h.sigma).collect(),
+            });
+        }
+        // One source: its heads are the uncertainty set, as they always were.
+        let primary = if heads.len() == 1 {
+            heads.pop().expect("one source")
+        } else {
+            heads[0].clone()
+        };
         let logprobs = extra
             .policy_logprobs
             .unwrap_or(if sample.policy_logprobs.is_empty() {
@@ -251,8 +287,9 @@ pub async fn collect(
             logprobs,
             ref_logprobs: extra.ref_logprobs,
             values: extra.values,
-            heads_mu: score.heads.iter().map(|h| h.mu).collect(),
-            heads_sigma: score.heads.iter().map(|h| h.sigma).collect(),
+            heads_mu: primary.mu,
+            heads_sigma: primary.sigma,
+            source_heads: heads,
         });
     }
     Ok((
@@ -446,11 +483,13 @@ async fn enrich(
         .collect())
 }
 
-/// Scores groups of samples as they come through one `ScoreStream` to reward replica
-/// `replica`, a request per group; when the stream breaks it is opened again (round-robin over
-/// replicas) and the samples still unanswered are sent again.
+/// Scores groups of samples as they come through one `ScoreStream` to replica `replica` of a
+/// reward source (`what` names its calls in errors), a request per group; when the stream
+/// breaks it is opened again (round-robin over replicas) and the samples still unanswered are
+/// sent again.
 async fn score_stream(
-    services: &Services,
+    pool: &RewardPool,
+    what: &str,
     retry_cfg: &RetrySettings,
     replica: usize,
     mut incoming: mpsc::UnboundedReceiver<Vec<Sample>>,
@@ -474,9 +513,9 @@ async fn score_stream(
             let _ = tx.send(request(vec![s.clone()]));
         }
         let mut client = if std::mem::take(&mut first_attempt) {
-            services.reward.rank(replica)
+            pool.rank(replica)
         } else {
-            services.reward.any()
+            pool.any()
         };
         let mut tx = Some(tx);
         let mut responses = match client
@@ -488,10 +527,10 @@ async fn score_stream(
         {
             Ok(r) => r.into_inner(),
             Err(e) if is_transient(&e) => {
-                backoff.wait("reward ScoreStream", e).await?;
+                backoff.wait(what, e).await?;
                 continue;
             }
-            Err(e) => return Err(OrchestratorError::rpc("reward ScoreStream", e)),
+            Err(e) => return Err(OrchestratorError::rpc(what, e)),
         };
         let broken: Status = loop {
             if !incoming_open && pending.is_empty() {
@@ -527,9 +566,9 @@ async fn score_stream(
         };
         drop(tx);
         if is_transient(&broken) {
-            backoff.wait("reward ScoreStream", broken).await?;
+            backoff.wait(what, broken).await?;
         } else {
-            return Err(OrchestratorError::rpc("reward ScoreStream", broken));
+            return Err(OrchestratorError::rpc(what, broken));
         }
     }
 }

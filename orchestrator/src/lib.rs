@@ -10,6 +10,7 @@
 //! - [`clients`]: gRPC clients with bearer auth, round-robin replicas and retry with backoff.
 //! - [`prompts`]: prompt sources and the resumable, seeded data cursor.
 //! - [`experience`]: the streamed rollout and its fan-out.
+//! - [`sources`]: several reward sources normalised and fused into one uncertainty set.
 //! - [`step`]: robust rewards, PPO math and the training calls of one step.
 //! - [`metrics`]: per-step metrics (JSONL, Prometheus).
 //! - [`checkpoint`]: atomic run checkpoints (services + orchestrator state) and resume.
@@ -37,6 +38,7 @@ pub mod report;
 pub mod rest;
 pub mod run;
 pub mod samples;
+pub mod sources;
 pub mod step;
 
 pub use config::OrchestratorConfig;

@@ -8,6 +8,7 @@ use rrlhf_robust::Strategy;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{OrchestratorError, Result};
+use crate::sources::SourceStats;
 use crate::step::{RewardStats, TrainStats};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -16,7 +17,12 @@ pub struct StepMetrics {
     /// The objective in force for this step (it can change mid-run through the API), in its
     /// text form (`"tradeoff:0.4"`).
     pub strategy: Strategy,
+    /// Statistics of the uncertainty set the strategy aggregated: with several reward
+    /// sources, the fused set of their normalised heads.
     pub rewards: RewardStats,
+    /// Each reward source's own view of the batch, when several are fused (absent otherwise).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sources: Vec<SourceStats>,
     /// Mean true reward of the batch, when the run has one (a gold-reward testbed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gold: Option<f32>,
@@ -105,6 +111,21 @@ impl StepMetrics {
             "rrlhf_run_generated_tokens_per_second",
             self.generated_tokens_per_sec,
         );
+        for s in &self.sources {
+            let labels = [("run", run.to_owned()), ("source", s.name.clone())];
+            for (name, v) in [
+                ("rrlhf_run_source_reward_nominal", s.mean_nominal),
+                (
+                    "rrlhf_run_source_reward_nominal_normalized",
+                    s.mean_nominal_normalized,
+                ),
+                ("rrlhf_run_source_reward_min", s.mean_min),
+                ("rrlhf_run_source_reward_mean", s.mean_mean),
+                ("rrlhf_run_source_nominal_share", s.nominal_share),
+            ] {
+                metrics::gauge!(name, &labels).set(v as f64);
+            }
+        }
         for (h, f) in self.rewards.nominal_head_frequency.iter().enumerate() {
             metrics::gauge!("rrlhf_run_nominal_head_frequency", "run" => run.to_owned(), "head" => h.to_string())
                 .set(*f as f64);

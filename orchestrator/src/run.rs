@@ -24,6 +24,7 @@ use crate::metrics::{self, StepMetrics};
 use crate::prompts::{self, Cursor, PromptStream};
 use crate::record;
 use crate::samples::{SampleStore, ScoredSample};
+use crate::sources::Fusion;
 use crate::step;
 
 pub use crate::patch::{Patch, apply_patch};
@@ -214,6 +215,7 @@ pub fn spawn_run(mut cfg: OrchestratorConfig, opts: RunOptions) -> Result<RunHan
         retry: cfg.retry.clone(),
         instances: None,
         samples,
+        fusion: None,
     };
     tokio::spawn(async move {
         let outcome = runner.drive(cfg).await;
@@ -249,6 +251,9 @@ struct Runner {
     /// The actor and critic instances the run's weights live in (known once it started).
     instances: Option<Instances>,
     samples: Arc<Mutex<SampleStore>>,
+    /// The reward sources fused into one uncertainty set (known once it started; `None`: one
+    /// source, used as it is).
+    fusion: Option<Fusion>,
 }
 
 /// What the control loop tells the step loop.
@@ -284,6 +289,8 @@ impl Runner {
         .await?
         .into_inner()
         .eos_id;
+        // A source that cannot be calibrated stops the run here, before any step.
+        self.fusion = Fusion::resolve(&cfg.endpoints, &self.services, &retry_cfg).await?;
         let prompt_list = prompts::load(&cfg.prompts)?;
 
         let metrics_path = self.dir.join("metrics.jsonl");
@@ -631,7 +638,7 @@ impl Runner {
         let cfg = state.config.clone();
         let seed = step_seed(cfg.run.seed, state.step);
         let prompts = stream.next_batch(cfg.run.batch_size);
-        let (rollouts, timings) = experience::collect(
+        let (mut rollouts, timings) = experience::collect(
             &self.services,
             &cfg.retry,
             experience::Request {
@@ -644,6 +651,9 @@ impl Runner {
             },
         )
         .await?;
+        if let Some(f) = &self.fusion {
+            f.apply(&mut rollouts)?;
+        }
         let strategy = cfg.objective.strategy;
         let prepared = step::prepare(
             &rollouts,
@@ -654,6 +664,10 @@ impl Runner {
             &mut state.kl,
             &mut state.reward_norm,
         )?;
+        let sources = self
+            .fusion
+            .as_ref()
+            .map_or_else(Vec::new, |f| f.stats(&rollouts, &prepared.rewards));
         let (rewards, kl, beta, response_length) = (
             prepared.rewards.clone(),
             prepared.kl,
@@ -681,6 +695,7 @@ impl Runner {
             step: state.step,
             strategy,
             rewards,
+            sources,
             gold,
             kl,
             beta,

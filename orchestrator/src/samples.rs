@@ -110,6 +110,7 @@ mod tests {
             values: vec![0.0],
             heads_mu: vec![0.5, -0.5],
             heads_sigma: vec![0.1, 0.2],
+            source_heads: vec![],
         }
     }
 

@@ -429,6 +429,7 @@ mod tests {
             values: vec![0.0; len],
             heads_mu: mu.to_vec(),
             heads_sigma: sigma.to_vec(),
+            source_heads: vec![],
         }
     }
 

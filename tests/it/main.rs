@@ -2,6 +2,7 @@
 //! loopback gRPC with the test kit's tiny models.
 
 mod dashboard;
+mod fusion;
 mod lora;
 mod ppo;
 mod reproducible;

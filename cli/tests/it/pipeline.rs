@@ -38,9 +38,24 @@ fn run_builds_every_stage_then_reuses_them_and_resumes_ppo() {
     };
     let stdout = ok(args("2").output().unwrap());
     assert!(stdout.contains("ppo          2 steps of 8"), "{stdout}");
+    // Standard and robust PPO from the same start, side by side.
+    assert!(stdout.contains("standard (nominal)"), "{stdout}");
+    assert!(stdout.contains("head disagreement (std)"), "{stdout}");
     let m = metrics_lines(&out);
     assert_eq!(m.len(), 2);
     assert_eq!(m[1]["strategy"], "tradeoff:0.4");
+    let standard = std::fs::read_to_string(out.join("ppo-standard/metrics.jsonl")).unwrap();
+    let standard: Vec<serde_json::Value> = standard
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(standard.len(), 2);
+    assert_eq!(standard[1]["strategy"], "nominal");
+    // Same seed: the first step's prompts and samples are the same, so is its nominal reward.
+    assert_eq!(
+        standard[0]["rewards"]["nominal"],
+        m[0]["rewards"]["nominal"]
+    );
     for f in [
         "ppo/report.md",
         "ppo/plots/rewards.png",
@@ -52,6 +67,8 @@ fn run_builds_every_stage_then_reuses_them_and_resumes_ppo() {
     let summary: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
     assert_eq!(summary["ppo"]["last"]["step"], 2);
+    assert_eq!(summary["ppo_standard"]["last"]["step"], 2);
+    assert_eq!(summary["standard_samples"].as_array().unwrap().len(), 1);
 
     // Again with more PPO steps: every stage is reused and PPO continues from step 2.
     let second = args("3").output().unwrap();
@@ -159,7 +176,11 @@ fn overopt_runs_every_condition_and_writes_the_tables() {
                 "--max-len",
                 "128",
             ])
-            .args(["--conditions", "nominal,tradeoff:0.4,random_min"]);
+            .args(["--heads", "2", "--heldout", "20", "--tower-layers", "1"])
+            .args([
+                "--conditions",
+                "diverse/nominal,diverse/tradeoff:0.4,ensemble/random_min",
+            ]);
     };
     let mut c = rrlhf();
     args(&mut c);
@@ -182,11 +203,16 @@ fn overopt_runs_every_condition_and_writes_the_tables() {
     assert_eq!(rows.len(), 3);
     for r in rows {
         assert_eq!(r["late"]["seeds"], 2);
-        assert_eq!(r["paired_late"].is_null(), r["condition"] == "nominal");
+        assert_eq!(
+            r["paired_late"].is_null(),
+            r["condition"] == "diverse/nominal"
+        );
     }
-    let annotation: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("proxy/annotation.json")).unwrap())
-            .unwrap();
+    // A fresh proxy per seed, each evaluated against gold.
+    let annotation: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(out.join("proxy/s1/annotation.json")).unwrap(),
+    )
+    .unwrap();
     let agreement = annotation["agreement"].as_f64().unwrap();
     assert!((0.5..=1.0).contains(&agreement), "{annotation}");
     for f in [
@@ -194,10 +220,28 @@ fn overopt_runs_every_condition_and_writes_the_tables() {
         "gold.png",
         "proxy.png",
         "kl.png",
-        "proxy/rm-brme/model.safetensors",
+        "gold-sqrt-kl.png",
+        "testbed.json",
+        "proxy/s0/rm-diverse/model.safetensors",
+        "proxy/s1/rm-ensemble/model.safetensors",
+        "proxy/s1/rm-member1/model.safetensors",
     ] {
         assert!(out.join(f).exists(), "{f}");
     }
+    let eval: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("proxy/s0/eval.json")).unwrap())
+            .unwrap();
+    for proxy in ["single", "diverse", "ensemble"] {
+        assert!(eval[proxy]["score_secs"].as_f64().is_some(), "{eval}");
+    }
+    assert!(
+        eval["diverse"]["disagreement"]["mean"].as_f64().is_some(),
+        "{eval}"
+    );
+    assert!(
+        v["matched_kl"]["rows"].as_array().unwrap().len() == 3,
+        "{v}"
+    );
     // A second call reuses the proxy and the finished runs.
     let mut again = rrlhf();
     args(&mut again);

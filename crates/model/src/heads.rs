@@ -87,6 +87,12 @@ impl BrmeHead {
         let sigma = self.sigma.forward(hidden).to_kind(Kind::Float).softplus();
         (mu, sigma)
     }
+
+    /// Head `h` alone: `[.., H]` → (μ `[..]`, σ `[..]`) in f32 (a head on its own tower).
+    pub fn forward_one(&self, hidden: &Tensor, h: i64) -> (Tensor, Tensor) {
+        let (mu, sigma) = self.forward(hidden);
+        (mu.select(-1, h), sigma.select(-1, h))
+    }
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@ pub mod causal_lm;
 pub mod checkpoint;
 pub mod config;
 pub mod device;
+pub mod ensemble;
 pub mod error;
 pub mod fsio;
 pub mod generate;
@@ -27,6 +28,7 @@ pub mod rope;
 pub mod scoring;
 pub mod tensor_files;
 pub mod tokenizer;
+pub mod tower;
 
 pub use batch::{Batch, PadSide};
 pub use causal_lm::CausalLm;

@@ -264,7 +264,7 @@ impl Module for Mlp {
 }
 
 #[derive(Debug)]
-struct DecoderLayer {
+pub(crate) struct DecoderLayer {
     input_layernorm: RmsNorm,
     self_attn: Attention,
     post_attention_layernorm: RmsNorm,
@@ -272,7 +272,7 @@ struct DecoderLayer {
 }
 
 impl DecoderLayer {
-    fn new(p: nn::Path, cfg: &ModelConfig, fill: ParamInit) -> Self {
+    pub(crate) fn new(p: nn::Path, cfg: &ModelConfig, fill: ParamInit) -> Self {
         let norm = |name: &str| RmsNorm::new(&p / name, cfg.hidden_size, cfg.rms_norm_eps, fill);
         Self {
             input_layernorm: norm("input_layernorm"),
@@ -306,7 +306,7 @@ impl DecoderLayer {
     }
 
     /// Pre-norm attention and MLP blocks, each with its residual.
-    fn forward(
+    pub(crate) fn forward(
         &self,
         xs: &Tensor,
         cos: &Tensor,
@@ -323,7 +323,7 @@ impl DecoderLayer {
     }
 
     /// [`Self::forward`] without a cache, its activations recomputed in backward.
-    fn forward_checkpointed(
+    pub(crate) fn forward_checkpointed(
         &self,
         xs: &Tensor,
         cos: &Tensor,
@@ -479,4 +479,47 @@ impl Backbone {
         }
         self.norm.forward(&xs)
     }
+
+    /// The hidden states after the first `layers` decoder layers (no final norm, no cache),
+    /// with the rotary tables and mask that further layers need: the shared trunk under
+    /// per-head towers ([`crate::tower::Tower`]).
+    pub fn forward_trunk(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: Option<&Tensor>,
+        positions: &Tensor,
+        layers: usize,
+    ) -> Trunk {
+        let mut xs = self.embed_tokens.forward(input_ids);
+        let kind = xs.kind();
+        let (cos, sin) = self.rope.tables(positions, kind);
+        let t = input_ids.size()[1];
+        let mask = attention_mask.map(|m| causal_padding_mask(m, t, kind));
+        let checkpointed = self.activation_checkpointing && crate::recompute::grad_enabled();
+        for layer in self.layers.iter().take(layers) {
+            xs = if checkpointed {
+                layer.forward_checkpointed(&xs, &cos, &sin, mask.as_ref())
+            } else {
+                layer.forward(&xs, &cos, &sin, mask.as_ref(), None)
+            };
+        }
+        Trunk {
+            hidden: xs,
+            cos,
+            sin,
+            mask,
+            checkpointed,
+        }
+    }
+}
+
+/// What [`Backbone::forward_trunk`] hands to the layers above it.
+#[derive(Debug)]
+pub struct Trunk {
+    /// Residual-stream hidden states `[B, T, H]` (before any final norm).
+    pub hidden: Tensor,
+    pub(crate) cos: Tensor,
+    pub(crate) sin: Tensor,
+    pub(crate) mask: Option<Tensor>,
+    pub(crate) checkpointed: bool,
 }

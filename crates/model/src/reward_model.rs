@@ -2,7 +2,12 @@
 //!
 //! - Stage 1, Bradley–Terry: a scalar head `score.weight` (no bias). The directory is a Hugging
 //!   Face `*ForSequenceClassification` checkpoint with `num_labels = 1`, so transformers opens it.
-//! - Stage 2, BRME: K Gaussian heads `brme.mu` and `brme.sigma` (σ = softplus).
+//! - Stage 2, BRME: K Gaussian heads `brme.mu` and `brme.sigma` (σ = softplus); optionally
+//!   each head on its own tower, a private copy of the top decoder layers
+//!   (`brme.towers.{h}.*`, [`crate::tower`]), so heads share only the lower trunk.
+//! - Deep ensemble: K independent stage-1 models in one directory (member 0 at the usual
+//!   names, member h at `ensemble.{h}.*`), served as one K-head model whose σ is 1 for every
+//!   member: the nominal head is member 0 ([`crate::ensemble`]).
 //!
 //! What kind of head a directory holds, and its K, α, stage-1 parent and calibration, are
 //! recorded in `config.json` under [`REWARD_KEY`].
@@ -21,6 +26,7 @@ use crate::error::{ModelError, Result};
 use crate::heads::{BrmeHead, ValueHead};
 use crate::llama::{Backbone, ParamInit};
 use crate::lora::{self, LoraConfig, PeftTask};
+use crate::tower::Tower;
 
 /// The `config.json` key holding [`RewardMeta`].
 pub const REWARD_KEY: &str = "rrlhf_reward";
@@ -30,6 +36,8 @@ pub const REWARD_KEY: &str = "rrlhf_reward";
 pub enum RewardKind {
     BradleyTerry,
     Brme,
+    /// K independently trained Bradley–Terry models served as K heads.
+    Ensemble,
 }
 
 /// Calibration of a reward source on a reference set (for heterologous fusion).
@@ -62,6 +70,16 @@ pub struct RewardMeta {
     /// The train/validation split it was trained with, so evaluation can use the held-out part.
     #[serde(default)]
     pub split: Option<TrainingSplit>,
+    /// BRME: decoder layers each head owns on top of the shared trunk (0: heads share all).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub tower_layers: usize,
+    /// Deep ensemble: the member models it was assembled from, in head order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub members: Vec<String>,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 /// How training pairs were split: `rrlhf_data::split::train_test(pairs, seed, eval_fraction)`.
@@ -82,6 +100,8 @@ impl RewardMeta {
             head_layout: "score.weight [1, hidden]: scalar reward at the last token".into(),
             calibration: None,
             split: None,
+            tower_layers: 0,
+            members: Vec::new(),
         }
     }
 
@@ -107,6 +127,44 @@ impl RewardMeta {
             ),
             calibration: None,
             split: None,
+            tower_layers: 0,
+            members: Vec::new(),
+        })
+    }
+
+    /// The BRME with each head on its own copy of the top `layers` decoder layers.
+    pub fn with_towers(mut self, layers: usize) -> Self {
+        self.tower_layers = layers;
+        if layers > 0 {
+            self.head_layout.push_str(&format!(
+                "; head i reads its own tower brme.towers.i.{{layers.0..{layers}, norm}}: a copy \
+                 of the top {layers} decoder layers and the final norm over the shared trunk"
+            ));
+        }
+        self
+    }
+
+    /// A deep ensemble of the stage-1 models `members` (member 0 is the nominal head).
+    pub fn ensemble(members: Vec<String>) -> Result<Self> {
+        let heads = members.len() as i64;
+        if heads < 2 {
+            return Err(ModelError::InvalidInput(format!(
+                "a deep ensemble needs at least 2 member models, got {heads}"
+            )));
+        }
+        Ok(Self {
+            kind: RewardKind::Ensemble,
+            heads,
+            alpha: None,
+            parent: members.first().cloned(),
+            head_layout: format!(
+                "member 0: model.* and score.weight; member h in 1..{heads}: ensemble.h.model.* \
+                 and ensemble.h.score.weight; σ = 1 for every member (nominal = member 0)"
+            ),
+            calibration: None,
+            split: None,
+            tower_layers: 0,
+            members,
         })
     }
 }
@@ -115,6 +173,11 @@ impl RewardMeta {
 pub enum RewardHead {
     Scalar(ValueHead),
     Brme(BrmeHead),
+    /// Member 0's scalar head (on the model's backbone) and members 1.. with their own.
+    Ensemble {
+        first: ValueHead,
+        others: Vec<(Backbone, ValueHead)>,
+    },
 }
 
 /// Per-sequence head outputs, `[B, K]` f32 each (σ is 0 for a Bradley–Terry model).
@@ -130,11 +193,16 @@ pub struct RewardModel {
     pub cfg: ModelConfig,
     pub backbone: Backbone,
     pub head: RewardHead,
+    /// BRME with per-head towers: head h's copy of the top decoder layers.
+    pub towers: Vec<Tower>,
     pub meta: RewardMeta,
 }
 
 fn is_head_tensor(name: &str) -> bool {
-    name == "lm_head.weight" || name.starts_with("score.") || name.starts_with("brme.")
+    name == "lm_head.weight"
+        || name.starts_with("score.")
+        || name.starts_with("brme.")
+        || name.starts_with("ensemble.")
 }
 
 impl RewardModel {
@@ -152,14 +220,37 @@ impl RewardModel {
                 meta.heads,
                 fill,
             )),
+            RewardKind::Ensemble => RewardHead::Ensemble {
+                first: ValueHead::new(&root / "score", cfg.hidden_size, fill),
+                others: (1..meta.heads)
+                    .map(|h| {
+                        let member = &root / "ensemble" / h;
+                        (
+                            Backbone::new(&member / "model", &cfg, fill),
+                            ValueHead::new(&member / "score", cfg.hidden_size, fill),
+                        )
+                    })
+                    .collect(),
+            },
         };
+        let towers = (0..meta.heads)
+            .filter(|_| meta.kind == RewardKind::Brme && meta.tower_layers > 0)
+            .map(|h| Tower::new(&root / "brme" / "towers" / h, &cfg, meta.tower_layers, fill))
+            .collect();
         Self {
             vs: placement.finish_var_store(vs),
             cfg,
             backbone,
             head,
+            towers,
             meta,
         }
+    }
+
+    /// A model of this layout whose tensors are allocated but not filled: the caller copies
+    /// every one of them in (as [`crate::ensemble::assemble`] does).
+    pub fn blank(cfg: ModelConfig, meta: RewardMeta, placement: Placement) -> Self {
+        Self::build(cfg, meta, placement, ParamInit::Unfilled)
     }
 
     /// A new reward model whose backbone comes from `base` (an SFT model or another reward
@@ -167,6 +258,14 @@ impl RewardModel {
     pub fn from_base(base: &Path, meta: RewardMeta, placement: Placement) -> Result<Self> {
         let mut cfg = ModelConfig::from_dir(base)?;
         cfg.raw.remove(REWARD_KEY);
+        let layers = cfg.num_hidden_layers as usize;
+        if meta.tower_layers > layers {
+            return Err(ModelError::InvalidInput(format!(
+                "per-head towers of {} layers, but {} has only {layers} decoder layers",
+                meta.tower_layers,
+                base.display()
+            )));
+        }
         // Everything drawn at random (the backbone is then overwritten): drawing the head after
         // a full random backbone keeps a seed's head exactly what it has always been.
         let model = Self::build(cfg, meta, placement, ParamInit::Random);
@@ -179,6 +278,13 @@ impl RewardModel {
                 allow_missing: Some(&is_new_head),
             },
         )?;
+        if meta_has_towers(&model.meta) {
+            // Every tower starts as the backbone's own top layers: the heads begin where the
+            // stage-1 model ended and diverge through their data and initialisation.
+            crate::ensemble::copy_within(&model.vs, |name| {
+                crate::tower::source_of(name, layers - model.meta.tower_layers)
+            })?;
+        }
         Ok(model)
     }
 
@@ -235,6 +341,12 @@ impl RewardModel {
                     Value::from(vec!["RrlhfBrmeRewardModel"]),
                 );
             }
+            RewardKind::Ensemble => {
+                cfg.raw.insert(
+                    "architectures".into(),
+                    Value::from(vec!["RrlhfEnsembleRewardModel"]),
+                );
+            }
         }
         checkpoint::save(&self.vs, &[], dir)?;
         cfg.write(dir)
@@ -243,7 +355,8 @@ impl RewardModel {
     /// Adds LoRA adapters to the backbone and freezes it; the scalar head keeps training (PEFT's
     /// `modules_to_save = ["score"]`): a LoRA critic. Only single-head models take adapters.
     pub fn add_lora(&mut self, cfg: &LoraConfig) -> Result<()> {
-        if !matches!(self.head, RewardHead::Scalar(_)) {
+        if !matches!(self.head, RewardHead::Scalar(_)) || self.meta.kind != RewardKind::BradleyTerry
+        {
             return Err(ModelError::InvalidInput(
                 "LoRA adapters are for single-head (critic) reward models".into(),
             ));
@@ -295,15 +408,13 @@ impl RewardModel {
 
     /// Head outputs at the last real token of each row of a right-padded batch.
     pub fn forward(&self, batch: &Batch) -> Result<RewardOutput> {
+        if !self.towers.is_empty() {
+            return self.forward_towers(batch);
+        }
         let hidden =
             self.backbone
                 .forward(&batch.ids, batch.attention_mask(), &batch.positions, None);
-        let last: Vec<i64> = batch.lengths.iter().map(|&l| l as i64 - 1).collect();
-        let index = Tensor::from_slice(&last)
-            .to_device(hidden.device())
-            .view([-1, 1, 1])
-            .expand([-1, 1, hidden.size()[2]], false);
-        let pooled = hidden.f_gather(1, &index, false)?.squeeze_dim(1);
+        let pooled = last_token(&hidden, batch)?;
         Ok(match &self.head {
             RewardHead::Scalar(h) => {
                 let mu = h.forward(&pooled).unsqueeze(-1);
@@ -314,6 +425,64 @@ impl RewardModel {
                 let (mu, sigma) = h.forward(&pooled);
                 RewardOutput { mu, sigma }
             }
+            RewardHead::Ensemble { first, others } => {
+                let mut scores = vec![first.forward(&pooled)];
+                for (backbone, head) in others {
+                    let hidden = backbone.forward(
+                        &batch.ids,
+                        batch.attention_mask(),
+                        &batch.positions,
+                        None,
+                    );
+                    scores.push(head.forward(&last_token(&hidden, batch)?));
+                }
+                let mu = Tensor::stack(&scores, 1);
+                // Members carry no uncertainty of their own: equal σ, so the nominal head is
+                // member 0 (the lowest index wins ties) and σ-free strategies see K rewards.
+                let sigma = mu.ones_like();
+                RewardOutput { mu, sigma }
+            }
         })
     }
+
+    /// BRME heads on their own towers: the trunk runs once, then each tower and its head row.
+    fn forward_towers(&self, batch: &Batch) -> Result<RewardOutput> {
+        let RewardHead::Brme(head) = &self.head else {
+            return Err(ModelError::InvalidInput(
+                "towers belong to BRME heads".into(),
+            ));
+        };
+        let shared = self.backbone.num_layers() - self.meta.tower_layers;
+        let trunk = self.backbone.forward_trunk(
+            &batch.ids,
+            batch.attention_mask(),
+            &batch.positions,
+            shared,
+        );
+        let (mut mus, mut sigmas) = (Vec::new(), Vec::new());
+        for (h, tower) in self.towers.iter().enumerate() {
+            let pooled = last_token(&tower.forward(&trunk), batch)?;
+            let (mu, sigma) = head.forward_one(&pooled, h as i64);
+            mus.push(mu);
+            sigmas.push(sigma);
+        }
+        Ok(RewardOutput {
+            mu: Tensor::stack(&mus, 1),
+            sigma: Tensor::stack(&sigmas, 1),
+        })
+    }
+}
+
+fn meta_has_towers(meta: &RewardMeta) -> bool {
+    meta.kind == RewardKind::Brme && meta.tower_layers > 0
+}
+
+/// Hidden states `[B, T, H]` at the last real token of each row: `[B, H]`.
+fn last_token(hidden: &Tensor, batch: &Batch) -> Result<Tensor> {
+    let last: Vec<i64> = batch.lengths.iter().map(|&l| l as i64 - 1).collect();
+    let index = Tensor::from_slice(&last)
+        .to_device(hidden.device())
+        .view([-1, 1, 1])
+        .expand([-1, 1, hidden.size()[2]], false);
+    Ok(hidden.f_gather(1, &index, false)?.squeeze_dim(1))
 }

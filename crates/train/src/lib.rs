@@ -5,10 +5,12 @@
 //! ([`train_state`]).
 
 pub mod data_parallel;
+pub mod disagreement;
 pub mod error;
 pub mod optim;
 pub mod progress;
 pub mod rm;
+pub mod rm_diversity;
 pub mod rm_eval;
 pub mod sampler;
 pub mod schedule;

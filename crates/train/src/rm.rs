@@ -6,6 +6,12 @@
 //! appendix B.2), each head regressing its reparameterised sample `μ + εσ` onto
 //! `α(p̂ − ½)` / `α((1 − p̂) − ½)` where `p̂ = σ(r₁⁺ − r₁⁻)` comes from the frozen stage-1 RM
 //! (eq. 8). The assignment is saved next to the checkpoint (`brme_assignment.json`).
+//!
+//! Heads that share everything but one linear row learn the same features and barely disagree,
+//! which leaves the robust objective nothing to work with. Stage 2 therefore has diversity
+//! options ([`HeadDiversity`]): each head on its own tower (a copy of the top decoder layers),
+//! per-head noise on the towers' starting weights, and bootstrap resamples of the pairs
+//! instead of a partition.
 
 use std::path::Path;
 
@@ -21,6 +27,8 @@ use tch::{Kind, Tensor};
 use crate::error::{Result, TrainError};
 use crate::optim::AdamW;
 use crate::progress::{StepLogger, progress_bar};
+pub use crate::rm_diversity::{HeadData, HeadDiversity, bootstrap_weights};
+use crate::rm_diversity::{bootstrap_mse, perturb_towers};
 use crate::schedule::WarmupCosine;
 
 pub const ASSIGNMENT_FILE: &str = "brme_assignment.json";
@@ -49,6 +57,8 @@ pub struct RmConfig {
     /// Stage 2: K and α.
     pub heads: i64,
     pub alpha: f64,
+    /// Stage 2: what makes the heads differ.
+    pub diversity: HeadDiversity,
 }
 
 impl Default for RmConfig {
@@ -70,6 +80,7 @@ impl Default for RmConfig {
             show_progress: true,
             heads: 5,
             alpha: 2.0,
+            diversity: HeadDiversity::default(),
         }
     }
 }
@@ -99,6 +110,13 @@ impl RmConfig {
         }
         if !(self.alpha.is_finite() && self.alpha > 0.0) {
             return bad(format!("α must be > 0, got {}", self.alpha));
+        }
+        let noise = self.diversity.tower_init_noise;
+        if !(noise.is_finite() && noise >= 0.0) {
+            return bad(format!("tower init noise must be ≥ 0, got {noise}"));
+        }
+        if noise > 0.0 && self.diversity.tower_layers == 0 {
+            return bad("tower init noise needs towers (tower layers ≥ 1)".into());
         }
         Ok(())
     }
@@ -233,6 +251,43 @@ fn pair_loss(
         }
         Stage::Two {
             p_train,
+            bootstrap: Some(weights),
+            heads,
+            ..
+        } => {
+            let (eps_c, eps_r) =
+                eps.ok_or_else(|| TrainError::Invalid("stage 2 needs the batch's noise".into()))?;
+            let device = mu_c.device();
+            let k = *heads as usize;
+            let p: Vec<f32> = idx.iter().map(|&i| p_train[i]).collect();
+            let w: Vec<f32> = idx
+                .iter()
+                .flat_map(|&i| weights[i * k..(i + 1) * k].iter().copied())
+                .collect();
+            let p = Tensor::from_slice(&p).to_device(device).unsqueeze(1);
+            let w = Tensor::from_slice(&w)
+                .to_device(device)
+                .view([idx.len() as i64, *heads]);
+            let loss = bootstrap_mse(
+                (&mu_c, &sig_c, &eps_c),
+                (&mu_r, &sig_r, &eps_r),
+                &p,
+                &w,
+                alpha,
+            );
+            let used = w.sum(Kind::Float).double_value(&[]).max(1.0);
+            let sigma = ((&sig_c + &sig_r) * 0.5 * &w)
+                .sum(Kind::Float)
+                .double_value(&[])
+                / used;
+            (
+                loss,
+                accuracy(&nominal(&mu_c, &sig_c), &nominal(&mu_r, &sig_r)),
+                Some(sigma),
+            )
+        }
+        Stage::Two {
+            p_train,
             assignment,
             ..
         } => {
@@ -360,17 +415,22 @@ pub fn train_stage2(
             stage1.display()
         )));
     }
-    let mut meta = RewardMeta::brme(cfg.heads, cfg.alpha, Some(stage1.display().to_string()))?;
+    let mut meta = RewardMeta::brme(cfg.heads, cfg.alpha, Some(stage1.display().to_string()))?
+        .with_towers(cfg.diversity.tower_layers);
     meta.split = Some(cfg.split_record(data));
     tch::manual_seed(cfg.seed as i64);
     let mut model = RewardModel::from_base(stage1, meta, placement)?;
     model.backbone.activation_checkpointing = cfg.activation_checkpointing;
+    perturb_towers(&model, cfg.diversity.tower_init_noise, cfg.seed);
+    tch::manual_seed(cfg.seed as i64);
     let (train, val) = prepare(tok, pairs, cfg, &model)?;
     let p_train = preference_probs(&prior, &train, cfg.batch_size, tok.pad_id)?;
     let p_val = preference_probs(&prior, &val, cfg.batch_size, tok.pad_id)?;
     drop(prior);
     let assignment = assign_heads(train.len(), cfg.heads, cfg.seed);
     let val_heads = assign_heads(val.len(), cfg.heads, cfg.seed ^ 1);
+    let bootstrap = (cfg.diversity.data == HeadData::Bootstrap)
+        .then(|| bootstrap_weights(train.len(), cfg.heads, cfg.seed));
     std::fs::create_dir_all(out).map_err(|err| TrainError::Io {
         path: out.to_path_buf(),
         err,
@@ -378,7 +438,11 @@ pub fn train_stage2(
     let record = serde_json::json!({
         "heads": cfg.heads, "seed": cfg.seed, "train_pairs": train.len(),
         "order": "training pairs in file order after the held-out split (seed, eval_fraction)",
-        "eval_fraction": cfg.eval_fraction, "assignment": assignment,
+        "eval_fraction": cfg.eval_fraction, "head_data": cfg.diversity.data,
+        "tower_layers": cfg.diversity.tower_layers,
+        "tower_init_noise": cfg.diversity.tower_init_noise,
+        "assignment": if bootstrap.is_some() { serde_json::Value::Null } else { serde_json::json!(assignment) },
+        "bootstrap_counts": bootstrap.as_ref().map(|w| w.chunks(cfg.heads as usize).map(|r| r.iter().map(|&c| c as u32).collect::<Vec<_>>()).collect::<Vec<_>>()),
     });
     rrlhf_model::fsio::write_atomic(
         &out.join(ASSIGNMENT_FILE),
@@ -389,6 +453,8 @@ pub fn train_stage2(
         p_val,
         assignment,
         val_heads,
+        bootstrap,
+        heads: cfg.heads,
     };
     run(stage, &model, tok, &train, &val, cfg, out)
 }
@@ -459,6 +525,9 @@ enum Stage {
         p_val: Vec<f32>,
         assignment: Vec<i64>,
         val_heads: Vec<i64>,
+        /// Bootstrap mode: per-pair, per-head draw counts `[n, K]` (replaces `assignment`).
+        bootstrap: Option<Vec<f32>>,
+        heads: i64,
     },
 }
 
@@ -505,10 +574,21 @@ fn run(
         // draws as one pass would.
         let noise = match &stage {
             Stage::One => None,
-            Stage::Two { .. } => {
+            Stage::Two {
+                bootstrap, heads, ..
+            } => {
                 let like = (Kind::Float, model.vs.device());
                 let n = idx.len() as i64;
-                Some((Tensor::randn([n], like), Tensor::randn([n], like)))
+                // Bootstrap trains every head on a pair: one draw per pair and head.
+                let shape = if bootstrap.is_some() {
+                    vec![n, *heads]
+                } else {
+                    vec![n]
+                };
+                Some((
+                    Tensor::randn(shape.as_slice(), like),
+                    Tensor::randn(shape.as_slice(), like),
+                ))
             }
         };
         // Each micro-batch's pair-summed loss, then the gradients divided by the batch's
@@ -581,7 +661,8 @@ fn run(
     })
 }
 
-/// Stage 2: mean σ of each training pair's own head (chosen and rejected), over all pairs.
+/// Stage 2: mean σ of each training pair's own head (chosen and rejected), over all pairs
+/// (bootstrap: over every head's resample).
 fn assigned_sigma(
     model: &RewardModel,
     train: &[EncodedPair],
@@ -589,7 +670,13 @@ fn assigned_sigma(
     cfg: &RmConfig,
     pad_id: i64,
 ) -> Result<Option<f64>> {
-    let Stage::Two { assignment, .. } = stage else {
+    let Stage::Two {
+        assignment,
+        bootstrap,
+        heads,
+        ..
+    } = stage
+    else {
         return Ok(None);
     };
     let _guard = tch::no_grad_guard();
@@ -597,10 +684,21 @@ fn assigned_sigma(
     for (c, chunk) in train.chunks(cfg.batch_size).enumerate() {
         let refs: Vec<&EncodedPair> = chunk.iter().collect();
         let (_, sig_c, _, sig_r) = forward_pairs(model, &refs, pad_id)?;
-        let h =
-            Tensor::from_slice(&assignment[c * cfg.batch_size..c * cfg.batch_size + chunk.len()])
+        let rows = c * cfg.batch_size..c * cfg.batch_size + chunk.len();
+        if let Some(weights) = bootstrap {
+            // Each head's σ on the pairs its resample drew, as often as it drew them.
+            let k = *heads as usize;
+            let w = Tensor::from_slice(&weights[rows.start * k..rows.end * k])
                 .to_device(sig_c.device())
-                .unsqueeze(1);
+                .view([chunk.len() as i64, *heads]);
+            let s = (&sig_c + &sig_r) * 0.5 * &w;
+            total += s.sum(Kind::Float).double_value(&[]);
+            n += w.sum(Kind::Float).double_value(&[]);
+            continue;
+        }
+        let h = Tensor::from_slice(&assignment[rows])
+            .to_device(sig_c.device())
+            .unsqueeze(1);
         let s = (sig_c.gather(1, &h, false) + sig_r.gather(1, &h, false)) * 0.5;
         total += s.sum(Kind::Float).double_value(&[]);
         n += chunk.len() as f64;

@@ -76,6 +76,8 @@ pub struct EvalReport {
     /// Share of responses (chosen and rejected) for which head i has the smallest σ.
     pub nominal_head_frequency: Vec<f64>,
     pub mean_sigma_per_head: Vec<f64>,
+    /// Whether the heads disagree where the nominal head is wrong (K ≥ 2).
+    pub disagreement: Option<crate::disagreement::Disagreement>,
     pub plots: BTreeMap<String, String>,
 }
 
@@ -202,6 +204,7 @@ pub fn evaluate(
     let meta = s.model.meta.clone();
     let (hc, hr) = score_pairs(&s, pairs)?;
     drop(s);
+    let disagreement = crate::disagreement::measure(&hc, &hr)?;
 
     // Reward sources by name → (chosen rewards, rejected rewards).
     let mut sources: BTreeMap<String, (Vec<f64>, Vec<f64>)> = BTreeMap::new();
@@ -214,7 +217,7 @@ pub fn evaluate(
     }
     let baseline = match (&opts.baseline, meta.kind, &meta.parent) {
         (Some(b), _, _) => Some(b.clone()),
-        (None, RewardKind::Brme, Some(parent))
+        (None, RewardKind::Brme | RewardKind::Ensemble, Some(parent))
             if Path::new(parent).join("config.json").exists() =>
         {
             Some(PathBuf::from(parent))
@@ -323,6 +326,7 @@ pub fn evaluate(
         normalized_margin: margins,
         nominal_head_frequency: freq.iter().map(|f| f / total).collect(),
         mean_sigma_per_head: sigma.iter().map(|s| s / total).collect(),
+        disagreement,
         plots,
     })
 }

@@ -2,11 +2,13 @@
 //! batches of 4 give the same updates as none (within 1e-5). One test in its own binary, since
 //! the stages seed libtorch's global generator and tests in one process would share it.
 
+mod common;
+
 use std::path::Path;
 
+use common::{pairs, tensors, tiny_base};
 use rrlhf_data::PreferencePair;
-use rrlhf_model::tokenizer::train_bpe;
-use rrlhf_model::{Arch, CausalLm, ModelConfig, Placement, SizePreset};
+use rrlhf_model::Placement;
 use rrlhf_train::rm::{RmConfig, train_stage1, train_stage2};
 use tch::Tensor;
 
@@ -20,23 +22,6 @@ type Stage = fn(
     Placement,
     &Path,
 ) -> rrlhf_train::Result<rrlhf_train::rm::RmOutcome>;
-
-fn pairs() -> Vec<PreferencePair> {
-    (0..24)
-        .map(|i| PreferencePair {
-            prompt: format!("Human: question {i}?\n\nAssistant:"),
-            chosen: format!(" a helpful answer {}", "with detail ".repeat(i % 4)),
-            rejected: format!(" no{}", " never".repeat(i % 3)),
-            category: None,
-        })
-        .collect()
-}
-
-fn weights(dir: &Path) -> Vec<(String, Tensor)> {
-    let mut w = Tensor::read_safetensors(dir.join("model.safetensors")).unwrap();
-    w.sort_by(|a, b| a.0.cmp(&b.0));
-    w
-}
 
 fn max_diff(a: &[(String, Tensor)], b: &[(String, Tensor)]) -> f64 {
     a.iter()
@@ -55,17 +40,7 @@ fn micro_batches_give_the_same_updates_in_both_stages() {
     tch::set_num_threads(1);
     let root = tempfile::tempdir().unwrap();
     let base = root.path().join("base");
-    let texts = pairs()
-        .into_iter()
-        .flat_map(|p| [p.prompt.clone() + &p.chosen, p.prompt + &p.rejected]);
-    let tok = train_bpe(texts, 300, &base).unwrap();
-    let preset = SizePreset::by_name("tiny").unwrap();
-    let cfg = ModelConfig::new_random_for(Arch::Llama, &preset, &tok, 128);
-    tch::manual_seed(1);
-    CausalLm::new(cfg, Placement::default())
-        .unwrap()
-        .save(&base)
-        .unwrap();
+    let tok = tiny_base(&base);
     let data = root.path().join("pairs.jsonl");
     let rm = |micro: usize| RmConfig {
         steps: Some(3),
@@ -90,7 +65,7 @@ fn micro_batches_give_the_same_updates_in_both_stages() {
         };
         let placement = Placement::default();
         train(&from, &tok, &data, pairs(), &rm(micro), placement, &out).unwrap();
-        weights(&out)
+        tensors(&out)
     };
     for two in [false, true] {
         let reference = stage(0, two);

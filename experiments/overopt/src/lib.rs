@@ -5,5 +5,6 @@
 //! optimises. [`tables`] turns the runs' per-step metrics into the paper's tables and plots.
 
 pub mod annotator;
+pub mod budget;
 pub mod gold;
 pub mod tables;

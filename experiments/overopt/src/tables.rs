@@ -11,7 +11,7 @@ use rrlhf_robust::stats::{mean_se, sign_test};
 use serde::{Deserialize, Serialize};
 
 /// One step of one run.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct Point {
     pub step: usize,
     /// Mean gold reward of the step's rollouts (before that step's update).
@@ -22,6 +22,14 @@ pub struct Point {
     pub aggregated: f32,
     pub kl: f32,
     pub length: f32,
+    /// Std over heads of the proxy's rewards, averaged over the step's samples.
+    #[serde(default)]
+    pub disagreement: f32,
+    /// Wall time of the step and of its scoring tail (scoring after the last rollout).
+    #[serde(default)]
+    pub step_secs: f64,
+    #[serde(default)]
+    pub score_tail_secs: f64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -32,7 +40,7 @@ pub struct Curve {
 }
 
 impl Curve {
-    fn at(&self, step: usize) -> Option<&Point> {
+    pub(crate) fn at(&self, step: usize) -> Option<&Point> {
         self.points.iter().find(|p| p.step == step)
     }
 
@@ -102,7 +110,7 @@ pub struct Tables {
     pub rows: Vec<Row>,
 }
 
-fn by_condition(curves: &[Curve]) -> BTreeMap<&str, Vec<&Curve>> {
+pub(crate) fn by_condition(curves: &[Curve]) -> BTreeMap<&str, Vec<&Curve>> {
     let mut m: BTreeMap<&str, Vec<&Curve>> = BTreeMap::new();
     for c in curves {
         m.entry(c.condition.as_str()).or_default().push(c);
@@ -110,7 +118,18 @@ fn by_condition(curves: &[Curve]) -> BTreeMap<&str, Vec<&Curve>> {
     m
 }
 
-fn cell(values: Vec<f64>) -> Cell {
+/// The runs of condition `name` by seed (empty when there are none).
+pub(crate) fn seeds_of<'a>(
+    groups: &BTreeMap<&str, Vec<&'a Curve>>,
+    name: &str,
+) -> BTreeMap<u64, &'a Curve> {
+    groups
+        .get(name)
+        .map(|v| v.iter().map(|c| (c.seed, *c)).collect())
+        .unwrap_or_default()
+}
+
+pub(crate) fn cell(values: Vec<f64>) -> Cell {
     let (mean, se) = mean_se(&values);
     Cell {
         mean,
@@ -120,7 +139,7 @@ fn cell(values: Vec<f64>) -> Cell {
 }
 
 /// Mean over seeds of a quantity per step, for the conditions' curves.
-fn mean_curve(runs: &[&Curve], f: fn(&Point) -> f32) -> Vec<(f64, f64)> {
+pub(crate) fn mean_curve(runs: &[&Curve], f: fn(&Point) -> f32) -> Vec<(f64, f64)> {
     let steps: Vec<usize> = runs
         .first()
         .map_or(vec![], |r| r.points.iter().map(|p| p.step).collect());
@@ -137,19 +156,16 @@ fn mean_curve(runs: &[&Curve], f: fn(&Point) -> f32) -> Vec<(f64, f64)> {
         .collect()
 }
 
-type Measure = fn(&Curve, usize) -> Option<f64>;
-
-/// Seed-by-seed difference of `measure` at `step` between `runs` and `against`.
-fn paired(
+/// Seed-by-seed difference of `measure` between `runs` and `against`.
+pub(crate) fn paired(
     runs: &[&Curve],
     against: &BTreeMap<u64, &Curve>,
     against_name: &str,
-    step: usize,
-    measure: Measure,
+    measure: &dyn Fn(&Curve) -> Option<f64>,
 ) -> Paired {
     let diffs: Vec<f64> = runs
         .iter()
-        .filter_map(|c| Some(measure(c, step)? - measure(against.get(&c.seed)?, step)?))
+        .filter_map(|c| Some(measure(c)? - measure(against.get(&c.seed)?)?))
         .collect();
     let (diff_mean, diff_se) = mean_se(&diffs);
     let wins = diffs.iter().filter(|d| **d > 0.0).count();
@@ -164,19 +180,31 @@ fn paired(
     }
 }
 
+/// Condition `a` against `b` seed by seed at `step`: gold gain and KL differences; `None`
+/// when either has no runs.
+pub fn contrast(curves: &[Curve], a: &str, b: &str, step: usize) -> Option<Contrast> {
+    let groups = by_condition(curves);
+    let runs = groups.get(a)?;
+    let other: BTreeMap<u64, &Curve> = groups.get(b)?.iter().map(|c| (c.seed, *c)).collect();
+    let kl = paired(runs, &other, b, &|c| Some(c.at(step)?.kl as f64));
+    Some(Contrast {
+        condition: a.to_owned(),
+        gold: paired(runs, &other, b, &|c| c.gold_gain(step)),
+        kl_diff_mean: kl.diff_mean,
+        kl_diff_se: kl.diff_se,
+    })
+}
+
 /// Builds every row; `baseline` (standard RLHF) is what the paired columns compare with.
 pub fn build(curves: &[Curve], early_step: usize, late_step: usize, baseline: &str) -> Tables {
     let groups = by_condition(curves);
-    let base: BTreeMap<u64, &Curve> = groups
-        .get(baseline)
-        .map(|v| v.iter().map(|c| (c.seed, *c)).collect())
-        .unwrap_or_default();
+    let base = seeds_of(&groups, baseline);
     let rows = groups
         .iter()
         .map(|(name, runs)| {
             let gains = |s: usize| cell(runs.iter().filter_map(|c| c.gold_gain(s)).collect());
             let paired_late = (*name != baseline && !base.is_empty())
-                .then(|| paired(runs, &base, baseline, late_step, |c, s| c.gold_gain(s)));
+                .then(|| paired(runs, &base, baseline, &|c| c.gold_gain(late_step)));
             Row {
                 condition: (*name).to_owned(),
                 early: gains(early_step),
@@ -210,28 +238,9 @@ pub fn build(curves: &[Curve], early_step: usize, late_step: usize, baseline: &s
         }
         None => (None, None),
     };
-    let by_seed = |name: &str| -> BTreeMap<u64, &Curve> {
-        groups
-            .get(name)
-            .map(|v| v.iter().map(|c| (c.seed, *c)).collect())
-            .unwrap_or_default()
-    };
     let contrasts = CONTRASTS
         .iter()
-        .filter_map(|(a, b)| {
-            let runs = groups.get(a)?;
-            let other = by_seed(b);
-            if other.is_empty() {
-                return None;
-            }
-            let kl = paired(runs, &other, b, late_step, |c, s| Some(c.at(s)?.kl as f64));
-            Some(Contrast {
-                condition: (*a).to_owned(),
-                gold: paired(runs, &other, b, late_step, |c, s| c.gold_gain(s)),
-                kl_diff_mean: kl.diff_mean,
-                kl_diff_se: kl.diff_se,
-            })
-        })
+        .filter_map(|(a, b)| contrast(curves, a, b, late_step))
         .collect();
     Tables {
         early_step,
@@ -247,16 +256,21 @@ fn fmt_cell(c: &Cell) -> String {
     format!("{:+.3} ± {:.3}", c.mean, c.se)
 }
 
+/// A paired comparison as a table cell: mean difference ± s.e. (wins:losses, sign test p).
+pub(crate) fn fmt_paired(p: Option<&Paired>) -> String {
+    p.map_or("—".to_owned(), |p| {
+        format!(
+            "{:+.3} ± {:.3} ({}:{}, p = {:.3})",
+            p.diff_mean, p.diff_se, p.wins, p.losses, p.sign_test_p
+        )
+    })
+}
+
 /// The Markdown tables: the λ sweep (Table 3), min vs max (Table 4), the stochastic case (4b).
 pub fn markdown(t: &Tables) -> String {
     let mut md = String::new();
     let row_line = |md: &mut String, r: &Row| {
-        let paired = r.paired_late.as_ref().map_or("—".to_owned(), |p| {
-            format!(
-                "{:+.3} ± {:.3} ({}:{}, p = {:.3})",
-                p.diff_mean, p.diff_se, p.wins, p.losses, p.sign_test_p
-            )
-        });
+        let paired = fmt_paired(r.paired_late.as_ref());
         let _ = writeln!(
             md,
             "| {} | {} | {} | {} | {:.2} | {} | {} |",
@@ -279,14 +293,22 @@ pub fn markdown(t: &Tables) -> String {
             row_line(md, r);
         }
     };
+    // Conditions may name their proxy (`diverse/tradeoff:0.4`): sections go by the strategy.
+    let strategy = |c: &str| c.rsplit('/').next().unwrap_or(c).to_owned();
     section(&mut md, "Table 3 shape: the λ sweep", &|c| {
-        c.starts_with("tradeoff") || c == "nominal"
+        let s = strategy(c);
+        s.starts_with("tradeoff") || s == "nominal"
     });
-    section(&mut md, "Table 4 shape: under- vs over-scoring", &|c| {
-        ["min", "max", "mean", "nominal"].contains(&c)
-    });
+    section(
+        &mut md,
+        "Table 4 shape: under- vs over-scoring, and ensemble baselines",
+        &|c| {
+            ["min", "max", "mean", "nominal"].contains(&strategy(c).as_str())
+                || strategy(c).starts_with("uwo")
+        },
+    );
     section(&mut md, "Fig. 4b shape: the stochastic case", &|c| {
-        ["constant", "random", "random_min"].contains(&c)
+        ["constant", "random", "random_min"].contains(&strategy(c).as_str())
     });
     if !t.contrasts.is_empty() {
         let _ = writeln!(
@@ -378,6 +400,7 @@ mod tests {
                     aggregated: 0.0,
                     kl: i as f32,
                     length: 5.0,
+                    ..Point::default()
                 })
                 .collect(),
         }

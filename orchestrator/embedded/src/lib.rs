@@ -330,6 +330,9 @@ impl Cluster {
             auth_token,
             auth_token_file: None,
             tls: Default::default(),
+            reward_name: None,
+            reward_calibration: None,
+            extra_rewards: Vec::new(),
         }
     }
 

@@ -182,6 +182,7 @@ fn serde_kind(meta: &rrlhf_model::RewardMeta) -> String {
     match meta.kind {
         rrlhf_model::RewardKind::BradleyTerry => "bradley_terry".into(),
         rrlhf_model::RewardKind::Brme => "brme".into(),
+        rrlhf_model::RewardKind::Ensemble => "ensemble".into(),
     }
 }
 

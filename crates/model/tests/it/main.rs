@@ -3,6 +3,7 @@
 mod checkpointing;
 mod common;
 mod generation;
+mod heads;
 mod loading;
 mod lora;
 mod parity;
