@@ -61,12 +61,13 @@ impl std::fmt::Display for Condition {
 
 /// The testbed's default conditions: standard RLHF (the diverse BRME's nominal head, and the
 /// single RM), the λ sweep, min, mean and UWO on the diverse BRME, the deep ensemble under
-/// mean, UWO and λ = 0.4, and the paper's BRME at λ = 0.4. UWO's c = 5: with head stds of
+/// mean, UWO and λ = 0.4, the paper's BRME at λ = 0.4, and λ = 0.4 over the diverse BRME and
+/// the ensemble fused as two calibrated reward services. UWO's c = 5: with head stds of
 /// 0.03–0.2 on this proxy's scale, c·variance is then comparable to the std itself (c = 1
 /// would make UWO the mean).
 const DEFAULT_CONDITIONS: &str = "diverse/nominal,diverse/tradeoff:0.8,diverse/tradeoff:0.6,\
 diverse/tradeoff:0.4,diverse/tradeoff:0.2,diverse/min,diverse/mean,diverse/uwo:5,single/nominal,\
-ensemble/mean,ensemble/uwo:5,ensemble/tradeoff:0.4,brme/tradeoff:0.4";
+ensemble/mean,ensemble/uwo:5,ensemble/tradeoff:0.4,brme/tradeoff:0.4,fused/tradeoff:0.4";
 
 /// Head-to-head comparisons reported besides the paired columns against standard RLHF.
 const CONTRASTS: [(&str, &str); 8] = [
@@ -339,6 +340,17 @@ fn ppo_run(a: &OveroptArgs, proxy: &Proxy, condition: Condition, seed: u64) -> R
         cfg.ppo.actor.lr = a.actor_lr;
         cfg.ppo.critic.lr = 5e-4;
         cfg.ppo.kl = rrlhf_ppo::KlController::Fixed { beta: a.beta };
+        let mut extra = Vec::new();
+        if condition.proxy == ProxyKind::Fused {
+            let [main, second] = proxy.fusion()?;
+            cfg.endpoints.reward_name = Some("diverse".into());
+            cfg.endpoints.reward_calibration = Some(main);
+            extra.push(crate::embedded_ppo::ExtraReward {
+                name: "ensemble".into(),
+                model: proxy.model(ProxyKind::Ensemble),
+                calibration: Some(second),
+            });
+        }
         crate::embedded_ppo::run(
             cfg,
             &crate::embedded_ppo::model_dirs(&a.sft, &proxy.stage1, &proxy.model(condition.proxy)),
@@ -347,6 +359,7 @@ fn ppo_run(a: &OveroptArgs, proxy: &Proxy, condition: Condition, seed: u64) -> R
                 gold::gold(response)
             })),
             None,
+            &extra,
         )?;
     }
     let points = rrlhf_orchestrator::metrics::read_all(&metrics_path)?

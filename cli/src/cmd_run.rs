@@ -438,6 +438,7 @@ fn ppo(
         },
         None,
         rest,
+        &[],
     )?;
     let steps = rrlhf_orchestrator::metrics::read_all(&info.dir.join("metrics.jsonl"))?;
     let (first, last) = match (steps.first(), steps.last()) {

@@ -10,6 +10,7 @@ use rrlhf_embedded::{Cluster, ModelDirs, Options};
 use crate::args::RuntimeArgs;
 use rrlhf_orchestrator::OrchestratorConfig;
 use rrlhf_orchestrator::run::{GoldReward, RunInfo, RunOptions, RunStatus, spawn_run};
+use rrlhf_orchestrator::sources::{CalibrationSetting, RewardSource};
 
 /// The models of a run: the SFT policy (actor and reference), the stage-1 RM (critic), the BRME.
 pub fn model_dirs(sft: &Path, stage1: &Path, brme: &Path) -> ModelDirs {
@@ -38,19 +39,45 @@ pub fn options(max_length: usize, runtime: &RuntimeArgs, merge_requests: bool) -
     }
 }
 
-/// Starts the services, runs `cfg` to the end (serving the REST API on `rest` meanwhile, when
-/// given), stops the services; fails unless the run finished.
+/// A further reward model to serve and fuse with the main one (heterologous fusion): its
+/// source name, directory and calibration on a shared reference set.
+pub struct ExtraReward {
+    pub name: String,
+    pub model: std::path::PathBuf,
+    pub calibration: Option<CalibrationSetting>,
+}
+
+/// Starts the services (and a reward service per `extra` source), runs `cfg` to the end
+/// (serving the REST API on `rest` meanwhile, when given), stops the services; fails unless
+/// the run finished. The config's reward-source settings (names, calibrations, extra sources)
+/// are kept; its service addresses become the embedded ones.
 pub fn run(
     mut cfg: OrchestratorConfig,
     dirs: &ModelDirs,
     opts: &Options,
     gold: Option<GoldReward>,
     rest: Option<&str>,
+    extra: &[ExtraReward],
 ) -> Result<RunInfo> {
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {
         let cluster = Cluster::start(dirs, opts).await?;
+        let configured = std::mem::take(&mut cfg.endpoints);
         cfg.endpoints = cluster.endpoints(None);
+        cfg.endpoints.reward_name = configured.reward_name;
+        cfg.endpoints.reward_calibration = configured.reward_calibration;
+        cfg.endpoints.extra_rewards = configured.extra_rewards;
+        let mut extra_services = Vec::new();
+        for e in extra {
+            let cfg_e = rrlhf_embedded::reward_config(&e.model, "127.0.0.1:0", opts);
+            let service = rrlhf_embedded::start_reward(cfg_e).await?;
+            cfg.endpoints.extra_rewards.push(RewardSource {
+                name: e.name.clone(),
+                urls: vec![service.url()],
+                calibration: e.calibration,
+            });
+            extra_services.push(service);
+        }
         // The REST API's base: runs it creates, and its readiness, use these services.
         let base = cfg.clone();
         let run = spawn_run(
@@ -71,6 +98,9 @@ pub fn run(
         }
         let status = run.finished().await;
         cluster.stop().await;
+        for service in extra_services {
+            service.stop().await;
+        }
         let info = run.info();
         anyhow::ensure!(
             status == RunStatus::Finished,

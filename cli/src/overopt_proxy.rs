@@ -5,7 +5,9 @@
 //! - `brme`: the paper's BRME, K heads on the shared backbone, a partition of the pairs;
 //! - `diverse`: the BRME with each head on its own tower, per-head noise on the towers and
 //!   bootstrap resamples;
-//! - `ensemble`: a deep ensemble of K stage-1 RMs from different seeds (member 0 is `single`).
+//! - `ensemble`: a deep ensemble of K stage-1 RMs from different seeds (member 0 is `single`);
+//! - `fused`: the diverse BRME and the deep ensemble as two reward services, each normalised
+//!   with its calibration on the held-out responses and fused before aggregation (appendix F).
 //!
 //! Each proxy is also evaluated on held-out pairs labelled by *gold* (not by the noisy
 //! annotator): accuracy, head disagreement and how well disagreement flags the nominal head's
@@ -18,9 +20,10 @@ use std::path::{Path, PathBuf};
 use anyhow::Result;
 use rrlhf_data::PreferencePair;
 use rrlhf_model::TextTokenizer;
+use rrlhf_orchestrator::sources::CalibrationSetting;
 use rrlhf_overopt::{annotator, gold};
 use rrlhf_train::rm::HeadData;
-use rrlhf_train::rm_eval::{EvalOptions, evaluate};
+use rrlhf_train::rm_eval::{EvalOptions, evaluate, measure_calibration};
 use serde_json::json;
 
 use crate::cmd_experiment::OveroptArgs;
@@ -35,10 +38,17 @@ pub enum ProxyKind {
     Brme,
     Diverse,
     Ensemble,
+    Fused,
 }
 
 impl ProxyKind {
-    pub const ALL: [Self; 4] = [Self::Single, Self::Brme, Self::Diverse, Self::Ensemble];
+    pub const ALL: [Self; 5] = [
+        Self::Single,
+        Self::Brme,
+        Self::Diverse,
+        Self::Ensemble,
+        Self::Fused,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -46,6 +56,7 @@ impl ProxyKind {
             Self::Brme => "brme",
             Self::Diverse => "diverse",
             Self::Ensemble => "ensemble",
+            Self::Fused => "fused",
         }
     }
 }
@@ -56,7 +67,9 @@ impl std::str::FromStr for ProxyKind {
         Self::ALL
             .into_iter()
             .find(|k| k.as_str() == s)
-            .ok_or_else(|| format!("unknown proxy `{s}` (single, brme, diverse or ensemble)"))
+            .ok_or_else(|| {
+                format!("unknown proxy `{s}` (single, brme, diverse, ensemble or fused)")
+            })
     }
 }
 
@@ -71,11 +84,22 @@ impl Proxy {
         match kind {
             ProxyKind::Single => self.stage1.clone(),
             ProxyKind::Brme => self.dir.join("rm-brme"),
-            ProxyKind::Diverse => self.dir.join("rm-diverse"),
+            // The fused proxy's main source; the ensemble is its second.
+            ProxyKind::Diverse | ProxyKind::Fused => self.dir.join("rm-diverse"),
             ProxyKind::Ensemble => self.dir.join("rm-ensemble"),
         }
     }
+
+    /// The fused proxy's two sources with their calibrations on the held-out responses:
+    /// (diverse BRME, deep ensemble).
+    pub fn fusion(&self) -> Result<[CalibrationSetting; 2]> {
+        let text = std::fs::read_to_string(self.dir.join(FUSION_FILE))?;
+        Ok(serde_json::from_str(&text)?)
+    }
 }
+
+/// Where a seed's fusion calibrations are kept.
+const FUSION_FILE: &str = "fusion.json";
 
 fn exists(model: &Path) -> bool {
     model.join("config.json").exists()
@@ -85,6 +109,14 @@ fn exists(model: &Path) -> bool {
 
 /// Builds (or reuses) seed `seed`'s annotation sample and the proxies in `kinds`.
 pub fn build(a: &OveroptArgs, seed: u64, kinds: &[ProxyKind]) -> Result<Proxy> {
+    // The fused proxy is made of the diverse BRME and the ensemble.
+    let mut kinds = kinds.to_vec();
+    if kinds.contains(&ProxyKind::Fused) {
+        kinds.extend([ProxyKind::Diverse, ProxyKind::Ensemble]);
+    }
+    kinds.sort();
+    kinds.dedup();
+    let kinds = kinds.as_slice();
     let dir = a.out.join("proxy").join(format!("s{seed}"));
     std::fs::create_dir_all(&dir)?;
     let proxy = Proxy {
@@ -119,7 +151,7 @@ pub fn build(a: &OveroptArgs, seed: u64, kinds: &[ProxyKind]) -> Result<Proxy> {
     for &kind in kinds {
         let out = proxy.model(kind);
         match kind {
-            ProxyKind::Single => {}
+            ProxyKind::Single | ProxyKind::Fused => {}
             ProxyKind::Brme => ensure(&out, train(StageArg::Two, &proxy.stage1, &out, seed))?,
             ProxyKind::Diverse => ensure(
                 &out,
@@ -152,6 +184,9 @@ pub fn build(a: &OveroptArgs, seed: u64, kinds: &[ProxyKind]) -> Result<Proxy> {
         }
     }
     evaluate_proxies(a, &proxy, kinds)?;
+    if kinds.contains(&ProxyKind::Fused) && !proxy.dir.join(FUSION_FILE).exists() {
+        calibrate_fusion(a, &proxy)?;
+    }
     Ok(proxy)
 }
 
@@ -250,7 +285,8 @@ fn evaluate_proxies(a: &OveroptArgs, proxy: &Proxy, kinds: &[ProxyKind]) -> Resu
     let mut all = vec![ProxyKind::Single];
     all.extend(kinds.iter().copied().filter(|k| *k != ProxyKind::Single));
     for kind in all {
-        if report.contains_key(kind.as_str()) {
+        // The fused proxy has no model of its own: its sources are evaluated.
+        if kind == ProxyKind::Fused || report.contains_key(kind.as_str()) {
             continue;
         }
         let opts = EvalOptions {
@@ -299,4 +335,30 @@ fn scoring_secs(dir: &Path, pairs: &[PreferencePair], a: &OveroptArgs) -> Result
     let start = std::time::Instant::now();
     scorer.heads_of_ids(&ids)?;
     Ok(start.elapsed().as_secs_f64())
+}
+
+/// The nominal rewards' mean and std of the diverse BRME and the ensemble on the held-out
+/// responses (chosen and rejected), which the fused proxy normalises each source with.
+fn calibrate_fusion(a: &OveroptArgs, proxy: &Proxy) -> Result<()> {
+    let pairs = rrlhf_data::preference::load_pairs(
+        &proxy.dir.join("gold-heldout.jsonl"),
+        &Default::default(),
+    )?
+    .pairs;
+    let opts = EvalOptions {
+        batch_size: 32,
+        max_len: a.max_len,
+        plots_dir: None,
+        baseline: None,
+    };
+    let mut out = Vec::new();
+    for kind in [ProxyKind::Diverse, ProxyKind::Ensemble] {
+        let c = measure_calibration(&proxy.model(kind), &pairs, &opts, a.runtime.placement()?)?;
+        out.push(CalibrationSetting {
+            mean: c.mean,
+            std: c.std,
+        });
+    }
+    write_json(&proxy.dir.join(FUSION_FILE), &out)?;
+    Ok(())
 }

@@ -179,7 +179,7 @@ fn overopt_runs_every_condition_and_writes_the_tables() {
             .args(["--heads", "2", "--heldout", "20", "--tower-layers", "1"])
             .args([
                 "--conditions",
-                "diverse/nominal,diverse/tradeoff:0.4,ensemble/random_min",
+                "diverse/nominal,fused/tradeoff:0.4,ensemble/random_min",
             ]);
     };
     let mut c = rrlhf();
@@ -242,6 +242,18 @@ fn overopt_runs_every_condition_and_writes_the_tables() {
         v["matched_kl"]["rows"].as_array().unwrap().len() == 3,
         "{v}"
     );
+    // The fused condition scored with both services and recorded each source.
+    let fused = out.join("runs/fused-tradeoff_0.4-s1/metrics.jsonl");
+    let fused = std::fs::read_to_string(fused).unwrap();
+    let step: serde_json::Value = serde_json::from_str(fused.lines().next().unwrap()).unwrap();
+    let names: Vec<&str> = step["sources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["diverse", "ensemble"]);
+    assert!(out.join("proxy/s1/fusion.json").exists());
     // A second call reuses the proxy and the finished runs.
     let mut again = rrlhf();
     args(&mut again);

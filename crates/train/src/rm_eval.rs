@@ -430,13 +430,14 @@ fn draw_plots(
 
 /// Measures the nominal reward's mean and std over every chosen and rejected response of
 /// `pairs` and records them in `DIR/config.json` (heterologous fusion, appendix F).
-pub fn calibrate(
+/// Mean and std of the nominal reward of every chosen and rejected response of `pairs`,
+/// without recording them (what [`calibrate`] writes).
+pub fn measure_calibration(
     dir: &Path,
     pairs: &[PreferencePair],
-    reference: &str,
     opts: &EvalOptions,
     placement: Placement,
-) -> Result<RewardCalibration> {
+) -> Result<Calibration> {
     let s = scorer(dir, placement, opts)?;
     let (hc, hr) = score_pairs(&s, pairs)?;
     let all: Vec<HeadOutputs> = hc.into_iter().chain(hr).collect();
@@ -444,7 +445,17 @@ pub fn calibrate(
         .iter()
         .map(|&r| r as f32)
         .collect();
-    let cal = Calibration::measure(&rewards).map_err(|e| TrainError::Invalid(e.to_string()))?;
+    Calibration::measure(&rewards).map_err(|e| TrainError::Invalid(e.to_string()))
+}
+
+pub fn calibrate(
+    dir: &Path,
+    pairs: &[PreferencePair],
+    reference: &str,
+    opts: &EvalOptions,
+    placement: Placement,
+) -> Result<RewardCalibration> {
+    let cal = measure_calibration(dir, pairs, opts, placement)?;
     let record = RewardCalibration {
         mean: cal.mean,
         std: cal.std,
