@@ -27,26 +27,23 @@ run raw-scale     20 --no-standardize         # aggregate raw BT scores
 run one-extra-rm  20 --extra-rms 1            # a smaller uncertainty set
 run beta-0.5      20 --beta 0.5               # strong KL anchor to the initial policy
 run long-ppo      20 --ppo-iters 300
+run partition     20 --multi-head partition   # BRME-style: each head on its own quarter of the pairs
+run uwo-sweep     20 --uwo-c 0.25,1,4,16 --lambdas 0.4  # UWO's c beyond the default 0.5 and 2
 
-# Ensembling vs pessimism, seed by seed: each robust λ against the `mean` control.
+# Pessimism vs averaging and shared trunk vs independent RMs, seed by seed, every variant
+# (from each toy.json's `vs_mean` and `multi_vs_deep`).
 python3 - "$OUT" <<'PY'
-import json, math, os, sys
+import json, os, sys
 out = sys.argv[1]
-def sign_p(w, l):
-    n, k = w + l, min(w, l)
-    return 1.0 if n == 0 else min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n)
-print("\n| variant | condition | vs mean: wins / losses / ties | sign test p |\n|---|---|---|---|")
+runs = []
 for name in sorted(os.listdir(out)):
     path = os.path.join(out, name, "toy.json")
-    if not os.path.exists(path):
-        continue
-    r = json.load(open(path))
-    names = [c["name"] for c in r["conditions"]]
-    m = names.index("mean of RMs")
-    for c, cname in enumerate(names):
-        if not cname.startswith("robust"):
-            continue
-        d = [s["outcomes"][c]["correct"] - s["outcomes"][m]["correct"] for s in r["seeds"]]
-        w, l, t = sum(x > 0 for x in d), sum(x < 0 for x in d), sum(x == 0 for x in d)
-        print(f"| {name} | {cname} | {w} / {l} / {t} | {sign_p(w, l):.3f} |")
+    if os.path.exists(path):
+        runs.append((name, json.load(open(path))))
+for key, title in [("vs_mean", "against its ensemble's mean"),
+                   ("multi_vs_deep", "multi-head against deep ensemble")]:
+    print(f"\n| variant | condition | {title} | wins / losses / ties | sign test p |\n|---|---|---|---|---|")
+    for name, r in runs:
+        for c in r.get(key, []):
+            print(f"| {name} | {c['a']} | {c['b']} | {c['wins']} / {c['losses']} / {c['ties']} | {c['sign_test_p']:.3f} |")
 PY

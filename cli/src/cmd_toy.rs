@@ -1,5 +1,6 @@
 //! `rrlhf toy`: the paper's toy model (§4, Fig. 1) over many paired seeds — standard RLHF
-//! against the reward-robust mix for several λ and the ensemble mean.
+//! against the reward-robust mix for several λ, the ensemble mean and UWO, over a deep ensemble
+//! of independent RMs and over one multi-head RM with a shared trunk.
 
 use std::path::PathBuf;
 
@@ -8,7 +9,7 @@ use clap::Args;
 use rrlhf_robust::Lambda;
 use rrlhf_toy::bandit::PpoSettings;
 use rrlhf_toy::experiment::ToyConfig;
-use rrlhf_toy::reward::RmArch;
+use rrlhf_toy::reward::{HeadData, RmArch};
 
 #[derive(Args, Debug)]
 pub struct ToyArgs {
@@ -34,6 +35,13 @@ pub struct ToyArgs {
     /// λ values of the robust conditions (λ = 1, standard RLHF, always runs).
     #[arg(long, value_delimiter = ',', default_value = "0,0.2,0.4,0.6,0.8")]
     lambdas: Vec<Lambda>,
+    /// c values of the UWO conditions `mean − c·variance` over the members (Coste et al. 2023).
+    #[arg(long, value_delimiter = ',', default_value = "0.5,2")]
+    uwo_c: Vec<f32>,
+    /// The multi-head RM (1 + extra-rms heads on a shared trunk): `all` (every head on every
+    /// pair), `partition` (each head on its own share of the pairs, as BRME) or `off`.
+    #[arg(long, default_value = "all")]
+    multi_head: HeadData,
     /// PPO iterations.
     #[arg(long, default_value_t = 100)]
     ppo_iters: usize,
@@ -60,6 +68,8 @@ pub fn run(a: ToyArgs) -> Result<()> {
         rm_steps: a.rm_steps,
         standardize: !a.no_standardize,
         lambdas: a.lambdas,
+        uwo_cs: a.uwo_c,
+        multi_head: a.multi_head,
         ppo: PpoSettings {
             iterations: a.ppo_iters,
             beta: a.beta,
@@ -81,7 +91,7 @@ pub fn run(a: ToyArgs) -> Result<()> {
     } else {
         print!("{}", rrlhf_toy::report::markdown(&result));
         println!(
-            "\nwritten: {}/toy.json, toy.md, toy-rms.png, toy-actors.png",
+            "\nwritten: {}/toy.json, toy.md, toy-rms.png, toy-heads.png, toy-actors.png",
             a.out.display()
         );
     }

@@ -133,13 +133,30 @@ fn toy_writes_json_tables_and_heatmaps() {
         .output()
         .unwrap());
     let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
-    assert_eq!(
-        v["conditions"].as_array().unwrap().len(),
-        3,
-        "standard, λ=0.4, mean"
+    let names: Vec<&str> = v["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    // Standard, the deep ensemble under λ = 0.4, mean and UWO, and the shared-trunk multi-head
+    // RM under the same.
+    assert_eq!(names.len(), 10, "{names:?}");
+    for n in ["standard (λ=1)", "deep-ens mean", "multi-head λ=0.4"] {
+        assert!(names.contains(&n), "{n} missing from {names:?}");
+    }
+    assert!(
+        names.iter().any(|n| n.starts_with("deep-ens UWO")),
+        "{names:?}"
     );
     assert_eq!(v["seeds"].as_array().unwrap().len(), 2);
-    for f in ["toy.json", "toy.md", "toy-rms.png", "toy-actors.png"] {
+    for f in [
+        "toy.json",
+        "toy.md",
+        "toy-rms.png",
+        "toy-actors.png",
+        "toy-heads.png",
+    ] {
         assert!(out.path().join(f).exists(), "{f}");
     }
 }

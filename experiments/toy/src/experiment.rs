@@ -1,4 +1,5 @@
-//! The experiment: for each seed, one data set, one nominal RM and its extra RMs, one policy
+//! The experiment: for each seed, one data set, one nominal RM and its extra RMs (the deep
+//! ensemble), optionally one multi-head RM with as many heads on a shared trunk, one policy
 //! initialisation and one sampling stream, shared by every condition; then paired statistics.
 
 use rrlhf_robust::rng::Rng;
@@ -8,29 +9,49 @@ use serde::{Deserialize, Serialize};
 
 use crate::N;
 use crate::bandit::{self, PpoSettings};
-use crate::reward::{RewardModel, RmArch, diagonal_hits, preferences, rows, standardize};
+use crate::reward::{
+    HeadData, Pair, RewardModel, RmArch, diagonal_hits, partition, preferences, rows, standardize,
+};
+
+/// A reward table: `[prompt][response]`.
+pub type Table = Vec<Vec<f32>>;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+// Settings saved before a field existed still load, with that field's default.
+#[serde(default)]
 pub struct ToyConfig {
     pub seeds: usize,
     pub first_seed: u64,
     pub rm_arch: RmArch,
     /// Rejected responses per prompt (the paper: two).
     pub pairs_per_prompt: usize,
-    /// RMs from other seeds besides the nominal one (the paper: three).
+    /// RMs from other seeds besides the nominal one (the paper: three). The multi-head RM has
+    /// `1 + extra_rms` heads, so both ensembles have as many members.
     pub extra_rms: usize,
     pub rm_hidden: i64,
     pub rm_steps: usize,
     pub rm_lr: f64,
-    /// Put every RM on one scale (zero mean, unit std over the 64 cells) before aggregating.
+    /// Put every RM (and every head) on one scale (zero mean, unit std over the 64 cells)
+    /// before aggregating.
     pub standardize: bool,
     /// λ of the robust conditions `λ·nominal + (1−λ)·min`; λ = 1 (standard RLHF) is always run.
     pub lambdas: Vec<Lambda>,
+    /// c of the UWO conditions `mean − c·variance` over the members (Coste et al. 2023).
+    pub uwo_cs: Vec<f32>,
+    /// Whether to train the multi-head RM, and on which pairs its heads train.
+    pub multi_head: HeadData,
+    /// λ of the multi-head robust conditions (its head 0 alone, λ = 1, always runs).
+    pub multi_head_lambdas: Vec<Lambda>,
     pub ppo: PpoSettings,
 }
 
 impl Default for ToyConfig {
     fn default() -> Self {
+        let lambdas = |ls: &[f32]| {
+            ls.iter()
+                .map(|&l| Lambda::new(l).expect("in [0, 1]"))
+                .collect()
+        };
         Self {
             seeds: 50,
             first_seed: 0,
@@ -41,12 +62,40 @@ impl Default for ToyConfig {
             rm_steps: 300,
             rm_lr: 1e-2,
             standardize: true,
-            lambdas: [0.0, 0.2, 0.4, 0.6, 0.8]
-                .map(|l| Lambda::new(l).expect("in [0, 1]"))
-                .to_vec(),
+            lambdas: lambdas(&[0.0, 0.2, 0.4, 0.6, 0.8]),
+            uwo_cs: vec![0.5, 2.0],
+            multi_head: HeadData::All,
+            multi_head_lambdas: lambdas(&[0.4]),
             ppo: PpoSettings::default(),
         }
     }
+}
+
+/// Where a condition's member rewards come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Ensemble {
+    /// The nominal RM and the extra RMs: independent networks from other init seeds, same data.
+    DeepEns,
+    /// One RM whose heads share a trunk (the BRME shape); head 0 is its nominal.
+    MultiHead,
+}
+
+impl Ensemble {
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::DeepEns => "deep-ens",
+            Self::MultiHead => "multi-head",
+        }
+    }
+}
+
+/// One way of turning an ensemble's rewards into the reward PPO sees.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Condition {
+    pub name: String,
+    pub ensemble: Ensemble,
+    pub strategy: Strategy,
 }
 
 impl ToyConfig {
@@ -61,20 +110,60 @@ impl ToyConfig {
             self.rm_steps >= 1 && self.ppo.iterations >= 1,
             "rm_steps and iterations must be ≥ 1"
         );
+        anyhow::ensure!(
+            self.uwo_cs.iter().all(|c| c.is_finite() && *c >= 0.0),
+            "uwo_cs: every c must be finite and ≥ 0"
+        );
+        anyhow::ensure!(
+            self.multi_head != HeadData::Partition || N * self.pairs_per_prompt > self.extra_rms,
+            "multi_head = partition: {} pairs cannot give each of {} heads one",
+            N * self.pairs_per_prompt,
+            self.extra_rms + 1
+        );
         Ok(())
     }
 
-    /// The conditions in report order: standard first, then the robust λs, then the controls.
-    pub fn conditions(&self) -> Vec<(String, Strategy)> {
-        let mut c = vec![("standard (λ=1)".to_owned(), Strategy::Nominal)];
-        let mut ls = self.lambdas.clone();
-        ls.sort_by(|a, b| b.get().total_cmp(&a.get()));
-        ls.dedup();
-        for l in ls.into_iter().filter(|l| l.get() < 1.0) {
-            c.push((format!("robust λ={l}"), Strategy::Tradeoff { lambda: l }));
+    /// The conditions in report order: standard first, then the deep ensemble's robust λs, its
+    /// mean and its UWO; then the same for the multi-head RM, starting from its head 0 alone.
+    pub fn conditions(&self) -> Vec<Condition> {
+        let mut out = Vec::new();
+        let mut push = |name: String, ensemble, strategy| {
+            out.push(Condition {
+                name,
+                ensemble,
+                strategy,
+            })
+        };
+        let desc = |ls: &[Lambda]| {
+            let mut ls = ls.to_vec();
+            ls.sort_by(|a, b| b.get().total_cmp(&a.get()));
+            ls.dedup();
+            ls.into_iter().filter(|l| l.get() < 1.0).collect::<Vec<_>>()
+        };
+        let mut blocks = vec![(
+            Ensemble::DeepEns,
+            "standard (λ=1)".to_owned(),
+            desc(&self.lambdas),
+        )];
+        if self.multi_head != HeadData::Off {
+            blocks.push((
+                Ensemble::MultiHead,
+                "multi-head head 0 (λ=1)".to_owned(),
+                desc(&self.multi_head_lambdas),
+            ));
         }
-        c.push(("mean of RMs".to_owned(), Strategy::Mean));
-        c
+        for (e, nominal, lambdas) in blocks {
+            let p = e.label();
+            push(nominal, e, Strategy::Nominal);
+            for l in lambdas {
+                push(format!("{p} λ={l}"), e, Strategy::Tradeoff { lambda: l });
+            }
+            push(format!("{p} mean"), e, Strategy::Mean);
+            for &c in &self.uwo_cs {
+                push(format!("{p} UWO c={c}"), e, Strategy::Uwo { c });
+            }
+        }
+        out
     }
 }
 
@@ -87,11 +176,24 @@ pub struct Outcome {
     pub reward_correct: usize,
 }
 
+/// One ensemble on one seed, after standardisation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Members {
+    pub ensemble: Ensemble,
+    /// Diagonal accuracy (prompts out of 8) of each member, the nominal first.
+    pub correct: Vec<usize>,
+    /// Variance across members, averaged over the cells some preference pair covers (the
+    /// diagonal and the rejected responses) and over the cells none covers: how much the
+    /// members disagree where the data pins them down and where it does not.
+    pub var_covered: f64,
+    pub var_uncovered: f64,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SeedResult {
     pub seed: u64,
-    /// Diagonal accuracy (prompts out of 8) of the nominal RM and of each extra RM.
-    pub rm_correct: Vec<usize>,
+    /// The deep ensemble, then the multi-head RM if it runs.
+    pub members: Vec<Members>,
     pub outcomes: Vec<Outcome>,
     /// Tables of the first seed, for the heatmaps: RMs then the final policies.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -100,15 +202,19 @@ pub struct SeedResult {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Tables {
-    pub rms: Vec<Vec<Vec<f32>>>,
-    pub rewards: Vec<Vec<Vec<f32>>>,
-    pub policies: Vec<Vec<Vec<f32>>>,
+    pub rms: Vec<Table>,
+    /// The multi-head RM's heads (empty when it does not run).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub heads: Vec<Table>,
+    pub rewards: Vec<Table>,
+    pub policies: Vec<Table>,
 }
 
 /// Seed-level statistics of one condition.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ConditionSummary {
     pub name: String,
+    pub ensemble: Ensemble,
     pub strategy: String,
     pub correct_mean: f64,
     pub correct_se: f64,
@@ -123,17 +229,95 @@ pub struct ConditionSummary {
     pub sign_test_p: f64,
 }
 
+/// Condition `a` against condition `b`, seed by seed (prompts right).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Contrast {
+    pub a: String,
+    pub b: String,
+    pub wins: usize,
+    pub losses: usize,
+    pub ties: usize,
+    pub sign_test_p: f64,
+}
+
+/// One ensemble over all seeds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EnsembleSummary {
+    pub ensemble: Ensemble,
+    /// Diagonal accuracy (fraction of prompts) of the nominal member and of all members.
+    pub nominal_accuracy: f64,
+    pub member_accuracy: f64,
+    pub var_covered: f64,
+    pub var_uncovered: f64,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ToyResult {
     pub config: ToyConfig,
     /// Mean diagonal accuracy of the nominal RM (fraction of prompts).
     pub rm_diagonal_accuracy: f64,
+    pub ensembles: Vec<EnsembleSummary>,
     pub conditions: Vec<ConditionSummary>,
+    /// Every robust or UWO condition against its own ensemble's mean: pessimism vs averaging.
+    pub vs_mean: Vec<Contrast>,
+    /// Every multi-head condition against the deep-ensemble one with the same strategy.
+    pub multi_vs_deep: Vec<Contrast>,
     pub seeds: Vec<SeedResult>,
 }
 
 fn mix(seed: u64, stream: u64) -> u64 {
     Rng::new(seed.wrapping_mul(rrlhf_robust::rng::GOLDEN) ^ stream).next_u64()
+}
+
+/// The member tables of a trained RM: one per head, standardised if asked.
+fn head_tables(rm: &RewardModel, standardized: bool) -> Vec<Table> {
+    let t = rm.tables();
+    (0..rm.heads() as i64)
+        .map(|h| {
+            let mut table = rows(&t.get(h));
+            if standardized {
+                standardize(&mut table);
+            }
+            table
+        })
+        .collect()
+}
+
+fn members(ensemble: Ensemble, tables: &[Table], pairs: &[Pair]) -> Members {
+    let mut covered = [[false; N]; N];
+    for &(x, c, r) in pairs {
+        covered[x][c] = true;
+        covered[x][r] = true;
+    }
+    let (mut sums, mut counts) = ([0.0; 2], [0usize; 2]);
+    for x in 0..N {
+        for a in 0..N {
+            let v: Vec<f64> = tables.iter().map(|t| t[x][a] as f64).collect();
+            let mean = v.iter().sum::<f64>() / v.len() as f64;
+            let var = v.iter().map(|y| (y - mean).powi(2)).sum::<f64>() / v.len() as f64;
+            let i = usize::from(!covered[x][a]);
+            sums[i] += var;
+            counts[i] += 1;
+        }
+    }
+    Members {
+        ensemble,
+        correct: tables.iter().map(|t| diagonal_hits(t)).collect(),
+        var_covered: sums[0] / counts[0].max(1) as f64,
+        var_uncovered: sums[1] / counts[1].max(1) as f64,
+    }
+}
+
+/// Every cell as K "heads": head 0 is the nominal member (σ = 0 makes it the nominal).
+fn cells(tables: &[Table]) -> Vec<HeadOutputs> {
+    (0..N * N)
+        .map(|i| HeadOutputs {
+            mu: tables.iter().map(|t| t[i / N][i % N]).collect(),
+            sigma: (0..tables.len())
+                .map(|k| if k == 0 { 0.0 } else { 1.0 })
+                .collect(),
+        })
+        .collect()
 }
 
 /// Runs one seed: data, RMs, every condition.
@@ -143,29 +327,37 @@ pub fn run_seed(cfg: &ToyConfig, seed: u64, keep_tables: bool) -> anyhow::Result
     for k in 0..=cfg.extra_rms {
         let rm = RewardModel::new(cfg.rm_arch, cfg.rm_hidden, mix(seed, 100 + k as u64));
         rm.train(&pairs, cfg.rm_steps, cfg.rm_lr)?;
-        let mut t = rows(&rm.table());
-        if cfg.standardize {
-            standardize(&mut t);
-        }
-        rms.push(t);
+        rms.extend(head_tables(&rm, cfg.standardize));
     }
-    let rm_correct = rms.iter().map(|t| diagonal_hits(t)).collect();
-    // Every cell as K "heads": head 0 is the nominal RM (σ = 0 makes it the nominal).
-    let cells: Vec<HeadOutputs> = (0..N * N)
-        .map(|i| HeadOutputs {
-            mu: rms.iter().map(|t| t[i / N][i % N]).collect(),
-            sigma: (0..rms.len())
-                .map(|k| if k == 0 { 0.0 } else { 1.0 })
-                .collect(),
-        })
-        .collect();
+    let heads = if cfg.multi_head == HeadData::Off {
+        Vec::new()
+    } else {
+        let k = cfg.extra_rms + 1;
+        let rm = RewardModel::with_heads(cfg.rm_arch, cfg.rm_hidden, k, mix(seed, 200));
+        if cfg.multi_head == HeadData::Partition {
+            rm.train_heads(&partition(&pairs, k, mix(seed, 4)), cfg.rm_steps, cfg.rm_lr)?;
+        } else {
+            rm.train(&pairs, cfg.rm_steps, cfg.rm_lr)?;
+        }
+        head_tables(&rm, cfg.standardize)
+    };
+    let mut all_members = vec![members(Ensemble::DeepEns, &rms, &pairs)];
+    if !heads.is_empty() {
+        all_members.push(members(Ensemble::MultiHead, &heads, &pairs));
+    }
+    let (deep_cells, head_cells) = (cells(&rms), cells(&heads));
     let (mut outcomes, mut rewards, mut policies) = (Vec::new(), Vec::new(), Vec::new());
-    for (_, strategy) in cfg.conditions() {
-        let agg = aggregate(&cells, strategy, UncertaintySet::Mean, seed)?;
-        let table: Vec<Vec<f32>> = agg
+    for c in cfg.conditions() {
+        let from = match c.ensemble {
+            Ensemble::DeepEns => &deep_cells,
+            Ensemble::MultiHead => &head_cells,
+        };
+        let agg = aggregate(from, c.strategy, UncertaintySet::Mean, seed)?;
+        let table: Table = agg
             .chunks(N)
             .map(|r| r.iter().map(|a| a.reward).collect())
             .collect();
+        // Every condition starts from the same policy and sampling stream: paired seeds.
         let probs = bandit::train(&table, &cfg.ppo, mix(seed, 2), mix(seed, 3))?;
         outcomes.push(Outcome {
             correct: diagonal_hits(&probs),
@@ -178,14 +370,40 @@ pub fn run_seed(cfg: &ToyConfig, seed: u64, keep_tables: bool) -> anyhow::Result
     }
     Ok(SeedResult {
         seed,
-        rm_correct,
+        members: all_members,
         outcomes,
         tables: keep_tables.then_some(Tables {
             rms,
+            heads,
             rewards,
             policies,
         }),
     })
+}
+
+/// Seeds where condition `a` gets more prompts right than `b`, fewer, as many.
+fn paired(results: &[SeedResult], a: usize, b: usize) -> (usize, usize, usize) {
+    let (mut wins, mut losses, mut ties) = (0, 0, 0);
+    for r in results {
+        match r.outcomes[a].correct.cmp(&r.outcomes[b].correct) {
+            std::cmp::Ordering::Greater => wins += 1,
+            std::cmp::Ordering::Less => losses += 1,
+            std::cmp::Ordering::Equal => ties += 1,
+        }
+    }
+    (wins, losses, ties)
+}
+
+fn contrast(results: &[SeedResult], conds: &[Condition], a: usize, b: usize) -> Contrast {
+    let (wins, losses, ties) = paired(results, a, b);
+    Contrast {
+        a: conds[a].name.clone(),
+        b: conds[b].name.clone(),
+        wins,
+        losses,
+        ties,
+        sign_test_p: sign_test(wins, losses),
+    }
 }
 
 /// Runs every seed (spread over the machine's cores) and summarises.
@@ -222,27 +440,21 @@ pub fn run(cfg: &ToyConfig, progress: impl Fn(usize) + Sync) -> anyhow::Result<T
     results.sort_by_key(|r| r.seed);
 
     let n = results.len() as f64;
-    let conditions = cfg
-        .conditions()
-        .into_iter()
+    let conds = cfg.conditions();
+    let conditions = conds
+        .iter()
         .enumerate()
-        .map(|(c, (name, strategy))| {
+        .map(|(c, cond)| {
             let xs: Vec<f64> = results
                 .iter()
                 .map(|r| r.outcomes[c].correct as f64)
                 .collect();
             let (mean, se) = mean_se(&xs);
-            let (mut wins, mut losses, mut ties) = (0, 0, 0);
-            for r in &results {
-                match r.outcomes[c].correct.cmp(&r.outcomes[0].correct) {
-                    std::cmp::Ordering::Greater => wins += 1,
-                    std::cmp::Ordering::Less => losses += 1,
-                    std::cmp::Ordering::Equal => ties += 1,
-                }
-            }
+            let (wins, losses, ties) = paired(&results, c, 0);
             ConditionSummary {
-                name,
-                strategy: strategy.to_string(),
+                name: cond.name.clone(),
+                ensemble: cond.ensemble,
+                strategy: cond.strategy.to_string(),
                 correct_mean: mean,
                 correct_se: se,
                 all_correct: results
@@ -262,12 +474,56 @@ pub fn run(cfg: &ToyConfig, progress: impl Fn(usize) + Sync) -> anyhow::Result<T
             }
         })
         .collect();
+    let find = |e: Ensemble, s: Strategy| {
+        conds
+            .iter()
+            .position(|c| c.ensemble == e && c.strategy == s)
+    };
+    let mut vs_mean = Vec::new();
+    let mut multi_vs_deep = Vec::new();
+    for (i, c) in conds.iter().enumerate() {
+        if !matches!(c.strategy, Strategy::Nominal | Strategy::Mean)
+            && let Some(m) = find(c.ensemble, Strategy::Mean)
+        {
+            vs_mean.push(contrast(&results, &conds, i, m));
+        }
+        if c.ensemble == Ensemble::MultiHead
+            && let Some(d) = find(Ensemble::DeepEns, c.strategy)
+        {
+            multi_vs_deep.push(contrast(&results, &conds, i, d));
+        }
+    }
+    let ensembles = results[0]
+        .members
+        .iter()
+        .enumerate()
+        .map(|(e, m)| {
+            let avg = |f: &dyn Fn(&Members) -> f64| {
+                results.iter().map(|r| f(&r.members[e])).sum::<f64>() / n
+            };
+            EnsembleSummary {
+                ensemble: m.ensemble,
+                nominal_accuracy: avg(&|m| m.correct[0] as f64) / N as f64,
+                member_accuracy: avg(&|m| {
+                    m.correct.iter().sum::<usize>() as f64 / m.correct.len() as f64
+                }) / N as f64,
+                var_covered: avg(&|m| m.var_covered),
+                var_uncovered: avg(&|m| m.var_uncovered),
+            }
+        })
+        .collect();
     Ok(ToyResult {
         config: cfg.clone(),
-        rm_diagonal_accuracy: results.iter().map(|r| r.rm_correct[0] as f64).sum::<f64>()
+        rm_diagonal_accuracy: results
+            .iter()
+            .map(|r| r.members[0].correct[0] as f64)
+            .sum::<f64>()
             / n
             / N as f64,
+        ensembles,
         conditions,
+        vs_mean,
+        multi_vs_deep,
         seeds: results,
     })
 }
@@ -287,5 +543,34 @@ mod tests {
             d.dedup();
             assert_eq!(d.len(), 3);
         }
+    }
+
+    #[test]
+    fn partition_deals_every_pair_once() {
+        let p = preferences(2, 9);
+        let parts = partition(&p, 4, 3);
+        assert_eq!(parts.iter().map(Vec::len).collect::<Vec<_>>(), [4, 4, 4, 4]);
+        let mut all: Vec<Pair> = parts.concat();
+        let mut want = p.clone();
+        all.sort_unstable();
+        want.sort_unstable();
+        assert_eq!(all, want);
+    }
+
+    #[test]
+    fn members_measure_disagreement_where_the_data_is_silent() {
+        let pairs = vec![(0, 0, 1)];
+        let a: Table = vec![vec![0.0; N]; N];
+        let mut b = a.clone();
+        b[0][0] = 2.0; // covered: (a − b)² / 4 = 1 on one of two covered cells
+        b[3][4] = 4.0; // uncovered: 4 on one of 62 cells
+        let m = members(Ensemble::DeepEns, &[a, b], &pairs);
+        assert!((m.var_covered - 0.5).abs() < 1e-9, "{}", m.var_covered);
+        assert!(
+            (m.var_uncovered - 4.0 / 62.0).abs() < 1e-9,
+            "{}",
+            m.var_uncovered
+        );
+        assert_eq!(m.correct.len(), 2);
     }
 }

@@ -1,6 +1,9 @@
-//! The toy's outputs: `toy.json`, `toy.md` (a table per condition with seed spread and the
-//! paired comparison against standard RLHF) and heatmaps of the first seed like the paper's
-//! Fig. 1 (`toy-rms.png`: each RM and the aggregated rewards; `toy-actors.png`: final policies).
+//! The toy's outputs: `toy.json`, `toy.md` (the ensembles' accuracy and disagreement, a row per
+//! condition with seed spread and the paired comparison against standard RLHF, then each robust
+//! or UWO condition against its ensemble's mean and each multi-head condition against its
+//! deep-ensemble twin) and heatmaps of the first seed like the paper's Fig. 1 (`toy-rms.png`:
+//! each RM and the aggregated rewards; `toy-heads.png`: the multi-head RM's heads, when it runs;
+//! `toy-actors.png`: final policies).
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -8,14 +11,15 @@ use std::path::Path;
 use rrlhf_plot::{Panel, heatmaps};
 
 use crate::N;
-use crate::experiment::ToyResult;
+use crate::experiment::{Contrast, ToyResult};
+use crate::reward::HeadData;
 
 pub fn markdown(r: &ToyResult) -> String {
     let c = &r.config;
     let mut md = String::new();
     let _ = writeln!(
         md,
-        "{} seeds; RM `{:?}`, {} rejected per prompt, {} extra RMs, {} BT steps{}; PPO {} iterations × {} samples/prompt, β = {}.\n",
+        "{} seeds; RM `{:?}`, {} rejected per prompt, {} extra RMs, {} BT steps{}; multi-head RM: {}; UWO c ∈ {:?}; PPO {} iterations × {} samples/prompt, β = {}.\n",
         c.seeds,
         c.rm_arch,
         c.pairs_per_prompt,
@@ -26,6 +30,12 @@ pub fn markdown(r: &ToyResult) -> String {
         } else {
             ""
         },
+        match c.multi_head {
+            HeadData::Off => "off",
+            HeadData::All => "every head on every pair",
+            HeadData::Partition => "each head on its own partition",
+        },
+        c.uwo_cs,
         c.ppo.iterations,
         c.ppo.samples_per_prompt,
         c.ppo.beta
@@ -35,6 +45,22 @@ pub fn markdown(r: &ToyResult) -> String {
         "Nominal RM diagonal accuracy: {:.1}% of prompts.\n",
         r.rm_diagonal_accuracy * 100.0
     );
+    let _ = writeln!(
+        md,
+        "| ensemble | nominal member right | members right (mean) | variance across members: pair-covered cells | uncovered cells |\n|---|---|---|---|---|"
+    );
+    for e in &r.ensembles {
+        let _ = writeln!(
+            md,
+            "| {} | {:.1}% | {:.1}% | {:.3} | {:.3} |",
+            e.ensemble.label(),
+            e.nominal_accuracy * 100.0,
+            e.member_accuracy * 100.0,
+            e.var_covered,
+            e.var_uncovered
+        );
+    }
+    md.push('\n');
     let _ = writeln!(
         md,
         "| condition | prompts right (of 8), mean ± s.e. | all 8 right | reward table right | vs standard: wins / losses / ties | sign test p |\n|---|---|---|---|---|---|"
@@ -54,7 +80,34 @@ pub fn markdown(r: &ToyResult) -> String {
             s.sign_test_p
         );
     }
+    contrasts(
+        &mut md,
+        "Pessimism vs averaging: each condition against its ensemble's mean",
+        &r.vs_mean,
+    );
+    contrasts(
+        &mut md,
+        "Shared trunk vs independent RMs: each multi-head condition against the deep ensemble's",
+        &r.multi_vs_deep,
+    );
     md
+}
+
+fn contrasts(md: &mut String, title: &str, cs: &[Contrast]) {
+    if cs.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        md,
+        "\n{title}, seed by seed:\n\n| condition | against | wins / losses / ties | sign test p |\n|---|---|---|---|"
+    );
+    for c in cs {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} / {} / {} | {:.3} |",
+            c.a, c.b, c.wins, c.losses, c.ties, c.sign_test_p
+        );
+    }
 }
 
 pub fn write(dir: &Path, r: &ToyResult) -> anyhow::Result<()> {
@@ -80,19 +133,9 @@ pub fn write(dir: &Path, r: &ToyResult) -> anyhow::Result<()> {
             }
         })
         .collect();
-    let names: Vec<String> = r.config.conditions().into_iter().map(|(n, _)| n).collect();
+    let names: Vec<String> = r.config.conditions().into_iter().map(|c| c.name).collect();
     let reward_tables: Vec<Vec<Vec<f64>>> = t.rewards.iter().map(to64).collect();
-    let mut panels: Vec<Panel> = rm_tables
-        .iter()
-        .zip(&rm_titles)
-        .map(|(v, title)| Panel {
-            title,
-            x_label: "response",
-            y_label: "prompt",
-            values: v,
-            marked: &diag,
-        })
-        .collect();
+    let mut panels = table_panels(&rm_tables, &rm_titles, &diag);
     let robust = names
         .iter()
         .position(|n| n.contains("0.4"))
@@ -110,6 +153,32 @@ pub fn write(dir: &Path, r: &ToyResult) -> anyhow::Result<()> {
         &format!("Reward models, seed {}", r.seeds[0].seed),
         &panels,
     )?;
+    if !t.heads.is_empty() {
+        let head_tables: Vec<Vec<Vec<f64>>> = t.heads.iter().map(to64).collect();
+        let titles: Vec<String> = (0..head_tables.len())
+            .map(|k| format!("multi-head head {k}"))
+            .collect();
+        let mut panels = table_panels(&head_tables, &titles, &diag);
+        let mh = names
+            .iter()
+            .position(|n| n.starts_with("multi-head λ="))
+            .or_else(|| names.iter().position(|n| n == "multi-head mean"));
+        let mh_title = mh.map(|i| format!("aggregated: {}", names[i]));
+        if let (Some(i), Some(title)) = (mh, &mh_title) {
+            panels.push(Panel {
+                title,
+                x_label: "response",
+                y_label: "prompt",
+                values: &reward_tables[i],
+                marked: &diag,
+            });
+        }
+        heatmaps(
+            &dir.join("toy-heads.png"),
+            &format!("Multi-head RM (shared trunk), seed {}", r.seeds[0].seed),
+            &panels,
+        )?;
+    }
     let policy_tables: Vec<Vec<Vec<f64>>> = t.policies.iter().map(to64).collect();
     let panels: Vec<Panel> = policy_tables
         .iter()
@@ -131,4 +200,23 @@ pub fn write(dir: &Path, r: &ToyResult) -> anyhow::Result<()> {
         &panels,
     )?;
     Ok(())
+}
+
+/// One heatmap panel per (table, title), the diagonal marked.
+fn table_panels<'a>(
+    tables: &'a [Vec<Vec<f64>>],
+    titles: &'a [String],
+    diag: &'a [Option<usize>],
+) -> Vec<Panel<'a>> {
+    tables
+        .iter()
+        .zip(titles)
+        .map(|(v, title)| Panel {
+            title,
+            x_label: "response",
+            y_label: "prompt",
+            values: v,
+            marked: diag,
+        })
+        .collect()
 }
