@@ -115,7 +115,7 @@ pub struct OveroptArgs {
     /// The diverse BRME: relative noise on the towers' starting weights.
     #[arg(long, default_value_t = 0.1)]
     pub tower_init_noise: f64,
-    /// Conditions `proxy/strategy` (proxy: single, brme, diverse, ensemble); the first is
+    /// Conditions `proxy/strategy` (proxy: single, brme, diverse, ensemble, fused); the first is
     /// standard RLHF, which the paired columns compare with.
     #[arg(long, value_delimiter = ',', default_value = DEFAULT_CONDITIONS)]
     pub conditions: Vec<Condition>,
