@@ -3,7 +3,7 @@
 # fresh proxies per seed (single RM, the paper's BRME, a diverse BRME, a deep ensemble), PPO
 # through the real services for every condition and seed, then the tables and plots.
 # Usage: experiments/overopt_report.sh [rrlhf experiment overopt flags…]  (default: runs/overopt,
-# 10 seeds × 15 conditions). Long: run it in the background, e.g.
+# 10 seeds × 14 conditions). Long: run it in the background, e.g.
 #   nohup experiments/overopt_report.sh > runs/overopt.log 2>&1 &
 # Resumable: finished proxies and runs are reused, an interrupted run resumes from its checkpoint.
 set -euo pipefail
