@@ -285,10 +285,9 @@ fn disagreement_markdown(curves: &[Curve]) -> String {
         "\n### During PPO: head disagreement and cost per step (mean over seeds and steps)\n\n\
          | condition | std over heads | step time (s) | scoring tail (s) |\n|---|---|---|---|\n",
     );
-    let mut names: Vec<&str> = curves.iter().map(|c| c.condition.as_str()).collect();
-    names.dedup();
+    // Conditions in the order they ran.
     let mut seen = std::collections::BTreeSet::new();
-    for name in names {
+    for name in curves.iter().map(|c| c.condition.as_str()) {
         if !seen.insert(name) {
             continue;
         }

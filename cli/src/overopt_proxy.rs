@@ -277,11 +277,7 @@ fn evaluate_proxies(a: &OveroptArgs, proxy: &Proxy, kinds: &[ProxyKind]) -> Resu
         Ok(b) => serde_json::from_slice(&b)?,
         Err(_) => BTreeMap::new(),
     };
-    let pairs: Vec<PreferencePair> = rrlhf_data::preference::load_pairs(
-        &proxy.dir.join("gold-heldout.jsonl"),
-        &Default::default(),
-    )?
-    .pairs;
+    let pairs = held_out(proxy)?;
     let mut all = vec![ProxyKind::Single];
     all.extend(kinds.iter().copied().filter(|k| *k != ProxyKind::Single));
     for kind in all {
@@ -289,12 +285,7 @@ fn evaluate_proxies(a: &OveroptArgs, proxy: &Proxy, kinds: &[ProxyKind]) -> Resu
         if kind == ProxyKind::Fused || report.contains_key(kind.as_str()) {
             continue;
         }
-        let opts = EvalOptions {
-            batch_size: 32,
-            max_len: a.max_len,
-            plots_dir: None,
-            baseline: None,
-        };
+        let opts = eval_options(a);
         let r = evaluate(&proxy.model(kind), &pairs, &opts, a.runtime.placement()?)?;
         let secs = scoring_secs(&proxy.model(kind), &pairs, a)?;
         report.insert(
@@ -340,17 +331,8 @@ fn scoring_secs(dir: &Path, pairs: &[PreferencePair], a: &OveroptArgs) -> Result
 /// The nominal rewards' mean and std of the diverse BRME and the ensemble on the held-out
 /// responses (chosen and rejected), which the fused proxy normalises each source with.
 fn calibrate_fusion(a: &OveroptArgs, proxy: &Proxy) -> Result<()> {
-    let pairs = rrlhf_data::preference::load_pairs(
-        &proxy.dir.join("gold-heldout.jsonl"),
-        &Default::default(),
-    )?
-    .pairs;
-    let opts = EvalOptions {
-        batch_size: 32,
-        max_len: a.max_len,
-        plots_dir: None,
-        baseline: None,
-    };
+    let pairs = held_out(proxy)?;
+    let opts = eval_options(a);
     let mut out = Vec::new();
     for kind in [ProxyKind::Diverse, ProxyKind::Ensemble] {
         let c = measure_calibration(&proxy.model(kind), &pairs, &opts, a.runtime.placement()?)?;
@@ -361,4 +343,20 @@ fn calibrate_fusion(a: &OveroptArgs, proxy: &Proxy) -> Result<()> {
     }
     write_json(&proxy.dir.join(FUSION_FILE), &out)?;
     Ok(())
+}
+
+/// Scoring settings of the held-out evaluations and calibrations.
+fn eval_options(a: &OveroptArgs) -> EvalOptions {
+    EvalOptions {
+        batch_size: 32,
+        max_len: a.max_len,
+        plots_dir: None,
+        baseline: None,
+    }
+}
+
+/// The seed's gold-labelled held-out pairs.
+fn held_out(proxy: &Proxy) -> Result<Vec<PreferencePair>> {
+    let path = proxy.dir.join("gold-heldout.jsonl");
+    Ok(rrlhf_data::preference::load_pairs(&path, &Default::default())?.pairs)
 }

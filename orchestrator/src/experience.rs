@@ -43,8 +43,8 @@ pub struct Rollout {
     pub ref_logprobs: Vec<f32>,
     /// V(s_t) before each response token.
     pub values: Vec<f32>,
-    /// Every BRME head's μ and σ (the fused set's, once [`crate::sources::Fusion::apply`]
-    /// ran; until then the `endpoints.reward` source's).
+    /// Every BRME head's μ and σ; with extra reward sources, the fused set, which
+    /// [`crate::sources::Fusion::apply`] fills in (empty until then).
     pub heads_mu: Vec<f32>,
     pub heads_sigma: Vec<f32>,
     /// Each reward source's raw heads, `endpoints.reward` first, when there are extra
@@ -179,8 +179,13 @@ pub async fn collect(
                 reward_sample(&id, &req.prompts[i], sample, req.eos_id)
             })
             .collect();
-        for txs in &score_txs {
-            let _ = txs[chunk % txs.len()].send(to_score.clone());
+        // Every source scores the chunk; the last takes it without a copy (with one source,
+        // the only one).
+        if let Some((last, others)) = score_txs.split_last() {
+            for txs in others {
+                let _ = txs[chunk % txs.len()].send(to_score.clone());
+            }
+            let _ = last[chunk % last.len()].send(to_score);
         }
         let services = services.clone();
         let retry_cfg = retry_cfg.clone();
@@ -245,11 +250,15 @@ pub async fn collect(
                 sigma: score.heads.iter().map(|h| h.sigma).collect(),
             });
         }
-        // One source: its heads are the uncertainty set, as they always were.
+        // One source: its heads are the uncertainty set, as they always were. With several,
+        // `Fusion::apply` fills the set from `source_heads`.
         let primary = if heads.len() == 1 {
             heads.pop().expect("one source")
         } else {
-            heads[0].clone()
+            HeadOutputs {
+                mu: Vec::new(),
+                sigma: Vec::new(),
+            }
         };
         let logprobs = extra
             .policy_logprobs

@@ -88,10 +88,18 @@ impl BrmeHead {
         (mu, sigma)
     }
 
-    /// Head `h` alone: `[.., H]` → (μ `[..]`, σ `[..]`) in f32 (a head on its own tower).
+    /// Head `h` alone: `[.., H]` → (μ `[..]`, σ `[..]`) in f32 (a head on its own tower): only
+    /// row h of each projection, not all K.
     pub fn forward_one(&self, hidden: &Tensor, h: i64) -> (Tensor, Tensor) {
-        let (mu, sigma) = self.forward(hidden);
-        (mu.select(-1, h), sigma.select(-1, h))
+        let row = |l: &Linear| {
+            let out = hidden.matmul(&l.ws.get(h));
+            match &l.bs {
+                Some(b) => out + b.get(h),
+                None => out,
+            }
+            .to_kind(Kind::Float)
+        };
+        (row(&self.mu), row(&self.sigma).softplus())
     }
 }
 

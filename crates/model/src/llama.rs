@@ -444,45 +444,32 @@ impl Backbone {
         positions: &Tensor,
         cache: Option<CacheStep<'_>>,
     ) -> Tensor {
+        let Some(cache) = cache else {
+            // No cache: the whole stack as one trunk (activation checkpointing applies there).
+            let trunk = self.forward_trunk(input_ids, attention_mask, positions, self.layers.len());
+            return self.norm.forward(&trunk.hidden);
+        };
         let mut xs = self.embed_tokens.forward(input_ids);
         let kind = xs.kind();
         let (cos, sin) = self.rope.tables(positions, kind);
-        let t = input_ids.size()[1];
-        let index = cache.as_ref().map(|c| c.index(kind, xs.device()));
-        let mask = match (index.as_ref().and_then(|i| i.mask()), attention_mask) {
+        let index = cache.index(kind, xs.device());
+        let mask = match (index.mask(), attention_mask) {
             (Some(step_mask), _) => Some(step_mask.shallow_clone()),
-            (None, Some(m)) => Some(causal_padding_mask(m, t, kind)),
+            (None, Some(m)) => Some(causal_padding_mask(m, input_ids.size()[1], kind)),
             // No padding, no cached prefix: SDPA's own causal triangle.
             (None, None) => None,
         };
-        let checkpointed = self.activation_checkpointing && cache.is_none();
-        if checkpointed
-            && crate::recompute::grad_enabled()
-            && self
-                .lora
-                .as_ref()
-                .is_some_and(|(c, s)| c.dropout > 0.0 && s.enabled())
-        {
-            // Recomputation would draw other dropout masks than the forward pass did.
-            panic!("activation checkpointing cannot recompute LoRA dropout: use lora dropout 0");
-        }
         for (i, layer) in self.layers.iter().enumerate() {
-            xs = if checkpointed {
-                layer.forward_checkpointed(&xs, &cos, &sin, mask.as_ref())
-            } else {
-                let layer_cache = cache
-                    .as_ref()
-                    .zip(index.as_ref())
-                    .map(|(c, x)| c.layer(i, x));
-                layer.forward(&xs, &cos, &sin, mask.as_ref(), layer_cache)
-            };
+            let layer_cache = Some(cache.layer(i, &index));
+            xs = layer.forward(&xs, &cos, &sin, mask.as_ref(), layer_cache);
         }
         self.norm.forward(&xs)
     }
 
     /// The hidden states after the first `layers` decoder layers (no final norm, no cache),
-    /// with the rotary tables and mask that further layers need: the shared trunk under
-    /// per-head towers ([`crate::tower::Tower`]).
+    /// with the rotary tables and mask that further layers need: the whole stack of a
+    /// cacheless [`Self::forward`], or the shared trunk under per-head towers
+    /// ([`crate::tower::Tower`]).
     pub fn forward_trunk(
         &self,
         input_ids: &Tensor,
@@ -494,8 +481,18 @@ impl Backbone {
         let kind = xs.kind();
         let (cos, sin) = self.rope.tables(positions, kind);
         let t = input_ids.size()[1];
+        // No padding: SDPA's own causal triangle.
         let mask = attention_mask.map(|m| causal_padding_mask(m, t, kind));
         let checkpointed = self.activation_checkpointing && crate::recompute::grad_enabled();
+        if checkpointed
+            && self
+                .lora
+                .as_ref()
+                .is_some_and(|(c, s)| c.dropout > 0.0 && s.enabled())
+        {
+            // Recomputation would draw other dropout masks than the forward pass did.
+            panic!("activation checkpointing cannot recompute LoRA dropout: use lora dropout 0");
+        }
         for layer in self.layers.iter().take(layers) {
             xs = if checkpointed {
                 layer.forward_checkpointed(&xs, &cos, &sin, mask.as_ref())

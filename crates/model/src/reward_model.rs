@@ -233,10 +233,13 @@ impl RewardModel {
                     .collect(),
             },
         };
-        let towers = (0..meta.heads)
-            .filter(|_| meta.kind == RewardKind::Brme && meta.tower_layers > 0)
-            .map(|h| Tower::new(&root / "brme" / "towers" / h, &cfg, meta.tower_layers, fill))
-            .collect();
+        let towers = if meta_has_towers(&meta) {
+            (0..meta.heads)
+                .map(|h| Tower::new(&root / "brme" / "towers" / h, &cfg, meta.tower_layers, fill))
+                .collect()
+        } else {
+            Vec::new()
+        };
         Self {
             vs: placement.finish_var_store(vs),
             cfg,

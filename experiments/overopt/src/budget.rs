@@ -8,10 +8,11 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
 
-use rrlhf_plot::{Series, lines};
 use serde::Serialize;
 
-use crate::tables::{Cell, Curve, Paired, by_condition, cell, paired, seeds_of};
+use crate::tables::{
+    Cell, Curve, Paired, Point, by_condition, cell, draw, mean_xy, paired, seeds_of,
+};
 
 /// Gold gain (over the run's first step) where the run's KL first reaches `budget`.
 pub fn gold_at_kl(curve: &Curve, budget: f64) -> Option<f64> {
@@ -131,43 +132,18 @@ pub fn sqrt_kl_plots(dir: &Path, curves: &[Curve]) -> anyhow::Result<()> {
             true,
         ),
     ] {
+        let sqrt_kl = |p: &Point| (p.kl.max(0.0) as f64).sqrt();
+        let reward = move |p: &Point| if proxy { p.proxy } else { p.gold } as f64;
         let data: Vec<(String, Vec<(f64, f64)>)> = groups
             .iter()
-            .map(|(name, runs)| {
-                let steps = runs.first().map_or(0, |r| r.points.len());
-                let points = (0..steps)
-                    .filter_map(|i| {
-                        let at: Vec<_> = runs.iter().filter_map(|r| r.points.get(i)).collect();
-                        let n = at.len() as f64;
-                        (n > 0.0).then(|| {
-                            let x = at
-                                .iter()
-                                .map(|p| (p.kl.max(0.0) as f64).sqrt())
-                                .sum::<f64>();
-                            let y = at
-                                .iter()
-                                .map(|p| if proxy { p.proxy } else { p.gold } as f64)
-                                .sum::<f64>();
-                            (x / n, y / n)
-                        })
-                    })
-                    .collect();
-                ((*name).to_owned(), points)
-            })
+            .map(|(name, runs)| ((*name).to_owned(), mean_xy(runs, &sqrt_kl, &reward)))
             .collect();
-        let series: Vec<Series> = data
-            .iter()
-            .map(|(n, p)| Series {
-                label: n,
-                points: p,
-            })
-            .collect();
-        lines(
+        draw(
             &dir.join(file),
             title,
             "√KL (nats^½ per sequence)",
             y,
-            &series,
+            &data,
         )?;
     }
     Ok(())
@@ -176,7 +152,6 @@ pub fn sqrt_kl_plots(dir: &Path, curves: &[Curve]) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tables::Point;
 
     fn curve(name: &str, seed: u64, gold: &[f32], kl: &[f32]) -> Curve {
         Curve {

@@ -140,20 +140,45 @@ pub(crate) fn cell(values: Vec<f64>) -> Cell {
 
 /// Mean over seeds of a quantity per step, for the conditions' curves.
 pub(crate) fn mean_curve(runs: &[&Curve], f: fn(&Point) -> f32) -> Vec<(f64, f64)> {
+    mean_xy(runs, &|p| p.step as f64, &|p| f(p) as f64)
+}
+
+/// Per step of the first run: the mean over runs of `x` and of `y` at that step.
+pub(crate) fn mean_xy(
+    runs: &[&Curve],
+    x: &dyn Fn(&Point) -> f64,
+    y: &dyn Fn(&Point) -> f64,
+) -> Vec<(f64, f64)> {
     let steps: Vec<usize> = runs
         .first()
         .map_or(vec![], |r| r.points.iter().map(|p| p.step).collect());
     steps
         .into_iter()
         .map(|s| {
-            let v: Vec<f64> = runs
-                .iter()
-                .filter_map(|r| r.at(s))
-                .map(|p| f(p) as f64)
-                .collect();
-            (s as f64, v.iter().sum::<f64>() / v.len().max(1) as f64)
+            let at: Vec<&Point> = runs.iter().filter_map(|r| r.at(s)).collect();
+            let n = at.len().max(1) as f64;
+            let mean = |f: &dyn Fn(&Point) -> f64| at.iter().map(|p| f(p)).sum::<f64>() / n;
+            (mean(x), mean(y))
         })
         .collect()
+}
+
+/// One line per (label, points) in a PNG at `path`.
+pub(crate) fn draw(
+    path: &Path,
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    data: &[(String, Vec<(f64, f64)>)],
+) -> anyhow::Result<()> {
+    let series: Vec<Series> = data
+        .iter()
+        .map(|(n, p)| Series {
+            label: n,
+            points: p,
+        })
+        .collect();
+    Ok(lines(path, title, x_label, y_label, &series)?)
 }
 
 /// Seed-by-seed difference of `measure` between `runs` and `against`.
@@ -370,14 +395,7 @@ pub fn plots(dir: &Path, curves: &[Curve]) -> anyhow::Result<()> {
             .iter()
             .map(|(n, runs)| ((*n).to_owned(), mean_curve(runs, f)))
             .collect();
-        let series: Vec<Series> = data
-            .iter()
-            .map(|(n, p)| Series {
-                label: n,
-                points: p,
-            })
-            .collect();
-        lines(&dir.join(file), title, "step", y, &series)?;
+        draw(&dir.join(file), title, "step", y, &data)?;
     }
     Ok(())
 }
