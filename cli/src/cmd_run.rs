@@ -29,6 +29,7 @@ use rrlhf_model::scoring::{Overlong, RewardScorer};
 use rrlhf_orchestrator::OrchestratorConfig;
 use rrlhf_orchestrator::config::{PromptSettings, PromptSource};
 use rrlhf_orchestrator::metrics::StepMetrics;
+use rrlhf_orchestrator::run::RunStatus;
 use rrlhf_robust::{Lambda, Strategy, UncertaintySet};
 
 #[derive(Args, Debug)]
@@ -331,7 +332,7 @@ pub fn run(a: RunArgs) -> Result<()> {
         "model": {"arch": arch.hf_class(), "size": size_name, "parameters": params},
         "sft": sft_outcome,
         "reward_model": {"stage1": rm1, "brme": brme, "eval": report},
-        "ppo": {"dir": ppo.dir, "first": ppo.first, "last": ppo.last},
+        "ppo": {"dir": ppo.dir, "first": ppo.first, "last": ppo.last, "stopped_on_request": ppo.stopped},
         "ppo_standard": standard.as_ref().map(|s| json!({"dir": s.dir, "first": s.first, "last": s.last})),
         "samples": replies.iter().zip(&scored).map(|((p, r), s)| json!({
             "prompt": p, "reply": r, "heads_mu": s.heads.mu, "heads_sigma": s.heads.sigma,
@@ -381,6 +382,12 @@ pub fn run(a: RunArgs) -> Result<()> {
         (&ppo.first, &ppo.last),
         a.ppo_batch,
     );
+    if ppo.stopped {
+        println!(
+            "             (the robust run was stopped on request after step {} of {})",
+            ppo.last.step, a.ppo_steps
+        );
+    }
     println!(
         "             report {}",
         ppo.dir.join("report.md").display()
@@ -401,6 +408,8 @@ struct PpoResult {
     dir: PathBuf,
     first: StepMetrics,
     last: StepMetrics,
+    /// Stopped on request (REST API or dashboard) before its last step.
+    stopped: bool,
 }
 
 impl PpoResult {
@@ -449,6 +458,7 @@ fn ppo(
         dir: info.dir,
         first,
         last,
+        stopped: info.status == RunStatus::Stopped,
     })
 }
 

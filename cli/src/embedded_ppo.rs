@@ -49,7 +49,8 @@ pub struct ExtraReward {
 
 /// Starts the services (and a reward service per `extra` source), runs `cfg` to the end
 /// (serving the REST API on `rest` meanwhile, when given), stops the services; fails unless
-/// the run finished. The config's reward-source settings (names, calibrations, extra sources)
+/// the run finished or was stopped on request (then its last checkpoint stands for it;
+/// `RunInfo::status` says which). The config's reward-source settings (names, calibrations, extra sources)
 /// are kept; its service addresses become the embedded ones.
 pub fn run(
     mut cfg: OrchestratorConfig,
@@ -102,12 +103,21 @@ pub fn run(
             service.stop().await;
         }
         let info = run.info();
-        anyhow::ensure!(
-            status == RunStatus::Finished,
-            "PPO run {} {status:?}: {}",
-            info.id,
-            info.error.clone().unwrap_or_else(|| "stopped".into())
-        );
+        match status {
+            RunStatus::Finished => {}
+            // A stop asked for through the REST API or the dashboard is the user's decision,
+            // not a failure: the run ended with a checkpoint of where it stood, and what
+            // follows (evaluation, samples) works from that.
+            RunStatus::Stopped => eprintln!(
+                "      PPO run {} stopped on request after {} of {} steps; going on with its last checkpoint",
+                info.id, info.step, info.steps
+            ),
+            _ => anyhow::bail!(
+                "PPO run {} {status:?}: {}",
+                info.id,
+                info.error.clone().unwrap_or_else(|| "no reason recorded".into())
+            ),
+        }
         Ok(info)
     })
 }

@@ -1,7 +1,10 @@
 //! `rrlhf run` end to end at toy scale (every stage, PPO over the four services on loopback),
-//! its reuse and resume on a second call, and `rrlhf orchestrate`'s config errors.
+//! its reuse and resume on a second call, a stop on request through its REST API, and `rrlhf orchestrate`'s config errors.
 
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
 use std::path::Path;
+use std::process::Stdio;
 
 use crate::fixture::{hh_subset, ok, rrlhf};
 
@@ -81,6 +84,49 @@ fn run_builds_every_stage_then_reuses_them_and_resumes_ppo() {
         .map(|m| m["step"].as_u64().unwrap())
         .collect();
     assert_eq!(steps, vec![1, 2, 3]);
+
+    // A stop through the REST API (the dashboard's button) is the user's decision: the run
+    // ends with a checkpoint, `rrlhf run` goes on to its samples and summary and exits 0.
+    let mut third = args("200");
+    third.args(["--no-standard", "--rest", "127.0.0.1:0"]);
+    let mut child = third
+        .stderr(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut seen = String::new();
+    let addr = loop {
+        let mut line = String::new();
+        assert!(
+            stderr.read_line(&mut line).unwrap() > 0,
+            "no REST address in {seen}"
+        );
+        seen.push_str(&line);
+        if let Some(rest) = line.split("REST control API on http://").nth(1) {
+            break rest.split_whitespace().next().unwrap().to_owned();
+        }
+    };
+    let mut conn = TcpStream::connect(&addr).unwrap();
+    conn.write_all(
+        format!("POST /v1/runs/ppo/stop HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            .as_bytes(),
+    )
+    .unwrap();
+    let mut answer = String::new();
+    conn.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    stderr.read_to_string(&mut seen).unwrap();
+    let third = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&third.stdout);
+    assert!(third.status.success(), "{seen}\n{stdout}");
+    assert!(seen.contains("stopped on request"), "{seen}");
+    assert!(stdout.contains("stopped on request after step"), "{stdout}");
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["ppo"]["stopped_on_request"], true);
+    let last = summary["ppo"]["last"]["step"].as_u64().unwrap();
+    assert!((3..200).contains(&last), "stopped at {last}");
 }
 
 #[test]
