@@ -40,10 +40,10 @@ fn sync_dir(dir: &Path) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }
 
-/// Calls RPC `$method` with `$request { path }` on every actor and critic rank at once
-/// ([`on_all_ranks`]), `path` being the service's subdirectory of `$dir`.
+/// Calls RPC `$method` with the request `$request(path)` on every actor and critic rank at
+/// once ([`on_all_ranks`]), `path` being the service's subdirectory of `$dir`.
 macro_rules! on_trained_services {
-    ($services:expr, $retry:expr, $dir:expr, $rpc:literal, $method:ident, $request:ident) => {{
+    ($services:expr, $retry:expr, $dir:expr, $rpc:literal, $method:ident, $request:expr) => {{
         let path = |svc: &str| $dir.join(svc).display().to_string();
         let deadline = $retry.deadlines.checkpoint_secs;
         tokio::try_join!(
@@ -53,9 +53,8 @@ macro_rules! on_trained_services {
                 concat!("actor ", $rpc),
                 path("actor"),
                 move |mut c, path| async move {
-                    c.$method(with_deadline($request { path }, deadline))
-                        .await
-                        .map(drop)
+                    let request = with_deadline(($request)(path), deadline);
+                    c.$method(request).await.map(drop)
                 },
             ),
             on_all_ranks(
@@ -64,9 +63,8 @@ macro_rules! on_trained_services {
                 concat!("critic ", $rpc),
                 path("critic"),
                 move |mut c, path| async move {
-                    c.$method(with_deadline($request { path }, deadline))
-                        .await
-                        .map(drop)
+                    let request = with_deadline(($request)(path), deadline);
+                    c.$method(request).await.map(drop)
                 },
             ),
         )
@@ -111,7 +109,7 @@ pub async fn save(
         abs,
         "SaveCheckpoint",
         save_checkpoint,
-        SaveCheckpointRequest
+        |path| SaveCheckpointRequest { path }
     )?;
     if let Some(known) = known {
         known.ensure_unchanged(services, retry_cfg).await?;
@@ -181,9 +179,38 @@ pub async fn restore_services(
         abs,
         "LoadCheckpoint",
         load_checkpoint,
-        LoadCheckpointRequest
+        |path| LoadCheckpointRequest {
+            path,
+            start_weights: false,
+        }
     )?;
     Ok(())
+}
+
+/// Before a new run: when any actor or critic rank holds other weights than it started with
+/// (an earlier run trained it, or a checkpoint was loaded into it), puts the start weights and
+/// fresh optimizer state back on every rank of both, so a run never silently continues another
+/// run's policy. Returns whether it did.
+pub async fn restore_start(
+    services: &Services,
+    retry_cfg: &RetrySettings,
+    instances: &Instances,
+) -> Result<bool> {
+    if instances.at_start() == (true, true) {
+        return Ok(false);
+    }
+    on_trained_services!(
+        services,
+        retry_cfg,
+        Path::new(""),
+        "LoadCheckpoint (start weights)",
+        load_checkpoint,
+        |_| LoadCheckpointRequest {
+            path: String::new(),
+            start_weights: true,
+        }
+    )?;
+    Ok(true)
 }
 
 /// Sends `path` to every rank of `pool` at once: the ranks of a data-parallel group load and

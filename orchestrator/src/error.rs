@@ -42,6 +42,16 @@ pub enum OrchestratorError {
     AlreadyExists { id: String, dir: PathBuf },
     #[error("run.id: run `{id}` is still active")]
     Active { id: String },
+    /// Two live runs would train the same actor or critic (and a new run resets its weights).
+    #[error(
+        "endpoints: {url} is trained by run `{other}` ({status:?}); stop that run (or let it end) before starting run `{id}` on it"
+    )]
+    ServicesInUse {
+        id: String,
+        other: String,
+        status: crate::run::RunStatus,
+        url: String,
+    },
     /// A run recorded on disk that no orchestrator drives (its own stopped).
     #[error(
         "run `{id}` is interrupted (the orchestrator driving it stopped); POST /v1/runs/{id}/resume continues it"

@@ -125,7 +125,7 @@ impl Api {
         cfg.telemetry = self.base.telemetry.clone();
         cfg.run.out_dir = self.base.run.out_dir.clone();
         cfg.run.id = id.into();
-        let run = spawn_run(
+        self.start(
             cfg,
             RunOptions {
                 resume: true,
@@ -133,8 +133,37 @@ impl Api {
                 gold: None,
                 pause_on_bad_batch: true,
             },
-        )?;
-        self.adopt(run.clone());
+        )
+    }
+
+    /// Starts a run and adopts it, unless a live run (created, running or paused) has the same
+    /// id or trains one of its actor or critic endpoints: two runs would overwrite each other's
+    /// weights, and a new run puts the services' start weights back. Checked and adopted under
+    /// one lock, so two requests at once cannot both pass.
+    fn start(&self, cfg: OrchestratorConfig, opts: RunOptions) -> Result<RunHandle> {
+        let mut runs = self.runs.lock().expect("runs lock");
+        for other in runs.values() {
+            let status = other.info().status;
+            if status.is_terminal() {
+                continue;
+            }
+            if other.id == cfg.run.id {
+                return Err(OrchestratorError::Active { id: cfg.run.id });
+            }
+            let mine = cfg.endpoints.actor.iter().chain(&cfg.endpoints.critic);
+            if let Some(url) = mine.into_iter().find(|u| other.trains.contains(u)) {
+                return Err(OrchestratorError::ServicesInUse {
+                    id: cfg.run.id.clone(),
+                    other: other.id.clone(),
+                    status,
+                    url: url.clone(),
+                });
+            }
+        }
+        let run = spawn_run(cfg, opts)?;
+        runs.insert(run.id.clone(), run.clone());
+        drop(runs);
+        self.stored.lock().expect("stored lock").remove(&run.id);
         Ok(run)
     }
 
@@ -163,6 +192,7 @@ fn status_of(e: &OrchestratorError) -> StatusCode {
         | E::NotPaused
         | E::AlreadyExists { .. }
         | E::Active { .. }
+        | E::ServicesInUse { .. }
         | E::Locked { .. }
         | E::NotDriven { .. }
         // A checkpoint asked for after a restart would hold the restarted service's weights.
@@ -436,16 +466,7 @@ async fn create_run(
             ),
         ));
     }
-    if !cfg.run.id.is_empty() {
-        let runs = api.runs.lock().expect("runs lock");
-        if runs
-            .get(&cfg.run.id)
-            .is_some_and(|r| !r.info().status.is_terminal())
-        {
-            return Err(OrchestratorError::Active { id: cfg.run.id });
-        }
-    }
-    let run = spawn_run(
+    let run = api.start(
         cfg,
         RunOptions {
             resume: q.resume,
@@ -455,7 +476,6 @@ async fn create_run(
         },
     )?;
     let info = run.info();
-    api.adopt(run);
     Ok((StatusCode::CREATED, axum::Json(info)).into_response())
 }
 

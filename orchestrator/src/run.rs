@@ -82,6 +82,8 @@ pub struct RunInfo {
 #[derive(Debug, Clone)]
 pub struct RunHandle {
     pub id: String,
+    /// The actor and critic endpoints the run trains: no other live run may use them.
+    pub trains: Arc<[String]>,
     info: Arc<Mutex<RunInfo>>,
     samples: Arc<Mutex<SampleStore>>,
     control: mpsc::UnboundedSender<Control>,
@@ -200,6 +202,13 @@ pub fn spawn_run(mut cfg: OrchestratorConfig, opts: RunOptions) -> Result<RunHan
     )));
     let handle = RunHandle {
         id: cfg.run.id.clone(),
+        trains: cfg
+            .endpoints
+            .actor
+            .iter()
+            .chain(&cfg.endpoints.critic)
+            .cloned()
+            .collect(),
         info: info.clone(),
         samples: samples.clone(),
         control,
@@ -321,8 +330,16 @@ impl Runner {
                 }
             }
             None => {
-                // Resumed before its first checkpoint: it starts over, without the lines of
-                // steps nothing was saved of.
+                // A new run (or one resumed before its first checkpoint: it starts over)
+                // starts from the services' start weights, whatever trained them since.
+                let seen = Instances::observe(&self.services, &retry_cfg).await?;
+                if checkpoint::restore_start(&self.services, &retry_cfg, &seen).await? {
+                    tracing::warn!(
+                        "the actor or critic held weights trained since it started: the start \
+                         weights are back on both for this new run"
+                    );
+                }
+                // Without the lines of steps nothing was saved of.
                 if metrics_path.exists() {
                     metrics::truncate_after(&metrics_path, 0)?;
                 }

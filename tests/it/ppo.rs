@@ -129,7 +129,11 @@ async fn data_parallel_ranks_train_in_step() {
     // Loading the SFT weights (a directory only rank 0 needs to read) resets both ranks.
     let load = |url: String, path: String| async move {
         let mut c = ActorServiceClient::connect(url).await.unwrap();
-        c.load_checkpoint(LoadCheckpointRequest { path }).await
+        c.load_checkpoint(LoadCheckpointRequest {
+            path,
+            start_weights: false,
+        })
+        .await
     };
     let sft = rrlhf_testkit::models::models().policy.display().to_string();
     let (a, b) = tokio::join!(
@@ -248,6 +252,7 @@ async fn batched_experience_calls_give_the_per_sample_steps() {
             .unwrap()
             .load_checkpoint(LoadCheckpointRequest {
                 path: path(&dirs.policy),
+                start_weights: false,
             })
             .await
             .unwrap();
@@ -256,6 +261,7 @@ async fn batched_experience_calls_give_the_per_sample_steps() {
             .unwrap()
             .load_checkpoint(LoadCheckpointRequest {
                 path: path(&dirs.critic),
+                start_weights: false,
             })
             .await
             .unwrap();

@@ -181,6 +181,21 @@ async fn rest_api_drives_a_run() {
         (200, paused_at),
         "paused runs do not step"
     );
+    // A second run on the services a paused run trains is refused: it would put their start
+    // weights back under the paused run (before, it trained the same weights as well).
+    let (code, v) = http(
+        addr,
+        "POST",
+        "/v1/runs",
+        t,
+        Some(r#"{"run": {"id": "rival"}}"#),
+    )
+    .await;
+    assert_eq!(code, 409, "{v}");
+    assert!(
+        error_of(&v).starts_with("endpoints: ") && error_of(&v).contains("trained by run `live`"),
+        "{v}"
+    );
 
     let (code, v) = http(addr, "POST", "/v1/runs/live/resume", t, None).await;
     assert_eq!(code, 200, "{v}");

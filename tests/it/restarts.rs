@@ -2,7 +2,8 @@
 //! its start weights, not the run's. The run must notice (the instance id in `Info` changed),
 //! load its latest checkpoint into it and take the lost steps again — ending where an
 //! undisturbed run ends, with every step once in `metrics.jsonl`. Before restart detection the
-//! run went on training the start weights without a word.
+//! run went on training the start weights without a word. The other way round, a new run on
+//! services that an earlier run trained must start from their start weights.
 
 use std::time::Duration;
 
@@ -73,7 +74,6 @@ async fn a_restarted_actor_or_critic_gets_the_latest_checkpoint_back() {
     c.stop().await;
 
     // The critic is killed in the middle of whatever the run is doing and comes back later.
-    // (Fresh services: a new run starts from the weights its services hold.)
     let c = Cluster::start(&dirs(), &options()).await.unwrap();
     let run = spawn_run(
         config(&c, out.path(), "critic", STEPS),
@@ -90,4 +90,20 @@ async fn a_restarted_actor_or_critic_gets_the_latest_checkpoint_back() {
     );
     assert_same_run(&whole, &metrics_of(out.path(), "critic"));
     c.stop().await;
+}
+
+/// Two runs one after the other on the same services: the second starts from the services'
+/// start weights and optimizer state, not from where the first left them, so it repeats the
+/// first step for step. Before, it went on training the first run's policy without a word.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_run_on_trained_services_starts_from_their_start_weights() {
+    let out = tempfile::tempdir().unwrap();
+    let c = Cluster::start(&dirs(), &options()).await.unwrap();
+    run_to_the_end(config(&c, out.path(), "first", STEPS)).await;
+    run_to_the_end(config(&c, out.path(), "second", STEPS)).await;
+    c.stop().await;
+    assert_same_run(
+        &metrics_of(out.path(), "first"),
+        &metrics_of(out.path(), "second"),
+    );
 }

@@ -2,7 +2,7 @@
 //! per-token float rows of the wrong length or not finite, odd texts and paths — and the one
 //! assertion they share, that a refused request is refused as the client's fault with a message.
 
-use rrlhf_proto::common::v1::Sequence;
+use rrlhf_proto::common::v1::{LoadCheckpointRequest, Sequence};
 use rrlhf_util::rng::Rng;
 use tonic::{Code, Status};
 
@@ -152,15 +152,28 @@ impl Fuzz {
     }
 }
 
-/// The two checkpoint RPCs of a trained service.
+/// The checkpoint RPCs of a trained service: a save, a load of `path`, and a load of the start
+/// weights (`start_weights`, sent with `path` as it is).
 #[derive(Debug, Clone, Copy)]
 pub enum CheckpointRpc {
     Save,
     Load,
+    LoadStart,
+}
+
+impl CheckpointRpc {
+    /// The `LoadCheckpoint` request of `Load` or `LoadStart` at `path`.
+    pub fn load_request(self, path: String) -> LoadCheckpointRequest {
+        LoadCheckpointRequest {
+            path,
+            start_weights: matches!(self, Self::LoadStart),
+        }
+    }
 }
 
 /// One `SaveCheckpoint` or `LoadCheckpoint` (through `call`) at a path that is not a checkpoint
-/// ([`Fuzz::not_checkpoint`]): a load must be refused; a save may only write a fresh path.
+/// ([`Fuzz::not_checkpoint`]): a load must be refused; a save may only write a fresh path; a
+/// load of the start weights succeeds only without a path.
 pub async fn checkpoint_round(
     fuzz: &mut Fuzz,
     tally: &mut Tally,
@@ -170,13 +183,22 @@ pub async fn checkpoint_round(
 ) {
     let path = fuzz.not_checkpoint(scratch);
     let what = format!("round {round}: {path:?}");
-    if fuzz.one_in(2) {
-        let r = call(CheckpointRpc::Save, path).await;
-        tally.count("SaveCheckpoint", &what, r);
-    } else {
-        let r = call(CheckpointRpc::Load, path).await;
-        assert!(r.is_err(), "{what}: not a checkpoint, yet loaded");
-        tally.count("LoadCheckpoint", &what, r);
+    match fuzz.below(3) {
+        0 => {
+            let r = call(CheckpointRpc::Save, path).await;
+            tally.count("SaveCheckpoint", &what, r);
+        }
+        1 => {
+            let r = call(CheckpointRpc::Load, path).await;
+            assert!(r.is_err(), "{what}: not a checkpoint, yet loaded");
+            tally.count("LoadCheckpoint", &what, r);
+        }
+        _ => {
+            let empty = path.is_empty();
+            let r = call(CheckpointRpc::LoadStart, path).await;
+            assert_eq!(r.is_ok(), empty, "{what}: start weights with a path: {r:?}");
+            tally.count("LoadCheckpoint", &what, r);
+        }
     }
 }
 

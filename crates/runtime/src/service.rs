@@ -195,6 +195,9 @@ impl<X: ServiceSettings> ModelServiceConfig<X> {
             world_size: self.server.world_size,
             device: self.engine.device.clone(),
             instance_id: self.server.instance_id.clone(),
+            // A frozen service always holds its start weights; a training service overrides
+            // this with its `StartWeightsFlag`.
+            start_weights: true,
         }
     }
 }

@@ -5,6 +5,8 @@
 //! the service's job and statistics types.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use rrlhf_proto::common::v1::{
     LoadCheckpointRequest, LoadCheckpointResponse, SaveCheckpointRequest, SaveCheckpointResponse,
@@ -22,6 +24,8 @@ pub enum TrainWork<J> {
     Rejected,
     Save(PathBuf),
     Load(PathBuf),
+    /// Back to the weights the service started with, with fresh optimizer state.
+    LoadStart,
 }
 
 /// What training work produced; `S` is an update's statistics.
@@ -47,6 +51,9 @@ pub trait Trainable {
     fn save(&self, dir: &Path) -> Result<(), Self::Error>;
     /// Restores weights and optimizer state saved by [`Trainable::save`].
     fn load(&self, dir: &Path) -> Result<(), Self::Error>;
+    /// Puts back the weights the model started with and drops the optimizer state, so the
+    /// next update is a new run's first.
+    fn load_start(&self) -> Result<(), Self::Error>;
 
     /// Runs one item of training work.
     fn run_training(
@@ -65,6 +72,10 @@ pub trait Trainable {
             }
             TrainWork::Load(dir) => {
                 self.load(dir)?;
+                TrainDone::Loaded
+            }
+            TrainWork::LoadStart => {
+                self.load_start()?;
                 TrainDone::Loaded
             }
         })
@@ -102,6 +113,29 @@ macro_rules! training_work {
     };
 }
 
+/// Whether a training service still holds the weights it started with (`Info`'s
+/// `rank.start_weights`). Cleared before anything may change them (a `Train`, a checkpoint
+/// load) — even one that then fails, since it may have written part of an update — and set
+/// again only by a successful load of the start weights.
+#[derive(Debug, Clone)]
+pub struct StartWeightsFlag(Arc<AtomicBool>);
+
+impl Default for StartWeightsFlag {
+    fn default() -> Self {
+        Self(Arc::new(AtomicBool::new(true)))
+    }
+}
+
+impl StartWeightsFlag {
+    pub fn holds_start(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+
+    fn set(&self, start: bool) {
+        self.0.store(start, Ordering::SeqCst);
+    }
+}
+
 /// Runs a `Train` job the service validated (`job`). A rank of a data-parallel group
 /// (`grouped`) whose request was invalid first tells its engine: the other ranks are waiting
 /// for this one's part of the update and must hear that there is none.
@@ -109,6 +143,7 @@ pub async fn train<J, S: std::fmt::Debug, I, O>(
     engine: &Engine<I, O>,
     job: Result<J, Status>,
     grouped: bool,
+    start: &StartWeightsFlag,
 ) -> Result<S, Status>
 where
     I: From<TrainWork<J>> + Send + 'static,
@@ -123,6 +158,7 @@ where
             return Err(status);
         }
     };
+    start.set(false);
     let done = engine
         .submit(vec![TrainWork::Train(Box::new(job)).into()])
         .await?
@@ -179,7 +215,8 @@ fn is_empty_dir(path: &std::path::Path) -> bool {
     std::fs::read_dir(path).is_ok_and(|mut entries| entries.next().is_none())
 }
 
-/// Checks that `path` is a model (or adapter) directory — unless the service is one rank of a group
+/// With `start_weights`: puts the start weights back (`path` must be empty). Otherwise checks
+/// that `path` is a model (or adapter) directory — unless the service is one rank of a group
 /// (`grouped`): then the engines check it together, since only rank 0 must be able to read it
 /// — and runs the engine's checkpoint load. A checkpoint the model rejects (other shapes or
 /// names) is the caller's mistake, so it is INVALID_ARGUMENT, not INTERNAL; the engine
@@ -188,11 +225,26 @@ pub async fn load<J, I, O>(
     engine: &Engine<I, O>,
     req: LoadCheckpointRequest,
     grouped: bool,
+    start: &StartWeightsFlag,
 ) -> Result<Response<LoadCheckpointResponse>, Status>
 where
     I: From<TrainWork<J>> + Send + 'static,
     O: Send + 'static,
 {
+    if req.start_weights {
+        if !req.path.is_empty() {
+            return Err(invalid(
+                "path",
+                "must be empty with start_weights (the service loads its own start weights)",
+            ));
+        }
+        start.set(false);
+        engine
+            .submit(vec![TrainWork::<J>::LoadStart.into()])
+            .await?;
+        start.set(true);
+        return Ok(Response::new(LoadCheckpointResponse {}));
+    }
     let path = PathBuf::from(req.path);
     if !grouped && !is_checkpoint(&path) {
         return Err(invalid(
@@ -200,6 +252,7 @@ where
             format!("{} is not a checkpoint directory", path.display()),
         ));
     }
+    start.set(false);
     match engine.submit(vec![TrainWork::<J>::Load(path).into()]).await {
         Ok(_) => Ok(Response::new(LoadCheckpointResponse {})),
         Err(EngineError::Failed(msg)) => Err(invalid("path", msg)),

@@ -15,6 +15,7 @@ pub mod rm_eval;
 pub mod sampler;
 pub mod schedule;
 pub mod sft;
+pub mod start_weights;
 pub mod train_state;
 pub mod zero;
 

@@ -69,6 +69,12 @@ impl TrainState {
         data_parallel::run_updates(opt.as_dyn(), self.dp.as_ref(), lengths, plan, loss_of)
     }
 
+    /// Forgets the optimizer state (AdamW moments, step count): the next `Train` starts with
+    /// fresh ones, as a new run's first update does.
+    pub fn forget_optimizer(&self) {
+        *self.optimizer.borrow_mut() = None;
+    }
+
     /// A `Train` call this rank rejected: the other ranks hear so instead of waiting for it.
     pub fn reject(&self) {
         data_parallel::abstain(self.dp.as_ref());

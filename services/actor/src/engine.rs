@@ -17,6 +17,7 @@ use rrlhf_runtime::training_rpc::{TrainDone, TrainWork, Trainable};
 use rrlhf_train::data_parallel::{
     DataParallel, MinibatchLoss, UpdatePlan, UpdateSummary, mean_of, pair_lengths,
 };
+use rrlhf_train::start_weights::StartWeights;
 use rrlhf_train::train_state::TrainState;
 use tch::{Kind, Tensor};
 use tokio::sync::mpsc::UnboundedSender;
@@ -91,6 +92,8 @@ pub struct Policy {
     source: PathBuf,
     /// AdamW state and, with several ranks, the data-parallel group.
     training: TrainState,
+    /// What a new run starts from (`LoadCheckpoint` with `start_weights`).
+    start: StartWeights,
 }
 
 impl Policy {
@@ -109,11 +112,14 @@ impl Policy {
         }
         let tokenizer = TextTokenizer::load(dir).ok();
         let training = TrainState::new(&model.vs, weight_decay, dp)?;
+        // After the broadcast: every rank keeps rank 0's adapters.
+        let start = StartWeights::capture(&model.vs, dir, lora.is_some());
         Ok(Self {
             model,
             tokenizer,
             source: dir.to_path_buf(),
             training,
+            start,
         })
     }
 
@@ -329,5 +335,12 @@ impl Trainable for Policy {
     fn load(&self, dir: &Path) -> Result<(), ModelError> {
         self.training
             .load(&self.model.vs, |dir| self.model.load_trainable(dir), dir)
+    }
+
+    fn load_start(&self) -> Result<(), ModelError> {
+        self.start
+            .restore(&self.model.vs, |dir| self.model.load_trainable(dir))?;
+        self.training.forget_optimizer();
+        Ok(())
     }
 }

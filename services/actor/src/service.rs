@@ -11,11 +11,12 @@ use rrlhf_proto::actor::v1::{
     GenerateRequest, GeneratedSample, InfoRequest, InfoResponse, TrainRequest, TrainResponse,
 };
 use rrlhf_proto::common::v1::{
-    LoadCheckpointRequest, LoadCheckpointResponse, LogProbsRequest, LogProbsResponse,
+    LoadCheckpointRequest, LoadCheckpointResponse, LogProbsRequest, LogProbsResponse, RankInfo,
     SaveCheckpointRequest, SaveCheckpointResponse, TokenLogProbs,
 };
 use rrlhf_runtime::engine::{Engine, EngineError, LoadError, PanicPolicy};
 use rrlhf_runtime::service::{self, ModelService};
+use rrlhf_runtime::training_rpc::StartWeightsFlag;
 use rrlhf_runtime::validate::{invalid, log_probs_response, sequence_pairs, unexpected};
 use rrlhf_runtime::{server, training_rpc};
 use rrlhf_train::data_parallel::DataParallel;
@@ -38,6 +39,8 @@ pub struct ActorServer {
     /// The model directory's tokenizer, for prompts sent as text.
     pub(crate) text_tokenizer: Option<Arc<TextTokenizer>>,
     pub(crate) cfg: Arc<ActorServiceConfig>,
+    /// Whether the weights are still the ones the actor started with (`Info`).
+    start: StartWeightsFlag,
 }
 
 /// Loads the policy on the engine thread (joining its data-parallel group first) and runs a
@@ -90,6 +93,7 @@ impl ModelService for ActorServer {
             tokenizer,
             text_tokenizer: TextTokenizer::load(&cfg.model).ok().map(Arc::new),
             cfg: Arc::new(cfg),
+            start: StartWeightsFlag::default(),
         })
     }
 
@@ -220,7 +224,8 @@ impl ActorService for ActorServer {
         request: Request<TrainRequest>,
     ) -> Result<Response<TrainResponse>, Status> {
         let job = self.ppo_job(request.into_inner());
-        let stats = training_rpc::train(&self.engine, job, self.cfg.is_grouped()).await?;
+        let stats =
+            training_rpc::train(&self.engine, job, self.cfg.is_grouped(), &self.start).await?;
         Ok(Response::new(train_response(stats)))
     }
 
@@ -236,7 +241,8 @@ impl ActorService for ActorServer {
         request: Request<LoadCheckpointRequest>,
     ) -> Result<Response<LoadCheckpointResponse>, Status> {
         let grouped = self.cfg.is_grouped();
-        training_rpc::load::<PpoJob, _, _>(&self.engine, request.into_inner(), grouped).await
+        training_rpc::load::<PpoJob, _, _>(&self.engine, request.into_inner(), grouped, &self.start)
+            .await
     }
 
     async fn info(&self, _request: Request<InfoRequest>) -> Result<Response<InfoResponse>, Status> {
@@ -246,7 +252,10 @@ impl ActorService for ActorServer {
             max_length: self.cfg.max_length as u32,
             eos_id: self.eos_id,
             tokenizer: self.tokenizer.clone().unwrap_or_default(),
-            rank: Some(self.cfg.rank_info()),
+            rank: Some(RankInfo {
+                start_weights: self.start.holds_start(),
+                ..self.cfg.rank_info()
+            }),
         }))
     }
 }

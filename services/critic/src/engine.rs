@@ -14,6 +14,7 @@ use rrlhf_runtime::training_rpc::{TrainDone, TrainWork, Trainable};
 use rrlhf_train::data_parallel::{
     DataParallel, MinibatchLoss, UpdatePlan, UpdateSummary, pair_lengths,
 };
+use rrlhf_train::start_weights::StartWeights;
 use rrlhf_train::train_state::TrainState;
 use tch::{Kind, Tensor};
 
@@ -53,6 +54,8 @@ pub struct Critic {
     source: PathBuf,
     /// AdamW state and, with several ranks, the data-parallel group.
     training: TrainState,
+    /// What a new run starts from (`LoadCheckpoint` with `start_weights`).
+    start: StartWeights,
 }
 
 impl Critic {
@@ -78,10 +81,13 @@ impl Critic {
             model.add_lora(cfg)?;
         }
         let training = TrainState::new(&model.vs, weight_decay, dp)?;
+        // After the broadcast: every rank keeps rank 0's adapters and head.
+        let start = StartWeights::capture(&model.vs, dir, lora.is_some());
         Ok(Self {
             model,
             source: dir.to_path_buf(),
             training,
+            start,
         })
     }
 
@@ -208,5 +214,12 @@ impl Trainable for Critic {
     fn load(&self, dir: &Path) -> Result<(), ModelError> {
         self.training
             .load(&self.model.vs, |dir| self.model.load_trainable(dir), dir)
+    }
+
+    fn load_start(&self) -> Result<(), ModelError> {
+        self.start
+            .restore(&self.model.vs, |dir| self.model.load_trainable(dir))?;
+        self.training.forget_optimizer();
+        Ok(())
     }
 }

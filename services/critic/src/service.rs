@@ -5,7 +5,8 @@ use std::sync::Arc;
 
 use rrlhf_model::Placement;
 use rrlhf_proto::common::v1::{
-    LoadCheckpointRequest, LoadCheckpointResponse, SaveCheckpointRequest, SaveCheckpointResponse,
+    LoadCheckpointRequest, LoadCheckpointResponse, RankInfo, SaveCheckpointRequest,
+    SaveCheckpointResponse,
 };
 use rrlhf_proto::critic::v1::critic_service_server::{CriticService, CriticServiceServer};
 use rrlhf_proto::critic::v1::{
@@ -14,6 +15,7 @@ use rrlhf_proto::critic::v1::{
 };
 use rrlhf_runtime::engine::{Engine, LoadError, PanicPolicy};
 use rrlhf_runtime::service::{self, ModelService};
+use rrlhf_runtime::training_rpc::StartWeightsFlag;
 use rrlhf_runtime::validate::{sequence_pairs, unexpected};
 use rrlhf_runtime::{server, training_rpc};
 use rrlhf_train::data_parallel::DataParallel;
@@ -28,6 +30,8 @@ pub struct CriticServer {
     pub engine: Engine<Work, Done>,
     pub(crate) vocab_size: i64,
     pub(crate) cfg: Arc<CriticServiceConfig>,
+    /// Whether the weights are still the ones the critic started with (`Info`).
+    start: StartWeightsFlag,
 }
 
 /// Loads the critic on the engine thread (joining its data-parallel group first) and runs a
@@ -71,6 +75,7 @@ impl ModelService for CriticServer {
             engine,
             vocab_size,
             cfg: Arc::new(cfg),
+            start: StartWeightsFlag::default(),
         })
     }
 
@@ -112,7 +117,8 @@ impl CriticService for CriticServer {
         request: Request<TrainRequest>,
     ) -> Result<Response<TrainResponse>, Status> {
         let job = self.value_job(&request.into_inner());
-        let stats = training_rpc::train(&self.engine, job, self.cfg.is_grouped()).await?;
+        let stats =
+            training_rpc::train(&self.engine, job, self.cfg.is_grouped(), &self.start).await?;
         Ok(Response::new(train_response(stats)))
     }
 
@@ -128,7 +134,13 @@ impl CriticService for CriticServer {
         request: Request<LoadCheckpointRequest>,
     ) -> Result<Response<LoadCheckpointResponse>, Status> {
         let grouped = self.cfg.is_grouped();
-        training_rpc::load::<TrainJob, _, _>(&self.engine, request.into_inner(), grouped).await
+        training_rpc::load::<TrainJob, _, _>(
+            &self.engine,
+            request.into_inner(),
+            grouped,
+            &self.start,
+        )
+        .await
     }
 
     async fn info(&self, _request: Request<InfoRequest>) -> Result<Response<InfoResponse>, Status> {
@@ -136,7 +148,10 @@ impl CriticService for CriticServer {
             model_id: self.cfg.model.display().to_string(),
             vocab_size: self.vocab_size as u32,
             max_length: self.cfg.max_length as u32,
-            rank: Some(self.cfg.rank_info()),
+            rank: Some(RankInfo {
+                start_weights: self.start.holds_start(),
+                ..self.cfg.rank_info()
+            }),
         }))
     }
 }

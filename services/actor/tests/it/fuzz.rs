@@ -9,7 +9,7 @@ use rrlhf_proto::actor::v1::actor_service_client::ActorServiceClient;
 use rrlhf_proto::actor::v1::{
     GenerateRequest, InfoRequest, Prompt, SamplingParams, TrainRequest, TrainSample,
 };
-use rrlhf_proto::common::v1::{LoadCheckpointRequest, LogProbsRequest, SaveCheckpointRequest};
+use rrlhf_proto::common::v1::{LogProbsRequest, SaveCheckpointRequest};
 use rrlhf_testkit::fuzz::{CheckpointRpc, Fuzz, Tally, assert_nothing_replaced, checkpoint_round};
 use rrlhf_testkit::models::models;
 use rrlhf_testkit::serve::spawn;
@@ -141,10 +141,7 @@ async fn random_requests_to_every_rpc_are_answered_or_refused_never_internal() {
                         let r = c.save_checkpoint(SaveCheckpointRequest { path }).await;
                         r.map(drop)
                     }
-                    CheckpointRpc::Load => {
-                        let r = c.load_checkpoint(LoadCheckpointRequest { path }).await;
-                        r.map(drop)
-                    }
+                    load => c.load_checkpoint(load.load_request(path)).await.map(drop),
                 };
                 checkpoint_round(&mut fuzz, &mut tally, scratch.path(), round, call).await;
             }

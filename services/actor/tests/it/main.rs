@@ -1,5 +1,6 @@
 //! End-to-end tests of the actor service on 127.0.0.1:0 with a real tiny model and tokenizer:
-//! streamed generation, log-probabilities, PPO training, save → load, bad input.
+//! streamed generation, log-probabilities, PPO training, save → load, back to the start
+//! weights, bad input.
 
 mod fuzz;
 
@@ -9,7 +10,8 @@ use rrlhf_actor_service::{ActorServer, ActorServiceConfig};
 use rrlhf_model::TextTokenizer;
 use rrlhf_proto::actor::v1::actor_service_client::ActorServiceClient;
 use rrlhf_proto::actor::v1::{
-    GenerateRequest, GeneratedSample, Prompt, SamplingParams, TrainRequest, TrainSample,
+    GenerateRequest, GeneratedSample, InfoRequest, Prompt, SamplingParams, TrainRequest,
+    TrainSample,
 };
 use rrlhf_proto::common::v1::{
     LoadCheckpointRequest, LogProbsRequest, LogProbsResponse, SaveCheckpointRequest, Sequence,
@@ -202,6 +204,7 @@ async fn actor_streams_scores_trains_and_checkpoints() {
     // PPO: positive advantages on one response raise its log-probabilities.
     let target = seqs[0].clone();
     let old = lp[0].clone();
+    let at_the_start = logprobs(&mut c, std::slice::from_ref(&target)).await;
     let req = TrainRequest {
         samples: vec![TrainSample {
             sequence: Some(target.clone()),
@@ -243,6 +246,7 @@ async fn actor_streams_scores_trains_and_checkpoints() {
     assert_ne!(trained_after_save, after);
     c.load_checkpoint(LoadCheckpointRequest {
         path: ckpt.display().to_string(),
+        start_weights: false,
     })
     .await
     .unwrap();
@@ -253,6 +257,37 @@ async fn actor_streams_scores_trains_and_checkpoints() {
         logprobs(&mut c, std::slice::from_ref(&target)).await,
         trained_after_save
     );
+
+    // What a new run starts from: the start weights, with fresh AdamW moments, so the first
+    // update again lands where it did on the fresh service. `Info` says which the service holds.
+    let at_start = async |c: &mut ActorServiceClient<Channel>| {
+        let info = c.info(InfoRequest {}).await.unwrap().into_inner();
+        info.rank.unwrap().start_weights
+    };
+    assert!(!at_start(&mut c).await, "trained");
+    let with_path = c
+        .load_checkpoint(LoadCheckpointRequest {
+            path: ckpt.display().to_string(),
+            start_weights: true,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(with_path.code(), Code::InvalidArgument);
+    assert!(with_path.message().starts_with("path:"), "{with_path:?}");
+    c.load_checkpoint(LoadCheckpointRequest {
+        path: String::new(),
+        start_weights: true,
+    })
+    .await
+    .unwrap();
+    assert!(at_start(&mut c).await, "reset");
+    assert_eq!(
+        logprobs(&mut c, std::slice::from_ref(&target)).await,
+        at_the_start
+    );
+    c.train(req.clone()).await.unwrap();
+    assert_eq!(logprobs(&mut c, std::slice::from_ref(&target)).await, after);
+    assert!(!at_start(&mut c).await);
 
     // Bad input is INVALID_ARGUMENT naming the field.
     let bad_gen = [
@@ -398,6 +433,7 @@ async fn a_bf16_checkpoint_resumes_bit_identically_on_a_fresh_service() {
     let mut c = ActorServiceClient::connect(second.url()).await.unwrap();
     c.load_checkpoint(LoadCheckpointRequest {
         path: ckpt.display().to_string(),
+        start_weights: false,
     })
     .await
     .unwrap();
@@ -412,7 +448,8 @@ async fn a_bf16_checkpoint_resumes_bit_identically_on_a_fresh_service() {
 
 /// With LoRA, `BaseLogProbs` is the reference: the actor's frozen base gives the log-probs a
 /// separate reference service on the same SFT model gives, after PPO has moved the adapters
-/// (and so `LogProbs`). An actor without adapters refuses `BaseLogProbs`.
+/// (and so `LogProbs`). Back at its start weights it trains as a fresh one. An actor without
+/// adapters refuses `BaseLogProbs`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lora_actor_serves_its_base_as_the_reference() {
     use rrlhf_proto::reference::v1::reference_service_client::ReferenceServiceClient;
@@ -453,7 +490,7 @@ async fn a_lora_actor_serves_its_base_as_the_reference() {
         },
     ];
     let old = logprobs(&mut a, &seqs).await;
-    a.train(TrainRequest {
+    let ppo = TrainRequest {
         samples: seqs
             .iter()
             .zip(&old)
@@ -471,9 +508,8 @@ async fn a_lora_actor_serves_its_base_as_the_reference() {
         max_grad_norm: 1.0,
         seed: 0,
         micro_batch_size: 0,
-    })
-    .await
-    .unwrap();
+    };
+    a.train(ppo.clone()).await.unwrap();
     let trained = logprobs(&mut a, &seqs).await;
     assert_ne!(trained, old, "PPO moved the adapters");
     let request = || LogProbsRequest {
@@ -487,6 +523,17 @@ async fn a_lora_actor_serves_its_base_as_the_reference() {
         assert!((b - r).abs() < 1e-5, "base {b} vs reference {r}");
     }
     assert_eq!(logprobs(&mut a, &seqs).await, trained, "adapters back on");
+    // The start weights of a LoRA actor are its adapters as first drawn (kept, not drawn
+    // again): the same update from them lands where the first one did.
+    a.load_checkpoint(LoadCheckpointRequest {
+        path: String::new(),
+        start_weights: true,
+    })
+    .await
+    .unwrap();
+    assert_eq!(logprobs(&mut a, &seqs).await, old, "back at the start");
+    a.train(ppo).await.unwrap();
+    assert_eq!(logprobs(&mut a, &seqs).await, trained);
     actor.stop().await;
     reference.stop().await;
 

@@ -5,7 +5,7 @@
 //! still answers afterwards.
 
 use rrlhf_critic_service::{CriticServer, CriticServiceConfig};
-use rrlhf_proto::common::v1::{LoadCheckpointRequest, SaveCheckpointRequest};
+use rrlhf_proto::common::v1::SaveCheckpointRequest;
 use rrlhf_proto::critic::v1::critic_service_client::CriticServiceClient;
 use rrlhf_proto::critic::v1::{InfoRequest, TrainRequest, TrainSample, ValuesRequest};
 use rrlhf_testkit::fuzz::{
@@ -80,10 +80,7 @@ async fn random_requests_to_every_rpc_are_answered_or_refused_never_internal() {
                         let r = c.save_checkpoint(SaveCheckpointRequest { path }).await;
                         r.map(drop)
                     }
-                    CheckpointRpc::Load => {
-                        let r = c.load_checkpoint(LoadCheckpointRequest { path }).await;
-                        r.map(drop)
-                    }
+                    load => c.load_checkpoint(load.load_request(path)).await.map(drop),
                 };
                 checkpoint_round(&mut fuzz, &mut tally, scratch.path(), round, call).await;
             }

@@ -131,6 +131,7 @@ async fn critic_values_train_save_and_load() {
     assert_ne!(values(&mut c).await, saved, "training moved the values");
     c.load_checkpoint(LoadCheckpointRequest {
         path: ckpt.display().to_string(),
+        start_weights: false,
     })
     .await
     .unwrap();
@@ -182,6 +183,7 @@ async fn critic_values_train_save_and_load() {
     let err = c
         .load_checkpoint(LoadCheckpointRequest {
             path: "/nonexistent".into(),
+            start_weights: false,
         })
         .await
         .unwrap_err();
@@ -191,6 +193,7 @@ async fn critic_values_train_save_and_load() {
     let err = c
         .load_checkpoint(LoadCheckpointRequest {
             path: m.policy.display().to_string(),
+            start_weights: false,
         })
         .await
         .unwrap_err();
