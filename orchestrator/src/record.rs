@@ -39,7 +39,14 @@ pub fn scan(out_dir: &Path) -> Result<Vec<RunInfo>> {
             continue;
         };
         match serde_json::from_str::<RunInfo>(&text) {
-            Ok(info) => runs.push(info),
+            Ok(info) if entry.file_name().to_str() != Some(info.id.as_str()) => {
+                tracing::warn!(
+                    path = %path.display(),
+                    id = %info.id,
+                    "run record skipped: a run's directory is named after its id"
+                )
+            }
+            Ok(info) => runs.push(found_at(info, &entry.path())),
             Err(e) => {
                 tracing::warn!(path = %path.display(), error = %e, "unreadable run record skipped")
             }
@@ -47,4 +54,64 @@ pub fn scan(out_dir: &Path) -> Result<Vec<RunInfo>> {
     }
     runs.sort_by(|a, b| a.id.cmp(&b.id));
     Ok(runs)
+}
+
+/// `info` as found in `dir`: the recorded paths may be relative to another process's working
+/// directory, or the volume may be mounted elsewhere now, so the run's directory is where its
+/// record was found, and its last checkpoint is moved along with it.
+fn found_at(mut info: RunInfo, dir: &Path) -> RunInfo {
+    if let Some(ckpt) = &info.last_checkpoint
+        && let Ok(inside) = ckpt.strip_prefix(&info.dir)
+    {
+        info.last_checkpoint = Some(dir.join(inside));
+    }
+    info.dir = dir.to_path_buf();
+    info
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::run::RunStatus;
+    use rrlhf_robust::Strategy;
+
+    fn info(id: &str, dir: &str) -> RunInfo {
+        RunInfo {
+            id: id.into(),
+            status: RunStatus::Finished,
+            step: 2,
+            steps: 2,
+            dir: dir.into(),
+            strategy: Strategy::Nominal,
+            beta: 0.05,
+            error: None,
+            last_checkpoint: Some(Path::new(dir).join("checkpoints/step-000002")),
+            last_metrics: None,
+        }
+    }
+
+    /// A run recorded by a process in another working directory (a relative `run.out_dir`) is
+    /// found where its record is; before, its metrics and checkpoints were looked for at the
+    /// recorded relative path and the dashboard showed no steps.
+    #[test]
+    fn recorded_paths_follow_the_record() {
+        let out = tempfile::tempdir().unwrap();
+        let dir = out.path().join("a");
+        std::fs::create_dir(&dir).unwrap();
+        write(&dir, &info("a", "elsewhere/runs/a")).unwrap();
+        let copied = out.path().join("b");
+        std::fs::create_dir(&copied).unwrap();
+        write(&copied, &info("not-b", "elsewhere/runs/not-b")).unwrap();
+        let runs = scan(out.path()).unwrap();
+        assert_eq!(
+            runs.len(),
+            1,
+            "a record whose id is not its directory's is skipped"
+        );
+        assert_eq!(runs[0].dir, dir);
+        assert_eq!(
+            runs[0].last_checkpoint.as_deref(),
+            Some(dir.join("checkpoints/step-000002").as_path())
+        );
+    }
 }

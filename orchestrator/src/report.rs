@@ -1,5 +1,6 @@
 //! The end-of-run report: PNG plots of the per-step metrics (rewards per head and aggregated,
-//! KL, response length) and `report.md`, a short summary of the first and last steps.
+//! KL, response length; for fused runs each reward source) and `report.md`, a short summary of
+//! the first and last steps.
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -9,6 +10,7 @@ use rrlhf_plot::{Series, lines};
 use crate::config::OrchestratorConfig;
 use crate::error::{OrchestratorError, Result};
 use crate::metrics::StepMetrics;
+use crate::sources::SourceStats;
 
 pub fn write(dir: &Path, cfg: &OrchestratorConfig, steps: &[StepMetrics]) -> Result<()> {
     if steps.is_empty() {
@@ -143,10 +145,91 @@ pub fn write(dir: &Path, cfg: &OrchestratorConfig, steps: &[StepMetrics]) -> Res
         "\nHow often each head was the nominal (smallest σ) at the last step: {}.\n",
         freq.join(", ")
     );
+    let sources = !last.sources.is_empty();
+    if sources {
+        sources_plot(&plots, steps)?;
+        sources_table(&mut md, first, last);
+    }
     let _ = writeln!(
         md,
-        "Plots: `plots/rewards.png`, `plots/kl.png`, `plots/length.png`. Every step: `metrics.jsonl`."
+        "Plots: `plots/rewards.png`, `plots/kl.png`, `plots/length.png`{}. Every step: `metrics.jsonl`.",
+        if sources { ", `plots/sources.png`" } else { "" }
     );
     crate::checkpoint::write_atomic(&dir.join("report.md"), md.as_bytes())
         .map_err(|e| OrchestratorError::io("report: writing report.md", e))
+}
+
+/// A fused run's sources: each one's own nominal and lowest head, z-normalised with its
+/// calibration (the scale they are fused on), per step.
+fn sources_plot(plots: &Path, steps: &[StepMetrics]) -> Result<()> {
+    let names: Vec<&str> = steps[steps.len() - 1]
+        .sources
+        .iter()
+        .map(|s| s.name.as_str())
+        .collect();
+    let mut curves = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        let of = |f: fn(&SourceStats) -> f32| -> Vec<(f64, f64)> {
+            steps
+                .iter()
+                .filter_map(|m| m.sources.get(i).map(|s| (m.step as f64, f(s) as f64)))
+                .collect()
+        };
+        curves.push((
+            format!("{name}: nominal (z)"),
+            of(|s| s.mean_nominal_normalized),
+        ));
+        curves.push((format!("{name}: min (z)"), of(|s| z(s, s.mean_min))));
+    }
+    let series: Vec<Series> = curves
+        .iter()
+        .map(|(label, points)| Series { label, points })
+        .collect();
+    lines(
+        &plots.join("sources.png"),
+        "Reward sources, normalised with their calibration",
+        "step",
+        "z-score",
+        &series,
+    )
+    .map_err(OrchestratorError::Report)
+}
+
+/// `x` of source `s` on the fused scale: z-normalised with the source's calibration.
+fn z(s: &SourceStats, x: f32) -> f32 {
+    (x - s.calibration.mean) / s.calibration.std
+}
+
+/// One row per source: its heads, calibration, and its own nominal, lowest head and mean over
+/// heads at the first and last step (raw and normalised).
+fn sources_table(md: &mut String, first: &StepMetrics, last: &StepMetrics) {
+    let _ = writeln!(
+        md,
+        "Reward sources (fused after normalising each with its calibration), step {} → step {}:\n",
+        first.step, last.step
+    );
+    let _ = writeln!(
+        md,
+        "| source | heads | calibration mean ± std | nominal | nominal (z) | min over its heads (z) | mean over its heads (z) |\n|---|---|---|---|---|---|---|"
+    );
+    for s1 in &last.sources {
+        let s0 = first.sources.iter().find(|s| s.name == s1.name);
+        let span = |f: &dyn Fn(&SourceStats) -> f32| match s0 {
+            Some(s0) => format!("{:.4} → {:.4}", f(s0), f(s1)),
+            None => format!("– → {:.4}", f(s1)),
+        };
+        let _ = writeln!(
+            md,
+            "| {} | {} | {:.4} ± {:.4} | {} | {} | {} | {} |",
+            s1.name,
+            s1.heads,
+            s1.calibration.mean,
+            s1.calibration.std,
+            span(&|s| s.mean_nominal),
+            span(&|s| s.mean_nominal_normalized),
+            span(&|s| z(s, s.mean_min)),
+            span(&|s| z(s, s.mean_mean)),
+        );
+    }
+    let _ = writeln!(md);
 }

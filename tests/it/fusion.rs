@@ -145,6 +145,19 @@ async fn two_reward_sources_are_normalised_and_fused() {
         assert!(r.head_disagreement > 0.0);
     }
 
+    // The report shows each source on its own scale and on the fused one: a table and a plot.
+    let run_dir = out.path().join("fused");
+    let report = std::fs::read_to_string(run_dir.join("report.md")).unwrap();
+    assert!(
+        report.contains("| harmless | 3 | 0.1000 ± 0.5000 |"),
+        "{report}"
+    );
+    assert!(
+        report.contains("| helpful | 1 | 0.2000 ± 0.2500 |"),
+        "{report}"
+    );
+    assert!(run_dir.join("plots/sources.png").is_file());
+
     // The kept samples' heads are what fuse computes from each service's own answer.
     let kept = run.samples(None, 8).unwrap();
     assert!(!kept.is_empty());
