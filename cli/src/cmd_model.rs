@@ -15,6 +15,19 @@ use crate::args::RuntimeArgs;
 pub enum ArchArg {
     Llama,
     Qwen2,
+    Qwen3,
+    Mistral,
+}
+
+impl From<ArchArg> for Arch {
+    fn from(a: ArchArg) -> Self {
+        match a {
+            ArchArg::Llama => Arch::Llama,
+            ArchArg::Qwen2 => Arch::Qwen2,
+            ArchArg::Qwen3 => Arch::Qwen3,
+            ArchArg::Mistral => Arch::Mistral,
+        }
+    }
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy)]
@@ -138,10 +151,7 @@ pub fn run(cmd: ModelCommand) -> Result<()> {
             seed,
         } => {
             let size_name = size.name();
-            let arch = match arch {
-                ArchArg::Llama => Arch::Llama,
-                ArchArg::Qwen2 => Arch::Qwen2,
-            };
+            let arch = Arch::from(arch);
             let model = init(arch, size_name, &tokenizer, &out, max_positions, seed)?;
             let params: i64 = model
                 .vs

@@ -158,10 +158,7 @@ pub fn run(a: RunArgs) -> Result<()> {
         crate::cmd_tokenizer::train(&a.data, a.vocab_size, &tok_dir)?
     };
 
-    let (arch, size) = match (a.arch, a.size) {
-        (ArchArg::Llama, s) => (Arch::Llama, s),
-        (ArchArg::Qwen2, s) => (Arch::Qwen2, s),
-    };
+    let (arch, size) = (Arch::from(a.arch), a.size);
     let size_name = size.name();
     eprintln!("[2/8] model: random {} {size_name}", arch.hf_class());
     let model = if init_dir.join("model.safetensors").exists() {

@@ -2,9 +2,10 @@
 
 Two sub-commands, both driven by the Rust test `crates/model/tests/it/parity.rs`:
 
-  make  --out DIR   Builds tiny random checkpoints *with transformers itself* (Llama and Qwen2;
-                    GQA, tied and untied embeddings, attention biases, llama3 RoPE scaling in the
-                    4.x and 5.x config spellings), saves them with `save_pretrained`, and writes
+  make  --out DIR   Builds tiny random checkpoints *with transformers itself* (Llama, Qwen2,
+                    Qwen3, Mistral; GQA, tied and untied embeddings, attention biases, Qwen3's
+                    q/k norms and explicit head_dim, llama3 RoPE scaling in the 4.x and 5.x
+                    config spellings), saves them with `save_pretrained`, and writes
                     the logits transformers computes on a left-padded and a right-padded batch of
                     mixed lengths to DIR/<case>/expected.safetensors.
   check --root DIR  For every DIR/<case>/ that the Rust side wrote (a checkpoint saved by rrlhf and
@@ -31,7 +32,18 @@ import sys
 
 import torch
 from safetensors.torch import load_file, save_file
-from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    LlamaConfig,
+    LlamaForCausalLM,
+    MistralConfig,
+    MistralForCausalLM,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+    Qwen3Config,
+    Qwen3ForCausalLM,
+)
 
 VOCAB = 128
 LENGTHS = [9, 5, 1, 7]
@@ -79,6 +91,16 @@ def cases():
     ), False
     yield "qwen2_untied", Qwen2ForCausalLM, Qwen2Config(
         **COMMON, num_key_value_heads=1, tie_word_embeddings=False, rope_theta=10000.0
+    ), False
+    # Qwen3: per-head q/k norms, and a head_dim that is not hidden_size / heads (as in Qwen3-8B).
+    yield "qwen3_gqa_headdim_untied", Qwen3ForCausalLM, Qwen3Config(
+        **COMMON, num_key_value_heads=2, head_dim=32, tie_word_embeddings=False, rope_theta=1000000.0
+    ), False
+    yield "qwen3_bias_tied", Qwen3ForCausalLM, Qwen3Config(
+        **COMMON, num_key_value_heads=4, head_dim=16, attention_bias=True, tie_word_embeddings=True
+    ), False
+    yield "mistral_gqa_nowindow", MistralForCausalLM, MistralConfig(
+        **COMMON, num_key_value_heads=2, sliding_window=None, tie_word_embeddings=False, rope_theta=1000000.0
     ), False
 
 

@@ -1,4 +1,5 @@
-//! Hugging Face `config.json` for the Llama family (`LlamaForCausalLM`, `Qwen2ForCausalLM`).
+//! Hugging Face `config.json` for the Llama family (`LlamaForCausalLM`, `Qwen2ForCausalLM`,
+//! `Qwen3ForCausalLM`, `MistralForCausalLM`).
 //!
 //! Both RoPE spellings are read: transformers 4.x writes `rope_theta` + `rope_scaling`, 5.x writes
 //! `rope_parameters`. Any value we cannot run faithfully (another activation, a sliding window,
@@ -12,26 +13,31 @@ use serde_json::{Map, Value, json};
 
 use crate::error::{ModelError, Result};
 
-/// The two architectures we implement; they differ only in Qwen2's q/k/v biases.
+/// The architectures we implement: the Llama decoder and its close relatives. Qwen2 adds
+/// q/k/v biases, Qwen3 RMS-normalises each head's queries and keys before RoPE (`q_norm`,
+/// `k_norm`), Mistral is Llama without biases (and with a sliding window we refuse unless it
+/// covers every position).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Arch {
     Llama,
     Qwen2,
+    Qwen3,
+    Mistral,
 }
 
 impl Arch {
+    pub const ALL: [Self; 4] = [Self::Llama, Self::Qwen2, Self::Qwen3, Self::Mistral];
+
     pub fn parse(name: &str) -> Option<Self> {
-        match name {
-            "llama" => Some(Self::Llama),
-            "qwen2" => Some(Self::Qwen2),
-            _ => None,
-        }
+        Self::ALL.into_iter().find(|a| a.model_type() == name)
     }
 
     pub fn model_type(self) -> &'static str {
         match self {
             Self::Llama => "llama",
             Self::Qwen2 => "qwen2",
+            Self::Qwen3 => "qwen3",
+            Self::Mistral => "mistral",
         }
     }
 
@@ -39,6 +45,18 @@ impl Arch {
         match self {
             Self::Llama => "LlamaForCausalLM",
             Self::Qwen2 => "Qwen2ForCausalLM",
+            Self::Qwen3 => "Qwen3ForCausalLM",
+            Self::Mistral => "MistralForCausalLM",
+        }
+    }
+
+    /// The transformers class of a one-label reward model on this backbone.
+    pub fn hf_sequence_classification_class(self) -> &'static str {
+        match self {
+            Self::Llama => "LlamaForSequenceClassification",
+            Self::Qwen2 => "Qwen2ForSequenceClassification",
+            Self::Qwen3 => "Qwen3ForSequenceClassification",
+            Self::Mistral => "MistralForSequenceClassification",
         }
     }
 }
@@ -80,6 +98,8 @@ pub struct ModelConfig {
     pub qkv_bias: bool,
     /// Bias on the output projection (Llama `attention_bias`; never in Qwen2).
     pub o_bias: bool,
+    /// RMSNorm over each head's queries and keys before RoPE (Qwen3's `q_norm`/`k_norm`).
+    pub qk_norm: bool,
     pub mlp_bias: bool,
     pub bos_token_id: Option<i64>,
     pub eos_token_ids: Vec<i64>,
@@ -196,8 +216,13 @@ impl ModelConfig {
             .get("model_type")
             .and_then(Value::as_str)
             .ok_or_else(|| r.err("missing field `model_type`"))?;
-        let arch = Arch::parse(model_type)
-            .ok_or_else(|| r.unsupported("model_type", model_type, "supported: llama, qwen2"))?;
+        let arch = Arch::parse(model_type).ok_or_else(|| {
+            r.unsupported(
+                "model_type",
+                model_type,
+                "supported: llama, qwen2, qwen3, mistral",
+            )
+        })?;
 
         let act = r
             .get("hidden_act")
@@ -206,11 +231,25 @@ impl ModelConfig {
         if act != "silu" {
             return Err(r.unsupported("hidden_act", act, "only silu is implemented"));
         }
-        if arch == Arch::Qwen2 && r.bool_or("use_sliding_window", false)? {
+        if matches!(arch, Arch::Qwen2 | Arch::Qwen3) && r.bool_or("use_sliding_window", false)? {
             return Err(r.unsupported(
                 "use_sliding_window",
                 true,
                 "sliding-window attention is not implemented",
+            ));
+        }
+        let max_position_embeddings = r.opt_int("max_position_embeddings")?.unwrap_or(2048);
+        // Mistral 7B v0.1 attends over a 4096-token window; later Mistral models set null. A
+        // window that covers every position is plain causal attention.
+        if arch == Arch::Mistral
+            && let Some(window) = r.opt_int("sliding_window")?
+            && window < max_position_embeddings
+        {
+            return Err(r.unsupported(
+                "sliding_window",
+                window,
+                "sliding-window attention is not implemented (null, or at least \
+                 max_position_embeddings, is plain causal attention)",
             ));
         }
 
@@ -242,8 +281,9 @@ impl ModelConfig {
         let (rope_theta, rope_scaling) = Self::read_rope(&r)?;
         let attention_bias = r.bool_or("attention_bias", false)?;
         let (qkv_bias, o_bias) = match arch {
-            Arch::Llama => (attention_bias, attention_bias),
+            Arch::Llama | Arch::Qwen3 => (attention_bias, attention_bias),
             Arch::Qwen2 => (true, false),
+            Arch::Mistral => (false, false),
         };
         Ok(Self {
             arch,
@@ -254,13 +294,14 @@ impl ModelConfig {
             num_attention_heads,
             num_key_value_heads,
             head_dim,
-            max_position_embeddings: r.opt_int("max_position_embeddings")?.unwrap_or(2048),
+            max_position_embeddings,
             rms_norm_eps: r.float_or(&raw, "rms_norm_eps", 1e-6)?,
             rope_theta,
             rope_scaling,
             tie_word_embeddings: r.bool_or("tie_word_embeddings", arch == Arch::Qwen2)?,
             qkv_bias,
             o_bias,
+            qk_norm: arch == Arch::Qwen3,
             mlp_bias: arch == Arch::Llama && r.bool_or("mlp_bias", false)?,
             bos_token_id: r.get("bos_token_id").and_then(Value::as_i64),
             eos_token_ids: r.token_ids("eos_token_id")?,
@@ -378,8 +419,14 @@ impl ModelConfig {
             "pad_token_id": pad,
             "torch_dtype": "float32",
         });
-        let Value::Object(map) = raw else {
+        let Value::Object(mut map) = raw else {
             unreachable!("json! object literal")
+        };
+        // transformers' own defaults would give these a 4096-token window: say there is none.
+        match arch {
+            Arch::Mistral => map.insert("sliding_window".into(), Value::Null),
+            Arch::Qwen2 | Arch::Qwen3 => map.insert("use_sliding_window".into(), false.into()),
+            Arch::Llama => None,
         };
         Self::from_map(map, Path::new("<generated>")).expect("generated config is valid")
     }
@@ -485,6 +532,52 @@ mod tests {
         let c = parse(&format!(r#"{{"model_type": "qwen2", {BASE}}}"#)).unwrap();
         assert!(c.qkv_bias && !c.o_bias && c.tie_word_embeddings);
         assert_eq!(c.head_dim, 8);
+    }
+
+    #[test]
+    fn qwen3_norms_queries_and_keys_and_mistral_has_no_biases() {
+        let c = parse(&format!(
+            r#"{{"model_type": "qwen3", "head_dim": 16, {BASE}}}"#
+        ))
+        .unwrap();
+        assert!(c.qk_norm && !c.qkv_bias && !c.o_bias && !c.tie_word_embeddings);
+        assert_eq!(c.head_dim, 16, "explicit, not hidden_size / heads");
+        let c = parse(&format!(
+            r#"{{"model_type": "mistral", "sliding_window": null, "attention_bias": true, {BASE}}}"#
+        ))
+        .unwrap();
+        assert!(!c.qk_norm && !c.qkv_bias && !c.o_bias);
+    }
+
+    #[test]
+    fn a_sliding_window_shorter_than_the_positions_is_refused() {
+        // Mistral 7B v0.1: a 4096-token window over 32768 positions.
+        let e = parse(&format!(
+            r#"{{"model_type": "mistral", "sliding_window": 4096, "max_position_embeddings": 32768, {BASE}}}"#
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("sliding_window") && e.contains("4096"), "{e}");
+        let wide = format!(
+            r#"{{"model_type": "mistral", "sliding_window": 32768, "max_position_embeddings": 32768, {BASE}}}"#
+        );
+        assert!(
+            parse(&wide).is_ok(),
+            "a window over every position is causal attention"
+        );
+        let e = parse(&format!(
+            r#"{{"model_type": "qwen3", "use_sliding_window": true, {BASE}}}"#
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("use_sliding_window"), "{e}");
+    }
+
+    #[test]
+    fn every_arch_round_trips_through_its_model_type() {
+        for arch in Arch::ALL {
+            assert_eq!(Arch::parse(arch.model_type()), Some(arch));
+        }
     }
 
     #[test]

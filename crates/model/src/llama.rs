@@ -1,9 +1,11 @@
-//! The Llama-family decoder backbone (Llama 2/3, Qwen2), numerically matching transformers'
-//! `LlamaModel` / `Qwen2Model` (Touvron et al. 2023; reference: `modeling_llama.py`).
+//! The Llama-family decoder backbone (Llama 2/3, Qwen2, Qwen3, Mistral), numerically matching
+//! transformers' `LlamaModel` / `Qwen2Model` / `Qwen3Model` / `MistralModel` (Touvron et al.
+//! 2023; reference: `modeling_llama.py`).
 //!
 //! Unlike the usual inference-only ports, `forward` takes an explicit attention mask and
 //! position ids and returns hidden states for every position, because PPO needs full-sequence
-//! log-probabilities and values over padded batches. Qwen2 differs only in its q/k/v biases.
+//! log-probabilities and values over padded batches. Qwen2 differs only in its q/k/v biases,
+//! Qwen3 in its per-head query/key norms.
 //! Tensor names are built one path segment at a time and match the HF checkpoint layout
 //! (`model.layers.{i}.self_attn.q_proj.weight`, ...).
 
@@ -141,6 +143,8 @@ struct Attention {
     k_proj: Linear,
     v_proj: Linear,
     o_proj: Linear,
+    /// Qwen3: RMSNorm over each head's queries and keys, before RoPE.
+    qk_norm: Option<(RmsNorm, RmsNorm)>,
     heads: i64,
     kv_heads: i64,
     head_dim: i64,
@@ -155,6 +159,10 @@ impl Attention {
             k_proj: linear(&p / "k_proj", h, kv, cfg.qkv_bias, fill),
             v_proj: linear(&p / "v_proj", h, kv, cfg.qkv_bias, fill),
             o_proj: linear(&p / "o_proj", q, h, cfg.o_bias, fill),
+            qk_norm: cfg.qk_norm.then(|| {
+                let norm = |name| RmsNorm::new(&p / name, d, cfg.rms_norm_eps, fill);
+                (norm("q_norm"), norm("k_norm"))
+            }),
             heads: cfg.num_attention_heads,
             kv_heads: cfg.num_key_value_heads,
             head_dim: d,
@@ -167,6 +175,7 @@ impl Attention {
             k_proj: Linear::share(&self.k_proj),
             v_proj: Linear::share(&self.v_proj),
             o_proj: Linear::share(&self.o_proj),
+            qk_norm: self.qk_norm.as_ref().map(|(q, k)| (q.share(), k.share())),
             ..*self
         }
     }
@@ -181,8 +190,15 @@ impl Attention {
     ) -> Tensor {
         let (b, t, _) = xs.size3().expect("hidden states are [B, T, H]");
         let split = |x: Tensor, n: i64| x.view([b, t, n, self.head_dim]).transpose(1, 2);
-        let q = rope::apply(&split(self.q_proj.forward(xs), self.heads), cos, sin);
-        let mut k = rope::apply(&split(self.k_proj.forward(xs), self.kv_heads), cos, sin);
+        let (mut q, mut k) = (
+            split(self.q_proj.forward(xs), self.heads),
+            split(self.k_proj.forward(xs), self.kv_heads),
+        );
+        if let Some((q_norm, k_norm)) = &self.qk_norm {
+            (q, k) = (q_norm.forward(&q), k_norm.forward(&k));
+        }
+        let q = rope::apply(&q, cos, sin);
+        let mut k = rope::apply(&k, cos, sin);
         let mut v = split(self.v_proj.forward(xs), self.kv_heads);
         match cache {
             None => {}

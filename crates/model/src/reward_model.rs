@@ -329,10 +329,7 @@ impl RewardModel {
         );
         match self.meta.kind {
             RewardKind::BradleyTerry => {
-                let class = match arch {
-                    crate::Arch::Llama => "LlamaForSequenceClassification",
-                    crate::Arch::Qwen2 => "Qwen2ForSequenceClassification",
-                };
+                let class = arch.hf_sequence_classification_class();
                 cfg.raw.insert("architectures".into(), json!([class]));
                 cfg.raw.insert("num_labels".into(), json!(1));
                 cfg.raw.insert("id2label".into(), json!({"0": "LABEL_0"}));

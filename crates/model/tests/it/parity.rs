@@ -52,7 +52,7 @@ fn logits_match_transformers_both_ways() {
         .map(|e| e.unwrap().path())
         .collect();
     cases.sort();
-    assert_eq!(cases.len(), 5, "fixture cases");
+    assert_eq!(cases.len(), 8, "fixture cases");
     let mut batch = None;
     for case in &cases {
         let name = case.file_name().unwrap().to_str().unwrap();
@@ -81,6 +81,8 @@ fn logits_match_transformers_both_ways() {
     for (name, arch, tied) in [
         ("rust_llama_untied", Arch::Llama, false),
         ("rust_qwen2_tied", Arch::Qwen2, true),
+        ("rust_qwen3_untied", Arch::Qwen3, false),
+        ("rust_mistral_tied", Arch::Mistral, true),
     ] {
         tiny_model(arch, tied, 128, 11)
             .save(&ours.path().join(name))
@@ -110,5 +112,5 @@ fn logits_match_transformers_both_ways() {
         ],
     );
     eprintln!("reverse (transformers loading our checkpoints):\n{report}");
-    assert!(report.contains("over 7 checkpoints"), "{report}");
+    assert!(report.contains("over 12 checkpoints"), "{report}");
 }
