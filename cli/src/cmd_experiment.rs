@@ -134,13 +134,48 @@ pub struct OveroptArgs {
     pub max_new_tokens: u32,
     #[arg(long, default_value_t = 3e-4)]
     pub actor_lr: f32,
-    /// The KL coefficient, shared by every condition.
+    /// The KL coefficient, shared by every condition (the starting one with --kl-target).
     #[arg(long, default_value_t = 0.02)]
     pub beta: f64,
+    /// Steer every run's KL to this target (nats per sequence) with the adaptive controller
+    /// instead of a fixed β: proxies of different reward scales then spend the same KL budget.
+    #[arg(long)]
+    pub kl_target: Option<f64>,
+    /// The adaptive controller's horizon in samples (with --kl-target); the default, one
+    /// batch, lets β move by up to 20% a step.
+    #[arg(long)]
+    pub kl_horizon: Option<f64>,
+    /// Where the per-seed proxies live (default: OUT/proxy); another testbed's, to run new
+    /// conditions on the same proxies.
+    #[arg(long)]
+    pub proxies: Option<PathBuf>,
     #[arg(long, default_value_t = 192)]
     pub max_len: usize,
     #[command(flatten)]
     pub runtime: RuntimeArgs,
+}
+
+impl OveroptArgs {
+    /// The directory of seed `seed`'s proxies.
+    pub fn proxy_dir(&self, seed: u64) -> PathBuf {
+        let root = self
+            .proxies
+            .clone()
+            .unwrap_or_else(|| self.out.join("proxy"));
+        root.join(format!("s{seed}"))
+    }
+
+    /// The KL controller of every run.
+    fn kl(&self) -> rrlhf_ppo::KlController {
+        match self.kl_target {
+            None => rrlhf_ppo::KlController::Fixed { beta: self.beta },
+            Some(target) => rrlhf_ppo::KlController::Adaptive {
+                beta: self.beta,
+                target,
+                horizon: self.kl_horizon.unwrap_or(self.batch as f64),
+            },
+        }
+    }
 }
 
 pub fn run(cmd: ExperimentCommand) -> Result<()> {
@@ -170,6 +205,7 @@ fn overopt(a: &OveroptArgs) -> Result<()> {
             "conditions": a.conditions.iter().map(|c| c.to_string()).collect::<Vec<_>>(),
             "seeds": a.seeds, "steps": a.steps, "batch": a.batch,
             "max_new_tokens": a.max_new_tokens, "actor_lr": a.actor_lr, "beta": a.beta,
+            "kl": a.kl(), "proxies": a.proxy_dir(0).parent(),
         }),
     )?;
     let mut kinds: Vec<ProxyKind> = a.conditions.iter().map(|c| c.proxy).collect();
@@ -218,11 +254,7 @@ fn report(a: &OveroptArgs, curves: &[Curve]) -> Result<()> {
 fn proxy_evals(a: &OveroptArgs) -> Result<Vec<(u64, serde_json::Value)>> {
     let mut out = Vec::new();
     for seed in 0..a.seeds {
-        let path = a
-            .out
-            .join("proxy")
-            .join(format!("s{seed}"))
-            .join("eval.json");
+        let path = a.proxy_dir(seed).join("eval.json");
         if let Ok(bytes) = std::fs::read(&path) {
             out.push((seed, serde_json::from_slice(&bytes)?));
         }
@@ -338,7 +370,7 @@ fn ppo_run(a: &OveroptArgs, proxy: &Proxy, condition: Condition, seed: u64) -> R
         cfg.sampling.max_new_tokens = a.max_new_tokens;
         cfg.ppo.actor.lr = a.actor_lr;
         cfg.ppo.critic.lr = 5e-4;
-        cfg.ppo.kl = rrlhf_ppo::KlController::Fixed { beta: a.beta };
+        cfg.ppo.kl = a.kl();
         let mut extra = Vec::new();
         if condition.proxy == ProxyKind::Fused {
             let [main, second] = proxy.fusion()?;

@@ -117,7 +117,7 @@ pub fn build(a: &OveroptArgs, seed: u64, kinds: &[ProxyKind]) -> Result<Proxy> {
     kinds.sort();
     kinds.dedup();
     let kinds = kinds.as_slice();
-    let dir = a.out.join("proxy").join(format!("s{seed}"));
+    let dir = a.proxy_dir(seed);
     std::fs::create_dir_all(&dir)?;
     let proxy = Proxy {
         stage1: dir.join("rm-stage1"),

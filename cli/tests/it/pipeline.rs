@@ -212,13 +212,13 @@ fn overopt_runs_every_condition_and_writes_the_tables() {
     let root = tempfile::tempdir().unwrap();
     let data = hh_subset(root.path(), 80);
     let out = root.path().join("overopt");
-    let args = |c: &mut std::process::Command| {
+    let args_to = |c: &mut std::process::Command, out: &Path, conditions: &str| {
         c.args(["experiment", "overopt", "--sft"])
             .arg(&crate::fixture::fixture().model)
             .arg("--data")
             .arg(&data)
             .arg("--out")
-            .arg(&out)
+            .arg(out)
             .args([
                 "--pairs",
                 "40",
@@ -240,10 +240,14 @@ fn overopt_runs_every_condition_and_writes_the_tables() {
                 "128",
             ])
             .args(["--heads", "2", "--heldout", "20", "--tower-layers", "1"])
-            .args([
-                "--conditions",
-                "diverse/nominal,fused/tradeoff:0.4,ensemble/random_min",
-            ]);
+            .args(["--conditions", conditions]);
+    };
+    let args = |c: &mut std::process::Command| {
+        args_to(
+            c,
+            &out,
+            "diverse/nominal,fused/tradeoff:0.4,ensemble/random_min",
+        )
     };
     let mut c = rrlhf();
     args(&mut c);
@@ -323,4 +327,35 @@ fn overopt_runs_every_condition_and_writes_the_tables() {
     let second = again.output().unwrap();
     assert!(String::from_utf8_lossy(&second.stderr).contains("reusing"));
     ok(second);
+
+    // New conditions on the same proxies, with β steered to a KL target instead of fixed.
+    let steered = root.path().join("kl-target");
+    let mut c = rrlhf();
+    args_to(&mut c, &steered, "diverse/nominal");
+    c.arg("--proxies")
+        .arg(out.join("proxy"))
+        .args(["--kl-target", "0.5", "--kl-horizon", "4"]);
+    let third = c.output().unwrap();
+    assert!(String::from_utf8_lossy(&third.stderr).contains("reusing"));
+    ok(third);
+    assert!(
+        !steered.join("proxy").exists(),
+        "the proxies are reused, not rebuilt"
+    );
+    let testbed: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(steered.join("testbed.json")).unwrap())
+            .unwrap();
+    assert_eq!(testbed["kl"]["kind"], "adaptive", "{testbed}");
+    assert_eq!(testbed["kl"]["target"], 0.5, "{testbed}");
+    let steps =
+        std::fs::read_to_string(steered.join("runs/diverse-nominal-s0/metrics.jsonl")).unwrap();
+    let betas: Vec<f64> = steps
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["beta"]
+                .as_f64()
+                .unwrap()
+        })
+        .collect();
+    assert_ne!(betas[0], betas[1], "β follows the KL: {betas:?}");
 }
