@@ -12,10 +12,14 @@ use crate::common::{hashed_noise, init, run_python, tiny_model};
 
 /// A tokenizer and a perturbed tiny Llama saved together in `dir`.
 fn base_model(dir: &std::path::Path) -> TextTokenizer {
+    base_model_of(Arch::Llama, dir)
+}
+
+fn base_model_of(arch: Arch, dir: &std::path::Path) -> TextTokenizer {
     let texts =
         (0..100).map(|i| format!("Human: question number {i}?\n\nAssistant: a reply, number {i}."));
     let tok = train_bpe(texts, 300, dir).unwrap();
-    tiny_model(Arch::Llama, true, tok.vocab_size() as i64, 21)
+    tiny_model(arch, true, tok.vocab_size() as i64, 21)
         .save(dir)
         .unwrap();
     tok
@@ -127,27 +131,32 @@ fn scores_do_not_depend_on_batch_composition() {
     assert!(err.contains("sample 1") && err.contains("99999"), "{err}");
 }
 
+/// Every architecture's stage-1 reward model opens in transformers as its
+/// `*ForSequenceClassification` class and scores as rrlhf does.
 #[test]
 fn stage1_checkpoint_scores_like_transformers_sequence_classification() {
     init();
-    let dir = tempfile::tempdir().unwrap();
-    let tok = base_model(dir.path());
-    let model = RewardModel::from_base(
-        dir.path(),
-        RewardMeta::bradley_terry(None),
-        Placement::default(),
-    )
-    .unwrap();
-    perturb_heads(&model);
-    let out = dir.path().join("rm");
-    model.save(&out).unwrap();
-    let back = RewardModel::from_dir(&out, Placement::default()).unwrap();
-    let seqs: Vec<Vec<i64>> = samples()
-        .iter()
-        .map(|(p, r)| tok.encode_pair(p, r, 64).unwrap().0)
-        .collect();
-    let batch = Batch::pad(&seqs, tok.pad_id, PadSide::Right, tch::Device::Cpu).unwrap();
-    assert_transformers_scores_like(&back, &batch, &out, None, dir.path());
+    for arch in Arch::ALL {
+        let dir = tempfile::tempdir().unwrap();
+        let tok = base_model_of(arch, dir.path());
+        let model = RewardModel::from_base(
+            dir.path(),
+            RewardMeta::bradley_terry(None),
+            Placement::default(),
+        )
+        .unwrap();
+        perturb_heads(&model);
+        let out = dir.path().join("rm");
+        model.save(&out).unwrap();
+        let back = RewardModel::from_dir(&out, Placement::default()).unwrap();
+        let seqs: Vec<Vec<i64>> = samples()
+            .iter()
+            .map(|(p, r)| tok.encode_pair(p, r, 64).unwrap().0)
+            .collect();
+        let batch = Batch::pad(&seqs, tok.pad_id, PadSide::Right, tch::Device::Cpu).unwrap();
+        eprintln!("{arch:?}:");
+        assert_transformers_scores_like(&back, &batch, &out, None, dir.path());
+    }
 }
 
 /// Writes `model`'s rewards on `batch` under `scratch` and has transformers score the same ids
