@@ -5,8 +5,7 @@
 //! the service's job and statistics types.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use rrlhf_proto::common::v1::{
     LoadCheckpointRequest, LoadCheckpointResponse, SaveCheckpointRequest, SaveCheckpointResponse,
@@ -116,23 +115,46 @@ macro_rules! training_work {
 /// Whether a training service still holds the weights it started with (`Info`'s
 /// `rank.start_weights`). Cleared before anything may change them (a `Train`, a checkpoint
 /// load) — even one that then fails, since it may have written part of an update — and set
-/// again only by a successful load of the start weights.
+/// again only by a load of the start weights that succeeded with nothing else begun meanwhile
+/// (a `Train` queued behind it would change them again).
 #[derive(Debug, Clone)]
-pub struct StartWeightsFlag(Arc<AtomicBool>);
+pub struct StartWeightsFlag(Arc<Mutex<StartState>>);
+
+#[derive(Debug)]
+struct StartState {
+    /// Changes begun so far: a load of the start weights counts only if it was the last.
+    changes: u64,
+    at_start: bool,
+}
 
 impl Default for StartWeightsFlag {
     fn default() -> Self {
-        Self(Arc::new(AtomicBool::new(true)))
+        Self(Arc::new(Mutex::new(StartState {
+            changes: 0,
+            at_start: true,
+        })))
     }
 }
 
 impl StartWeightsFlag {
     pub fn holds_start(&self) -> bool {
-        self.0.load(Ordering::SeqCst)
+        self.0.lock().expect("start flag lock").at_start
     }
 
-    fn set(&self, start: bool) {
-        self.0.store(start, Ordering::SeqCst);
+    /// Something is about to change the weights; returns its number.
+    fn changing(&self) -> u64 {
+        let mut s = self.0.lock().expect("start flag lock");
+        s.changes += 1;
+        s.at_start = false;
+        s.changes
+    }
+
+    /// Change `change` put the start weights back: they hold unless another change began since.
+    fn back_at_start(&self, change: u64) {
+        let mut s = self.0.lock().expect("start flag lock");
+        if s.changes == change {
+            s.at_start = true;
+        }
     }
 }
 
@@ -158,7 +180,7 @@ where
             return Err(status);
         }
     };
-    start.set(false);
+    start.changing();
     let done = engine
         .submit(vec![TrainWork::Train(Box::new(job)).into()])
         .await?
@@ -238,11 +260,11 @@ where
                 "must be empty with start_weights (the service loads its own start weights)",
             ));
         }
-        start.set(false);
+        let change = start.changing();
         engine
             .submit(vec![TrainWork::<J>::LoadStart.into()])
             .await?;
-        start.set(true);
+        start.back_at_start(change);
         return Ok(Response::new(LoadCheckpointResponse {}));
     }
     let path = PathBuf::from(req.path);
@@ -252,10 +274,29 @@ where
             format!("{} is not a checkpoint directory", path.display()),
         ));
     }
-    start.set(false);
+    start.changing();
     match engine.submit(vec![TrainWork::<J>::Load(path).into()]).await {
         Ok(_) => Ok(Response::new(LoadCheckpointResponse {})),
         Err(EngineError::Failed(msg)) => Err(invalid("path", msg)),
         Err(e) => Err(e.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reset_counts_only_if_nothing_began_after_it() {
+        let flag = StartWeightsFlag::default();
+        assert!(flag.holds_start());
+        let reset = flag.changing();
+        assert!(!flag.holds_start(), "cleared while the reset runs");
+        flag.back_at_start(reset);
+        assert!(flag.holds_start());
+        let reset = flag.changing();
+        flag.changing(); // a Train queued behind the reset
+        flag.back_at_start(reset);
+        assert!(!flag.holds_start(), "the Train changes them again");
     }
 }
