@@ -156,13 +156,16 @@ pub struct OveroptArgs {
 }
 
 impl OveroptArgs {
+    /// Where the per-seed proxies live: `--proxies`, or OUT/proxy.
+    fn proxies_root(&self) -> PathBuf {
+        self.proxies
+            .clone()
+            .unwrap_or_else(|| self.out.join("proxy"))
+    }
+
     /// The directory of seed `seed`'s proxies.
     pub fn proxy_dir(&self, seed: u64) -> PathBuf {
-        let root = self
-            .proxies
-            .clone()
-            .unwrap_or_else(|| self.out.join("proxy"));
-        root.join(format!("s{seed}"))
+        self.proxies_root().join(format!("s{seed}"))
     }
 
     /// The KL controller of every run.
@@ -205,7 +208,7 @@ fn overopt(a: &OveroptArgs) -> Result<()> {
             "conditions": a.conditions.iter().map(|c| c.to_string()).collect::<Vec<_>>(),
             "seeds": a.seeds, "steps": a.steps, "batch": a.batch,
             "max_new_tokens": a.max_new_tokens, "actor_lr": a.actor_lr, "beta": a.beta,
-            "kl": a.kl(), "proxies": a.proxy_dir(0).parent(),
+            "kl": a.kl(), "proxies": a.proxies_root(),
         }),
     )?;
     let mut kinds: Vec<ProxyKind> = a.conditions.iter().map(|c| c.proxy).collect();

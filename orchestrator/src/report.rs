@@ -179,7 +179,10 @@ fn sources_plot(plots: &Path, steps: &[StepMetrics]) -> Result<()> {
             format!("{name}: nominal (z)"),
             of(|s| s.mean_nominal_normalized),
         ));
-        curves.push((format!("{name}: min (z)"), of(|s| z(s, s.mean_min))));
+        curves.push((
+            format!("{name}: min (z)"),
+            of(|s| s.calibration.normalize(s.mean_min)),
+        ));
     }
     let series: Vec<Series> = curves
         .iter()
@@ -193,11 +196,6 @@ fn sources_plot(plots: &Path, steps: &[StepMetrics]) -> Result<()> {
         &series,
     )
     .map_err(OrchestratorError::Report)
-}
-
-/// `x` of source `s` on the fused scale: z-normalised with the source's calibration.
-fn z(s: &SourceStats, x: f32) -> f32 {
-    (x - s.calibration.mean) / s.calibration.std
 }
 
 /// One row per source: its heads, calibration, and its own nominal, lowest head and mean over
@@ -227,8 +225,8 @@ fn sources_table(md: &mut String, first: &StepMetrics, last: &StepMetrics) {
             s1.calibration.std,
             span(&|s| s.mean_nominal),
             span(&|s| s.mean_nominal_normalized),
-            span(&|s| z(s, s.mean_min)),
-            span(&|s| z(s, s.mean_mean)),
+            span(&|s| s.calibration.normalize(s.mean_min)),
+            span(&|s| s.calibration.normalize(s.mean_mean)),
         );
     }
     let _ = writeln!(md);

@@ -303,6 +303,9 @@ impl Runner {
         let prompt_list = prompts::load(&cfg.prompts)?;
 
         let metrics_path = self.dir.join("metrics.jsonl");
+        // Which process serves each actor and critic rank, and whether it holds its start
+        // weights: the baseline for restart detection, and what a new run must reset.
+        let seen = Instances::observe(&self.services, &retry_cfg).await?;
         let resumed = if self.opts.resume {
             checkpoint::latest(&self.dir)?
         } else {
@@ -332,7 +335,6 @@ impl Runner {
             None => {
                 // A new run (or one resumed before its first checkpoint: it starts over)
                 // starts from the services' start weights, whatever trained them since.
-                let seen = Instances::observe(&self.services, &retry_cfg).await?;
                 if checkpoint::restore_start(&self.services, &retry_cfg, &seen).await? {
                     tracing::warn!(
                         "the actor or critic held weights trained since it started: the start \
@@ -356,7 +358,8 @@ impl Runner {
         checkpoint::write_atomic(&self.dir.join("config.json"), &json)
             .map_err(|e| OrchestratorError::io("writing config.json", e))?;
         let mut stream = PromptStream::new(prompt_list, state.config.run.seed, state.cursor);
-        self.instances = Some(Instances::observe(&self.services, &retry_cfg).await?);
+        // Loading a checkpoint or the start weights keeps every instance.
+        self.instances = Some(seen);
         self.sync_info(&state);
         self.set_status(RunStatus::Running);
 

@@ -8,11 +8,25 @@ use std::process::Stdio;
 
 use crate::fixture::{hh_subset, ok, rrlhf};
 
-fn metrics_lines(dir: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(dir.join("ppo/metrics.jsonl"))
-        .unwrap()
+/// Every line of a JSONL file (a run's `metrics.jsonl`).
+fn jsonl(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn metrics_lines(dir: &Path) -> Vec<serde_json::Value> {
+    jsonl(&dir.join("ppo/metrics.jsonl"))
+}
+
+/// The string field `key` of every element of the array `v`.
+fn each<'a>(v: &'a serde_json::Value, key: &str) -> Vec<&'a str> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x[key].as_str().unwrap())
         .collect()
 }
 
@@ -47,11 +61,7 @@ fn run_builds_every_stage_then_reuses_them_and_resumes_ppo() {
     let m = metrics_lines(&out);
     assert_eq!(m.len(), 2);
     assert_eq!(m[1]["strategy"], "tradeoff:0.4");
-    let standard = std::fs::read_to_string(out.join("ppo-standard/metrics.jsonl")).unwrap();
-    let standard: Vec<serde_json::Value> = standard
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let standard = jsonl(&out.join("ppo-standard/metrics.jsonl"));
     assert_eq!(standard.len(), 2);
     assert_eq!(standard[1]["strategy"], "nominal");
     // Same seed: the first step's prompts and samples are the same, so is its nominal reward.
@@ -179,12 +189,7 @@ fn toy_writes_json_tables_and_heatmaps() {
         .output()
         .unwrap());
     let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
-    let names: Vec<&str> = v["conditions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c["name"].as_str().unwrap())
-        .collect();
+    let names = each(&v["conditions"], "name");
     // Standard, the deep ensemble under λ = 0.4, mean and UWO, and the shared-trunk multi-head
     // RM under the same.
     assert_eq!(names.len(), 10, "{names:?}");
@@ -310,16 +315,8 @@ fn overopt_runs_every_condition_and_writes_the_tables() {
         "{v}"
     );
     // The fused condition scored with both services and recorded each source.
-    let fused = out.join("runs/fused-tradeoff_0.4-s1/metrics.jsonl");
-    let fused = std::fs::read_to_string(fused).unwrap();
-    let step: serde_json::Value = serde_json::from_str(fused.lines().next().unwrap()).unwrap();
-    let names: Vec<&str> = step["sources"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["name"].as_str().unwrap())
-        .collect();
-    assert_eq!(names, ["diverse", "ensemble"]);
+    let fused = jsonl(&out.join("runs/fused-tradeoff_0.4-s1/metrics.jsonl"));
+    assert_eq!(each(&fused[0]["sources"], "name"), ["diverse", "ensemble"]);
     assert!(out.join("proxy/s1/fusion.json").exists());
     // A second call reuses the proxy and the finished runs.
     let mut again = rrlhf();
@@ -347,15 +344,9 @@ fn overopt_runs_every_condition_and_writes_the_tables() {
             .unwrap();
     assert_eq!(testbed["kl"]["kind"], "adaptive", "{testbed}");
     assert_eq!(testbed["kl"]["target"], 0.5, "{testbed}");
-    let steps =
-        std::fs::read_to_string(steered.join("runs/diverse-nominal-s0/metrics.jsonl")).unwrap();
-    let betas: Vec<f64> = steps
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).unwrap()["beta"]
-                .as_f64()
-                .unwrap()
-        })
+    let betas: Vec<f64> = jsonl(&steered.join("runs/diverse-nominal-s0/metrics.jsonl"))
+        .iter()
+        .map(|m| m["beta"].as_f64().unwrap())
         .collect();
     assert_ne!(betas[0], betas[1], "β follows the KL: {betas:?}");
 }

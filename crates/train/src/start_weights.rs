@@ -37,6 +37,11 @@ impl StartWeights {
         }
     }
 
+    /// The directory the weights were loaded from (a LoRA model's base).
+    pub fn source(&self) -> &Path {
+        &self.source
+    }
+
     /// Writes the start weights back into `vs`: the kept copies, or what `reread` loads from
     /// the source directory (the model's own strict loader, so a changed file is an error, not
     /// a silent mix).

@@ -493,7 +493,7 @@ pub fn run(cfg: &ToyConfig, progress: impl Fn(usize) + Sync) -> anyhow::Result<T
             multi_vs_deep.push(contrast(&results, &conds, i, d));
         }
     }
-    let ensembles = results[0]
+    let ensembles: Vec<EnsembleSummary> = results[0]
         .members
         .iter()
         .enumerate()
@@ -514,12 +514,8 @@ pub fn run(cfg: &ToyConfig, progress: impl Fn(usize) + Sync) -> anyhow::Result<T
         .collect();
     Ok(ToyResult {
         config: cfg.clone(),
-        rm_diagonal_accuracy: results
-            .iter()
-            .map(|r| r.members[0].correct[0] as f64)
-            .sum::<f64>()
-            / n
-            / N as f64,
+        // The deep ensemble's nominal member is the nominal RM.
+        rm_diagonal_accuracy: ensembles[0].nominal_accuracy,
         ensembles,
         conditions,
         vs_mean,

@@ -4,7 +4,7 @@
 //! several ranks, training, checkpoint loads and start-up go in step with the other ranks
 //! (`rrlhf_train::data_parallel`).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use rrlhf_model::batch::{Batch, PadSide};
 use rrlhf_model::causal_lm::response_window_start;
@@ -88,11 +88,10 @@ rrlhf_runtime::training_work!(Work, Done, PpoJob, PpoStats);
 pub struct Policy {
     pub model: CausalLm,
     pub tokenizer: Option<TextTokenizer>,
-    /// The model directory the policy was loaded from (a LoRA checkpoint's base).
-    source: PathBuf,
     /// AdamW state and, with several ranks, the data-parallel group.
     training: TrainState,
-    /// What a new run starts from (`LoadCheckpoint` with `start_weights`).
+    /// What a new run starts from (`LoadCheckpoint` with `start_weights`), and the model
+    /// directory the weights came from (a LoRA checkpoint's base).
     start: StartWeights,
 }
 
@@ -117,7 +116,6 @@ impl Policy {
         Ok(Self {
             model,
             tokenizer,
-            source: dir.to_path_buf(),
             training,
             start,
         })
@@ -327,7 +325,7 @@ impl Trainable for Policy {
     fn save(&self, dir: &Path) -> Result<(), ModelError> {
         self.training.checkpoint(dir, |tmp| {
             self.model
-                .save_trainable(tmp, &self.source.display().to_string())?;
+                .save_trainable(tmp, &self.start.source().display().to_string())?;
             self.tokenizer.as_ref().map_or(Ok(()), |t| t.save_to(tmp))
         })
     }

@@ -3,7 +3,7 @@
 //! `Values` items share one forward pass). With several ranks, training, checkpoint loads and
 //! start-up go in step with the other ranks (`rrlhf_train::data_parallel`).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use rrlhf_model::batch::{Batch, PadSide, SCORING_BATCH_TOKENS, by_length_buckets, rows_f32};
 use rrlhf_model::losses::value_loss;
@@ -50,11 +50,10 @@ rrlhf_runtime::training_work!(Work, Done, TrainJob, TrainStats);
 
 pub struct Critic {
     model: RewardModel,
-    /// The model directory the critic was loaded from (a LoRA checkpoint's base).
-    source: PathBuf,
     /// AdamW state and, with several ranks, the data-parallel group.
     training: TrainState,
-    /// What a new run starts from (`LoadCheckpoint` with `start_weights`).
+    /// What a new run starts from (`LoadCheckpoint` with `start_weights`), and the model
+    /// directory the weights came from (a LoRA checkpoint's base).
     start: StartWeights,
 }
 
@@ -85,7 +84,6 @@ impl Critic {
         let start = StartWeights::capture(&model.vs, dir, lora.is_some());
         Ok(Self {
             model,
-            source: dir.to_path_buf(),
             training,
             start,
         })
@@ -203,7 +201,7 @@ impl Trainable for Critic {
     /// Writes the weights and optimizer state to `dir` atomically (the whole directory
     /// appears at once).
     fn save(&self, dir: &Path) -> Result<(), ModelError> {
-        let base = self.source.display().to_string();
+        let base = self.start.source().display().to_string();
         self.training
             .checkpoint(dir, |tmp| self.model.save_trainable(tmp, &base))
     }

@@ -25,6 +25,18 @@ fn base_model_of(arch: Arch, dir: &std::path::Path) -> TextTokenizer {
     tok
 }
 
+/// A stage-1 reward model on `arch`'s tiny base in `dir`, with perturbed heads, saved to
+/// `dir/rm`: the tokenizer and that directory.
+fn saved_stage1(arch: Arch, dir: &std::path::Path) -> (TextTokenizer, std::path::PathBuf) {
+    let tok = base_model_of(arch, dir);
+    let model =
+        RewardModel::from_base(dir, RewardMeta::bradley_terry(None), Placement::default()).unwrap();
+    perturb_heads(&model);
+    let out = dir.join("rm");
+    model.save(&out).unwrap();
+    (tok, out)
+}
+
 fn perturb_heads(model: &RewardModel) {
     let _guard = tch::no_grad_guard();
     for (i, (name, mut var)) in model.vs.variables().into_iter().enumerate() {
@@ -138,16 +150,7 @@ fn stage1_checkpoint_scores_like_transformers_sequence_classification() {
     init();
     for arch in Arch::ALL {
         let dir = tempfile::tempdir().unwrap();
-        let tok = base_model_of(arch, dir.path());
-        let model = RewardModel::from_base(
-            dir.path(),
-            RewardMeta::bradley_terry(None),
-            Placement::default(),
-        )
-        .unwrap();
-        perturb_heads(&model);
-        let out = dir.path().join("rm");
-        model.save(&out).unwrap();
+        let (tok, out) = saved_stage1(arch, dir.path());
         let back = RewardModel::from_dir(&out, Placement::default()).unwrap();
         let seqs: Vec<Vec<i64>> = samples()
             .iter()
@@ -201,16 +204,7 @@ fn assert_transformers_scores_like(
 fn a_lora_critic_adapter_scores_like_peft_sequence_classification() {
     init();
     let dir = tempfile::tempdir().unwrap();
-    let tok = base_model(dir.path());
-    let stage1 = RewardModel::from_base(
-        dir.path(),
-        RewardMeta::bradley_terry(None),
-        Placement::default(),
-    )
-    .unwrap();
-    perturb_heads(&stage1);
-    let rm = dir.path().join("rm");
-    stage1.save(&rm).unwrap();
+    let (tok, rm) = saved_stage1(Arch::Llama, dir.path());
     let mut critic = RewardModel::from_dir(&rm, Placement::default()).unwrap();
     critic
         .add_lora(&LoraConfig::new(4, 8.0, &["q_proj", "o_proj", "gate_proj"]))
